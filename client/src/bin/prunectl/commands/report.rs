@@ -1,0 +1,52 @@
+//! `prunectl report ID`: what a finished job pruned and what its artifacts weigh.
+
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use prune_client::Report;
+
+use super::Ctx;
+use crate::output::{bytes, opt_number, table};
+
+pub async fn run(ctx: &Ctx, id: &str) -> Result<()> {
+    let report = ctx.connect().await?.report(id).await?;
+    ctx.out.show(&report, describe)?;
+    Ok(())
+}
+
+fn describe(report: &Report) -> String {
+    let rows: Vec<Vec<String>> = report
+        .tensors
+        .iter()
+        .map(|t| {
+            let shape: Vec<String> = t.shape.iter().map(i64::to_string).collect();
+            vec![
+                t.name.clone(),
+                format!("[{}]", shape.join(", ")),
+                if t.pruned { "yes" } else { "no" }.into(),
+                format!("{}/{}", t.nonzero, t.numel),
+                format!("{:.3}", t.sparsity),
+            ]
+        })
+        .collect();
+    let mut out = table(&["TENSOR", "SHAPE", "PRUNED", "NONZERO", "SPARSITY"], &rows);
+    let mut facts = vec![
+        ("steps".to_string(), report.steps.to_string()),
+        (
+            "val accuracy".into(),
+            format!(
+                "{} (dense model: {})",
+                opt_number(report.final_val_accuracy, 4),
+                opt_number(report.dense_val_accuracy, 4)
+            ),
+        ),
+        ("dense size".into(), format!("{} (gzipped: {})", bytes(report.dense_bytes), bytes(report.gzip_dense_bytes))),
+    ];
+    facts.extend(report.artifact_bytes.iter().map(|(format, size)| (format!("{format} file"), bytes(*size))));
+    let width = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    out.push('\n');
+    for (key, value) in facts {
+        let _ = writeln!(out, "{key:<width$}  {value}");
+    }
+    out
+}

@@ -1,0 +1,208 @@
+//! Resumable, verified artifact download.
+//!
+//! The served bytes go to `PATH.part`, appended as they arrive, so an interrupted download (a
+//! killed client, a restarted server) resumes from the `.part` file's length with
+//! `read_offset`. Once complete, the sha256 of the whole `.part` file must equal the one the
+//! server announced. Only then is the result put in place: the served file as is (`raw`), or
+//! the decompressed standard file, written atomically.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use prune_core::compress::decompress_stream;
+use prune_proto as pb;
+use prune_proto::download_artifact_response::Part;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tonic::{Code, Status};
+
+use crate::error::{ClientError, Result};
+use crate::fsutil::write_atomically;
+use crate::retry::Backoff;
+use crate::types::ArtifactInfo;
+use crate::upload::digest_file;
+use crate::Client;
+
+/// The outcome of [`Client::download_to`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DownloadOutcome {
+    pub path: PathBuf,
+    /// The artifact as served (its size and sha256 are of the served, compressed bytes).
+    pub artifact: ArtifactInfo,
+    /// Bytes already in `PATH.part` when this download started (0: a fresh download).
+    pub resumed_from: u64,
+    /// Whether `path` holds the served bytes as is rather than the decompressed file.
+    pub raw: bool,
+    /// Bytes of the file at `path`.
+    pub bytes: u64,
+}
+
+/// Where the served bytes collect until they are verified: `PATH.part`.
+pub fn part_path(path: &Path) -> PathBuf {
+    let mut name = OsString::from(path.as_os_str());
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+impl Client {
+    /// Downloads the job's artifact of `format` (`None`: the job's first export format) to
+    /// `path`, resuming from `PATH.part` when an earlier download was cut short.
+    ///
+    /// A `.part` file that does not verify after a resume is assumed stale (e.g. from another
+    /// job) and the download starts over once from zero; a fresh download that does not verify
+    /// is an error.
+    pub async fn download_to(
+        &self,
+        job_id: &str,
+        path: &Path,
+        format: Option<&str>,
+        raw: bool,
+    ) -> Result<DownloadOutcome> {
+        let part = part_path(path);
+        let (artifact, resumed_from) = loop {
+            let (artifact, resumed_from) = self.fetch_part(job_id, format, &part).await?;
+            let (_, sha256) = digest_file(&part).await?;
+            if sha256 == artifact.sha256 {
+                break (artifact, resumed_from);
+            }
+            remove_if_exists(&part)?;
+            if resumed_from == 0 {
+                return Err(ClientError::Integrity(format!(
+                    "{}: sha256 {sha256} does not match the server's {} (removed the partial file)",
+                    part.display(),
+                    artifact.sha256
+                )));
+            }
+        };
+
+        // An uncompressed artifact is moved as is rather than sniffed for magic bytes: a
+        // safetensors header length can happen to start like a gzip stream.
+        let keep_as_served = raw || artifact.compression == "none";
+        let target = path.to_path_buf();
+        tokio::task::spawn_blocking(move || finish(&part, &target, keep_as_served))
+            .await
+            .map_err(|e| ClientError::io(path, io::Error::other(e)))??;
+        let bytes = std::fs::metadata(path).map_err(|e| ClientError::io(path, e))?.len();
+        Ok(DownloadOutcome { path: path.to_path_buf(), artifact, resumed_from, raw, bytes })
+    }
+
+    /// Brings `part` up to the artifact's full length, retrying when the connection breaks.
+    /// Returns the artifact info and how many bytes `part` held at the start.
+    async fn fetch_part(&self, job_id: &str, format: Option<&str>, part: &Path) -> Result<(ArtifactInfo, u64)> {
+        let resumed_from = file_len(part)?;
+        let mut backoff = Backoff::new();
+        loop {
+            let offset = file_len(part)?;
+            match self.stream_into(job_id, format, part, offset).await {
+                Ok(info) => return Ok((info, resumed_from)),
+                Err(e) if e.is_transient() => match backoff.next_delay() {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(e),
+                },
+                // A `.part` longer than the artifact is stale: start over.
+                Err(e) if offset > 0 && matches!(e.code(), Some(Code::OutOfRange | Code::InvalidArgument)) => {
+                    remove_if_exists(part)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One `DownloadArtifact` call from `offset`, appending what arrives to `part`.
+    async fn stream_into(&self, job_id: &str, format: Option<&str>, part: &Path, offset: u64) -> Result<ArtifactInfo> {
+        let request = pb::DownloadArtifactRequest {
+            job_id: job_id.to_string(),
+            format: format.unwrap_or_default().to_string(),
+            read_offset: offset,
+        };
+        let mut stream = self.rpc().download_artifact(request).await?.into_inner();
+        let info = match stream.message().await? {
+            Some(pb::DownloadArtifactResponse { part: Some(Part::Info(info)) }) => ArtifactInfo::from(info),
+            _ => return Err(ClientError::Protocol("the download did not start with the artifact info".into())),
+        };
+        if offset > info.size {
+            return Err(Status::out_of_range(format!("{} is longer than the artifact", part.display())).into());
+        }
+
+        let io_err = |e| ClientError::io(part, e);
+        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(part).await.map_err(io_err)?;
+        // Written chunk by chunk: whatever arrived before a break is kept for the next resume.
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(Part::Data(data)) => file.write_all(&data).await.map_err(io_err)?,
+                _ => return Err(ClientError::Protocol("artifact info in the middle of the data".into())),
+            }
+        }
+        file.sync_all().await.map_err(io_err)?;
+        let len = file.metadata().await.map_err(io_err)?.len();
+        if len != info.size {
+            return Err(ClientError::Protocol(format!("the download ended at byte {len} of {}", info.size)));
+        }
+        Ok(info)
+    }
+}
+
+/// Puts the verified `part` in place at `path`: renamed as is, or decompressed through a
+/// temporary file (the `.part` is removed only once `path` is complete).
+fn finish(part: &Path, path: &Path, keep_as_served: bool) -> Result<()> {
+    if keep_as_served {
+        return std::fs::rename(part, path).map_err(|e| ClientError::io(path, e));
+    }
+    let input = File::open(part).map_err(|e| ClientError::io(part, e))?;
+    write_atomically(path, |out| {
+        let mut writer = BufWriter::new(out);
+        decompress_stream(BufReader::new(input), &mut writer)?;
+        writer.flush()
+    })
+    .map_err(|e| ClientError::io(path, e))?;
+    remove_if_exists(part)
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(ClientError::io(path, e)),
+    }
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(ClientError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_path_appends_to_the_file_name() {
+        assert_eq!(part_path(Path::new("out/model.safetensors")), Path::new("out/model.safetensors.part"));
+    }
+
+    #[test]
+    fn finish_decompresses_and_removes_the_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, path) = (dir.path().join("m.part"), dir.path().join("m"));
+        let data = b"dense safetensors bytes".repeat(100);
+        let packed = prune_core::compress::compress(&data, prune_core::compress::Compression::Zstd).unwrap();
+        std::fs::write(&part, &packed).unwrap();
+        finish(&part, &path, false).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(!part.exists());
+    }
+
+    #[test]
+    fn finish_raw_keeps_the_served_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, path) = (dir.path().join("m.part"), dir.path().join("m"));
+        std::fs::write(&part, b"\x28\xb5\x2f\xfdserved").unwrap();
+        finish(&part, &path, true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"\x28\xb5\x2f\xfdserved");
+        assert!(!part.exists());
+    }
+}

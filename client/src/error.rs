@@ -1,0 +1,186 @@
+//! The client's error type. Every variant displays as a reason a user can act on, on one line
+//! (local spec errors excepted: one line per field), because `prunectl` prints it as is.
+
+use std::error::Error as _;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use prune_core::validate::SpecErrors;
+use tonic::{Code, Status};
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server address {addr:?}: {reason}")]
+    BadAddress { addr: String, reason: String },
+
+    #[error("invalid token: {0}")]
+    BadToken(String),
+
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+
+    /// A call the server answered with an error (or that the transport broke). Not marked as
+    /// the error's source: the message already says everything useful, and `Status`'s own
+    /// display (code, message, details) would repeat it.
+    #[error("{}", describe_status(.0))]
+    Rpc(Status),
+
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// The job file does not parse or validate: one `FILE: field: reason` line per problem.
+    #[error("{}", spec_lines(path, errors))]
+    Spec { path: PathBuf, errors: SpecErrors },
+
+    /// A bad safetensors / bitmask file.
+    #[error("{}: {reason}", path.display())]
+    Format { path: PathBuf, reason: String },
+
+    /// Downloaded bytes do not hash to what the server announced.
+    #[error("{0}")]
+    Integrity(String),
+
+    /// The server broke the API contract (e.g. a download that does not start with its info).
+    #[error("unexpected reply from the server: {0}")]
+    Protocol(String),
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        ClientError::Rpc(status)
+    }
+}
+
+impl ClientError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ClientError::Io { path: path.into(), source }
+    }
+
+    /// The gRPC status code, for callers that branch on it (e.g. `NotFound`).
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc(status) => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether retrying the same call later may succeed: the server is restarting or the
+    /// connection broke. Statuses the server itself chose (not found, invalid, ...) are final.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Rpc(status) => match status.code() {
+                Code::Unavailable | Code::Unknown | Code::Cancelled => true,
+                // h2 maps a torn-down connection (GOAWAY, reset) to INTERNAL with the h2 error as
+                // source; an INTERNAL sent by the server carries no source.
+                Code::Internal => status.source().is_some(),
+                _ => false,
+            },
+            ClientError::Connect { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Turns a status into a one-line reason. Application errors (not found, invalid argument,
+/// failed precondition) carry the server's own sentence, e.g. "job job-x not found"; transport
+/// and auth errors get a prefix saying what kind of failure it is.
+fn describe_status(status: &Status) -> String {
+    let msg = one_line(status.message());
+    let prefix = match status.code() {
+        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange
+            if !msg.is_empty() =>
+        {
+            return msg
+        }
+        Code::NotFound => "not found",
+        Code::InvalidArgument => "invalid request",
+        Code::FailedPrecondition => "not possible in the job's current state",
+        Code::Unauthenticated => "unauthenticated (pass --token or set PRUNE_TOKEN)",
+        Code::PermissionDenied => "permission denied",
+        Code::Unavailable => "server unavailable",
+        Code::DeadlineExceeded => "timed out",
+        Code::DataLoss => "data corrupted in transfer",
+        Code::ResourceExhausted => "server out of resources",
+        Code::Unimplemented => "the server does not implement this call",
+        Code::Cancelled => "call cancelled",
+        _ => "server error",
+    };
+    let mut out = String::from(prefix);
+    if !msg.is_empty() {
+        let _ = write!(out, ": {msg}");
+    }
+    // Transport errors say little at the top ("transport error"); their cause is the useful part.
+    append_sources(&mut out, status.source());
+    out
+}
+
+fn spec_lines(path: &std::path::Path, errors: &SpecErrors) -> String {
+    errors
+        .0
+        .iter()
+        .map(|e| {
+            if e.field.is_empty() {
+                format!("{}: {}", path.display(), e.reason)
+            } else {
+                format!("{}: {}: {}", path.display(), e.field, e.reason)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Joins the lines of a message with "; " so that each error is one line on stderr.
+pub(crate) fn one_line(text: &str) -> String {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+}
+
+/// The cause chain of a transport error as one line: tonic's own message is just
+/// "transport error"; the useful part ("Connection refused") is in its sources.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = one_line(&err.to_string());
+    append_sources(&mut out, err.source());
+    out
+}
+
+/// Appends each cause in turn as `: cause`, skipping those already said.
+fn append_sources(out: &mut String, mut source: Option<&(dyn std::error::Error + 'static)>) {
+    while let Some(err) = source {
+        let text = one_line(&err.to_string());
+        if !text.is_empty() && !out.contains(&text) {
+            let _ = write!(out, ": {text}");
+        }
+        source = err.source();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_found_keeps_the_servers_sentence() {
+        let err = ClientError::from(Status::not_found("job job-x not found"));
+        assert_eq!(err.to_string(), "job job-x not found");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn unavailable_is_transient_and_prefixed() {
+        let err = ClientError::from(Status::unavailable("shutting down"));
+        assert_eq!(err.to_string(), "server unavailable: shutting down");
+        assert!(err.is_transient());
+    }
+
+    #[test]
+    fn server_internal_error_is_final() {
+        assert!(!ClientError::from(Status::internal("boom")).is_transient());
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let err = ClientError::from(Status::invalid_argument("a: bad\nb: worse\n"));
+        assert_eq!(err.to_string(), "a: bad; b: worse");
+    }
+}

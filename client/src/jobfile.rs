@@ -1,0 +1,137 @@
+//! Job files: parsed and validated locally (so mistakes are reported before anything is
+//! uploaded), and their local paths uploaded and replaced by blob ids.
+//!
+//! Paths in a job file are relative to the file's own directory, not to wherever `prunectl`
+//! runs, so that a job file and its model can be moved (or referenced from scripts) together.
+
+use std::path::{Path, PathBuf};
+
+use prune_core::validate::{self, is_blob_id};
+use prune_core::JobSpec;
+use serde::Serialize;
+
+use crate::error::{ClientError, Result};
+use crate::types::JobInfo;
+use crate::upload::Uploaded;
+use crate::Client;
+
+/// What [`Client::submit_file`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Submitted {
+    pub job: JobInfo,
+    pub uploads: Vec<Uploaded>,
+}
+
+/// Reads, parses and validates a job file. Errors name the file and every bad field, e.g.
+/// `job.toml: pruning.schedule.end_step: ...`.
+pub fn load(path: &Path) -> Result<JobSpec> {
+    let text = std::fs::read_to_string(path).map_err(|e| ClientError::io(path, e))?;
+    let spec_error = |errors| ClientError::Spec { path: path.to_path_buf(), errors };
+    let spec = validate::parse_toml(&text).map_err(spec_error)?;
+    validate::validate(&spec).map_err(spec_error)?;
+    Ok(spec)
+}
+
+/// The directory a job file's relative paths start from.
+pub fn base_dir(job_file: &Path) -> &Path {
+    match job_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+impl Client {
+    /// Uploads the local files `spec` names (`model.file`, `model.weights`, `data.file`; paths
+    /// relative to `base_dir`) and rewrites the spec to refer to the blobs instead.
+    pub async fn upload_job_files(&self, spec: &mut JobSpec, base_dir: &Path) -> Result<Vec<Uploaded>> {
+        let mut uploads = Vec::new();
+        if let Some(file) = spec.model.file.take() {
+            let uploaded = self.upload_file(&base_dir.join(file)).await?;
+            spec.model.blob = Some(uploaded.id.clone());
+            uploads.push(uploaded);
+        }
+        // `weights` is a path on the client and a blob id on the server.
+        if let Some(weights) = spec.model.weights.as_mut().filter(|w| !is_blob_id(w)) {
+            let uploaded = self.upload_file(&base_dir.join(&*weights)).await?;
+            *weights = uploaded.id.clone();
+            uploads.push(uploaded);
+        }
+        if let Some(data) = spec.data.as_mut() {
+            if let Some(file) = data.file.take() {
+                let uploaded = self.upload_file(&base_dir.join(file)).await?;
+                data.blob = Some(uploaded.id.clone());
+                uploads.push(uploaded);
+            }
+        }
+        Ok(uploads)
+    }
+
+    /// `prunectl submit`: load and validate the job file, upload what it refers to, create the
+    /// job.
+    pub async fn submit_file(&self, job_file: &Path) -> Result<Submitted> {
+        let mut spec = load(job_file)?;
+        let uploads = self.upload_job_files(&mut spec, base_dir(job_file)).await?;
+        let job = self.submit(&spec).await?;
+        Ok(Submitted { job, uploads })
+    }
+}
+
+/// The local files a validated job file refers to, resolved against its directory: what
+/// `submit` will upload. Lets callers check or list them without a server.
+pub fn local_files(spec: &JobSpec, job_file: &Path) -> Vec<PathBuf> {
+    let dir = base_dir(job_file);
+    let weights = spec.model.weights.as_deref().filter(|w| !is_blob_id(w));
+    let data = spec.data.as_ref().and_then(|d| d.file.as_deref());
+    [spec.model.file.as_deref(), weights, data].into_iter().flatten().map(|p| dir.join(p)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+        [model]
+        sequential = [{ type = "linear", in = 64, out = 10 }]
+        weights = "init.safetensors"
+        [data]
+        file = "../data/train.safetensors"
+        validation_split = 0.1
+        [training]
+        epochs = 1
+        [pruning]
+        schedule = { kind = "constant_sparsity", target_sparsity = 0.5 }
+    "#;
+
+    #[test]
+    fn paths_are_relative_to_the_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("jobs/job.toml");
+        std::fs::create_dir_all(job.parent().unwrap()).unwrap();
+        std::fs::write(&job, VALID).unwrap();
+        let spec = validate::parse_toml(VALID).unwrap();
+        let files = local_files(&spec, &job);
+        let jobs = dir.path().join("jobs");
+        assert_eq!(files, [jobs.join("init.safetensors"), jobs.join("../data/train.safetensors")]);
+        assert_eq!(base_dir(Path::new("job.toml")), Path::new("."));
+    }
+
+    #[test]
+    fn invalid_fields_are_reported_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("bad.toml");
+        let text = VALID.replace(r#"{ kind = "constant_sparsity", target_sparsity = 0.5 }"#, r#"{ kind = "polynomial_decay", initial_sparsity = 0.5, final_sparsity = 0.8, begin_step = 10, end_step = 5 }"#);
+        std::fs::write(&job, text).unwrap();
+        let err = load(&job).unwrap_err().to_string();
+        let prefix = format!("{}: pruning.schedule.end_step: ", job.display());
+        assert!(err.lines().any(|l| l.starts_with(&prefix)), "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("broken.toml");
+        std::fs::write(&job, "[model\n").unwrap();
+        let err = load(&job).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: ", job.display())), "{err}");
+    }
+}

@@ -1,0 +1,27 @@
+//! Client side of the prune service: a typed async client over the generated `pruning.v1`
+//! gRPC code, plus the offline pieces `prunectl` needs (job files, unpacking, TensorBoard
+//! export). Other Rust programs can drive the service through [`Client`] without the CLI.
+//!
+//! Nothing here links libtorch.
+
+mod auth;
+mod client;
+pub mod download;
+pub mod error;
+mod fsutil;
+pub mod jobfile;
+mod retry;
+pub mod tensorboard;
+pub mod types;
+pub mod unpack;
+pub mod upload;
+mod watch;
+
+pub use client::Client;
+pub use download::DownloadOutcome;
+pub use error::{ClientError, Result};
+pub use types::{ArtifactInfo, JobInfo, JobState, MetricRecord, Progress, Report, TensorSparsity, WatchEvent};
+pub use upload::Uploaded;
+
+/// Where `prunectl` looks for the server when neither `--addr` nor `PRUNE_ADDR` is given.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";

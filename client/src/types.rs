@@ -1,0 +1,317 @@
+//! What the client hands back: plain serde types converted from the generated `pruning.v1`
+//! messages, so that callers get `Option`s instead of proto3 zero values, state names instead of
+//! enum integers, and can serialise results as they are (`prunectl --json` does exactly that).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use prune_proto as pb;
+use serde::Serialize;
+
+/// A job's lifecycle state, spelled as in the API (`QUEUED`, ..., `CANCELLED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Unspecified,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Unspecified => "UNSPECIFIED",
+            JobState::Queued => "QUEUED",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// A job in a terminal state never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    fn from_proto(value: i32) -> Self {
+        match pb::JobState::try_from(value) {
+            Ok(pb::JobState::Queued) => JobState::Queued,
+            Ok(pb::JobState::Running) => JobState::Running,
+            Ok(pb::JobState::Succeeded) => JobState::Succeeded,
+            Ok(pb::JobState::Failed) => JobState::Failed,
+            Ok(pb::JobState::Cancelled) => JobState::Cancelled,
+            Ok(pb::JobState::StateUnspecified) | Err(_) => JobState::Unspecified,
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The sparsity of one pruned parameter (`0.weight`), as 1 - mean(mask).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorSparsity {
+    pub name: String,
+    pub sparsity: f64,
+}
+
+impl From<pb::TensorSparsity> for TensorSparsity {
+    fn from(t: pb::TensorSparsity) -> Self {
+        TensorSparsity { name: t.name, sparsity: t.sparsity }
+    }
+}
+
+/// One exported file of a finished job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArtifactInfo {
+    /// `safetensors` or `torchscript`.
+    pub format: String,
+    /// Bytes of the file as served (compressed).
+    pub size: u64,
+    /// Lowercase hex sha256 of the file as served.
+    pub sha256: String,
+    /// `none`, `gzip` or `zstd`.
+    pub compression: String,
+    /// `dense` or `bitmask`.
+    pub sparse_format: String,
+    pub file_name: String,
+}
+
+impl From<pb::ArtifactInfo> for ArtifactInfo {
+    fn from(a: pb::ArtifactInfo) -> Self {
+        ArtifactInfo {
+            format: a.format,
+            size: a.size,
+            sha256: a.sha256,
+            compression: a.compression,
+            sparse_format: a.sparse_format,
+            file_name: a.file_name,
+        }
+    }
+}
+
+/// A job as the server reports it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub name: String,
+    pub state: JobState,
+    pub step: i64,
+    /// 0 until the worker has loaded the data.
+    pub total_steps: i64,
+    pub epoch: i64,
+    /// Why the job FAILED; `None` otherwise.
+    pub error: Option<String>,
+    /// Schedule warnings computed at submission.
+    pub warnings: Vec<String>,
+    pub loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub sparsity: Vec<TensorSparsity>,
+    pub eta_seconds: Option<f64>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub created_unix_ms: i64,
+    pub started_unix_ms: Option<i64>,
+    pub finished_unix_ms: Option<i64>,
+    pub artifacts: Vec<ArtifactInfo>,
+}
+
+impl JobInfo {
+    /// Mean sparsity over the pruned tensors: the one number progress displays show.
+    pub fn mean_sparsity(&self) -> Option<f64> {
+        mean_sparsity(&self.sparsity)
+    }
+}
+
+impl From<pb::Job> for JobInfo {
+    fn from(j: pb::Job) -> Self {
+        JobInfo {
+            state: JobState::from_proto(j.state),
+            id: j.id,
+            name: j.name,
+            step: j.step,
+            total_steps: j.total_steps,
+            epoch: j.epoch,
+            error: Some(j.error).filter(|e| !e.is_empty()),
+            warnings: j.warnings,
+            loss: j.loss,
+            accuracy: j.accuracy,
+            sparsity: j.sparsity.into_iter().map(Into::into).collect(),
+            eta_seconds: j.eta_seconds,
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            created_unix_ms: j.created_unix_ms,
+            started_unix_ms: Some(j.started_unix_ms).filter(|&t| t > 0),
+            finished_unix_ms: Some(j.finished_unix_ms).filter(|&t| t > 0),
+            artifacts: j.artifacts.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// A training progress report of a running job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    pub step: i64,
+    pub total_steps: i64,
+    pub epoch: i64,
+    /// Mean training loss and accuracy since the epoch began; `None` before the first batch
+    /// (the engine then reports NaN).
+    pub loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub sparsity: Vec<TensorSparsity>,
+    pub eta_seconds: Option<f64>,
+}
+
+impl Progress {
+    pub fn mean_sparsity(&self) -> Option<f64> {
+        mean_sparsity(&self.sparsity)
+    }
+}
+
+impl From<pb::Progress> for Progress {
+    fn from(p: pb::Progress) -> Self {
+        Progress {
+            step: p.step,
+            total_steps: p.total_steps,
+            epoch: p.epoch,
+            loss: Some(p.loss).filter(|v| v.is_finite()),
+            accuracy: Some(p.accuracy).filter(|v| v.is_finite()),
+            sparsity: p.sparsity.into_iter().map(Into::into).collect(),
+            eta_seconds: p.eta_seconds,
+        }
+    }
+}
+
+/// One item of [`crate::Client::watch`]. As JSON: an object tagged `"event": "job" | "progress" |
+/// "reconnecting"` with the variant's fields beside the tag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// The whole job: first on every (re)connection, then at every state change.
+    Job(JobInfo),
+    Progress(Progress),
+    /// The stream broke (e.g. the server restarts); the watch resumes after `retry_in_ms`.
+    Reconnecting {
+        attempt: u32,
+        retry_in_ms: u64,
+        reason: String,
+    },
+}
+
+/// One point of a job's time series (`sparsity/<param>`, `loss`, `accuracy`, `val_accuracy`,
+/// `learning_rate`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricRecord {
+    pub step: i64,
+    pub name: String,
+    pub value: f64,
+}
+
+impl From<pb::MetricPoint> for MetricRecord {
+    fn from(p: pb::MetricPoint) -> Self {
+        MetricRecord { step: p.step, name: p.name, value: p.value }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub pruned: bool,
+    pub numel: u64,
+    pub nonzero: u64,
+    pub sparsity: f64,
+}
+
+/// What a finished job pruned and what it saves.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub tensors: Vec<TensorReport>,
+    /// Bytes of the dense f32 safetensors file of the stripped weights.
+    pub dense_bytes: u64,
+    /// gzip of that file: the size measure tfmot's guide uses.
+    pub gzip_dense_bytes: u64,
+    /// Artifact bytes by format.
+    pub artifact_bytes: BTreeMap<String, u64>,
+    pub final_val_accuracy: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    pub dense_val_accuracy: Option<f64>,
+    pub steps: i64,
+}
+
+impl From<pb::Report> for Report {
+    fn from(r: pb::Report) -> Self {
+        Report {
+            tensors: r
+                .tensors
+                .into_iter()
+                .map(|t| TensorReport {
+                    name: t.name,
+                    shape: t.shape,
+                    pruned: t.pruned,
+                    numel: t.numel,
+                    nonzero: t.nonzero,
+                    sparsity: t.sparsity,
+                })
+                .collect(),
+            dense_bytes: r.dense_bytes,
+            gzip_dense_bytes: r.gzip_dense_bytes,
+            artifact_bytes: r.artifact_bytes.into_iter().collect(),
+            final_val_accuracy: r.final_val_accuracy,
+            final_val_loss: r.final_val_loss,
+            dense_val_accuracy: r.dense_val_accuracy,
+            steps: r.steps,
+        }
+    }
+}
+
+fn mean_sparsity(tensors: &[TensorSparsity]) -> Option<f64> {
+    (!tensors.is_empty()).then(|| tensors.iter().map(|t| t.sparsity).sum::<f64>() / tensors.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_json_has_the_contract_fields() {
+        let job = JobInfo::from(pb::Job {
+            id: "job-1".into(),
+            state: pb::JobState::Failed as i32,
+            error: "data: bad".into(),
+            step: 3,
+            total_steps: 10,
+            warnings: vec!["w".into()],
+            ..Default::default()
+        });
+        let v = serde_json::to_value(&job).unwrap();
+        assert_eq!(v["id"], "job-1");
+        assert_eq!(v["state"], "FAILED");
+        assert_eq!(v["step"], 3);
+        assert_eq!(v["total_steps"], 10);
+        assert_eq!(v["error"], "data: bad");
+        assert_eq!(v["warnings"][0], "w");
+        assert!(v["started_unix_ms"].is_null());
+    }
+
+    #[test]
+    fn no_error_is_null() {
+        let job = JobInfo::from(pb::Job { state: pb::JobState::Running as i32, ..Default::default() });
+        assert_eq!(serde_json::to_value(&job).unwrap()["error"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn watch_events_are_tagged() {
+        let ev = WatchEvent::Reconnecting { attempt: 1, retry_in_ms: 250, reason: "gone".into() };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["event"], "reconnecting");
+        assert_eq!(v["attempt"], 1);
+    }
+}

@@ -1,0 +1,42 @@
+//! Every job file in `examples/` parses, validates, and draws no schedule warning: the examples
+//! are what users copy, so a schedule that silently never reaches its final sparsity there
+//! would teach the wrong thing. Needs no server (the end-to-end runs are in `tests/`).
+
+use std::path::{Path, PathBuf};
+
+use prune_core::validate::{steps_per_epoch, warnings};
+
+/// Samples in the builtin `digits` data (scikit-learn's 8x8 digits).
+const DIGITS_SAMPLES: f64 = 1797.0;
+
+fn examples() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_example_validates_without_warnings() {
+    let files = examples();
+    assert!(files.len() >= 10, "expected the ten use-case examples, found {files:?}");
+    for file in files {
+        let spec = prune_client::jobfile::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let data = spec.data.as_ref().unwrap_or_else(|| panic!("{}: no [data]", file.display()));
+        assert_eq!(data.builtin.as_deref(), Some("digits"), "{}: examples run on the builtin digits", file.display());
+        // The engine holds out the last floor(N * split) samples, as Keras does.
+        let train = (DIGITS_SAMPLES * (1.0 - data.validation_split)).floor() as i64;
+        let total_steps = steps_per_epoch(train, spec.training.batch_size) * spec.training.epochs;
+        assert!(
+            total_steps > 0 && total_steps <= 1000,
+            "{}: {total_steps} steps is not a quick example",
+            file.display()
+        );
+        let found = warnings(&spec, Some(total_steps));
+        assert!(found.is_empty(), "{}: {found:?}", file.display());
+    }
+}

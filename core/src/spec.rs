@@ -1,0 +1,233 @@
+//! The job spec: the TOML job file of `spec/job-spec.md`, field for field.
+//!
+//! Field names are a contract shared with the gRPC `JobSpec` and outside clients: extend, never rename.
+//! `deny_unknown_fields` everywhere, so a typo is an error naming the field instead of a silent default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::Schedule;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub model: ModelSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSpec>,
+    #[serde(default)]
+    pub training: TrainingSpec,
+    pub pruning: PruningSpec,
+    #[serde(default)]
+    pub export: ExportSpec,
+}
+
+/// Exactly one of `file`, `blob`, `sequential` (checked by validation, not by serde, so the
+/// error names the fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<Vec<LayerSpec>>,
+    /// Optional initial weights (safetensors, PyTorch `nn.Sequential` names) for `sequential`:
+    /// a local path (client side) or a `sha256:` blob id (server side).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSpec {
+    Linear {
+        #[serde(rename = "in")]
+        in_features: i64,
+        #[serde(rename = "out")]
+        out_features: i64,
+        #[serde(default = "default_true")]
+        bias: bool,
+    },
+    Conv2d {
+        #[serde(rename = "in")]
+        in_channels: i64,
+        #[serde(rename = "out")]
+        out_channels: i64,
+        kernel: i64,
+        #[serde(default = "default_one")]
+        stride: i64,
+        #[serde(default)]
+        padding: i64,
+        #[serde(default = "default_true")]
+        bias: bool,
+    },
+    Relu,
+    Tanh,
+    Sigmoid,
+    Maxpool2d {
+        kernel: i64,
+    },
+    Flatten,
+    Dropout {
+        p: f64,
+    },
+    Reshape {
+        shape: Vec<i64>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// `digits` or `synthetic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<String>,
+    /// `synthetic`: per-sample shape, e.g. `[1, 28, 28]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<i64>>,
+    /// `synthetic`: number of classes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<i64>,
+    /// `synthetic`: number of samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<i64>,
+    #[serde(default)]
+    pub validation_split: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingSpec {
+    pub epochs: i64,
+    pub batch_size: i64,
+    pub optimizer: String,
+    pub learning_rate: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub loss: String,
+    pub seed: u64,
+    pub device: String,
+    pub checkpoint_every: i64,
+    /// Extension: libtorch intra-op threads for this job (0 = the server's default). Recorded
+    /// with the job so that a resumed attempt computes with the same thread count.
+    pub threads: i64,
+}
+
+impl Default for TrainingSpec {
+    fn default() -> Self {
+        TrainingSpec {
+            epochs: 0,
+            batch_size: 32,
+            optimizer: "adam".into(),
+            learning_rate: 0.001,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            loss: "cross_entropy".into(),
+            seed: 0,
+            device: "cpu".into(),
+            checkpoint_every: 100,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruningSpec {
+    pub schedule: Schedule,
+    #[serde(default = "default_block")]
+    pub block_size: [i64; 2],
+    #[serde(default = "default_pooling")]
+    pub block_pooling: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m_by_n: Option<[i64; 2]>,
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub prune_bias: bool,
+    #[serde(default)]
+    pub overrides: Vec<OverrideSpec>,
+}
+
+impl Default for PruningSpec {
+    fn default() -> Self {
+        PruningSpec {
+            schedule: Schedule::ConstantSparsity {
+                target_sparsity: 0.5,
+                begin_step: 0,
+                end_step: -1,
+                frequency: 100,
+            },
+            block_size: default_block(),
+            block_pooling: default_pooling(),
+            m_by_n: None,
+            scope: default_scope(),
+            include: vec![],
+            exclude: vec![],
+            prune_bias: false,
+            overrides: vec![],
+        }
+    }
+}
+
+/// `[[pruning.overrides]]`: the first whose `match` regex matches a parameter name wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSpec {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    #[serde(default)]
+    pub skip: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<[i64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_pooling: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m_by_n: Option<[i64; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportSpec {
+    pub formats: Vec<String>,
+    pub compression: String,
+    pub sparse_format: String,
+}
+
+impl Default for ExportSpec {
+    fn default() -> Self {
+        ExportSpec {
+            formats: vec!["safetensors".into()],
+            compression: "zstd".into(),
+            sparse_format: "dense".into(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> i64 {
+    1
+}
+fn default_block() -> [i64; 2] {
+    [1, 1]
+}
+fn default_pooling() -> String {
+    "avg".into()
+}
+fn default_scope() -> String {
+    "layer".into()
+}

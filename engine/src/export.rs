@@ -1,0 +1,142 @@
+//! Strip and export: weights with the zeros baked in, no masks, no step, no optimizer state.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// One exported file of a finished job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// `safetensors` or `torchscript`.
+    pub format: String,
+    pub path: PathBuf,
+    /// `none`, `gzip` or `zstd`: how the file on disk is compressed.
+    pub compression: String,
+    /// `dense` or `bitmask`.
+    pub sparse_format: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub pruned: bool,
+    pub numel: u64,
+    pub nonzero: u64,
+    pub sparsity: f64,
+}
+
+/// The per-job report: what was pruned and what it saves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub tensors: Vec<TensorReport>,
+    /// Bytes of the dense f32 safetensors file of the stripped weights.
+    pub dense_bytes: u64,
+    /// gzip(dense safetensors): the seed's size measure.
+    pub gzip_dense_bytes: u64,
+    /// Bytes of each artifact, by format.
+    pub artifact_bytes: Vec<(String, u64)>,
+    /// Validation (or training, without a split) accuracy/loss of the final stripped model.
+    pub final_val_accuracy: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    /// The same before any pruning step (the dense warm-up's last epoch, or the input model).
+    pub dense_val_accuracy: Option<f64>,
+    pub steps: i64,
+}
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use prune_core::bitmask;
+use prune_core::compress::{self, Compression};
+use prune_core::spec::ExportSpec;
+use sha2::{Digest, Sha256};
+use tch::Tensor;
+
+use crate::checkpoint::write_atomically;
+use crate::model::{Model, NamedParams};
+use crate::{tensors, EngineError};
+
+/// The stripped model's files and the size measures of the report.
+pub struct Exported {
+    pub artifacts: Vec<ArtifactFile>,
+    pub tensors: Vec<TensorReport>,
+    pub dense_bytes: u64,
+    pub gzip_dense_bytes: u64,
+}
+
+fn pytorch_metadata() -> HashMap<String, String> {
+    HashMap::from([("format".to_string(), "pt".to_string())])
+}
+
+/// Writes every requested format of the (already masked) model into `dir`.
+pub fn export(spec: &ExportSpec, model: &Model, pruned: &[String], dir: &Path) -> Result<Exported, EngineError> {
+    let io = |e: std::io::Error| EngineError::Export(format!("cannot write artifacts in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let compression: Compression =
+        spec.compression.parse().map_err(|_| EngineError::Spec(format!("export.compression: unknown {:?}", spec.compression)))?;
+    let params = model.params();
+    let dense = tensors::write(params, pytorch_metadata())?;
+    let mut artifacts = Vec::new();
+    for format in &spec.formats {
+        let (file, raw, sparse_format) = match format.as_str() {
+            "safetensors" if spec.sparse_format == "bitmask" => ("model.safetensors", bitmask::pack_safetensors(&dense).map_err(|e| EngineError::Export(e.to_string()))?, "bitmask"),
+            "safetensors" => ("model.safetensors", dense.clone(), "dense"),
+            "torchscript" => match model {
+                Model::Script(script) => ("model.pt", script.to_bytes(dir)?, "dense"),
+                _ => {
+                    return Err(EngineError::Spec(
+                        "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)".into(),
+                    ))
+                }
+            },
+            other => return Err(EngineError::Spec(format!("export.formats: unknown format {other:?}"))),
+        };
+        let bytes = compress::compress(&raw, compression).map_err(io)?;
+        let path = dir.join(format!("{file}{}", compression.extension()));
+        write_atomically(&path, &bytes).map_err(io)?;
+        artifacts.push(ArtifactFile {
+            format: format.clone(),
+            path,
+            compression: compression.as_str().to_string(),
+            sparse_format: sparse_format.to_string(),
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        });
+    }
+    Ok(Exported {
+        artifacts,
+        tensors: tensor_reports(params, pruned)?,
+        dense_bytes: dense.len() as u64,
+        gzip_dense_bytes: compress::gzip_size(&dense) as u64,
+    })
+}
+
+fn tensor_reports(params: &NamedParams, pruned: &[String]) -> Result<Vec<TensorReport>, EngineError> {
+    params
+        .iter()
+        .map(|(name, t)| {
+            let numel = t.numel() as u64;
+            let nonzero = i64::try_from(t.count_nonzero(None::<i64>))? as u64;
+            Ok(TensorReport {
+                name: name.clone(),
+                shape: t.size(),
+                pruned: pruned.contains(name),
+                numel,
+                nonzero,
+                sparsity: if numel == 0 { 0.0 } else { 1.0 - nonzero as f64 / numel as f64 },
+            })
+        })
+        .collect()
+}
+
+/// The stripped weights of a safetensors artifact (any compression, dense or bitmask-packed).
+pub fn read_artifact(path: &Path) -> Result<Vec<(String, Tensor)>, EngineError> {
+    let raw = std::fs::read(path)?;
+    let packed = compress::decompress(&raw)?;
+    let dense = bitmask::unpack_safetensors(&packed).map_err(|e| EngineError::Export(e.to_string()))?;
+    let (tensors, _) = tensors::read(&dense)?;
+    Ok(tensors)
+}

@@ -1,0 +1,53 @@
+//! The pruning engine: trains a model with tfmot-style scheduled magnitude masking on libtorch,
+//! checkpoints everything needed for a bitwise-identical resume, and exports stripped,
+//! compressed artifacts. No gRPC and no SQL here: the server runs this in worker processes.
+
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod events;
+pub mod export;
+pub mod job;
+pub mod masking;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod tensors;
+pub mod train;
+
+pub use events::{Event, EventSink, MetricPoint, TensorSparsity, VecSink};
+pub use job::{run_job, JobInputs, JobOutcome, StopFlag, StopReason};
+pub use export::{ArtifactFile, Report, TensorReport};
+
+/// Everything that can end a job early. The message is the one-line reason users see.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid spec: {0}")]
+    Spec(String),
+    #[error("model: {0}")]
+    Model(String),
+    #[error("data: {0}")]
+    Data(String),
+    #[error("training: {0}")]
+    Training(String),
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("export: {0}")]
+    Export(String),
+    #[error("stopped at step {step} ({reason:?})")]
+    Stopped { step: i64, reason: StopReason },
+    #[error("event sink: {0}")]
+    Sink(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for EngineError {
+    fn from(e: tch::TchError) -> Self {
+        // libtorch messages carry multi-line C++ backtraces; keep the first line.
+        let msg = e.to_string();
+        EngineError::Torch(msg.lines().next().unwrap_or_default().to_string())
+    }
+}

@@ -1,0 +1,231 @@
+//! The three kinds of model a job can prune, behind one interface: named parameters (PyTorch's
+//! dotted names, taken from the module itself), a forward pass, train/eval mode.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use prune_core::spec::{LayerSpec, ModelSpec};
+use tch::{CModule, Device, Kind, Tensor};
+
+use crate::data::first_line;
+use crate::{rng, tensors, EngineError};
+
+/// A model's trainable parameters in the module's own order, with PyTorch's dotted names.
+pub type NamedParams = Vec<(String, Tensor)>;
+
+pub enum Model {
+    Sequential(Sequential),
+    Script(Script),
+    /// A bare safetensors state dict: nothing to run, so one-shot pruning only.
+    StateDict(NamedParams),
+}
+
+impl Model {
+    pub fn load(
+        spec: &ModelSpec,
+        model_file: Option<&Path>,
+        weights_file: Option<&Path>,
+        seed: u64,
+        device: Device,
+    ) -> Result<Model, EngineError> {
+        if let Some(layers) = &spec.sequential {
+            let mut model = Sequential::new(layers, seed, device)?;
+            if let Some(w) = weights_file {
+                model.load_weights(w)?;
+            }
+            return Ok(Model::Sequential(model));
+        }
+        let path = model_file.ok_or_else(|| EngineError::Model("no model given (model.file, model.blob or model.sequential)".into()))?;
+        let bytes = std::fs::read(path).map_err(|e| EngineError::Model(format!("cannot read model file: {e}")))?;
+        if is_zip(&bytes) {
+            Ok(Model::Script(Script::load(&bytes, device)?))
+        } else if looks_like_safetensors(&bytes) {
+            let (params, _) = tensors::read(&bytes).map_err(|e| EngineError::Model(format!("model file: {e}")))?;
+            let params = params.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
+            Ok(Model::StateDict(params))
+        } else {
+            Err(EngineError::Model(
+                "model file is neither TorchScript (a zip archive from torch.jit.save) nor safetensors".into(),
+            ))
+        }
+    }
+
+    pub fn params(&self) -> &NamedParams {
+        match self {
+            Model::Sequential(m) => &m.params,
+            Model::Script(m) => &m.params,
+            Model::StateDict(p) => p,
+        }
+    }
+
+    pub fn can_train(&self) -> bool {
+        !matches!(self, Model::StateDict(_))
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, EngineError> {
+        match self {
+            Model::Sequential(m) => m.forward(x, train),
+            Model::Script(m) => Ok(m.module.forward_ts(&[x])?),
+            Model::StateDict(_) => Err(EngineError::Model("a safetensors state dict cannot be trained: use epochs = 0".into())),
+        }
+    }
+
+    pub fn set_train(&mut self, train: bool) -> Result<(), EngineError> {
+        if let Model::Script(m) = self {
+            if train {
+                m.module.f_set_train()?
+            } else {
+                m.module.f_set_eval()?
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_zip(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"PK\x03\x04")
+}
+
+fn looks_like_safetensors(bytes: &[u8]) -> bool {
+    bytes.len() >= 9 && bytes[8] == b'{'
+}
+
+/// A TorchScript module, trained in place: its parameter tensors are shared with the module,
+/// so `save` writes the pruned weights.
+pub struct Script {
+    pub module: CModule,
+    pub params: NamedParams,
+}
+
+impl Script {
+    pub fn load(bytes: &[u8], device: Device) -> Result<Script, EngineError> {
+        let module = CModule::load_data_on_device(&mut std::io::Cursor::new(bytes), device)
+            .map_err(|e| EngineError::Model(format!("not a loadable TorchScript module: {}", first_line(&e))))?;
+        let params = module.named_parameters()?;
+        for (_, p) in &params {
+            if p.is_floating_point() && !p.requires_grad() {
+                let _ = p.set_requires_grad(true);
+            }
+        }
+        Ok(Script { module, params })
+    }
+
+    /// The module as TorchScript bytes (what `torch.jit.load` reads).
+    pub fn to_bytes(&self, scratch_dir: &Path) -> Result<Vec<u8>, EngineError> {
+        let tmp = scratch_dir.join(format!(".module-{}.pt.tmp", std::process::id()));
+        self.module.save(&tmp)?;
+        let bytes = std::fs::read(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        Ok(bytes)
+    }
+}
+
+enum Layer {
+    Linear { weight: usize, bias: Option<usize> },
+    Conv2d { weight: usize, bias: Option<usize>, stride: i64, padding: i64 },
+    Relu,
+    Tanh,
+    Sigmoid,
+    MaxPool2d(i64),
+    Flatten,
+    Dropout(f64),
+    Reshape(Vec<i64>),
+}
+
+/// The built-in `sequential` architecture, named like `torch.nn.Sequential` (`0.weight`, ...).
+pub struct Sequential {
+    layers: Vec<Layer>,
+    pub params: NamedParams,
+}
+
+impl Sequential {
+    /// Initialises like PyTorch's defaults: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and
+    /// biases (kaiming_uniform with a = sqrt(5)), seeded by the job seed.
+    pub fn new(specs: &[LayerSpec], seed: u64, device: Device) -> Result<Sequential, EngineError> {
+        tch::manual_seed(rng::torch_seed(seed, rng::STREAM_INIT, 0));
+        let mut params: NamedParams = Vec::new();
+        let mut layers = Vec::with_capacity(specs.len());
+        let mut add = |name: String, shape: &[i64], fan_in: i64| -> usize {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let t = Tensor::empty(shape, (Kind::Float, device)).uniform_(-bound, bound).set_requires_grad(true);
+            params.push((name, t));
+            params.len() - 1
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            let layer = match *spec {
+                LayerSpec::Linear { in_features, out_features, bias } => Layer::Linear {
+                    weight: add(format!("{i}.weight"), &[out_features, in_features], in_features),
+                    bias: bias.then(|| add(format!("{i}.bias"), &[out_features], in_features)),
+                },
+                LayerSpec::Conv2d { in_channels, out_channels, kernel, stride, padding, bias } => {
+                    let fan_in = in_channels * kernel * kernel;
+                    Layer::Conv2d {
+                        weight: add(format!("{i}.weight"), &[out_channels, in_channels, kernel, kernel], fan_in),
+                        bias: bias.then(|| add(format!("{i}.bias"), &[out_channels], fan_in)),
+                        stride,
+                        padding,
+                    }
+                }
+                LayerSpec::Relu => Layer::Relu,
+                LayerSpec::Tanh => Layer::Tanh,
+                LayerSpec::Sigmoid => Layer::Sigmoid,
+                LayerSpec::Maxpool2d { kernel } => Layer::MaxPool2d(kernel),
+                LayerSpec::Flatten => Layer::Flatten,
+                LayerSpec::Dropout { p } => Layer::Dropout(p),
+                LayerSpec::Reshape { ref shape } => Layer::Reshape(shape.clone()),
+            };
+            layers.push(layer);
+        }
+        Ok(Sequential { layers, params })
+    }
+
+    /// Initial weights from safetensors with `nn.Sequential` names; every parameter must be
+    /// there with the right shape, and nothing else.
+    pub fn load_weights(&mut self, path: &Path) -> Result<(), EngineError> {
+        let bytes = std::fs::read(path).map_err(|e| EngineError::Model(format!("cannot read model.weights: {e}")))?;
+        let (loaded, _) = tensors::read(&bytes).map_err(|e| EngineError::Model(format!("model.weights: {e}")))?;
+        let mut loaded: HashMap<String, Tensor> = loaded.into_iter().collect();
+        for (name, p) in &self.params {
+            let w = loaded
+                .remove(name)
+                .ok_or_else(|| EngineError::Model(format!("model.weights: missing tensor {name:?}")))?;
+            if w.size() != p.size() {
+                return Err(EngineError::Model(format!(
+                    "model.weights: {name} has shape {:?}, the model needs {:?}",
+                    w.size(),
+                    p.size()
+                )));
+            }
+            tch::no_grad(|| p.shallow_clone().copy_(&w.to_kind(Kind::Float)));
+        }
+        if let Some(extra) = loaded.keys().min() {
+            return Err(EngineError::Model(format!("model.weights: tensor {extra:?} is not a parameter of the model")));
+        }
+        Ok(())
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, EngineError> {
+        let p = |i: usize| &self.params[i].1;
+        let mut h = x.shallow_clone();
+        for layer in &self.layers {
+            h = match layer {
+                Layer::Linear { weight, bias } => h.f_linear(p(*weight), bias.map(p))?,
+                Layer::Conv2d { weight, bias, stride, padding } => {
+                    h.f_conv2d(p(*weight), bias.map(p), [*stride, *stride], [*padding, *padding], [1, 1], 1)?
+                }
+                Layer::Relu => h.relu(),
+                Layer::Tanh => h.tanh(),
+                Layer::Sigmoid => h.sigmoid(),
+                Layer::MaxPool2d(k) => h.f_max_pool2d([*k, *k], [*k, *k], [0, 0], [1, 1], false)?,
+                Layer::Flatten => h.f_flatten(1, -1)?,
+                Layer::Dropout(rate) => h.f_dropout(*rate, train)?,
+                Layer::Reshape(shape) => {
+                    let mut full = vec![h.size()[0]];
+                    full.extend(shape);
+                    h.f_reshape(&full)?
+                }
+            };
+        }
+        Ok(h)
+    }
+}

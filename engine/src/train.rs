@@ -1,0 +1,401 @@
+//! The training loop with tfmot's step semantics (see `spec/pruning-semantics.md`):
+//! per batch `step += 1`, recompute due masks, `w *= mask`, forward/backward/update
+//! (gradients unmasked), with masks re-applied at epoch ends, checkpoints and the end.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use prune_core::spec::TrainingSpec;
+use prune_core::JobSpec;
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::checkpoint::{self, Saved, TrainState};
+use crate::data::{self, Dataset};
+use crate::events::{Event, EventSink, MetricPoint};
+use crate::export::{self, Report};
+use crate::job::{JobInputs, JobOutcome, StopFlag, StopReason};
+use crate::masking::{select_targets, Masks};
+use crate::model::{Model, Script};
+use crate::optim::Optimizer;
+use crate::{device, rng, EngineError};
+
+/// Progress events are rate-limited so that per-step reporting never slows training.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+const EVAL_BATCH: i64 = 1024;
+
+pub fn run(spec: &JobSpec, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<JobOutcome, EngineError> {
+    if inputs.threads > 0 {
+        tch::set_num_threads(inputs.threads as i32);
+    }
+    let device = device::resolve(&spec.training.device)?;
+    let t = &spec.training;
+    let mut model = Model::load(&spec.model, inputs.model_file.as_deref(), inputs.weights_file.as_deref(), t.seed, device)?;
+    let targets = select_targets(&spec.pruning, model.params())?;
+    if targets.is_empty() {
+        return Err(EngineError::Spec("pruning: no parameter is selected for pruning (check include/exclude/overrides)".into()));
+    }
+    let pruned: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let mut masks = Masks::new(targets, model.params());
+
+    if t.epochs == 0 {
+        return one_shot(spec, inputs, &mut model, &mut masks, &pruned, sink);
+    }
+    if !model.can_train() {
+        return Err(EngineError::Model("a safetensors state dict cannot be trained: use training.epochs = 0 (one-shot)".into()));
+    }
+    let data_spec = spec.data.clone().unwrap_or_default();
+    let split = data::load(&data_spec, inputs.data_file.as_deref(), t.seed, device)?;
+    check_fit(&model, &split.train, &t.loss)?;
+    let mut trainer = Trainer::new(t, model, masks, split.train, split.validation)?;
+    if let Some(path) = &inputs.resume_from {
+        trainer.resume(path, device)?;
+    }
+    sink.emit(Event::Started {
+        total_steps: trainer.total_steps(),
+        steps_per_epoch: trainer.steps_per_epoch,
+        epochs: t.epochs,
+        start_step: trainer.state.step,
+        pruned: pruned.clone(),
+    })?;
+    let dense_val_accuracy = trainer.train(inputs, sink, stop)?;
+    trainer.masks.apply(trainer.model.params());
+    let (val_loss, val_accuracy) = trainer.evaluate_final()?;
+    let exported = export::export(&spec.export, &trainer.model, &pruned, &inputs.artifact_dir)?;
+    Ok(outcome(exported, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step))
+}
+
+fn outcome(
+    exported: export::Exported,
+    final_val_accuracy: Option<f64>,
+    final_val_loss: Option<f64>,
+    dense_val_accuracy: Option<f64>,
+    steps: i64,
+) -> JobOutcome {
+    let report = Report {
+        tensors: exported.tensors,
+        dense_bytes: exported.dense_bytes,
+        gzip_dense_bytes: exported.gzip_dense_bytes,
+        artifact_bytes: exported.artifacts.iter().map(|a| (a.format.clone(), a.bytes)).collect(),
+        final_val_accuracy,
+        final_val_loss,
+        dense_val_accuracy,
+        steps,
+    };
+    JobOutcome { artifacts: exported.artifacts, report }
+}
+
+/// `epochs = 0`: masks at the schedules' final sparsity, applied once, no data needed.
+fn one_shot(
+    spec: &JobSpec,
+    inputs: &JobInputs,
+    model: &mut Model,
+    masks: &mut Masks,
+    pruned: &[String],
+    sink: &mut dyn EventSink,
+) -> Result<JobOutcome, EngineError> {
+    sink.emit(Event::Started { total_steps: 0, steps_per_epoch: 0, epochs: 0, start_step: 0, pruned: pruned.to_vec() })?;
+    masks.one_shot(model.params())?;
+    masks.apply(model.params());
+    let sparsity = masks.sparsities()?;
+    let points = sparsity.iter().map(|s| MetricPoint { step: 0, name: format!("sparsity/{}", s.name), value: s.sparsity }).collect();
+    sink.emit(Event::Metrics { points })?;
+    sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
+    let exported = export::export(&spec.export, model, pruned, &inputs.artifact_dir)?;
+    Ok(outcome(exported, None, None, None, 0))
+}
+
+/// A dry forward pass on two samples, so a dataset that does not fit the model fails with a
+/// clear message before any training.
+fn check_fit(model: &Model, train: &Dataset, loss: &str) -> Result<(), EngineError> {
+    let n = train.len().min(2);
+    let out = model
+        .forward(&train.x.narrow(0, 0, n), false)
+        .map_err(|e| EngineError::Data(format!("x of shape {:?} does not fit the model: {e}", train.x.size())))?;
+    if loss == "cross_entropy" {
+        if !train.has_class_labels() {
+            return Err(EngineError::Data("cross_entropy needs integer class ids in y".into()));
+        }
+        let classes = *out.size().last().unwrap_or(&0);
+        let max_label = i64::try_from(train.y.max())?;
+        if out.dim() != 2 || max_label >= classes {
+            return Err(EngineError::Data(format!(
+                "labels go up to {max_label} but the model outputs {:?} (needs [batch, classes > {max_label}])",
+                out.size()
+            )));
+        }
+    } else if train.y.is_floating_point() {
+        let want: Vec<i64> = train.y.size()[1..].to_vec();
+        if out.size()[1..] != want[..] {
+            return Err(EngineError::Data(format!("mse: model output {:?} does not match y {:?}", out.size(), train.y.size())));
+        }
+    } else {
+        return Err(EngineError::Data("mse needs float targets in y".into()));
+    }
+    Ok(())
+}
+
+struct Trainer {
+    model: Model,
+    masks: Masks,
+    optimizer: Optimizer,
+    train: Dataset,
+    validation: Option<Dataset>,
+    state: TrainState,
+    seed: u64,
+    epochs: i64,
+    batch_size: i64,
+    steps_per_epoch: i64,
+    checkpoint_every: i64,
+    cross_entropy: bool,
+}
+
+impl Trainer {
+    fn new(t: &TrainingSpec, model: Model, masks: Masks, train: Dataset, validation: Option<Dataset>) -> Result<Trainer, EngineError> {
+        let optimizer = Optimizer::new(t, model.params().len())?;
+        let steps_per_epoch = (train.len() + t.batch_size - 1) / t.batch_size;
+        Ok(Trainer {
+            model,
+            masks,
+            optimizer,
+            train,
+            validation,
+            state: TrainState::default(),
+            seed: t.seed,
+            epochs: t.epochs,
+            batch_size: t.batch_size,
+            steps_per_epoch,
+            checkpoint_every: t.checkpoint_every.max(1),
+            cross_entropy: t.loss == "cross_entropy",
+        })
+    }
+
+    fn total_steps(&self) -> i64 {
+        self.epochs * self.steps_per_epoch
+    }
+
+    fn resume(&mut self, path: &Path, device: Device) -> Result<(), EngineError> {
+        let saved = checkpoint::read(path)?;
+        if let (Some(bytes), Model::Script(_)) = (&saved.script, &self.model) {
+            self.model = Model::Script(Script::load(bytes, device)?);
+        }
+        let params = self.model.params();
+        if saved.params.len() != params.len() {
+            return Err(EngineError::Checkpoint(format!(
+                "checkpoint has {} parameters, the model {}",
+                saved.params.len(),
+                params.len()
+            )));
+        }
+        tch::no_grad(|| -> Result<(), EngineError> {
+            for ((name, p), (saved_name, s)) in params.iter().zip(&saved.params) {
+                if name != saved_name || p.size() != s.size() {
+                    return Err(EngineError::Checkpoint(format!("checkpoint tensor {saved_name} does not match parameter {name}")));
+                }
+                p.shallow_clone().copy_(s);
+            }
+            Ok(())
+        })?;
+        self.masks.restore(saved.masks)?;
+        let optim = saved.optim.into_iter().map(|(n, t)| (n, t.to_device(device))).collect::<Vec<_>>();
+        self.optimizer.restore(saved.state.optim_steps, &optim)?;
+        self.state = saved.state;
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, inputs: &JobInputs, sink: &mut dyn EventSink) -> Result<(), EngineError> {
+        self.masks.apply(self.model.params());
+        self.state.optim_steps = self.optimizer.steps;
+        let script = match &self.model {
+            Model::Script(s) => Some(s.to_bytes(&inputs.checkpoint_dir)?),
+            _ => None,
+        };
+        let saved = Saved {
+            state: self.state,
+            params: self.model.params().iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+            masks: self.masks.masks().iter().map(|m| m.shallow_clone()).collect(),
+            optim: self.optimizer.state_tensors(),
+            script,
+        };
+        let written = checkpoint::write(&inputs.checkpoint_dir, &saved)?;
+        let sparsity = self.masks.sparsities()?;
+        let points =
+            sparsity.iter().map(|s| MetricPoint { step: self.state.step, name: format!("sparsity/{}", s.name), value: s.sparsity }).collect();
+        sink.emit(Event::Metrics { points })?;
+        sink.emit(Event::Checkpoint {
+            path: written.path,
+            step: self.state.step,
+            epoch: self.state.epoch,
+            sha256: written.sha256,
+            bytes: written.bytes,
+        })
+    }
+
+    /// Trains from the current state to the end. Returns the validation accuracy of the last
+    /// epoch that ended before any mask was applied (the dense warm-up), if there was one.
+    fn train(&mut self, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<Option<f64>, EngineError> {
+        let mut dense_val_accuracy = None;
+        let mut last_progress = Instant::now() - PROGRESS_EVERY;
+        let first_prune = self.masks.targets.iter().map(|t| first_pruning_step(t)).min().unwrap_or(i64::MAX);
+        self.model.set_train(true)?;
+        while self.state.epoch < self.epochs {
+            let order = Tensor::from_slice(&rng::epoch_permutation(self.train.len() as usize, self.seed, self.state.epoch as u64))
+                .to_device(self.train.x.device());
+            while self.state.batch < self.steps_per_epoch {
+                if let Some(reason) = stop.requested() {
+                    if reason == StopReason::Checkpoint {
+                        self.checkpoint(inputs, sink)?;
+                    }
+                    return Err(EngineError::Stopped { step: self.state.step, reason });
+                }
+                self.state.step += 1;
+                if self.masks.update(self.state.step, self.model.params())? {
+                    let sparsity = self.masks.sparsities()?;
+                    let step = self.state.step;
+                    let points =
+                        sparsity.iter().map(|s| MetricPoint { step, name: format!("sparsity/{}", s.name), value: s.sparsity }).collect();
+                    sink.emit(Event::Metrics { points })?;
+                    last_progress = Instant::now() - PROGRESS_EVERY;
+                }
+                self.masks.apply(self.model.params());
+                let start = self.state.batch * self.batch_size;
+                let len = self.batch_size.min(self.train.len() - start);
+                let index = order.narrow(0, start, len);
+                let (loss, correct) = self.train_batch(&index)?;
+                self.state.loss_sum += loss * len as f64;
+                self.state.correct += correct;
+                self.state.seen += len;
+                self.state.batch += 1;
+                if last_progress.elapsed() >= PROGRESS_EVERY {
+                    last_progress = Instant::now();
+                    self.progress(sink)?;
+                }
+                if self.state.step % self.checkpoint_every == 0 && self.state.batch < self.steps_per_epoch {
+                    self.checkpoint(inputs, sink)?;
+                }
+            }
+            let ended = self.end_epoch(sink)?;
+            if self.state.step < first_prune {
+                dense_val_accuracy = ended;
+            }
+            self.checkpoint(inputs, sink)?;
+        }
+        self.progress(sink)?;
+        Ok(dense_val_accuracy)
+    }
+
+    fn train_batch(&mut self, index: &Tensor) -> Result<(f64, f64), EngineError> {
+        let x = self.train.x.index_select(0, index);
+        let y = self.train.y.index_select(0, index);
+        // Dropout and any other randomness: a function of (seed, step) only.
+        tch::manual_seed(rng::torch_seed(self.seed, rng::STREAM_STEP, self.state.step as u64));
+        let out = self.model.forward(&x, true)?;
+        let (loss, correct) = loss_and_correct(self.cross_entropy, &out, &y)?;
+        for (_, p) in self.model.params() {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        loss.f_backward()?;
+        let params: Vec<&Tensor> = self.model.params().iter().map(|(_, p)| p).collect();
+        self.optimizer.step(&params);
+        Ok((f64::try_from(&loss)?, correct))
+    }
+
+    fn progress(&self, sink: &mut dyn EventSink) -> Result<(), EngineError> {
+        let seen = self.state.seen.max(1) as f64;
+        sink.emit(Event::Progress {
+            step: self.state.step,
+            total_steps: self.total_steps(),
+            epoch: self.state.epoch,
+            loss: self.state.loss_sum / seen,
+            accuracy: self.state.correct / seen,
+            sparsity: self.masks.sparsities()?,
+        })
+    }
+
+    /// Epoch end: masks applied, training and validation metrics recorded, counters reset.
+    fn end_epoch(&mut self, sink: &mut dyn EventSink) -> Result<Option<f64>, EngineError> {
+        self.masks.apply(self.model.params());
+        let step = self.state.step;
+        let seen = self.state.seen.max(1) as f64;
+        let mut points = vec![
+            MetricPoint { step, name: "loss".into(), value: self.state.loss_sum / seen },
+            MetricPoint { step, name: "learning_rate".into(), value: self.optimizer.learning_rate() },
+        ];
+        if self.cross_entropy {
+            points.push(MetricPoint { step, name: "accuracy".into(), value: self.state.correct / seen });
+        }
+        let mut val_accuracy = None;
+        if let Some(v) = &self.validation {
+            let (loss, acc) = evaluate(&mut self.model, v, self.cross_entropy)?;
+            points.push(MetricPoint { step, name: "val_loss".into(), value: loss });
+            if self.cross_entropy {
+                points.push(MetricPoint { step, name: "val_accuracy".into(), value: acc });
+                val_accuracy = Some(acc);
+            }
+        }
+        sink.emit(Event::Metrics { points })?;
+        self.state.epoch += 1;
+        self.state.batch = 0;
+        self.state.loss_sum = 0.0;
+        self.state.correct = 0.0;
+        self.state.seen = 0;
+        Ok(val_accuracy)
+    }
+
+    /// Loss and accuracy on the validation data, or on the training data without a split.
+    fn evaluate_final(&mut self) -> Result<(f64, f64), EngineError> {
+        let data = self.validation.as_ref().unwrap_or(&self.train);
+        evaluate(&mut self.model, data, self.cross_entropy)
+    }
+}
+
+fn loss_and_correct(cross_entropy: bool, out: &Tensor, y: &Tensor) -> Result<(Tensor, f64), EngineError> {
+    if cross_entropy {
+        let loss = out.f_cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, 0.0)?;
+        let correct = f64::try_from(out.argmax(-1, false).eq_tensor(y).sum(Kind::Float))?;
+        Ok((loss, correct))
+    } else {
+        Ok((out.f_mse_loss(y, Reduction::Mean)?, f64::NAN))
+    }
+}
+
+/// Mean loss and accuracy over `data` in eval mode (no dropout; batch norm uses its statistics).
+fn evaluate(model: &mut Model, data: &Dataset, cross_entropy: bool) -> Result<(f64, f64), EngineError> {
+    model.set_train(false)?;
+    let result = tch::no_grad(|| -> Result<(f64, f64), EngineError> {
+        let (mut loss_sum, mut correct) = (0.0, 0.0);
+        let n = data.len();
+        let mut start = 0;
+        while start < n {
+            let len = EVAL_BATCH.min(n - start);
+            let out = model.forward(&data.x.narrow(0, start, len), false)?;
+            let (loss, c) = loss_and_correct(cross_entropy, &out, &data.y.narrow(0, start, len))?;
+            loss_sum += f64::try_from(&loss)? * len as f64;
+            correct += c;
+            start += len;
+        }
+        Ok((loss_sum / n as f64, correct / n as f64))
+    });
+    model.set_train(true)?;
+    result
+}
+
+/// The first step >= 1 at which a target's mask is computed (m-by-n: step 1).
+fn first_pruning_step(t: &crate::masking::Target) -> i64 {
+    match t.pattern {
+        crate::masking::Pattern::MByN { .. } => 1,
+        _ => {
+            let begin = t.schedule.begin_step().max(1);
+            let freq = t.schedule.frequency().max(1);
+            let offset = (begin - t.schedule.begin_step()).rem_euclid(freq);
+            let first = if offset == 0 { begin } else { begin + freq - offset };
+            if t.schedule.end_step() >= 0 && first > t.schedule.end_step() {
+                i64::MAX
+            } else {
+                first
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! CreateJob's checks: everything that can be wrong with a job is reported before anything is
+//! queued, each problem as `field: reason`.
+
+use std::io::Read;
+use std::path::Path;
+
+use prune_core::validate::{self, FieldError, SpecErrors};
+use prune_core::JobSpec;
+
+use crate::blobs::{BlobId, BlobStore};
+use crate::ids::new_job_id;
+use crate::storage::{now_ms, Db, JobRecord, NewJob, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    #[error("{}", one_line(.0))]
+    Spec(SpecErrors),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// `field: reason; field: reason`: gRPC status messages are best kept to one line.
+fn one_line(errors: &SpecErrors) -> String {
+    errors.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// What a job gets that is not in its spec.
+#[derive(Debug, Clone, Copy)]
+pub struct Defaults {
+    pub threads: u32,
+    pub max_attempts: u32,
+}
+
+/// The job file as text: JSON when it starts with `{`, TOML otherwise.
+pub fn parse_text(text: &str) -> Result<JobSpec, SpecErrors> {
+    if text.trim_start().starts_with('{') {
+        validate::parse_json(text)
+    } else {
+        validate::parse_toml(text)
+    }
+}
+
+/// Checks `spec` completely and queues it.
+pub async fn admit(db: &Db, blobs: &BlobStore, defaults: Defaults, spec: JobSpec) -> Result<JobRecord, AdmissionError> {
+    let mut errors = client_side_paths(&spec);
+    if let Err(SpecErrors(invalid)) = validate::validate(&spec) {
+        errors.extend(invalid);
+    }
+    if errors.is_empty() {
+        errors.extend(missing_blobs(db, &spec).await?);
+    }
+    if !errors.is_empty() {
+        return Err(AdmissionError::Spec(SpecErrors(errors)));
+    }
+    let total_steps = total_steps(db, blobs, &spec).await;
+    let warnings = validate::warnings(&spec, total_steps);
+    let threads = if spec.training.threads > 0 { spec.training.threads as u32 } else { defaults.threads };
+    let job = NewJob {
+        id: new_job_id(),
+        name: spec.name.clone().unwrap_or_default(),
+        spec_json: serde_json::to_string(&spec).expect("specs serialise"),
+        warnings,
+        max_attempts: defaults.max_attempts,
+        threads,
+        created_ms: now_ms(),
+    };
+    db.insert_job(&job).await?;
+    let record = db.job(&job.id).await?;
+    Ok(record.expect("the job was just inserted"))
+}
+
+/// `file` fields name paths on the client's machine; over gRPC the content must be uploaded.
+fn client_side_paths(spec: &JobSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if spec.model.file.is_some() {
+        errors.push(FieldError::new("model.file", "upload the file and pass model.blob"));
+    }
+    if spec.model.weights.as_deref().is_some_and(|w| !validate::is_blob_id(w)) {
+        errors.push(FieldError::new("model.weights", "upload the file and pass its blob id (sha256:...)"));
+    }
+    if spec.data.as_ref().is_some_and(|d| d.file.is_some()) {
+        errors.push(FieldError::new("data.file", "upload the file and pass data.blob"));
+    }
+    errors
+}
+
+fn blob_refs(spec: &JobSpec) -> Vec<(&'static str, &str)> {
+    let data_blob = spec.data.as_ref().and_then(|d| d.blob.as_deref());
+    [("model.blob", spec.model.blob.as_deref()), ("model.weights", spec.model.weights.as_deref()), ("data.blob", data_blob)]
+        .into_iter()
+        .filter_map(|(field, id)| id.map(|id| (field, id)))
+        .collect()
+}
+
+async fn missing_blobs(db: &Db, spec: &JobSpec) -> Result<Vec<FieldError>, StorageError> {
+    let mut errors = Vec::new();
+    for (field, id) in blob_refs(spec) {
+        if db.blob(id).await?.is_none() {
+            errors.push(FieldError::new(field, format!("blob {id} not found: upload it first")));
+        }
+    }
+    Ok(errors)
+}
+
+/// Training steps of the whole job when the data set's size is known without loading it.
+async fn total_steps(db: &Db, blobs: &BlobStore, spec: &JobSpec) -> Option<i64> {
+    let t = &spec.training;
+    if t.epochs == 0 {
+        return Some(0);
+    }
+    let data = spec.data.as_ref()?;
+    let samples = match (data.builtin.as_deref(), data.blob.as_deref()) {
+        (Some("digits"), _) => prune_engine::data::DIGITS_SAMPLES,
+        (Some("synthetic"), _) => data.samples?,
+        (None, Some(id)) => {
+            let path = blobs.path(&BlobId::parse(id).ok()?);
+            db.blob(id).await.ok()??;
+            tokio::task::spawn_blocking(move || safetensors_first_dim(&path, "x")).await.ok()?.ok()?
+        }
+        _ => return None,
+    };
+    // Keras' split, as the engine does it: the last fraction is held out.
+    let train = ((samples as f64) * (1.0 - data.validation_split)).floor() as i64;
+    Some(t.epochs * validate::steps_per_epoch(train, t.batch_size))
+}
+
+/// Largest safetensors header read: far beyond any real data file's.
+const MAX_HEADER: u64 = 100 << 20;
+
+/// The first dimension of tensor `name`, from the file's header alone.
+fn safetensors_first_dim(path: &Path, name: &str) -> Result<i64, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| e.to_string())?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER {
+        return Err(format!("safetensors header of {len} bytes"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| e.to_string())?;
+    header
+        .get(name)
+        .and_then(|t| t.get("shape"))
+        .and_then(|s| s.get(0))
+        .and_then(serde_json::Value::as_i64)
+        .ok_or_else(|| format!("no tensor `{name}` with a shape"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::test_support::db;
+
+    const MLP: &str = r#"
+[model]
+sequential = [{ type = "linear", in = 64, out = 10 }]
+[data]
+builtin = "digits"
+validation_split = 0.1
+[training]
+epochs = 2
+batch_size = 32
+[pruning]
+schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity = 0.5, begin_step = 0, end_step = 1000, frequency = 10 }
+"#;
+
+    fn fields(e: AdmissionError) -> Vec<String> {
+        match e {
+            AdmissionError::Spec(errors) => errors.0.into_iter().map(|e| e.field).collect(),
+            other => panic!("{other}"),
+        }
+    }
+
+    fn store(dir: &Path) -> BlobStore {
+        BlobStore::new(dir.to_path_buf(), dir.to_path_buf())
+    }
+
+    #[tokio::test]
+    async fn admits_with_warnings_from_the_data_size() {
+        let (db, dir) = db().await;
+        let defaults = Defaults { threads: 3, max_attempts: 2 };
+        let job = admit(&db, &store(dir.path()), defaults, parse_text(MLP).unwrap()).await.unwrap();
+        // 1617 training samples / 32 = 51 steps per epoch, 102 in all: end_step 1000 is never reached.
+        assert!(job.warnings.iter().any(|w| w.contains("102 training steps")), "{:?}", job.warnings);
+        assert_eq!((job.threads, job.max_attempts), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn rejects_client_paths_and_unknown_blobs_by_field() {
+        let (db, dir) = db().await;
+        let defaults = Defaults { threads: 1, max_attempts: 3 };
+        let mut spec = parse_text(MLP).unwrap();
+        spec.model.sequential = None;
+        spec.model.file = Some("model.pt".into());
+        let e = admit(&db, &store(dir.path()), defaults, spec.clone()).await.unwrap_err();
+        assert!(e.to_string().contains("model.file: upload the file and pass model.blob"), "{e}");
+        spec.model.file = None;
+        spec.model.blob = Some(format!("sha256:{}", "a".repeat(64)));
+        assert_eq!(fields(admit(&db, &store(dir.path()), defaults, spec).await.unwrap_err()), ["model.blob"]);
+    }
+
+    #[test]
+    fn reads_the_first_dimension_from_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.safetensors");
+        let header = br#"{"x":{"dtype":"F32","shape":[5,2],"data_offsets":[0,40]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[0u8; 40]);
+        std::fs::write(&path, bytes).unwrap();
+        assert_eq!(safetensors_first_dim(&path, "x"), Ok(5));
+        assert!(safetensors_first_dim(&path, "y").is_err());
+        assert_eq!(parse_text("{\"model\": {}}").unwrap_err().0[0].field, "pruning");
+    }
+}

@@ -1,0 +1,128 @@
+//! The pruning job service.
+//!
+//! `prune-server` serves the `pruning.v1` gRPC API ([`service`]), keeps its state in SQLite
+//! ([`storage`]) and content-addressed files ([`blobs`]), and runs each job attempt in a worker
+//! process of its own ([`worker`], spawned and watched by [`supervisor`], scheduled by
+//! [`scheduler`]), so that a crashing job never takes the server or other jobs with it.
+
+pub mod admission;
+pub mod attempt;
+pub mod blobs;
+pub mod config;
+pub mod convert;
+pub mod ids;
+pub mod live;
+pub mod protocol;
+pub mod scheduler;
+pub mod service;
+pub mod shutdown;
+pub mod storage;
+pub mod supervisor;
+pub mod views;
+pub mod worker;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use prune_proto::pruning_service_server::PruningServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::admission::Defaults;
+use crate::blobs::BlobStore;
+use crate::config::{DataDir, ServeArgs};
+use crate::live::Live;
+use crate::scheduler::SchedulerConfig;
+use crate::service::{Service, Shared};
+use crate::storage::{Db, StorageError};
+use crate::supervisor::Deps;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("locating the server binary (workers run it): {0}")]
+    Exe(std::io::Error),
+    #[error("listening on {addr}: {source}")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until SIGTERM/SIGINT, then stops accepting, has running jobs checkpoint (they stay
+/// RUNNING and resume at the next start) and returns.
+pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let data_dir = DataDir::create(&args.data_dir).map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
+    let db = Db::open(&data_dir.database()).await?;
+    let blobs = BlobStore::new(data_dir.blobs(), data_dir.blobs_tmp());
+    let live = Live::default();
+    let worker_exe = std::env::current_exe().map_err(ServeError::Exe)?;
+    let deps = Deps { db: db.clone(), live: live.clone(), data_dir: data_dir.clone(), worker_exe: Arc::from(worker_exe) };
+    let shutdown = CancellationToken::new();
+    shutdown::cancel_on_signal(shutdown.clone()).map_err(ServeError::Signals)?;
+
+    let listener = TcpListener::bind(args.listen).await.map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+
+    let scheduler_config = SchedulerConfig { workers: args.workers as usize, shutdown_grace: args.shutdown_grace() };
+    let (scheduler, scheduler_task) = scheduler::start(deps, blobs.clone(), scheduler_config);
+    let service = Service::new(Shared {
+        db: db.clone(),
+        blobs,
+        live,
+        data_dir: data_dir.clone(),
+        scheduler: scheduler.clone(),
+        defaults: Defaults { threads: args.threads_per_job, max_attempts: args.max_attempts },
+        shutdown: shutdown.clone(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<PruningServiceServer<Service>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(prune_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let server = Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(PruningServiceServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+
+    // The socket is bound: connections queue from now on, so the address can be announced.
+    announce(addr);
+    tracing::info!(%addr, data_dir = %data_dir.root().display(), workers = args.workers, "serving");
+
+    let served = async {
+        let result = server.await;
+        shutdown.cancel(); // a server error ends everything else too
+        result
+    };
+    let drained = async {
+        shutdown.cancelled().await;
+        health.set_not_serving::<PruningServiceServer<Service>>().await;
+        scheduler.shutdown().await;
+    };
+    let (served, ()) = tokio::join!(served, drained);
+    let _ = scheduler_task.await;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(served?)
+}
+
+/// `listening on ADDR` on stdout: how scripts and tests find a `--listen 127.0.0.1:0` port.
+fn announce(addr: std::net::SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening on {addr}");
+    let _ = out.flush();
+}

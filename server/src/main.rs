@@ -1,0 +1,26 @@
+//! `prune-server`: the gRPC job service, or (hidden `worker` subcommand) one job's worker.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use prune_server::config::{Cli, Command};
+
+fn main() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    if let Some(Command::Worker) = cli.command {
+        // Synchronous and single-purpose: no async runtime in the worker.
+        return Ok(prune_server::worker::run());
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Logs go to stderr: stdout carries only the `listening on` line.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(prune_server::serve(cli.serve)).context("prune-server")?;
+    Ok(ExitCode::SUCCESS)
+}

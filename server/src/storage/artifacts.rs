@@ -1,0 +1,86 @@
+//! `artifacts`: the exported files of SUCCEEDED jobs.
+
+use sqlx::Row;
+
+use super::{Db, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    pub format: String,
+    /// Relative to the data directory.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+    pub compression: String,
+    pub sparse_format: String,
+}
+
+impl Db {
+    pub async fn insert_artifacts(&self, job_id: &str, artifacts: &[ArtifactRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for a in artifacts {
+            sqlx::query(
+                "INSERT INTO artifacts (job_id, format, path, sha256, bytes, compression, sparse_format) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, format) DO UPDATE SET \
+                 path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
+                 compression = excluded.compression, sparse_format = excluded.sparse_format",
+            )
+            .bind(job_id)
+            .bind(&a.format)
+            .bind(&a.path)
+            .bind(&a.sha256)
+            .bind(a.bytes as i64)
+            .bind(&a.compression)
+            .bind(&a.sparse_format)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ordered by format name.
+    pub async fn artifacts(&self, job_id: &str) -> Result<Vec<ArtifactRecord>> {
+        let rows = sqlx::query(
+            "SELECT format, path, sha256, bytes, compression, sparse_format FROM artifacts WHERE job_id = $1 ORDER BY format",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ArtifactRecord {
+                    format: r.try_get("format")?,
+                    path: r.try_get("path")?,
+                    sha256: r.try_get("sha256")?,
+                    bytes: r.try_get::<i64, _>("bytes")? as u64,
+                    compression: r.try_get("compression")?,
+                    sparse_format: r.try_get("sparse_format")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{db, new_job};
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip() {
+        let (db, _dir) = db().await;
+        db.insert_job(&new_job("job-a")).await.unwrap();
+        let a = ArtifactRecord {
+            format: "safetensors".into(),
+            path: "artifacts/job-a/model.safetensors.zst".into(),
+            sha256: "ab".into(),
+            bytes: 10,
+            compression: "zstd".into(),
+            sparse_format: "dense".into(),
+        };
+        db.insert_artifacts("job-a", std::slice::from_ref(&a)).await.unwrap();
+        assert_eq!(db.artifacts("job-a").await.unwrap(), [a]);
+        assert_eq!(db.artifacts("job-b").await.unwrap(), []);
+    }
+}

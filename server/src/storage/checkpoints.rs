@@ -1,0 +1,81 @@
+//! `checkpoints`: what the engine reported writing, so a resume can pick the latest good one.
+
+use sqlx::Row;
+
+use super::{now_ms, Db, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRecord {
+    pub step: i64,
+    pub epoch: i64,
+    /// Relative to the data directory.
+    pub path: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+impl Db {
+    /// A checkpoint at a step already recorded (a resumed attempt redoing steps) replaces it.
+    pub async fn insert_checkpoint(&self, job_id: &str, c: &CheckpointRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (job_id, step, epoch, path, sha256, bytes, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, step) DO UPDATE SET \
+             epoch = excluded.epoch, path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
+             created_ms = excluded.created_ms",
+        )
+        .bind(job_id)
+        .bind(c.step)
+        .bind(c.epoch)
+        .bind(&c.path)
+        .bind(&c.sha256)
+        .bind(c.bytes as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Latest first: the order in which a resume tries them.
+    pub async fn checkpoints_latest_first(&self, job_id: &str) -> Result<Vec<CheckpointRecord>> {
+        let rows = sqlx::query("SELECT step, epoch, path, sha256, bytes FROM checkpoints WHERE job_id = $1 ORDER BY step DESC")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointRecord {
+                    step: r.try_get("step")?,
+                    epoch: r.try_get("epoch")?,
+                    path: r.try_get("path")?,
+                    sha256: r.try_get("sha256")?,
+                    bytes: r.try_get::<i64, _>("bytes")? as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{db, new_job};
+    use super::*;
+
+    #[tokio::test]
+    async fn latest_first_and_replaced_on_redo() {
+        let (db, _dir) = db().await;
+        db.insert_job(&new_job("job-a")).await.unwrap();
+        let at = |step: i64, sha: &str| CheckpointRecord {
+            step,
+            epoch: step / 10,
+            path: format!("checkpoints/job-a/{step}"),
+            sha256: sha.into(),
+            bytes: 9,
+        };
+        for c in [at(10, "a"), at(30, "b"), at(20, "c"), at(30, "d")] {
+            db.insert_checkpoint("job-a", &c).await.unwrap();
+        }
+        let steps: Vec<(i64, String)> =
+            db.checkpoints_latest_first("job-a").await.unwrap().into_iter().map(|c| (c.step, c.sha256)).collect();
+        assert_eq!(steps, [(30, "d".to_string()), (20, "c".into()), (10, "a".into())]);
+    }
+}

@@ -1,0 +1,404 @@
+//! `jobs` and `attempts`: the job state machine's persistent half.
+//!
+//! Every state transition is a conditional `UPDATE ... WHERE state = <expected>`, so the
+//! scheduler and a concurrent CancelJob cannot overwrite each other: whoever changes the row
+//! first wins and the other sees `false`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use prune_core::JobSpec;
+use prune_engine::{Report, TensorSparsity};
+use serde::de::DeserializeOwned;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{now_ms, Db, Result, StorageError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] =
+        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "QUEUED",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+
+    /// A job in a terminal state never changes again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown job state `{s}`"))
+    }
+}
+
+/// How one attempt (one worker process) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// The engine reported an error: deterministic, not retried.
+    Failed,
+    /// The worker died without reporting (signal, abort, OOM kill): retried.
+    Crashed,
+    /// Stopped by a server shutdown (or the server died); the job resumes at the next start.
+    Interrupted,
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Crashed => "crashed",
+            AttemptOutcome::Interrupted => "interrupted",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A row of `jobs`, with its JSON columns parsed.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: String,
+    pub name: String,
+    pub state: JobState,
+    pub spec: JobSpec,
+    pub warnings: Vec<String>,
+    pub error: Option<String>,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub threads: u32,
+    pub step: i64,
+    pub total_steps: i64,
+    pub epoch: i64,
+    pub loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub sparsity: Vec<TensorSparsity>,
+    pub report: Option<Report>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+/// What CreateJob inserts.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub name: String,
+    pub spec_json: String,
+    pub warnings: Vec<String>,
+    pub max_attempts: u32,
+    pub threads: u32,
+    pub created_ms: i64,
+}
+
+/// The latest training values, written to the job row now and then (the live values are in
+/// memory; this is what survives a restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressUpdate {
+    pub step: i64,
+    pub epoch: i64,
+    pub loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub sparsity: Vec<TensorSparsity>,
+}
+
+const JOB_COLUMNS: &str = "id, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
+     step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms";
+
+impl Db {
+    pub async fn insert_job(&self, job: &NewJob) -> Result<()> {
+        let warnings = serde_json::to_string(&job.warnings).expect("strings serialise");
+        sqlx::query(
+            "INSERT INTO jobs (id, name, state, spec_json, warnings_json, attempts, max_attempts, threads, \
+             step, total_steps, epoch, created_ms) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, 0, 0, 0, $8)",
+        )
+        .bind(&job.id)
+        .bind(&job.name)
+        .bind(JobState::Queued.as_str())
+        .bind(&job.spec_json)
+        .bind(warnings)
+        .bind(i64::from(job.max_attempts))
+        .bind(i64::from(job.threads))
+        .bind(job.created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = "));
+        q.push_bind(id);
+        q.build().fetch_optional(&self.pool).await?.map(|row| job_from_row(&row)).transpose()
+    }
+
+    /// Newest first (ids sort by creation), optionally only `state`, only ids below `before`.
+    pub async fn list_jobs(&self, state: Option<JobState>, before: Option<&str>, limit: u32) -> Result<Vec<JobRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+        if let Some(state) = state {
+            q.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(before) = before {
+            q.push(" AND id < ").push_bind(before.to_string());
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+        q.build().fetch_all(&self.pool).await?.iter().map(job_from_row).collect()
+    }
+
+    /// Ids of the jobs in `state`, oldest first: the run order.
+    pub async fn job_ids_in_state(&self, state: JobState) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM jobs WHERE state = $1 ORDER BY id")
+            .bind(state.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>("id")).collect())
+    }
+
+    /// QUEUED -> RUNNING for the oldest queued job; `None` when the queue is empty.
+    pub async fn claim_next_queued(&self) -> Result<Option<JobRecord>> {
+        loop {
+            let Some(id) = self.job_ids_in_state(JobState::Queued).await?.into_iter().next() else {
+                return Ok(None);
+            };
+            let claimed = sqlx::query(
+                "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2) WHERE id = $3 AND state = $4",
+            )
+            .bind(JobState::Running.as_str())
+            .bind(now_ms())
+            .bind(&id)
+            .bind(JobState::Queued.as_str())
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+                == 1;
+            // Not claimed: cancelled in between; look at the next one.
+            if claimed {
+                return self.job(&id).await;
+            }
+        }
+    }
+
+    /// Moves a job from `from` to the terminal state `to`; `false` if it was not in `from`.
+    pub async fn finish_job(
+        &self,
+        id: &str,
+        from: &[JobState],
+        to: JobState,
+        error: Option<&str>,
+        report: Option<&Report>,
+    ) -> Result<bool> {
+        debug_assert!(to.is_terminal());
+        let report = report.map(|r| serde_json::to_string(r).expect("report serialises"));
+        let mut q = QueryBuilder::<Sqlite>::new("UPDATE jobs SET state = ");
+        q.push_bind(to.as_str());
+        q.push(", error = ").push_bind(error.map(str::to_string));
+        q.push(", report_json = COALESCE(").push_bind(report).push(", report_json)");
+        q.push(", finished_ms = ").push_bind(now_ms());
+        q.push(" WHERE id = ").push_bind(id.to_string());
+        q.push(" AND state IN (");
+        let mut states = q.separated(", ");
+        for st in from {
+            states.push_bind(st.as_str());
+        }
+        q.push(")");
+        Ok(q.build().execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    pub async fn set_total_steps(&self, id: &str, total_steps: i64) -> Result<()> {
+        sqlx::query("UPDATE jobs SET total_steps = $1 WHERE id = $2").bind(total_steps).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn update_progress(&self, id: &str, p: &ProgressUpdate) -> Result<()> {
+        let sparsity = serde_json::to_string(&p.sparsity).expect("sparsity serialises");
+        sqlx::query(
+            "UPDATE jobs SET step = $1, epoch = $2, loss = COALESCE($3, loss), accuracy = COALESCE($4, accuracy), \
+             sparsity_json = $5 WHERE id = $6",
+        )
+        .bind(p.step)
+        .bind(p.epoch)
+        .bind(p.loss.filter(|v| v.is_finite()))
+        .bind(p.accuracy.filter(|v| v.is_finite()))
+        .bind(sparsity)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a new attempt and counts it on the job; returns its number.
+    pub async fn start_attempt(&self, id: &str, resumed_step: Option<i64>) -> Result<u32> {
+        let mut tx = self.pool.begin().await?;
+        let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        let number = attempts + 1;
+        sqlx::query("INSERT INTO attempts (job_id, attempt, resumed_step, started_ms) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(number)
+            .bind(resumed_step)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE jobs SET attempts = $1 WHERE id = $2").bind(number).bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(number as u32)
+    }
+
+    pub async fn finish_attempt(&self, id: &str, attempt: u32, outcome: AttemptOutcome, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE job_id = $4 AND attempt = $5")
+            .bind(outcome.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .bind(i64::from(attempt))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// At start-up: attempts still open belong to a server that died; mark them interrupted.
+    pub async fn interrupt_open_attempts(&self) -> Result<u64> {
+        Ok(sqlx::query("UPDATE attempts SET outcome = $1, finished_ms = $2 WHERE outcome IS NULL")
+            .bind(AttemptOutcome::Interrupted.as_str())
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    /// Attempts of a job that ended with `outcome`.
+    pub async fn count_attempts(&self, id: &str, outcome: AttemptOutcome) -> Result<u32> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE job_id = $1 AND outcome = $2")
+            .bind(id)
+            .bind(outcome.as_str())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u32)
+    }
+}
+
+fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
+    let id: String = row.try_get("id")?;
+    let corrupt = |what: &'static str, reason: String| StorageError::Corrupt { job_id: id.clone(), what, reason };
+    let state: String = row.try_get("state")?;
+    let sparsity: Option<String> = row.try_get("sparsity_json")?;
+    let report: Option<String> = row.try_get("report_json")?;
+    Ok(JobRecord {
+        name: row.try_get("name")?,
+        state: state.parse().map_err(|e| corrupt("state", e))?,
+        spec: parse_json(&row.try_get::<String, _>("spec_json")?).map_err(|e| corrupt("spec", e))?,
+        warnings: parse_json(&row.try_get::<String, _>("warnings_json")?).map_err(|e| corrupt("warnings", e))?,
+        error: row.try_get("error")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        threads: row.try_get::<i64, _>("threads")? as u32,
+        step: row.try_get("step")?,
+        total_steps: row.try_get("total_steps")?,
+        epoch: row.try_get("epoch")?,
+        loss: row.try_get("loss")?,
+        accuracy: row.try_get("accuracy")?,
+        sparsity: sparsity.as_deref().map(parse_json).transpose().map_err(|e| corrupt("sparsity", e))?.unwrap_or_default(),
+        report: report.as_deref().map(parse_json).transpose().map_err(|e| corrupt("report", e))?,
+        created_ms: row.try_get("created_ms")?,
+        started_ms: row.try_get("started_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+        id,
+    })
+}
+
+fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{db, new_job};
+    use super::*;
+
+    #[tokio::test]
+    async fn claims_in_submission_order_and_lists_newest_first() {
+        let (db, _dir) = db().await;
+        for id in ["job-a", "job-b", "job-c"] {
+            db.insert_job(&new_job(id)).await.unwrap();
+        }
+        let listed: Vec<String> = db.list_jobs(None, None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(listed, ["job-c", "job-b", "job-a"]);
+        let page: Vec<String> = db.list_jobs(None, Some("job-c"), 1).await.unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(page, ["job-b"]);
+
+        assert!(db.finish_job("job-a", &[JobState::Queued], JobState::Cancelled, None, None).await.unwrap());
+        let first = db.claim_next_queued().await.unwrap().unwrap();
+        assert_eq!((first.id.as_str(), first.state), ("job-b", JobState::Running));
+        assert!(first.started_ms.is_some());
+        let running: Vec<String> =
+            db.list_jobs(Some(JobState::Running), None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(running, ["job-b"]);
+        assert_eq!(db.claim_next_queued().await.unwrap().unwrap().id, "job-c");
+        assert!(db.claim_next_queued().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn transitions_are_conditional() {
+        let (db, _dir) = db().await;
+        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert!(!db.finish_job("job-a", &[JobState::Running], JobState::Succeeded, None, None).await.unwrap());
+        assert!(db.finish_job("job-a", &[JobState::Queued, JobState::Running], JobState::Failed, Some("boom"), None).await.unwrap());
+        assert!(!db.finish_job("job-a", &[JobState::Queued, JobState::Running], JobState::Cancelled, None, None).await.unwrap());
+        let job = db.job("job-a").await.unwrap().unwrap();
+        assert_eq!((job.state, job.error.as_deref()), (JobState::Failed, Some("boom")));
+        assert!(job.finished_ms.is_some());
+        assert!(db.job("job-zzz").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn attempts_and_progress() {
+        let (db, _dir) = db().await;
+        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert_eq!(db.start_attempt("job-a", None).await.unwrap(), 1);
+        db.finish_attempt("job-a", 1, AttemptOutcome::Crashed, Some("killed")).await.unwrap();
+        assert_eq!(db.start_attempt("job-a", Some(100)).await.unwrap(), 2);
+        assert_eq!(db.interrupt_open_attempts().await.unwrap(), 1);
+        assert_eq!(db.count_attempts("job-a", AttemptOutcome::Crashed).await.unwrap(), 1);
+        assert_eq!(db.count_attempts("job-a", AttemptOutcome::Interrupted).await.unwrap(), 1);
+
+        let update = ProgressUpdate {
+            step: 7,
+            epoch: 1,
+            loss: Some(f64::NAN),
+            accuracy: Some(0.5),
+            sparsity: vec![TensorSparsity { name: "0.weight".into(), sparsity: 0.25 }],
+        };
+        db.update_progress("job-a", &update).await.unwrap();
+        db.set_total_steps("job-a", 100).await.unwrap();
+        let job = db.job("job-a").await.unwrap().unwrap();
+        assert_eq!((job.attempts, job.step, job.epoch, job.total_steps), (2, 7, 1, 100));
+        assert_eq!((job.loss, job.accuracy), (None, Some(0.5)));
+        assert_eq!(job.sparsity, update.sparsity);
+        assert_eq!(job.warnings, ["a warning"]);
+    }
+}

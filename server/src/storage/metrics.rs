@@ -1,0 +1,68 @@
+//! `metrics`: the time series of a job.
+
+use prune_engine::MetricPoint;
+use sqlx::Row;
+
+use super::{Db, Result};
+
+impl Db {
+    /// One transaction per batch (one engine `Metrics` event). Non-finite values are dropped:
+    /// SQL has no NaN, and a diverged loss is visible in the job's state anyway.
+    pub async fn insert_metrics(&self, job_id: &str, points: &[MetricPoint]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for p in points.iter().filter(|p| p.value.is_finite()) {
+            sqlx::query(
+                "INSERT INTO metrics (job_id, name, step, value) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (job_id, name, step) DO UPDATE SET value = excluded.value",
+            )
+            .bind(job_id)
+            .bind(&p.name)
+            .bind(p.step)
+            .bind(p.value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ordered by name, then step; only names starting with `prefix` (taken literally: no
+    /// LIKE wildcards, since parameter names contain `_`).
+    pub async fn metrics(&self, job_id: &str, prefix: &str) -> Result<Vec<MetricPoint>> {
+        let rows = sqlx::query(
+            "SELECT name, step, value FROM metrics WHERE job_id = $1 AND substr(name, 1, length($2)) = $2 \
+             ORDER BY name, step",
+        )
+        .bind(job_id)
+        .bind(prefix)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(MetricPoint { name: r.try_get("name")?, step: r.try_get("step")?, value: r.try_get("value")? }))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{db, new_job};
+    use super::*;
+
+    fn point(step: i64, name: &str, value: f64) -> MetricPoint {
+        MetricPoint { step, name: name.into(), value }
+    }
+
+    #[tokio::test]
+    async fn batches_upsert_and_filter_by_literal_prefix() {
+        let (db, _dir) = db().await;
+        db.insert_job(&new_job("job-a")).await.unwrap();
+        db.insert_metrics("job-a", &[point(1, "loss", 2.0), point(1, "sparsity/0.weight", 0.5), point(1, "val_loss", f64::NAN)])
+            .await
+            .unwrap();
+        db.insert_metrics("job-a", &[point(1, "loss", 2.5), point(2, "loss", 1.0), point(2, "sparsityX", 0.1)]).await.unwrap();
+        assert_eq!(db.metrics("job-a", "").await.unwrap().len(), 4);
+        assert_eq!(db.metrics("job-a", "loss").await.unwrap(), [point(1, "loss", 2.5), point(2, "loss", 1.0)]);
+        assert_eq!(db.metrics("job-a", "sparsity/").await.unwrap(), [point(1, "sparsity/0.weight", 0.5)]);
+        assert_eq!(db.metrics("job-a", "_").await.unwrap(), []);
+    }
+}

@@ -1,0 +1,151 @@
+//! Database records and live state -> gRPC messages.
+
+use prune_engine::{Report, TensorSparsity};
+use prune_proto as pb;
+
+use crate::convert::spec_to_proto;
+use crate::live::{LiveJob, Progress};
+use crate::storage::{ArtifactRecord, JobRecord, JobState};
+
+pub fn state_to_proto(state: JobState) -> pb::JobState {
+    match state {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+/// `None` for STATE_UNSPECIFIED (and unknown values): no filter.
+pub fn state_from_proto(state: i32) -> Option<JobState> {
+    match pb::JobState::try_from(state).ok()? {
+        pb::JobState::StateUnspecified => None,
+        pb::JobState::Queued => Some(JobState::Queued),
+        pb::JobState::Running => Some(JobState::Running),
+        pb::JobState::Succeeded => Some(JobState::Succeeded),
+        pb::JobState::Failed => Some(JobState::Failed),
+        pb::JobState::Cancelled => Some(JobState::Cancelled),
+    }
+}
+
+/// The job as stored, overlaid with the running attempt's live progress (fresher than the
+/// row, which is written only every few seconds).
+pub fn job(record: &JobRecord, live: Option<&LiveJob>, artifacts: &[ArtifactRecord]) -> pb::Job {
+    let running = record.state == JobState::Running;
+    let live = live.filter(|_| running);
+    let progress = live.and_then(|l| l.progress.as_ref());
+    let finite = |v: f64| v.is_finite().then_some(v);
+    let mut job = pb::Job {
+        id: record.id.clone(),
+        name: record.name.clone(),
+        state: state_to_proto(record.state).into(),
+        error: record.error.clone().unwrap_or_default(),
+        attempts: record.attempts,
+        max_attempts: record.max_attempts,
+        step: record.step,
+        total_steps: record.total_steps,
+        epoch: record.epoch,
+        created_unix_ms: record.created_ms,
+        started_unix_ms: record.started_ms.unwrap_or(0),
+        finished_unix_ms: record.finished_ms.unwrap_or(0),
+        warnings: record.warnings.clone(),
+        spec: Some(spec_to_proto(&record.spec)),
+        loss: record.loss,
+        accuracy: record.accuracy,
+        sparsity: sparsity(&record.sparsity),
+        worker_pid: live.and_then(|l| l.worker_pid).map_or(0, |pid| pid as i32),
+        threads: record.threads,
+        artifacts: artifacts.iter().map(artifact).collect(),
+        eta_seconds: None,
+    };
+    if let Some(p) = progress {
+        job.step = p.step;
+        job.total_steps = p.total_steps.max(job.total_steps);
+        job.epoch = p.epoch;
+        job.loss = finite(p.loss).or(job.loss);
+        job.accuracy = finite(p.accuracy).or(job.accuracy);
+        job.sparsity = sparsity(&p.sparsity);
+        job.eta_seconds = p.eta_seconds;
+    }
+    job
+}
+
+pub fn progress(p: &Progress) -> pb::Progress {
+    pb::Progress {
+        step: p.step,
+        total_steps: p.total_steps,
+        epoch: p.epoch,
+        loss: p.loss,
+        accuracy: p.accuracy,
+        sparsity: sparsity(&p.sparsity),
+        eta_seconds: p.eta_seconds,
+    }
+}
+
+fn sparsity(s: &[TensorSparsity]) -> Vec<pb::TensorSparsity> {
+    s.iter().map(|t| pb::TensorSparsity { name: t.name.clone(), sparsity: t.sparsity }).collect()
+}
+
+pub fn artifact(a: &ArtifactRecord) -> pb::ArtifactInfo {
+    pb::ArtifactInfo {
+        format: a.format.clone(),
+        size: a.bytes,
+        sha256: a.sha256.clone(),
+        compression: a.compression.clone(),
+        sparse_format: a.sparse_format.clone(),
+        file_name: std::path::Path::new(&a.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+    }
+}
+
+pub fn report(r: &Report) -> pb::Report {
+    pb::Report {
+        tensors: r
+            .tensors
+            .iter()
+            .map(|t| pb::TensorReport {
+                name: t.name.clone(),
+                shape: t.shape.clone(),
+                pruned: t.pruned,
+                numel: t.numel,
+                nonzero: t.nonzero,
+                sparsity: t.sparsity,
+            })
+            .collect(),
+        dense_bytes: r.dense_bytes,
+        gzip_dense_bytes: r.gzip_dense_bytes,
+        artifact_bytes: r.artifact_bytes.iter().cloned().collect(),
+        final_val_accuracy: r.final_val_accuracy,
+        final_val_loss: r.final_val_loss,
+        dense_val_accuracy: r.dense_val_accuracy,
+        steps: r.steps,
+        json: serde_json::to_string(r).expect("reports serialise"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip() {
+        for st in JobState::ALL {
+            assert_eq!(state_from_proto(state_to_proto(st).into()), Some(st));
+        }
+        assert_eq!(state_from_proto(0), None);
+        assert_eq!(pb::JobState::Queued.as_str_name(), "QUEUED");
+    }
+
+    #[test]
+    fn artifact_file_name_is_the_stored_name() {
+        let a = ArtifactRecord {
+            format: "safetensors".into(),
+            path: "artifacts/job-1/model.safetensors.zst".into(),
+            sha256: "ab".into(),
+            bytes: 3,
+            compression: "zstd".into(),
+            sparse_format: "dense".into(),
+        };
+        assert_eq!(artifact(&a).file_name, "model.safetensors.zst");
+    }
+}

@@ -1,0 +1,443 @@
+//! End to end: the real `prunectl` against a real `prune-server` on a free port with a
+//! temporary data directory, driven exactly as a user or a script would drive them.
+//!
+//! Both binaries must be built first (`cargo build -p prune-server -p prune-client`, which the
+//! Makefile does); they are looked up next to this test executable. The TorchScript test also
+//! needs `PRUNE_VENV` (set by `eval "$(scripts/libtorch-env.sh)"`) for PyTorch.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use prune_core::bitmask::{read_safetensors, TensorData};
+use prune_tests::{binary, sha256_hex, Server};
+use serde_json::Value;
+use tokio::process::Command;
+
+/// Longest any one `prunectl` call may take (a `--wait` on the slowest example included).
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where no server listens: for the commands that must work (or fail) without one.
+const NO_SERVER: &str = "http://127.0.0.1:1";
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
+}
+
+/// A finished `prunectl` call.
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+    }
+
+    /// Every stdout line as JSON (`watch --json`).
+    fn json_lines(&self) -> Vec<Value> {
+        self.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    }
+}
+
+/// Runs `prunectl ARGS` against `addr`; killed after [`CALL_TIMEOUT`].
+async fn prunectl_at(addr: &str, args: &[&str]) -> Run {
+    let output = Command::new(binary("prunectl"))
+        .args(args)
+        .env("PRUNE_ADDR", addr)
+        .env_remove("PRUNE_TOKEN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(CALL_TIMEOUT, output)
+        .await
+        .unwrap_or_else(|_| panic!("prunectl {args:?} did not finish within {CALL_TIMEOUT:?}"))
+        .expect("running prunectl (build it first: `cargo build -p prune-client`)");
+    Run {
+        status: output.status,
+        stdout: String::from_utf8(output.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+/// A `prune-server` (killed on drop, printing its log if the test failed) and a scratch
+/// directory for the files the test writes.
+struct Harness {
+    server: Server,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("var"), &["--workers", "2"]).await;
+        let addr = format!("http://{}", server.addr);
+        Harness { server, addr, dir }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn prunectl(&self, args: &[&str]) -> Run {
+        prunectl_at(&self.addr, args).await
+    }
+
+    /// `prunectl ARGS`, which must succeed.
+    async fn ok(&self, args: &[&str]) -> Run {
+        let run = self.prunectl(args).await;
+        assert!(
+            run.status.success(),
+            "prunectl {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        run
+    }
+
+    /// Submits a job file and returns the job id.
+    async fn submit(&self, job_file: &Path) -> String {
+        let run = self.ok(&["submit", path(job_file), "--json"]).await;
+        run.json()["id"].as_str().expect("submit --json prints the id").to_string()
+    }
+
+    /// Watches a job to its end, which must be SUCCEEDED.
+    async fn wait_succeeded(&self, id: &str) {
+        let run = self.ok(&["watch", id, "--json"]).await;
+        let last = run.json_lines().pop().expect("watch printed events");
+        assert_eq!(last["event"], "job", "{last}");
+        assert_eq!(last["state"], "SUCCEEDED", "{last}");
+    }
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test paths")
+}
+
+/// Tensors of a safetensors file, by name (file order is an implementation detail).
+fn tensors(file: &Path) -> Vec<TensorData> {
+    let bytes = std::fs::read(file).unwrap();
+    let (mut tensors, _) = read_safetensors(&bytes).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    tensors
+}
+
+/// The two files hold the same f32 tensors, value for value. Pruned zeros compare equal
+/// whatever their sign: a dense export keeps `-0.0` from `w * mask` where `w < 0`, unpacking
+/// writes `+0.0`, and PyTorch treats both alike.
+fn assert_same_weights(got: &Path, want: &Path) {
+    let (got_tensors, want_tensors) = (tensors(got), tensors(want));
+    let names = |t: &[TensorData]| t.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&got_tensors), names(&want_tensors), "{} vs {}", got.display(), want.display());
+    for (g, w) in got_tensors.iter().zip(&want_tensors) {
+        assert_eq!((g.dtype, &g.shape), (w.dtype, &w.shape), "{}", g.name);
+        let floats = |t: &TensorData| {
+            t.data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect::<Vec<_>>()
+        };
+        let (gv, wv) = (floats(g), floats(w));
+        if let Some(i) = (0..gv.len()).find(|&i| gv[i] != wv[i]) {
+            panic!("{}[{i}]: {} in {} but {} in {}", g.name, gv[i], got.display(), wv[i], want.display());
+        }
+    }
+}
+
+/// `$PRUNE_VENV/bin/python`: PyTorch, to make and check TorchScript files.
+fn python() -> PathBuf {
+    let venv = std::env::var_os("PRUNE_VENV")
+        .expect("PRUNE_VENV is not set: run `eval \"$(scripts/libtorch-env.sh)\"` (the Makefile does) for PyTorch");
+    PathBuf::from(venv).join("bin/python")
+}
+
+async fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().await.expect("run python");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+/// `submit --wait` of the quickest example, then the JSON shapes of status, list and metrics,
+/// cancel, and a TensorBoard export of the metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn quick_job_status_list_metrics_tensorboard() {
+    let h = Harness::start().await;
+    let run = h.ok(&["submit", path(&example("constant_quick.toml")), "--wait"]).await;
+    // The id comes first; the watch's plain progress lines follow (stdout is a pipe here).
+    let id = run.stdout.lines().next().unwrap().trim().to_string();
+    assert!(id.starts_with("job-"), "{}", run.stdout);
+    assert!(run.stdout.contains("SUCCEEDED"), "{}", run.stdout);
+
+    let status = h.ok(&["status", &id, "--json"]).await.json();
+    assert_eq!(status["id"], id.as_str());
+    assert_eq!(status["state"], "SUCCEEDED");
+    assert_eq!(status["total_steps"], 102, "2 epochs of 51 batches: {status}");
+    assert_eq!(status["step"], status["total_steps"]);
+    assert!(status["error"].is_null(), "{status}");
+    assert!(status["warnings"].as_array().is_some_and(|w| w.is_empty()), "{status}");
+    let text = h.ok(&["status", &id]).await.stdout;
+    assert!(text.contains("SUCCEEDED") && text.contains("102/102"), "{text}");
+
+    // A second job: newest first in the list, and something to cancel.
+    let second = h.submit(&example("constant_quick.toml")).await;
+    let list = h.ok(&["list", "--json"]).await.json();
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [second.as_str(), id.as_str()]);
+    assert!(h.ok(&["list"]).await.stdout.starts_with("ID "));
+    let cancelled = h.ok(&["cancel", &second, "--json"]).await.json();
+    assert_eq!(cancelled["id"], second.as_str());
+    // Cancelling may race with the job finishing; either way watch's exit status must agree.
+    let watch = h.prunectl(&["watch", &second, "--json"]).await;
+    let last = watch.json_lines().pop().expect("watch printed the job");
+    let state = last["state"].as_str().unwrap();
+    assert!(state == "CANCELLED" || state == "SUCCEEDED", "{last}");
+    assert_eq!(watch.status.code(), Some(if state == "SUCCEEDED" { 0 } else { 3 }), "{watch:?}");
+
+    let metrics = h.ok(&["metrics", &id, "--json"]).await.json();
+    let records = metrics.as_array().unwrap();
+    for r in records {
+        let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, BTreeSet::from(["step", "name", "value"]), "{r}");
+    }
+    let names: BTreeSet<&str> = records.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for name in ["sparsity/0.weight", "sparsity/2.weight", "loss", "accuracy", "learning_rate"] {
+        assert!(names.contains(name), "no {name} in {names:?}");
+    }
+    let last_sparsity = records.iter().rfind(|r| r["name"] == "sparsity/0.weight").unwrap();
+    assert!((last_sparsity["value"].as_f64().unwrap() - 0.5).abs() < 1e-6, "{last_sparsity}");
+    assert!(h.ok(&["metrics", &id]).await.stdout.starts_with("NAME"));
+
+    let logdir = h.file("tb");
+    h.ok(&["tensorboard", &id, "--logdir", path(&logdir)]).await;
+    let files: Vec<PathBuf> = std::fs::read_dir(&logdir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
+    let events = prune_client::tensorboard::read_event_file(&files[0]).expect("records parse and CRCs match");
+    assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
+    let values: Vec<_> = events.iter().filter_map(|e| e.summary.as_ref()).flat_map(|s| &s.value).collect();
+    assert_eq!(values.len(), records.len());
+    assert!(values.iter().any(|v| v.tag == "sparsity/0.weight" && v.simple_value == Some(0.5)));
+}
+
+/// Every example job file (but the TorchScript one, which needs a model file: see below) runs
+/// to SUCCEEDED.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_succeeds() {
+    let h = Harness::start().await;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(example(""))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && !p.ends_with("torchscript.toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 9, "{files:?}");
+    let mut ids = Vec::new();
+    for file in &files {
+        ids.push(h.submit(file).await);
+    }
+    for (file, id) in files.iter().zip(&ids) {
+        eprintln!("waiting for {} ({id})", file.display());
+        h.wait_succeeded(id).await;
+    }
+}
+
+/// examples/torchscript.toml with a TorchScript MLP made by PyTorch: the pruned TorchScript
+/// download loads back in PyTorch, with its first weight at the schedule's final sparsity.
+#[tokio::test(flavor = "multi_thread")]
+async fn torchscript_example_round_trips_through_pytorch() {
+    let h = Harness::start().await;
+    // The job file names `model.pt` relative to itself: copy it next to a fresh model.
+    let job = h.file("torchscript.toml");
+    std::fs::copy(example("torchscript.toml"), &job).unwrap();
+    run_python(
+        "import sys, torch\n\
+         torch.manual_seed(0)\n\
+         m = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))\n\
+         torch.jit.script(m).save(sys.argv[1])",
+        &[path(&h.file("model.pt"))],
+    )
+    .await;
+
+    let run = h.ok(&["submit", path(&job), "--wait", "--json"]).await;
+    let id = run.json_lines()[0]["id"].as_str().unwrap().to_string();
+    let pruned = h.file("pruned.pt");
+    h.ok(&["download", &id, "--format", "torchscript", "-o", path(&pruned)]).await;
+
+    let out = run_python(
+        "import sys, torch\n\
+         m = torch.jit.load(sys.argv[1])\n\
+         w = m.state_dict()['0.weight']\n\
+         assert m(torch.zeros(2, 64)).shape == (2, 10)\n\
+         print((w == 0).float().mean().item())",
+        &[path(&pruned)],
+    )
+    .await;
+    let sparsity: f64 = out.trim().parse().unwrap();
+    assert!((sparsity - 0.8).abs() < 0.01, "0.weight sparsity {sparsity}");
+}
+
+/// A download cut off halfway resumes to the same bytes (sha256-verified), raw or
+/// decompressed; `unpack` of the bitmask download equals the dense download of the same
+/// training run.
+#[tokio::test(flavor = "multi_thread")]
+async fn download_resumes_and_unpack_matches_dense() {
+    let h = Harness::start().await;
+    let packed_job = h.submit(&example("digits_demo.toml")).await;
+    // The same job with a dense export: same seed, same training, same weights.
+    let dense_file = h.file("digits_dense.toml");
+    let text = std::fs::read_to_string(example("digits_demo.toml")).unwrap();
+    assert!(text.contains("sparse_format = \"bitmask\""));
+    std::fs::write(&dense_file, text.replace("sparse_format = \"bitmask\"", "sparse_format = \"dense\"")).unwrap();
+    let dense_job = h.submit(&dense_file).await;
+    h.wait_succeeded(&packed_job).await;
+    h.wait_succeeded(&dense_job).await;
+
+    // Whole raw download: the served (zstd) bytes, matching the announced sha256.
+    let full = h.file("packed.safetensors.zst");
+    let done = h.ok(&["download", &packed_job, "-o", path(&full), "--raw", "--json"]).await.json();
+    let served = std::fs::read(&full).unwrap();
+    assert_eq!(done["artifact"]["sha256"], sha256_hex(&served).as_str());
+    assert_eq!(done["artifact"]["compression"], "zstd");
+    assert_eq!(done["artifact"]["sparse_format"], "bitmask");
+    assert_eq!(done["resumed_from"], 0);
+    assert!(!h.file("packed.safetensors.zst.part").exists());
+
+    // Cut off halfway: resume from the .part file, raw and decompressed.
+    let half = served.len() / 2;
+    let resumed_raw = h.file("resumed.safetensors.zst");
+    std::fs::write(h.file("resumed.safetensors.zst.part"), &served[..half]).unwrap();
+    let done = h.ok(&["download", &packed_job, "-o", path(&resumed_raw), "--raw", "--json"]).await.json();
+    assert_eq!(done["resumed_from"], half as u64);
+    assert_eq!(sha256_hex(&std::fs::read(&resumed_raw).unwrap()), sha256_hex(&served));
+
+    let packed = h.file("packed.safetensors");
+    std::fs::write(h.file("packed.safetensors.part"), &served[..half]).unwrap();
+    let done = h.ok(&["download", &packed_job, "-o", path(&packed), "--json"]).await.json();
+    assert_eq!(done["resumed_from"], half as u64);
+    assert_eq!(std::fs::read(&packed).unwrap(), prune_core::compress::decompress(&served).unwrap());
+    assert!(!h.file("packed.safetensors.part").exists());
+
+    // A stale .part (not a prefix of the artifact) fails verification and is replaced.
+    let stale = h.file("stale.safetensors");
+    std::fs::write(h.file("stale.safetensors.part"), vec![0u8; half]).unwrap();
+    h.ok(&["download", &packed_job, "-o", path(&stale)]).await;
+    assert_eq!(std::fs::read(&stale).unwrap(), std::fs::read(&packed).unwrap());
+
+    // unpack (offline) of the decompressed and of the compressed download equals the dense one.
+    let dense = h.file("dense.safetensors");
+    h.ok(&["download", &dense_job, "-o", path(&dense)]).await;
+    assert!(tensors(&packed).iter().any(|t| t.name.ends_with(".bitmask")));
+    for input in [&packed, &full] {
+        let unpacked = h.file("unpacked.safetensors");
+        let run = prunectl_at(NO_SERVER, &["unpack", path(input), "-o", path(&unpacked)]).await;
+        assert!(run.status.success(), "unpack needs no server: {run:?}");
+        assert_same_weights(&unpacked, &dense);
+    }
+}
+
+/// `watch` outlives a server restart: it reconnects (saying so), and the stream, which starts
+/// with the job's current state, carries on to the job's real end.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_reconnects_across_a_server_restart() {
+    let h = Harness::start().await;
+    // digits_demo for long enough to be caught running (the server resumes it after the restart).
+    let long = h.file("long.toml");
+    let text = std::fs::read_to_string(example("digits_demo.toml")).unwrap();
+    std::fs::write(&long, text.replace("epochs = 12 ", "epochs = 100 ")).unwrap();
+    let id = h.submit(&long).await;
+    let watch = Command::new(binary("prunectl"))
+        .args(["watch", &id, "--json"])
+        .env("PRUNE_ADDR", &h.addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    loop {
+        let status = h.ok(&["status", &id, "--json"]).await.json();
+        assert_ne!(status["state"], "SUCCEEDED", "finished too soon to test a restart");
+        if status["step"].as_i64() > Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let Harness { server, addr, dir } = h;
+    let listen = server.addr.clone();
+    assert_eq!(server.terminate(Duration::from_secs(60)).await, Some(0));
+    // The same port again (the harness always picks a fresh one), the same data directory.
+    let _restarted = Command::new(binary("prune-server"))
+        .args(["--listen", &listen, "--workers", "2", "--data-dir"])
+        .arg(dir.path().join("var"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let out = tokio::time::timeout(CALL_TIMEOUT, watch.wait_with_output()).await.expect("watch finished").unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "watch failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["event"] == "reconnecting"), "{stdout}");
+    assert_eq!(events.last().unwrap()["state"], "SUCCEEDED", "{stdout}");
+    let status = prunectl_at(&addr, &["status", &id, "--json"]).await.json();
+    assert_eq!(status["state"], "SUCCEEDED");
+}
+
+/// A job file with a bad field is rejected before anything is sent, naming file and field.
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_job_file_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(example("whole_model.toml")).unwrap();
+    std::fs::write(&bad, text.replace("end_step = 402", "end_step = 2")).unwrap();
+    // No server at all: validation comes first.
+    let run = prunectl_at(NO_SERVER, &["submit", path(&bad)]).await;
+    assert!(!run.status.success());
+    let expected = format!("{}: pruning.schedule.end_step: ", bad.display());
+    assert!(run.stderr.contains(&expected), "stderr: {}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+
+    std::fs::write(&bad, text.replace("batch_size = 32", "bacth_size = 32")).unwrap();
+    let run = prunectl_at(NO_SERVER, &["submit", path(&bad)]).await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("training.bacth_size"), "stderr: {}", run.stderr);
+}
+
+/// Unknown jobs and unreachable servers: non-zero exit and a one-line reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_are_one_line_reasons() {
+    let h = Harness::start().await;
+    let never = h.file("never-written");
+    for args in [
+        &["status", "job-00000000deadbeef"][..],
+        &["watch", "job-00000000deadbeef"],
+        &["cancel", "job-00000000deadbeef"],
+        &["metrics", "job-00000000deadbeef", "--json"],
+        &["download", "job-00000000deadbeef", "-o", path(&never)],
+    ] {
+        let run = h.prunectl(args).await;
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {run:?}");
+        assert_eq!(run.stderr.lines().count(), 1, "{args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("job job-00000000deadbeef not found"), "{args:?}: {}", run.stderr);
+    }
+    assert!(!never.exists());
+
+    let run = prunectl_at(NO_SERVER, &["list"]).await;
+    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("cannot connect to http://127.0.0.1:1"), "{}", run.stderr);
+}

@@ -1,0 +1,284 @@
+//! Harness for end-to-end tests: runs the real `prune-server` binary on `127.0.0.1:0` with a
+//! data directory of its own, finds its port from the `listening on` line, and offers a few
+//! gRPC helpers. Nothing here sleeps to synchronise: waits poll the server with a deadline.
+//!
+//! The binaries must be built first (`cargo build -p prune-server`); test executables live in
+//! `target/<profile>/deps/`, next to which `target/<profile>/prune-server` is found.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use prune_proto as pb;
+use prune_proto::pruning_service_client::PruningServiceClient;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+pub type Client = PruningServiceClient<Channel>;
+
+/// How long a server may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `target/<profile>/<name>`, next to the `deps/` directory the running test lives in.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(path.exists(), "{} not found: build it first with `cargo build -p prune-server`", path.display());
+    path
+}
+
+/// A running `prune-server`; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    /// Kept open: the server's stdout must stay writable.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    /// Starts a server on `data_dir` with extra command-line arguments; its log goes to
+    /// `<data_dir>.log` (printed if the test fails).
+    pub async fn start(data_dir: &Path, args: &[&str]) -> Server {
+        let log = data_dir.with_extension("log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("server log");
+        let mut child = Command::new(binary("prune-server"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawning prune-server");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let addr = tokio::time::timeout(START_TIMEOUT, async {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if stdout.read_line(&mut line).await.expect("reading the server's stdout") == 0 {
+                    panic!("prune-server exited before listening; log:\n{}", read_log(&log));
+                }
+                if let Some(addr) = line.trim().strip_prefix("listening on ") {
+                    return addr.to_string();
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("prune-server did not listen within {START_TIMEOUT:?}; log:\n{}", read_log(&log)));
+        Server { child, addr, data_dir: data_dir.to_path_buf(), log, _stdout: stdout }
+    }
+
+    pub async fn client(&self) -> Client {
+        PruningServiceClient::connect(format!("http://{}", self.addr)).await.expect("connecting to prune-server")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr)).unwrap().connect().await.expect("connecting")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("server running") as i32
+    }
+
+    /// SIGKILL: the server gets no chance to clean up.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("killing prune-server");
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub async fn terminate(mut self, within: Duration) -> Option<i32> {
+        signal(self.pid(), libc::SIGTERM);
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("prune-server did not exit within {within:?} of SIGTERM"))
+            .expect("waiting for prune-server");
+        status.code()
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("--- prune-server log ({}) ---", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.child.start_kill();
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+pub fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+}
+
+/// True while a process with `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z"),
+        Err(_) => false,
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Uploads `data` in 64 KiB chunks; returns the blob id.
+pub async fn upload(client: &mut Client, data: &[u8]) -> Result<String, tonic::Status> {
+    use pb::upload_blob_request::Part;
+    let mut messages = vec![pb::UploadBlobRequest {
+        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: sha256_hex(data) })),
+    }];
+    messages.extend(data.chunks(64 * 1024).map(|c| pb::UploadBlobRequest { part: Some(Part::Data(c.to_vec())) }));
+    Ok(client.upload_blob(tokio_stream::iter(messages)).await?.into_inner().id)
+}
+
+pub async fn create_toml(client: &mut Client, toml: &str) -> Result<pb::Job, tonic::Status> {
+    let source = pb::create_job_request::Source::SpecToml(toml.to_string());
+    Ok(client.create_job(pb::CreateJobRequest { source: Some(source) }).await?.into_inner())
+}
+
+pub fn state(job: &pb::Job) -> pb::JobState {
+    pb::JobState::try_from(job.state).expect("known state")
+}
+
+pub fn is_terminal(job: &pb::Job) -> bool {
+    matches!(state(job), pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+}
+
+/// What a watch saw.
+#[derive(Debug, Default)]
+pub struct Watched {
+    pub jobs: Vec<pb::Job>,
+    pub progress: Vec<pb::Progress>,
+}
+
+/// Watches `job_id` until `until` holds for the latest job snapshot and progress (or the
+/// stream ends); panics after `timeout`. Returns the latest snapshot.
+pub async fn watch_until(
+    client: &mut Client,
+    job_id: &str,
+    timeout: Duration,
+    mut until: impl FnMut(&pb::Job, Option<&pb::Progress>) -> bool,
+) -> (pb::Job, Watched) {
+    let deadline = Instant::now() + timeout;
+    let mut watched = Watched::default();
+    let mut stream = client.watch_job(pb::WatchJobRequest { id: job_id.to_string() }).await.expect("WatchJob").into_inner();
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next()).await.unwrap_or_else(|_| {
+            panic!("job {job_id}: condition not met within {timeout:?}; last: {:?}", watched.jobs.last())
+        });
+        match next {
+            Some(Ok(pb::JobEvent { event: Some(event), .. })) => match event {
+                pb::job_event::Event::Job(job) => watched.jobs.push(job),
+                pb::job_event::Event::Progress(p) => watched.progress.push(p),
+            },
+            Some(Ok(_)) => {}
+            Some(Err(status)) => panic!("WatchJob failed: {status}"),
+            None => break,
+        }
+        let job = watched.jobs.last().expect("the first event is the job");
+        if until(job, watched.progress.last()) {
+            break;
+        }
+    }
+    let last = watched.jobs.last().cloned().expect("the first event is the job");
+    (last, watched)
+}
+
+/// Watches until the job ends; returns its final state as GetJob reports it.
+pub async fn wait_terminal(client: &mut Client, job_id: &str, timeout: Duration) -> (pb::Job, Watched) {
+    let (_, watched) = watch_until(client, job_id, timeout, |job, _| is_terminal(job)).await;
+    let job = client.get_job(pb::GetJobRequest { id: job_id.to_string() }).await.expect("GetJob").into_inner();
+    assert!(is_terminal(&job), "the watch ended before the job did: {job:?}");
+    (job, watched)
+}
+
+/// Downloads an artifact from `offset`; returns the header and the bytes.
+pub async fn download(
+    client: &mut Client,
+    job_id: &str,
+    format: &str,
+    offset: u64,
+) -> Result<(pb::ArtifactInfo, Vec<u8>), tonic::Status> {
+    use pb::download_artifact_response::Part;
+    let request = pb::DownloadArtifactRequest { job_id: job_id.into(), format: format.into(), read_offset: offset };
+    let mut stream = client.download_artifact(request).await?.into_inner();
+    let mut info = None;
+    let mut data = Vec::new();
+    while let Some(message) = stream.next().await {
+        match message?.part {
+            Some(Part::Info(i)) => {
+                assert!(info.is_none(), "a second info message");
+                info = Some(i);
+            }
+            Some(Part::Data(chunk)) => {
+                assert!(info.is_some(), "data before info");
+                assert!(chunk.len() <= 256 * 1024, "chunk of {} bytes", chunk.len());
+                data.extend_from_slice(&chunk);
+            }
+            None => {}
+        }
+    }
+    Ok((info.expect("an info message"), data))
+}
+
+/// A small safetensors state dict of `nn.Sequential(Linear(64, 32), ReLU(), Linear(32, 10))`
+/// with deterministic, distinct weights.
+pub fn mlp_state_dict() -> Vec<u8> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let tensor = |shape: &[usize], seed: u32| -> (Vec<usize>, Vec<u8>) {
+        let n: usize = shape.iter().product();
+        let values: Vec<u8> = (0..n)
+            .flat_map(|i| {
+                // A fixed pseudo-random permutation of magnitudes, with alternating signs.
+                let v = ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 10_007) as f32 / 10_007.0;
+                let v = if i % 2 == 0 { v } else { -v };
+                v.to_le_bytes()
+            })
+            .collect();
+        (shape.to_vec(), values)
+    };
+    let tensors = [
+        ("0.weight", tensor(&[32, 64], 1)),
+        ("0.bias", tensor(&[32], 2)),
+        ("2.weight", tensor(&[10, 32], 3)),
+        ("2.bias", tensor(&[10], 4)),
+    ];
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|(name, (shape, data))| (*name, TensorView::new(Dtype::F32, shape.clone(), data).expect("tensor view")))
+        .collect();
+    safetensors::serialize(views, None).expect("serialising the state dict")
+}
+
+/// Fraction of exact zeros in an f32 tensor of a safetensors file.
+pub fn zero_fraction(file: &[u8], name: &str) -> f64 {
+    let tensors = safetensors::SafeTensors::deserialize(file).expect("a safetensors file");
+    let t = tensors.tensor(name).unwrap_or_else(|_| panic!("no tensor {name}"));
+    let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    values.iter().filter(|v| **v == 0.0).count() as f64 / values.len() as f64
+}
