@@ -110,8 +110,12 @@ async fn health_and_reflection() {
         server_reflection_response::MessageResponse, ServerReflectionRequest,
     };
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection").into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses =
+        reflection.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection").into_inner();
     let response = responses.next().await.expect("a reflection response").expect("reflection ok");
     let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
@@ -151,7 +155,10 @@ async fn one_shot_job_on_an_uploaded_state_dict() {
     assert_eq!(job.artifacts.len(), 1);
 
     let (info, packed) = download(&mut client, &job.id, "", 0).await.expect("download");
-    assert_eq!((info.format.as_str(), info.compression.as_str(), info.sparse_format.as_str()), ("safetensors", "zstd", "dense"));
+    assert_eq!(
+        (info.format.as_str(), info.compression.as_str(), info.sparse_format.as_str()),
+        ("safetensors", "zstd", "dense")
+    );
     assert_eq!(info.size, packed.len() as u64);
     assert_eq!(info.sha256, sha256_hex(&packed));
     assert!(!info.file_name.is_empty());
@@ -159,7 +166,8 @@ async fn one_shot_job_on_an_uploaded_state_dict() {
     let zeros = zero_fraction(&weights, "0.weight");
     assert!((zeros - 0.5).abs() < 0.01, "0.weight sparsity {zeros}");
 
-    let report = client.get_report(pb::GetReportRequest { job_id: job.id.clone() }).await.expect("GetReport").into_inner();
+    let report =
+        client.get_report(pb::GetReportRequest { job_id: job.id.clone() }).await.expect("GetReport").into_inner();
     assert!(report.tensors.iter().any(|t| t.name == "0.weight" && t.pruned));
     assert!(report.dense_bytes > 0 && !report.json.is_empty());
     let metrics = client
@@ -217,7 +225,8 @@ async fn training_job_reports_progress_and_metrics() {
     assert_eq!(watched.jobs.first().unwrap().id, created.id);
     assert_eq!(state(watched.jobs.last().unwrap()), pb::JobState::Succeeded);
 
-    let all = client.get_metrics(pb::GetMetricsRequest { job_id: job.id.clone(), name_prefix: String::new() }).await.unwrap();
+    let all =
+        client.get_metrics(pb::GetMetricsRequest { job_id: job.id.clone(), name_prefix: String::new() }).await.unwrap();
     let names: std::collections::BTreeSet<String> = all.into_inner().points.into_iter().map(|p| p.name).collect();
     for name in ["sparsity/0.weight", "sparsity/2.weight", "loss"] {
         assert!(names.contains(name), "{name} missing from {names:?}");
@@ -354,7 +363,11 @@ async fn two_workers_run_two_jobs_at_once() {
     let deadline = tokio::time::Instant::now() + JOB_TIMEOUT;
     loop {
         let (ja, jb) = (get(&mut client, &a.id).await, get(&mut client, &b.id).await);
-        if state(&ja) == pb::JobState::Running && state(&jb) == pb::JobState::Running && ja.worker_pid > 0 && jb.worker_pid > 0 {
+        if state(&ja) == pb::JobState::Running
+            && state(&jb) == pb::JobState::Running
+            && ja.worker_pid > 0
+            && jb.worker_pid > 0
+        {
             assert_ne!(ja.worker_pid, jb.worker_pid);
             break;
         }
@@ -414,7 +427,8 @@ async fn invalid_specs_are_rejected_naming_the_field() {
         (
             with(&|s| {
                 s.model.as_mut().unwrap().blob = None;
-                s.model.as_mut().unwrap().sequential = vec![pb::LayerSpec { r#type: "linear".into(), r#in: Some(4), ..Default::default() }];
+                s.model.as_mut().unwrap().sequential =
+                    vec![pb::LayerSpec { r#type: "linear".into(), r#in: Some(4), ..Default::default() }];
             }),
             "model.sequential[0].out",
         ),
@@ -468,7 +482,8 @@ async fn errors_map_to_status_codes() {
     assert_eq!(early.code(), Code::FailedPrecondition, "{early}");
     client.cancel_job(pb::CancelJobRequest { id: job.id.clone() }).await.unwrap();
 
-    let bad_token = client.list_jobs(pb::ListJobsRequest { page_token: "x".into(), ..Default::default() }).await.unwrap_err();
+    let bad_token =
+        client.list_jobs(pb::ListJobsRequest { page_token: "x".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(bad_token.code(), Code::InvalidArgument);
 }
 

@@ -137,7 +137,9 @@ pub fn signal(pid: i32, signal: i32) {
 pub fn process_alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z"),
+        Ok(stat) => {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z")
+        }
         Err(_) => false,
     }
 }
@@ -186,7 +188,8 @@ pub async fn watch_until(
 ) -> (pb::Job, Watched) {
     let deadline = Instant::now() + timeout;
     let mut watched = Watched::default();
-    let mut stream = client.watch_job(pb::WatchJobRequest { id: job_id.to_string() }).await.expect("WatchJob").into_inner();
+    let mut stream =
+        client.watch_job(pb::WatchJobRequest { id: job_id.to_string() }).await.expect("WatchJob").into_inner();
     loop {
         let next = tokio::time::timeout_at(deadline, stream.next()).await.unwrap_or_else(|_| {
             panic!("job {job_id}: condition not met within {timeout:?}; last: {:?}", watched.jobs.last())

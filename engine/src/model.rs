@@ -112,6 +112,7 @@ impl Script {
 
     /// The module as TorchScript bytes (what `torch.jit.load` reads).
     pub fn to_bytes(&self, scratch_dir: &Path) -> Result<Vec<u8>, EngineError> {
+        std::fs::create_dir_all(scratch_dir)?;
         let tmp = scratch_dir.join(format!(".module-{}.pt.tmp", std::process::id()));
         self.module.save(&tmp)?;
         let bytes = std::fs::read(&tmp)?;

@@ -86,10 +86,14 @@ fn client_side_paths(spec: &JobSpec) -> Vec<FieldError> {
 
 fn blob_refs(spec: &JobSpec) -> Vec<(&'static str, &str)> {
     let data_blob = spec.data.as_ref().and_then(|d| d.blob.as_deref());
-    [("model.blob", spec.model.blob.as_deref()), ("model.weights", spec.model.weights.as_deref()), ("data.blob", data_blob)]
-        .into_iter()
-        .filter_map(|(field, id)| id.map(|id| (field, id)))
-        .collect()
+    [
+        ("model.blob", spec.model.blob.as_deref()),
+        ("model.weights", spec.model.weights.as_deref()),
+        ("data.blob", data_blob),
+    ]
+    .into_iter()
+    .filter_map(|(field, id)| id.map(|id| (field, id)))
+    .collect()
 }
 
 async fn missing_blobs(db: &Db, spec: &JobSpec) -> Result<Vec<FieldError>, StorageError> {

@@ -28,11 +28,18 @@ pub struct Prepared {
     pub resumed: Option<CheckpointRecord>,
 }
 
-pub async fn prepare(db: &Db, blobs: &BlobStore, data_dir: &DataDir, job: &JobRecord) -> Result<Prepared, PrepareError> {
+pub async fn prepare(
+    db: &Db,
+    blobs: &BlobStore,
+    data_dir: &DataDir,
+    job: &JobRecord,
+) -> Result<Prepared, PrepareError> {
     let resumed = latest_good_checkpoint(db, data_dir, &job.id).await?;
     let blob = |field: &'static str, id: &Option<String>| -> Result<Option<PathBuf>, PrepareError> {
         id.as_deref()
-            .map(|id| BlobId::parse(id).map(|id| blobs.path(&id)).map_err(|source| PrepareError::Blob { field, source }))
+            .map(|id| {
+                BlobId::parse(id).map(|id| blobs.path(&id)).map_err(|source| PrepareError::Blob { field, source })
+            })
             .transpose()
     };
     let spec = &job.spec;
@@ -55,7 +62,11 @@ fn create_dir(path: PathBuf) -> Result<PathBuf, PrepareError> {
 
 /// The newest recorded checkpoint whose file is still there with the recorded sha256; older
 /// ones are tried in turn (a torn or deleted file must not be resumed from). `None`: start over.
-async fn latest_good_checkpoint(db: &Db, data_dir: &DataDir, job_id: &str) -> Result<Option<CheckpointRecord>, StorageError> {
+async fn latest_good_checkpoint(
+    db: &Db,
+    data_dir: &DataDir,
+    job_id: &str,
+) -> Result<Option<CheckpointRecord>, StorageError> {
     for checkpoint in db.checkpoints_latest_first(job_id).await? {
         let path = data_dir.resolve(&checkpoint.path);
         let expected = checkpoint.sha256.clone();

@@ -11,7 +11,8 @@ use prune_core::spec::{DataSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, Over
 use prune_core::validate::{FieldError, SpecErrors};
 use prune_proto as pb;
 
-const LAYER_TYPES: &[&str] = &["linear", "conv2d", "relu", "tanh", "sigmoid", "maxpool2d", "flatten", "dropout", "reshape"];
+const LAYER_TYPES: &[&str] =
+    &["linear", "conv2d", "relu", "tanh", "sigmoid", "maxpool2d", "flatten", "dropout", "reshape"];
 const SCHEDULE_KINDS: &[&str] = &["polynomial_decay", "constant_sparsity"];
 
 /// Converts a gRPC spec, reporting every structural problem at once.
@@ -77,7 +78,8 @@ impl Fields<'_> {
 fn layer_from_proto(l: pb::LayerSpec, at: &str, errors: &mut Vec<FieldError>) -> Option<LayerSpec> {
     let kind = l.r#type.as_str();
     if !LAYER_TYPES.contains(&kind) {
-        errors.push(FieldError::new(format!("{at}.type"), format!("`{kind}` is not one of: {}", LAYER_TYPES.join(", "))));
+        errors
+            .push(FieldError::new(format!("{at}.type"), format!("`{kind}` is not one of: {}", LAYER_TYPES.join(", "))));
         return None;
     }
     let mut f = Fields { at, kind, errors };
@@ -91,7 +93,8 @@ fn layer_from_proto(l: pb::LayerSpec, at: &str, errors: &mut Vec<FieldError>) ->
         ("p", l.p.is_some()),
         ("shape", !l.shape.is_empty()),
     ];
-    let others = |own: &[&str]| -> Vec<(&str, bool)> { all.iter().copied().filter(|(n, _)| !own.contains(n)).collect() };
+    let others =
+        |own: &[&str]| -> Vec<(&str, bool)> { all.iter().copied().filter(|(n, _)| !own.contains(n)).collect() };
     let layer = match kind {
         "linear" => {
             f.absent(&others(&["in", "out", "bias"]));
@@ -474,7 +477,8 @@ sparse_format = "bitmask"
         ];
         let pruning = p.pruning.as_mut().unwrap();
         pruning.block_size = vec![1, 2, 3];
-        pruning.schedule = Some(pb::Schedule { kind: "polynomial_decay".into(), target_sparsity: Some(0.1), ..Default::default() });
+        pruning.schedule =
+            Some(pb::Schedule { kind: "polynomial_decay".into(), target_sparsity: Some(0.1), ..Default::default() });
         assert_eq!(
             fields(spec_from_proto(p).unwrap_err()),
             [

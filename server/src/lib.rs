@@ -60,16 +60,19 @@ pub enum ServeError {
 /// Serves until SIGTERM/SIGINT, then stops accepting, has running jobs checkpoint (they stay
 /// RUNNING and resume at the next start) and returns.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let data_dir = DataDir::create(&args.data_dir).map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
+    let data_dir = DataDir::create(&args.data_dir)
+        .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
     let db = Db::open(&data_dir.database()).await?;
     let blobs = BlobStore::new(data_dir.blobs(), data_dir.blobs_tmp());
     let live = Live::default();
     let worker_exe = std::env::current_exe().map_err(ServeError::Exe)?;
-    let deps = Deps { db: db.clone(), live: live.clone(), data_dir: data_dir.clone(), worker_exe: Arc::from(worker_exe) };
+    let deps =
+        Deps { db: db.clone(), live: live.clone(), data_dir: data_dir.clone(), worker_exe: Arc::from(worker_exe) };
     let shutdown = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown.clone()).map_err(ServeError::Signals)?;
 
-    let listener = TcpListener::bind(args.listen).await.map_err(|source| ServeError::Listen { addr: args.listen, source })?;
+    let listener =
+        TcpListener::bind(args.listen).await.map_err(|source| ServeError::Listen { addr: args.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: args.listen, source })?;
 
     let scheduler_config = SchedulerConfig { workers: args.workers as usize, shutdown_grace: args.shutdown_grace() };

@@ -70,7 +70,10 @@ impl Live {
 
     /// A new attempt started.
     pub fn attempt_started(&self, job_id: &str, pid: Option<u32>) {
-        self.jobs.lock().expect("live lock").insert(job_id.to_string(), LiveJob { worker_pid: pid, ..Default::default() });
+        self.jobs
+            .lock()
+            .expect("live lock")
+            .insert(job_id.to_string(), LiveJob { worker_pid: pid, ..Default::default() });
         self.state_changed(job_id);
     }
 
@@ -125,7 +128,15 @@ mod tests {
         let live = Live::default();
         let mut rx = live.subscribe();
         live.attempt_started("job-a", Some(42));
-        let p = Progress { step: 1, total_steps: 10, epoch: 0, loss: 1.0, accuracy: 0.1, sparsity: vec![], eta_seconds: None };
+        let p = Progress {
+            step: 1,
+            total_steps: 10,
+            epoch: 0,
+            loss: 1.0,
+            accuracy: 0.1,
+            sparsity: vec![],
+            eta_seconds: None,
+        };
         live.progress("job-a", p.clone());
         assert!(matches!(rx.recv().await.unwrap().event, LiveEvent::StateChanged));
         let update = rx.recv().await.unwrap();

@@ -27,9 +27,14 @@ pub enum WorkerMessage {
     Event(#[serde(with = "EventDef")] Event),
     Finished(JobOutcome),
     /// The engine returned an error: deterministic, so not worth a retry.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// The engine stopped on request (a checkpoint was written first for `Checkpoint`).
-    Stopped { step: i64, reason: StopReason },
+    Stopped {
+        step: i64,
+        reason: StopReason,
+    },
 }
 
 impl WorkerMessage {
@@ -45,7 +50,13 @@ impl WorkerMessage {
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "Event", tag = "event", rename_all = "snake_case")]
 enum EventDef {
-    Started { total_steps: i64, steps_per_epoch: i64, epochs: i64, start_step: i64, pruned: Vec<String> },
+    Started {
+        total_steps: i64,
+        steps_per_epoch: i64,
+        epochs: i64,
+        start_step: i64,
+        pruned: Vec<String>,
+    },
     Progress {
         step: i64,
         total_steps: i64,
@@ -57,8 +68,16 @@ enum EventDef {
         sparsity: Vec<TensorSparsity>,
     },
     /// Metric points must be finite (the worker drops the others).
-    Metrics { points: Vec<MetricPoint> },
-    Checkpoint { path: PathBuf, step: i64, epoch: i64, sha256: String, bytes: u64 },
+    Metrics {
+        points: Vec<MetricPoint>,
+    },
+    Checkpoint {
+        path: PathBuf,
+        step: i64,
+        epoch: i64,
+        sha256: String,
+        bytes: u64,
+    },
 }
 
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
@@ -133,7 +152,8 @@ mod tests {
         let WorkerMessage::Event(Event::Progress { loss, accuracy, .. }) = back else { panic!("{back:?}") };
         assert!(loss.is_nan());
         assert_eq!(accuracy, 0.5);
-        let stopped = serde_json::to_string(&WorkerMessage::Stopped { step: 3, reason: StopReason::Checkpoint }).unwrap();
+        let stopped =
+            serde_json::to_string(&WorkerMessage::Stopped { step: 3, reason: StopReason::Checkpoint }).unwrap();
         assert!(serde_json::from_str::<WorkerMessage>(&stopped).unwrap().is_terminal());
     }
 }

@@ -30,7 +30,11 @@ enum Msg {
     Wake,
     /// The job's row is CANCELLED now: kill its worker, if any.
     Cancelled(String),
-    Ended { job_id: String, attempt: u32, end: AttemptEnd },
+    Ended {
+        job_id: String,
+        attempt: u32,
+        end: AttemptEnd,
+    },
     Shutdown(oneshot::Sender<()>),
     GraceExpired,
 }
@@ -282,7 +286,13 @@ impl Scheduler {
         self.finish(job_id, JobState::Failed, Some(error), None).await;
     }
 
-    async fn finish(&mut self, job_id: &str, state: JobState, error: Option<&str>, report: Option<&prune_engine::Report>) {
+    async fn finish(
+        &mut self,
+        job_id: &str,
+        state: JobState,
+        error: Option<&str>,
+        report: Option<&prune_engine::Report>,
+    ) {
         match self.deps.db.finish_job(job_id, &[JobState::Running], state, error, report).await {
             Ok(true) => tracing::info!(job_id, %state, error, "job finished"),
             Ok(false) => tracing::info!(job_id, "job was no longer running (cancelled)"),

@@ -13,10 +13,10 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command as Process};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::config::DataDir;
 use crate::live::{self, Live};
 use crate::protocol::{Command, WorkerMessage, WorkerRequest};
 use crate::storage::{CheckpointRecord, Db, ProgressUpdate};
-use crate::config::DataDir;
 use crate::worker::SERVER_PID_ENV;
 
 /// How often running progress is written to the job row (it is in memory in between).
@@ -110,12 +110,7 @@ pub fn spawn(
     let last_log = Arc::new(Mutex::new(String::new()));
     let logger = tokio::spawn(forward_log(stderr, last_log.clone()).instrument(span.clone()));
     let (control, control_rx) = mpsc::unbounded_channel();
-    let run = Run {
-        recorder: Recorder::new(deps.clone(), request.job_id.clone()),
-        child,
-        stdin,
-        control: control_rx,
-    };
+    let run = Run { recorder: Recorder::new(deps.clone(), request.job_id.clone()), child, stdin, control: control_rx };
     tokio::spawn(
         async move {
             tracing::info!("worker started");
@@ -285,8 +280,13 @@ impl Recorder {
             }
             Event::Progress { step, total_steps, epoch, loss, accuracy, sparsity } => {
                 let finite = |v: f64| v.is_finite().then_some(v);
-                self.pending =
-                    Some(ProgressUpdate { step, epoch, loss: finite(loss), accuracy: finite(accuracy), sparsity: sparsity.clone() });
+                self.pending = Some(ProgressUpdate {
+                    step,
+                    epoch,
+                    loss: finite(loss),
+                    accuracy: finite(accuracy),
+                    sparsity: sparsity.clone(),
+                });
                 let progress = live::Progress { step, total_steps, epoch, loss, accuracy, sparsity, eta_seconds: None };
                 self.deps.live.progress(&self.job_id, progress);
                 if self.last_write.is_none_or(|t| t.elapsed() >= PROGRESS_TO_DB_EVERY) {

@@ -94,7 +94,10 @@ pub fn artifact(a: &ArtifactRecord) -> pb::ArtifactInfo {
         sha256: a.sha256.clone(),
         compression: a.compression.clone(),
         sparse_format: a.sparse_format.clone(),
-        file_name: std::path::Path::new(&a.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        file_name: std::path::Path::new(&a.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
     }
 }
 

@@ -68,7 +68,9 @@ fn run_attempt() -> Result<(), WorkerError> {
         Ok(Ok(outcome)) => WorkerMessage::Finished(outcome),
         Ok(Err(EngineError::Stopped { step, reason })) => WorkerMessage::Stopped { step, reason },
         Ok(Err(e)) => WorkerMessage::Failed { error: one_line(&e.to_string()) },
-        Err(panic) => WorkerMessage::Failed { error: format!("engine panicked: {}", one_line(&panic_message(&*panic))) },
+        Err(panic) => {
+            WorkerMessage::Failed { error: format!("engine panicked: {}", one_line(&panic_message(&*panic))) }
+        }
     };
     // If the server is gone this fails too, and the exit status is all that is left.
     if let Err(e) = write_line(sink.out, &terminal) {
@@ -202,7 +204,9 @@ mod tests {
         sink.emit(Event::Metrics { points }).unwrap();
         let text = String::from_utf8(buf).unwrap();
         assert_eq!(text.lines().count(), 1);
-        let WorkerMessage::Event(Event::Metrics { points }) = serde_json::from_str(text.trim()).unwrap() else { panic!() };
+        let WorkerMessage::Event(Event::Metrics { points }) = serde_json::from_str(text.trim()).unwrap() else {
+            panic!()
+        };
         assert_eq!(points.len(), 1);
     }
 

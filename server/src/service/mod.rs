@@ -87,7 +87,10 @@ fn blob_message(b: BlobRecord) -> pb::Blob {
 
 #[tonic::async_trait]
 impl PruningService for Service {
-    async fn upload_blob(&self, request: Request<Streaming<pb::UploadBlobRequest>>) -> Result<Response<pb::Blob>, Status> {
+    async fn upload_blob(
+        &self,
+        request: Request<Streaming<pb::UploadBlobRequest>>,
+    ) -> Result<Response<pb::Blob>, Status> {
         use pb::upload_blob_request::Part;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
@@ -100,7 +103,9 @@ impl PruningService for Service {
         while let Some(message) = stream.message().await? {
             match message.part {
                 Some(Part::Data(data)) => upload.write(&data).await?,
-                Some(Part::Header(_)) => return Err(Status::invalid_argument("only the first message may be a header")),
+                Some(Part::Header(_)) => {
+                    return Err(Status::invalid_argument("only the first message may be a header"))
+                }
                 None => {}
             }
         }
@@ -157,7 +162,8 @@ impl PruningService for Service {
         let mut records = self.shared.db.list_jobs(state, before, page_size + 1).await?;
         let more = records.len() > page_size as usize;
         records.truncate(page_size as usize);
-        let next_page_token = if more { records.last().map(|r| r.id.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token =
+            if more { records.last().map(|r| r.id.clone()).unwrap_or_default() } else { String::new() };
         let mut jobs = Vec::with_capacity(records.len());
         for record in &records {
             jobs.push(self.view(record).await?);
@@ -189,11 +195,15 @@ impl PruningService for Service {
         Ok(Response::new(Box::pin(watch::stream(self.clone(), id, first, updates))))
     }
 
-    async fn get_metrics(&self, request: Request<pb::GetMetricsRequest>) -> Result<Response<pb::GetMetricsResponse>, Status> {
+    async fn get_metrics(
+        &self,
+        request: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
         let request = request.into_inner();
         let record = self.record(&request.job_id).await?;
         let points = self.shared.db.metrics(&record.id, &request.name_prefix).await?;
-        let points = points.into_iter().map(|p| pb::MetricPoint { step: p.step, name: p.name, value: p.value }).collect();
+        let points =
+            points.into_iter().map(|p| pb::MetricPoint { step: p.step, name: p.name, value: p.value }).collect();
         Ok(Response::new(pb::GetMetricsResponse { points }))
     }
 
@@ -216,7 +226,9 @@ impl PruningService for Service {
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
         let request = request.into_inner();
         let record = self.record(&request.job_id).await?;
-        let stream = download::stream(&self.shared.db, &self.shared.data_dir, &record, &request.format, request.read_offset).await?;
+        let stream =
+            download::stream(&self.shared.db, &self.shared.data_dir, &record, &request.format, request.read_offset)
+                .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -15,20 +15,25 @@ pub struct BlobRecord {
 impl Db {
     /// Idempotent: recording a blob twice keeps the first row (same content, same id).
     pub async fn insert_blob(&self, blob: &BlobRecord) -> Result<()> {
-        sqlx::query("INSERT INTO blobs (id, size, path, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
-            .bind(&blob.id)
-            .bind(blob.size as i64)
-            .bind(&blob.path)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO blobs (id, size, path, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&blob.id)
+        .bind(blob.size as i64)
+        .bind(&blob.path)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     pub async fn blob(&self, id: &str) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query("SELECT id, size, path FROM blobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        row.map(|r| Ok(BlobRecord { id: r.try_get("id")?, size: r.try_get::<i64, _>("size")? as u64, path: r.try_get("path")? }))
-            .transpose()
+        let row =
+            sqlx::query("SELECT id, size, path FROM blobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| {
+            Ok(BlobRecord { id: r.try_get("id")?, size: r.try_get::<i64, _>("size")? as u64, path: r.try_get("path")? })
+        })
+        .transpose()
     }
 }
 

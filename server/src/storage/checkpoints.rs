@@ -37,10 +37,12 @@ impl Db {
 
     /// Latest first: the order in which a resume tries them.
     pub async fn checkpoints_latest_first(&self, job_id: &str) -> Result<Vec<CheckpointRecord>> {
-        let rows = sqlx::query("SELECT step, epoch, path, sha256, bytes FROM checkpoints WHERE job_id = $1 ORDER BY step DESC")
-            .bind(job_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT step, epoch, path, sha256, bytes FROM checkpoints WHERE job_id = $1 ORDER BY step DESC",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(CheckpointRecord {

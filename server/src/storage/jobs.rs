@@ -231,7 +231,11 @@ impl Db {
     }
 
     pub async fn set_total_steps(&self, id: &str, total_steps: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET total_steps = $1 WHERE id = $2").bind(total_steps).bind(id).execute(&self.pool).await?;
+        sqlx::query("UPDATE jobs SET total_steps = $1 WHERE id = $2")
+            .bind(total_steps)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -255,7 +259,8 @@ impl Db {
     /// Records a new attempt and counts it on the job; returns its number.
     pub async fn start_attempt(&self, id: &str, resumed_step: Option<i64>) -> Result<u32> {
         let mut tx = self.pool.begin().await?;
-        let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        let attempts: i64 =
+            sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
         let number = attempts + 1;
         sqlx::query("INSERT INTO attempts (job_id, attempt, resumed_step, started_ms) VALUES ($1, $2, $3, $4)")
             .bind(id)
@@ -269,15 +274,23 @@ impl Db {
         Ok(number as u32)
     }
 
-    pub async fn finish_attempt(&self, id: &str, attempt: u32, outcome: AttemptOutcome, error: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE job_id = $4 AND attempt = $5")
-            .bind(outcome.as_str())
-            .bind(error)
-            .bind(now_ms())
-            .bind(id)
-            .bind(i64::from(attempt))
-            .execute(&self.pool)
-            .await?;
+    pub async fn finish_attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        outcome: AttemptOutcome,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE job_id = $4 AND attempt = $5",
+        )
+        .bind(outcome.as_str())
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .bind(i64::from(attempt))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -322,7 +335,12 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
         epoch: row.try_get("epoch")?,
         loss: row.try_get("loss")?,
         accuracy: row.try_get("accuracy")?,
-        sparsity: sparsity.as_deref().map(parse_json).transpose().map_err(|e| corrupt("sparsity", e))?.unwrap_or_default(),
+        sparsity: sparsity
+            .as_deref()
+            .map(parse_json)
+            .transpose()
+            .map_err(|e| corrupt("sparsity", e))?
+            .unwrap_or_default(),
         report: report.as_deref().map(parse_json).transpose().map_err(|e| corrupt("report", e))?,
         created_ms: row.try_get("created_ms")?,
         started_ms: row.try_get("started_ms")?,
@@ -367,8 +385,14 @@ mod tests {
         let (db, _dir) = db().await;
         db.insert_job(&new_job("job-a")).await.unwrap();
         assert!(!db.finish_job("job-a", &[JobState::Running], JobState::Succeeded, None, None).await.unwrap());
-        assert!(db.finish_job("job-a", &[JobState::Queued, JobState::Running], JobState::Failed, Some("boom"), None).await.unwrap());
-        assert!(!db.finish_job("job-a", &[JobState::Queued, JobState::Running], JobState::Cancelled, None, None).await.unwrap());
+        assert!(db
+            .finish_job("job-a", &[JobState::Queued, JobState::Running], JobState::Failed, Some("boom"), None)
+            .await
+            .unwrap());
+        assert!(!db
+            .finish_job("job-a", &[JobState::Queued, JobState::Running], JobState::Cancelled, None, None)
+            .await
+            .unwrap());
         let job = db.job("job-a").await.unwrap().unwrap();
         assert_eq!((job.state, job.error.as_deref()), (JobState::Failed, Some("boom")));
         assert!(job.finished_ms.is_some());

@@ -56,10 +56,15 @@ mod tests {
     async fn batches_upsert_and_filter_by_literal_prefix() {
         let (db, _dir) = db().await;
         db.insert_job(&new_job("job-a")).await.unwrap();
-        db.insert_metrics("job-a", &[point(1, "loss", 2.0), point(1, "sparsity/0.weight", 0.5), point(1, "val_loss", f64::NAN)])
+        db.insert_metrics(
+            "job-a",
+            &[point(1, "loss", 2.0), point(1, "sparsity/0.weight", 0.5), point(1, "val_loss", f64::NAN)],
+        )
+        .await
+        .unwrap();
+        db.insert_metrics("job-a", &[point(1, "loss", 2.5), point(2, "loss", 1.0), point(2, "sparsityX", 0.1)])
             .await
             .unwrap();
-        db.insert_metrics("job-a", &[point(1, "loss", 2.5), point(2, "loss", 1.0), point(2, "sparsityX", 0.1)]).await.unwrap();
         assert_eq!(db.metrics("job-a", "").await.unwrap().len(), 4);
         assert_eq!(db.metrics("job-a", "loss").await.unwrap(), [point(1, "loss", 2.5), point(2, "loss", 1.0)]);
         assert_eq!(db.metrics("job-a", "sparsity/").await.unwrap(), [point(1, "sparsity/0.weight", 0.5)]);
