@@ -397,6 +397,22 @@ async fn watch_reconnects_across_a_server_restart() {
     assert_eq!(status["state"], "SUCCEEDED");
 }
 
+/// `upload` prints the content's id, sends a multi-chunk file whole, and skips a file the server
+/// already has.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_is_content_addressed() {
+    let h = Harness::start().await;
+    let file = h.file("weights.bin");
+    let data: Vec<u8> = (0..(5 << 19) + 7).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let id = format!("sha256:{}", sha256_hex(&data));
+    assert_eq!(h.ok(&["upload", path(&file)]).await.stdout.trim(), id);
+    let again = h.ok(&["upload", path(&file), "--json"]).await.json();
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["size"], data.len() as u64);
+    assert_eq!(again["uploaded"], false, "the second upload must be skipped");
+}
+
 /// A job file with a bad field is rejected before anything is sent, naming file and field.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_job_file_names_the_field() {

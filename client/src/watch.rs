@@ -26,7 +26,8 @@ enum Ended {
 impl Client {
     /// The job's events until it ends: first the whole job, then progress and state changes.
     /// The last item is the job in its terminal state, or an error (job unknown, server gone
-    /// for longer than the retries last).
+    /// for longer than the retries last). The stream is fed by a task on the current Tokio
+    /// runtime; dropping the stream stops it.
     pub fn watch(&self, job_id: &str) -> impl Stream<Item = Result<WatchEvent>> + Send + Unpin + 'static {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(watch_loop(self.clone(), job_id.to_string(), tx));

@@ -279,7 +279,6 @@ impl Trainer {
             }
             self.checkpoint(inputs, sink)?;
         }
-        self.progress(sink)?;
         Ok(dense_val_accuracy)
     }
 
@@ -336,6 +335,8 @@ impl Trainer {
             }
         }
         sink.emit(Event::Metrics { points })?;
+        // The epoch's own figures, before the counters restart: the last progress of a job.
+        self.progress(sink)?;
         self.state.epoch += 1;
         self.state.batch = 0;
         self.state.loss_sum = 0.0;

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `make demo`: the main job end to end, through the real server and prunectl.
+# Starts prune-server with its embedded SQLite in a temporary data dir, trains the digits MLP
+# dense and prunes it 50% -> 80% (examples/digits_demo.toml), downloads the artifact, prints a
+# before/after table, and stops the server. Expects the binaries built (`make demo` does it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=target/debug
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkfifo "$work/ready"
+"$BIN/prune-server" --listen 127.0.0.1:0 --data-dir "$work/var" --workers 1 >"$work/ready" 2>"$work/server.log" &
+server_pid=$!
+# The server prints `listening on ADDR` once it accepts connections.
+addr=$(grep -m1 'listening on' "$work/ready" | awk '{print $3}')
+[ -n "$addr" ] || { echo "server did not start:"; cat "$work/server.log"; exit 1; }
+cat "$work/ready" >/dev/null &
+export PRUNE_ADDR="http://$addr"
+echo "prune-server listening on $addr (data dir $work/var)"
+
+id=$("$BIN/prunectl" submit examples/digits_demo.toml)
+echo "submitted $id: $(grep -m1 '^name' examples/digits_demo.toml)"
+"$BIN/prunectl" watch "$id"
+"$BIN/prunectl" download "$id" -o "$work/digits-pruned.safetensors" --raw >/dev/null
+"$BIN/prunectl" download "$id" -o "$work/digits-pruned-dense.safetensors" >/dev/null
+echo
+"$BIN/prunectl" report "$id"
+echo
+echo "artifact: $(stat -c %s "$work/digits-pruned.safetensors") bytes as served (bitmask + zstd);" \
+     "$(stat -c %s "$work/digits-pruned-dense.safetensors") bytes as plain dense safetensors after download"
+"$PRUNE_VENV/bin/python" - "$work/digits-pruned-dense.safetensors" <<'PY'
+import sys
+from safetensors.torch import load_file
+sd = load_file(sys.argv[1])
+print("loaded with safetensors.torch:", ", ".join(f"{k} {tuple(v.shape)} {float((v == 0).float().mean()):.0%} zeros" for k, v in sd.items()))
+PY
