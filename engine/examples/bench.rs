@@ -175,25 +175,11 @@ fn artifact_sizes() {
     }
 }
 
-/// The seed's digits MLP (64 -> 128 -> 10), trained then pruned to 80%, exported as
-/// bitmask + zstd; tfmot's gzipped .h5 of the same model measured 13,473 B.
+/// The seed's digits MLP (64 -> 128 -> 10), trained then pruned to 80% by the demo job
+/// (`examples/digits_demo.toml`: bitmask + zstd); tfmot's gzipped .h5 of the same model: 13,473 B.
 fn digits_mlp() {
     const TFMOT_H5_GZ: f64 = 13473.0;
-    let toml = r#"
-[model]
-sequential = [ { type = "linear", in = 64, out = 128 }, { type = "relu" }, { type = "linear", in = 128, out = 10 } ]
-[data]
-builtin = "digits"
-validation_split = 0.1
-[training]
-epochs = 12
-batch_size = 32
-[pruning]
-schedule = { kind = "polynomial_decay", initial_sparsity = 0.5, final_sparsity = 0.8, begin_step = 200, end_step = 400, frequency = 50 }
-[export]
-compression = "zstd"
-sparse_format = "bitmask"
-"#;
+    let toml = include_str!("../../examples/digits_demo.toml");
     let spec = validate::parse_toml(toml).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let inputs = JobInputs {
@@ -216,9 +202,14 @@ sparse_format = "bitmask"
     );
 }
 
+/// `cargo run --example bench [NAME...]` runs the sections whose name contains one of NAMEs.
 fn main() {
-    mask_update();
-    artifact_sizes();
-    digits_mlp();
-    epoch_ratio();
+    let filters: Vec<String> = std::env::args().skip(1).collect();
+    let sections: [(&str, fn()); 4] =
+        [("mask", mask_update), ("artifacts", artifact_sizes), ("digits", digits_mlp), ("epoch", epoch_ratio)];
+    for (name, run) in sections {
+        if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
+            run();
+        }
+    }
 }

@@ -129,6 +129,9 @@ fn check_shape(t: &Target) -> Result<(), EngineError> {
 pub struct Masks {
     pub targets: Vec<Target>,
     masks: Vec<Tensor>,
+    /// Host memory behind CPU masks: the mask tensors borrow it (`from_blob`) instead of
+    /// copying 4 bytes per weight again. A buffer is only replaced after its tensor.
+    buffers: Vec<Vec<f32>>,
     /// A mask that is still all-ones needs no multiply.
     active: Vec<bool>,
 }
@@ -137,7 +140,8 @@ impl Masks {
     pub fn new(targets: Vec<Target>, params: &NamedParams) -> Masks {
         let masks = targets.iter().map(|t| params[t.param].1.ones_like().set_requires_grad(false)).collect();
         let active = vec![false; targets.len()];
-        Masks { targets, masks, active }
+        let buffers = vec![Vec::new(); targets.len()];
+        Masks { targets, masks, buffers, active }
     }
 
     pub fn masks(&self) -> &[Tensor] {
@@ -185,35 +189,51 @@ impl Masks {
 
     fn recompute(&mut self, which: &[usize], params: &NamedParams, sparsity: impl Fn(&Target) -> f32) -> Result<(), EngineError> {
         let param_of: Vec<usize> = self.targets.iter().map(|t| t.param).collect();
-        let weights = |i: usize| host_values(&params[param_of[i]].1);
+        let weights = |i: usize| HostValues::of(&params[param_of[i]].1);
         let (global, local): (Vec<usize>, Vec<usize>) =
             which.iter().partition(|&&i| self.targets[i].global && self.targets[i].pattern == Pattern::Element);
         if !global.is_empty() {
             let values = global.iter().map(|&i| weights(i)).collect::<Result<Vec<_>, _>>()?;
             let slices: Vec<&[f32]> = values.iter().map(|v| v.as_slice()).collect();
             let s = sparsity(&self.targets[global[0]]);
-            for (&i, m) in global.iter().zip(mask::global_masks(&slices, s)) {
-                self.set(i, &m)?;
+            let computed = mask::global_masks(&slices, s);
+            drop(slices);
+            for (&i, m) in global.iter().zip(computed) {
+                self.set(i, m)?;
             }
         }
         for i in local {
-            let w = weights(i)?;
+            let host = weights(i)?;
+            let w = host.as_slice();
             let t = &self.targets[i];
             let m = match t.pattern {
-                Pattern::Element => mask::element_mask(&w, sparsity(t)),
-                Pattern::Block { size, pooling } => mask::block_mask(&w, t.shape[0], t.shape[1], size, pooling, sparsity(t)),
-                Pattern::MByN { m, n } => mask::m_by_n_mask(&w, &t.shape, m, n),
+                Pattern::Element => mask::element_mask(w, sparsity(t)),
+                Pattern::Block { size, pooling } => mask::block_mask(w, t.shape[0], t.shape[1], size, pooling, sparsity(t)),
+                Pattern::MByN { m, n } => mask::m_by_n_mask(w, &t.shape, m, n),
             };
-            self.set(i, &m)?;
+            self.set(i, m)?;
         }
         Ok(())
     }
 
-    fn set(&mut self, i: usize, values: &[f32]) -> Result<(), EngineError> {
+    fn set(&mut self, i: usize, values: Vec<f32>) -> Result<(), EngineError> {
         let shape: Vec<i64> = self.targets[i].shape.iter().map(|&d| d as i64).collect();
-        let device = self.masks[i].device();
-        self.masks[i] = Tensor::from_slice(values).reshape(&shape).to_device(device);
         self.active[i] = values.iter().any(|&v| v == 0.0);
+        let device = self.masks[i].device();
+        if device != Device::Cpu {
+            self.masks[i] = Tensor::from_slice(&values).reshape(&shape).to_device(device);
+            return Ok(());
+        }
+        let mut strides = vec![1i64; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        // SAFETY: `values` is moved into `self.buffers[i]` right after and lives, unmoved (a Vec's
+        // heap block does not move with the Vec), as long as this tensor: both are replaced
+        // together here, tensor first, and only dropped with `self`.
+        let tensor = unsafe { Tensor::f_from_blob(values.as_ptr() as *const u8, &shape, &strides, Kind::Float, Device::Cpu)? };
+        self.masks[i] = tensor;
+        self.buffers[i] = values;
         Ok(())
     }
 
@@ -238,8 +258,32 @@ impl Masks {
     }
 }
 
-/// A tensor's values as host f32 (masks are computed on the CPU; 4096x4096 takes ~0.05 s).
-fn host_values(t: &Tensor) -> Result<Vec<f32>, EngineError> {
-    let flat = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).reshape([-1]);
-    Ok(Vec::<f32>::try_from(&flat)?)
+/// A weight's values on the host as f32, for the mask computation (on the CPU). A contiguous
+/// f32 CPU weight is read in place; anything else is converted once.
+struct HostValues {
+    /// A contiguous f32 CPU tensor whose storage the slice reads.
+    tensor: Tensor,
+    len: usize,
+}
+
+impl HostValues {
+    fn of(t: &Tensor) -> Result<HostValues, EngineError> {
+        let tensor = t.detach();
+        let tensor = if tensor.device() == Device::Cpu && tensor.kind() == Kind::Float && tensor.is_contiguous() {
+            tensor
+        } else {
+            tensor.to_device(Device::Cpu).to_kind(Kind::Float).contiguous()
+        };
+        let len = tensor.numel();
+        Ok(HostValues { tensor, len })
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: the tensor is contiguous f32 with `len` elements and is kept alive by `self`;
+        // nothing writes to the weights while masks are computed (the training loop is paused).
+        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const f32, self.len) }
+    }
 }
