@@ -28,12 +28,14 @@ id=$("$BIN/prunectl" submit examples/digits_demo.toml)
 echo "submitted $id: $(grep -m1 '^name' examples/digits_demo.toml)"
 "$BIN/prunectl" watch "$id"
 "$BIN/prunectl" download "$id" -o "$work/digits-pruned.safetensors" --raw >/dev/null
-"$BIN/prunectl" download "$id" -o "$work/digits-pruned-dense.safetensors" >/dev/null
+"$BIN/prunectl" download "$id" -o "$work/digits-pruned-packed.safetensors" >/dev/null
+"$BIN/prunectl" unpack "$work/digits-pruned-packed.safetensors" -o "$work/digits-pruned-dense.safetensors" >/dev/null
 echo
 "$BIN/prunectl" report "$id"
 echo
-echo "artifact: $(stat -c %s "$work/digits-pruned.safetensors") bytes as served (bitmask + zstd);" \
-     "$(stat -c %s "$work/digits-pruned-dense.safetensors") bytes as plain dense safetensors after download"
+echo "artifact: $(stat -c %s "$work/digits-pruned.safetensors") bytes as served (bitmask + zstd)," \
+     "$(stat -c %s "$work/digits-pruned-packed.safetensors") bytes decompressed (compressed-tensors sparse-bitmask layout)," \
+     "$(stat -c %s "$work/digits-pruned-dense.safetensors") bytes after \`prunectl unpack\` (plain dense safetensors)"
 "$PRUNE_VENV/bin/python" - "$work/digits-pruned-dense.safetensors" <<'PY'
 import sys
 from safetensors.torch import load_file
