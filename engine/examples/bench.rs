@@ -56,18 +56,23 @@ impl EventSink for Timer {
     }
 }
 
+/// A job's files in a scratch directory.
+fn scratch_inputs(dir: &std::path::Path, model_file: Option<&std::path::Path>, threads: usize) -> JobInputs {
+    JobInputs {
+        model_file: model_file.map(|p| p.to_path_buf()),
+        weights_file: None,
+        data_file: None,
+        checkpoint_dir: dir.join("c"),
+        artifact_dir: dir.join("a"),
+        resume_from: None,
+        threads,
+    }
+}
+
 fn pruned_epoch(threads: usize) -> f64 {
     let spec = validate::parse_toml(CNN_JOB).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let inputs = JobInputs {
-        model_file: None,
-        weights_file: None,
-        data_file: None,
-        checkpoint_dir: dir.path().join("c"),
-        artifact_dir: dir.path().join("a"),
-        resume_from: None,
-        threads,
-    };
+    let inputs = scratch_inputs(dir.path(), None, threads);
     let mut timer = Timer { started: None, epoch_end: None };
     run_job(&spec, &inputs, &mut timer, &StopFlag::default()).unwrap();
     timer.epoch_end.unwrap().as_secs_f64()
@@ -142,15 +147,7 @@ fn one_shot_bytes(model_toml: &str, weights: Option<&std::path::Path>, sparsity:
     );
     let spec = validate::parse_toml(&toml).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let inputs = JobInputs {
-        model_file: weights.map(|p| p.to_path_buf()),
-        weights_file: None,
-        data_file: None,
-        checkpoint_dir: dir.path().join("c"),
-        artifact_dir: dir.path().join("a"),
-        resume_from: None,
-        threads: 0,
-    };
+    let inputs = scratch_inputs(dir.path(), weights, 0);
     let out = run_job(&spec, &inputs, &mut prune_engine::VecSink::default(), &StopFlag::default()).unwrap();
     (out.artifacts[0].bytes, out.report.gzip_dense_bytes)
 }
@@ -182,15 +179,7 @@ fn digits_mlp() {
     let toml = include_str!("../../examples/digits_demo.toml");
     let spec = validate::parse_toml(toml).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let inputs = JobInputs {
-        model_file: None,
-        weights_file: None,
-        data_file: None,
-        checkpoint_dir: dir.path().join("c"),
-        artifact_dir: dir.path().join("a"),
-        resume_from: None,
-        threads: 0,
-    };
+    let inputs = scratch_inputs(dir.path(), None, 0);
     let out = run_job(&spec, &inputs, &mut prune_engine::VecSink::default(), &StopFlag::default()).unwrap();
     let bytes = out.artifacts[0].bytes as f64;
     println!(
