@@ -218,7 +218,7 @@ impl Masks {
 
     fn set(&mut self, i: usize, values: Vec<f32>) -> Result<(), EngineError> {
         let shape: Vec<i64> = self.targets[i].shape.iter().map(|&d| d as i64).collect();
-        self.active[i] = values.iter().any(|&v| v == 0.0);
+        self.active[i] = values.contains(&0.0);
         let device = self.masks[i].device();
         if device != Device::Cpu {
             self.masks[i] = Tensor::from_slice(&values).reshape(&shape).to_device(device);

@@ -56,8 +56,11 @@ pub fn to_data(name: &str, t: &Tensor) -> Result<TensorData, EngineError> {
     Ok(TensorData { name: name.to_string(), dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data })
 }
 
+/// Named tensors and the file's metadata.
+pub type Contents = (Vec<(String, Tensor)>, HashMap<String, String>);
+
 /// Parses safetensors bytes (lying headers are rejected by the codec, never trusted).
-pub fn read(bytes: &[u8]) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>), EngineError> {
+pub fn read(bytes: &[u8]) -> Result<Contents, EngineError> {
     let (tensors, meta) = bitmask::read_safetensors(bytes).map_err(|e| EngineError::Data(e.to_string()))?;
     let tensors = tensors.iter().map(|t| Ok((t.name.clone(), to_tensor(t)?))).collect::<Result<Vec<_>, EngineError>>()?;
     Ok((tensors, meta.unwrap_or_default()))

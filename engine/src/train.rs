@@ -235,7 +235,7 @@ impl Trainer {
     fn train(&mut self, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<Option<f64>, EngineError> {
         let mut dense_val_accuracy = None;
         let mut last_progress = Instant::now() - PROGRESS_EVERY;
-        let first_prune = self.masks.targets.iter().map(|t| first_pruning_step(t)).min().unwrap_or(i64::MAX);
+        let first_prune = self.masks.targets.iter().map(first_pruning_step).min().unwrap_or(i64::MAX);
         self.model.set_train(true)?;
         while self.state.epoch < self.epochs {
             let order = Tensor::from_slice(&rng::epoch_permutation(self.train.len() as usize, self.seed, self.state.epoch as u64))
