@@ -11,7 +11,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, Saved, TrainState};
 use crate::data::{self, Dataset};
-use crate::events::{Event, EventSink, MetricPoint};
+use crate::events::{Event, EventSink, MetricPoint, TensorSparsity};
 use crate::export::{self, Report};
 use crate::job::{JobInputs, JobOutcome, StopFlag, StopReason};
 use crate::masking::{select_targets, Masks};
@@ -97,8 +97,7 @@ fn one_shot(
     masks.one_shot(model.params())?;
     masks.apply(model.params());
     let sparsity = masks.sparsities()?;
-    let points = sparsity.iter().map(|s| MetricPoint { step: 0, name: format!("sparsity/{}", s.name), value: s.sparsity }).collect();
-    sink.emit(Event::Metrics { points })?;
+    sink.emit(Event::Metrics { points: sparsity_points(0, &sparsity) })?;
     sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
     let exported = export::export(&spec.export, model, pruned, &inputs.artifact_dir)?;
     Ok(outcome(exported, None, None, None, 0))
@@ -218,9 +217,7 @@ impl Trainer {
         };
         let written = checkpoint::write(&inputs.checkpoint_dir, &saved)?;
         let sparsity = self.masks.sparsities()?;
-        let points =
-            sparsity.iter().map(|s| MetricPoint { step: self.state.step, name: format!("sparsity/{}", s.name), value: s.sparsity }).collect();
-        sink.emit(Event::Metrics { points })?;
+        sink.emit(Event::Metrics { points: sparsity_points(self.state.step, &sparsity) })?;
         sink.emit(Event::Checkpoint {
             path: written.path,
             step: self.state.step,
@@ -250,10 +247,7 @@ impl Trainer {
                 self.state.step += 1;
                 if self.masks.update(self.state.step, self.model.params())? {
                     let sparsity = self.masks.sparsities()?;
-                    let step = self.state.step;
-                    let points =
-                        sparsity.iter().map(|s| MetricPoint { step, name: format!("sparsity/{}", s.name), value: s.sparsity }).collect();
-                    sink.emit(Event::Metrics { points })?;
+                    sink.emit(Event::Metrics { points: sparsity_points(self.state.step, &sparsity) })?;
                     last_progress = Instant::now() - PROGRESS_EVERY;
                 }
                 self.masks.apply(self.model.params());
@@ -381,6 +375,11 @@ fn evaluate(model: &mut Model, data: &Dataset, cross_entropy: bool) -> Result<(f
     });
     model.set_train(true)?;
     result
+}
+
+/// `sparsity/<param>` points (1 - mean(mask), as tfmot's PruningSummaries) at `step`.
+fn sparsity_points(step: i64, sparsity: &[TensorSparsity]) -> Vec<MetricPoint> {
+    sparsity.iter().map(|s| MetricPoint { step, name: format!("sparsity/{}", s.name), value: s.sparsity }).collect()
 }
 
 /// The first step >= 1 at which a target's mask is computed (m-by-n: step 1).
