@@ -48,8 +48,11 @@ impl Server {
     pub async fn start(data_dir: &Path, args: &[&str]) -> Server {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("server log");
+        // A loopback port of its own, unless the test chooses the address.
+        let listen: &[&str] = if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(binary("prune-server"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(listen)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env("RUST_LOG", "info")

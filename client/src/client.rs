@@ -8,7 +8,7 @@ use prune_core::JobSpec;
 use prune_proto as pb;
 use prune_proto::pruning_service_client::PruningServiceClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::BearerToken;
 use crate::error::{error_chain, ClientError, Result};
@@ -29,14 +29,43 @@ pub struct Client {
     addr: String,
 }
 
+/// How to reach the server beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Sent as `authorization: Bearer <token>` on every call.
+    pub token: Option<String>,
+    /// PEM certificate(s) of the authority that signed the server's TLS certificate, for a
+    /// `https://` address; without it the system's trusted roots are used.
+    pub ca_cert: Option<std::path::PathBuf>,
+}
+
 impl Client {
-    /// Connects to `addr` (`http://host:port`; a bare `host:port` means plain HTTP). `token`, when
-    /// given, is sent as `authorization: Bearer <token>` on every call.
+    /// Connects to `addr` (`http://host:port` or `https://host:port`; a bare `host:port` means
+    /// plain HTTP). `token`, when given, is sent as `authorization: Bearer <token>` on every call.
     pub async fn connect(addr: &str, token: Option<&str>) -> Result<Client> {
+        let options = ConnectOptions { token: token.map(str::to_string), ..ConnectOptions::default() };
+        Client::connect_with(addr, &options).await
+    }
+
+    /// [`Client::connect`] with TLS settings.
+    pub async fn connect_with(addr: &str, options: &ConnectOptions) -> Result<Client> {
         let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let auth = BearerToken::new(token)?;
-        let endpoint = Endpoint::from_shared(addr.clone())
-            .map_err(|e| ClientError::BadAddress { addr: addr.clone(), reason: error_chain(&e) })?
+        let auth = BearerToken::new(options.token.as_deref())?;
+        let bad_address = |reason: String| ClientError::BadAddress { addr: addr.clone(), reason };
+        let mut endpoint = Endpoint::from_shared(addr.clone()).map_err(|e| bad_address(error_chain(&e)))?;
+        if addr.starts_with("https://") {
+            let tls = match &options.ca_cert {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|e| ClientError::io(path, e))?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad_address(error_chain(&e)))?;
+        } else if options.ca_cert.is_some() {
+            return Err(bad_address("a CA certificate was given: use an https:// address".into()));
+        }
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(10))
             // Keep-alives notice a server that vanished while a watch waits quietly.
             .http2_keep_alive_interval(Duration::from_secs(20))

@@ -17,7 +17,7 @@ pub mod unpack;
 pub mod upload;
 mod watch;
 
-pub use client::Client;
+pub use client::{Client, ConnectOptions};
 pub use download::DownloadOutcome;
 pub use error::{ClientError, Result};
 pub use types::{ArtifactInfo, JobInfo, JobState, MetricRecord, Progress, Report, TensorSparsity, WatchEvent};

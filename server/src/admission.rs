@@ -7,6 +7,7 @@ use std::path::Path;
 use prune_core::validate::{self, FieldError, SpecErrors};
 use prune_core::JobSpec;
 
+use crate::auth::Tenant;
 use crate::blobs::{BlobId, BlobStore};
 use crate::ids::new_job_id;
 use crate::storage::{now_ms, Db, JobRecord, NewJob, StorageError};
@@ -15,6 +16,9 @@ use crate::storage::{now_ms, Db, JobRecord, NewJob, StorageError};
 pub enum AdmissionError {
     #[error("{}", one_line(.0))]
     Spec(SpecErrors),
+    /// The tenant's queue is full: RESOURCE_EXHAUSTED.
+    #[error("{tenant} already has {max_queued} jobs QUEUED, the most this server queues per tenant: wait for some to start or cancel some")]
+    QueueFull { tenant: String, max_queued: u32 },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -40,23 +44,38 @@ pub fn parse_text(text: &str) -> Result<JobSpec, SpecErrors> {
     }
 }
 
+/// Whose queue a job joins, and how long that queue may be.
+#[derive(Debug, Clone, Copy)]
+pub struct Queue<'a> {
+    pub tenant: &'a Tenant,
+    pub max_queued: u32,
+}
+
 /// Checks `spec` completely and queues it.
-pub async fn admit(db: &Db, blobs: &BlobStore, defaults: Defaults, spec: JobSpec) -> Result<JobRecord, AdmissionError> {
+pub async fn admit(
+    db: &Db,
+    blobs: &BlobStore,
+    defaults: Defaults,
+    queue: Queue<'_>,
+    spec: JobSpec,
+) -> Result<JobRecord, AdmissionError> {
+    let tenant = queue.tenant.as_str();
     let mut errors = client_side_paths(&spec);
     if let Err(SpecErrors(invalid)) = validate::validate(&spec) {
         errors.extend(invalid);
     }
     if errors.is_empty() {
-        errors.extend(missing_blobs(db, &spec).await?);
+        errors.extend(missing_blobs(db, tenant, &spec).await?);
     }
     if !errors.is_empty() {
         return Err(AdmissionError::Spec(SpecErrors(errors)));
     }
-    let total_steps = total_steps(db, blobs, &spec).await;
+    let total_steps = total_steps(db, blobs, tenant, &spec).await;
     let warnings = validate::warnings(&spec, total_steps);
     let threads = if spec.training.threads > 0 { spec.training.threads as u32 } else { defaults.threads };
     let job = NewJob {
         id: new_job_id(),
+        tenant: tenant.to_string(),
         name: spec.name.clone().unwrap_or_default(),
         spec_json: serde_json::to_string(&spec).expect("specs serialise"),
         warnings,
@@ -64,7 +83,9 @@ pub async fn admit(db: &Db, blobs: &BlobStore, defaults: Defaults, spec: JobSpec
         threads,
         created_ms: now_ms(),
     };
-    db.insert_job(&job).await?;
+    if !db.insert_job(&job, queue.max_queued).await? {
+        return Err(AdmissionError::QueueFull { tenant: tenant.to_string(), max_queued: queue.max_queued });
+    }
     let record = db.job(&job.id).await?;
     Ok(record.expect("the job was just inserted"))
 }
@@ -96,10 +117,11 @@ fn blob_refs(spec: &JobSpec) -> Vec<(&'static str, &str)> {
     .collect()
 }
 
-async fn missing_blobs(db: &Db, spec: &JobSpec) -> Result<Vec<FieldError>, StorageError> {
+/// Blobs the tenant has not uploaded (another tenant's count as missing).
+async fn missing_blobs(db: &Db, tenant: &str, spec: &JobSpec) -> Result<Vec<FieldError>, StorageError> {
     let mut errors = Vec::new();
     for (field, id) in blob_refs(spec) {
-        if db.blob(id).await?.is_none() {
+        if db.tenant_blob(tenant, id).await?.is_none() {
             errors.push(FieldError::new(field, format!("blob {id} not found: upload it first")));
         }
     }
@@ -107,7 +129,7 @@ async fn missing_blobs(db: &Db, spec: &JobSpec) -> Result<Vec<FieldError>, Stora
 }
 
 /// Training steps of the whole job when the data set's size is known without loading it.
-async fn total_steps(db: &Db, blobs: &BlobStore, spec: &JobSpec) -> Option<i64> {
+async fn total_steps(db: &Db, blobs: &BlobStore, tenant: &str, spec: &JobSpec) -> Option<i64> {
     let t = &spec.training;
     if t.epochs == 0 {
         return Some(0);
@@ -118,7 +140,7 @@ async fn total_steps(db: &Db, blobs: &BlobStore, spec: &JobSpec) -> Option<i64> 
         (Some("synthetic"), _) => data.samples?,
         (None, Some(id)) => {
             let path = blobs.path(&BlobId::parse(id).ok()?);
-            db.blob(id).await.ok()??;
+            db.tenant_blob(tenant, id).await.ok()??;
             tokio::task::spawn_blocking(move || safetensors_first_dim(&path, "x")).await.ok()?.ok()?
         }
         _ => return None,
@@ -176,6 +198,10 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
         }
     }
 
+    fn queue(tenant: &Tenant) -> Queue<'_> {
+        Queue { tenant, max_queued: 100 }
+    }
+
     fn store(dir: &Path) -> BlobStore {
         BlobStore::new(dir.to_path_buf(), dir.to_path_buf())
     }
@@ -184,7 +210,7 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
     async fn admits_with_warnings_from_the_data_size() {
         let (db, dir) = db().await;
         let defaults = Defaults { threads: 3, max_attempts: 2 };
-        let job = admit(&db, &store(dir.path()), defaults, parse_text(MLP).unwrap()).await.unwrap();
+        let job = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), parse_text(MLP).unwrap()).await.unwrap();
         // 1617 training samples / 32 = 51 steps per epoch, 102 in all: end_step 1000 is never reached.
         assert!(job.warnings.iter().any(|w| w.contains("102 training steps")), "{:?}", job.warnings);
         assert_eq!((job.threads, job.max_attempts), (3, 2));
@@ -197,11 +223,23 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
         let mut spec = parse_text(MLP).unwrap();
         spec.model.sequential = None;
         spec.model.file = Some("model.pt".into());
-        let e = admit(&db, &store(dir.path()), defaults, spec.clone()).await.unwrap_err();
+        let e = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), spec.clone()).await.unwrap_err();
         assert!(e.to_string().contains("model.file: upload the file and pass model.blob"), "{e}");
         spec.model.file = None;
         spec.model.blob = Some(format!("sha256:{}", "a".repeat(64)));
-        assert_eq!(fields(admit(&db, &store(dir.path()), defaults, spec).await.unwrap_err()), ["model.blob"]);
+        assert_eq!(fields(admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), spec).await.unwrap_err()), ["model.blob"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_its_own_error() {
+        let (db, dir) = db().await;
+        let defaults = Defaults { threads: 1, max_attempts: 3 };
+        let alice = Tenant::new("alice");
+        let one = Queue { tenant: &alice, max_queued: 1 };
+        admit(&db, &store(dir.path()), defaults, one, parse_text(MLP).unwrap()).await.unwrap();
+        let e = admit(&db, &store(dir.path()), defaults, one, parse_text(MLP).unwrap()).await.unwrap_err();
+        assert!(matches!(e, AdmissionError::QueueFull { max_queued: 1, .. }), "{e}");
+        assert!(e.to_string().starts_with("alice already has 1 jobs QUEUED"), "{e}");
     }
 
     #[test]

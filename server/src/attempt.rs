@@ -97,7 +97,7 @@ mod tests {
     async fn resumes_from_the_newest_intact_checkpoint() {
         let (db, tmp) = db().await;
         let data_dir = DataDir::create(&tmp.path().join("data")).unwrap();
-        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         let dir = data_dir.checkpoints("job-a");
         std::fs::create_dir_all(&dir).unwrap();
         let record = |step: i64, content: &[u8], recorded: &[u8]| {

@@ -42,6 +42,44 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long running jobs get to write a checkpoint before they are killed.
     #[arg(long, env = "PRUNE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecurityArgs {
+    /// Bearer tokens: one `TOKEN TENANT` pair per line, `#` starts a comment. Without it every
+    /// caller is the tenant `default`, and only a loopback address may be served.
+    #[arg(long, env = "PRUNE_TOKENS_FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Serves a non-loopback address without --tokens (anyone who can connect can use it).
+    #[arg(long, env = "PRUNE_INSECURE")]
+    pub insecure: bool,
+    /// PEM certificate chain: serves TLS (with --tls-key).
+    #[arg(long, env = "PRUNE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "PRUNE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct LimitArgs {
+    /// Largest blob an upload may announce, in bytes.
+    #[arg(long, env = "PRUNE_MAX_UPLOAD_BYTES", default_value_t = 8 << 30)]
+    pub max_upload_bytes: u64,
+    /// Largest job spec (TOML/JSON text, or encoded JobSpec message), in bytes.
+    #[arg(long, env = "PRUNE_MAX_SPEC_BYTES", default_value_t = 1 << 20)]
+    pub max_spec_bytes: usize,
+    /// QUEUED jobs one tenant may have; CreateJob beyond it is RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PRUNE_MAX_QUEUED_PER_TENANT", default_value_t = 1000)]
+    pub max_queued_per_tenant: u32,
+    /// Largest gRPC request message the server decodes, in bytes (upload chunks included).
+    #[arg(long, env = "PRUNE_MAX_MESSAGE_BYTES", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u64).range(64 << 10..=1 << 30))]
+    pub max_message_bytes: u64,
 }
 
 impl ServeArgs {
@@ -120,5 +158,17 @@ mod tests {
         assert_eq!(cli.serve.listen.to_string(), "127.0.0.1:50051");
         assert_eq!((cli.serve.workers, cli.serve.threads_per_job, cli.serve.max_attempts), (1, 1, 3));
         assert!(matches!(Cli::parse_from(["prune-server", "worker"]).command, Some(Command::Worker)));
+        let limits = cli.serve.limits;
+        assert_eq!((limits.max_upload_bytes, limits.max_spec_bytes), (8 << 30, 1 << 20));
+        assert_eq!((limits.max_queued_per_tenant, limits.max_message_bytes), (1000, 4 << 20));
+        assert!(cli.serve.security.tokens.is_none() && !cli.serve.security.insecure);
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(Cli::try_parse_from(["prune-server", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["prune-server", "--tls-key", "k.pem"]).is_err());
+        let cli = Cli::try_parse_from(["prune-server", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
+        assert_eq!(cli.serve.security.tls_cert.unwrap(), PathBuf::from("c.pem"));
     }
 }

@@ -7,11 +7,13 @@
 
 pub mod admission;
 pub mod attempt;
+pub mod auth;
 pub mod blobs;
 pub mod config;
 pub mod convert;
 pub mod ids;
 pub mod live;
+pub mod message_limit;
 pub mod protocol;
 pub mod scheduler;
 pub mod service;
@@ -28,11 +30,12 @@ use prune_proto::pruning_service_server::PruningServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::admission::Defaults;
+use crate::auth::{Authenticator, Tokens, TokensError};
 use crate::blobs::BlobStore;
-use crate::config::{DataDir, ServeArgs};
+use crate::config::{DataDir, SecurityArgs, ServeArgs};
 use crate::live::Live;
 use crate::scheduler::SchedulerConfig;
 use crate::service::{Service, Shared};
@@ -49,6 +52,15 @@ pub enum ServeError {
     Exe(std::io::Error),
     #[error("listening on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    #[error(
+        "refusing to serve {addr} without --tokens: anyone who can reach it could read and run jobs \
+         (give --tokens FILE, listen on a loopback address, or pass --insecure)"
+    )]
+    Insecure { addr: std::net::SocketAddr },
+    #[error("TLS {what} {path}: {source}")]
+    TlsFile { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("server reflection: {0}")]
@@ -60,6 +72,12 @@ pub enum ServeError {
 /// Serves until SIGTERM/SIGINT, then stops accepting, has running jobs checkpoint (they stay
 /// RUNNING and resume at the next start) and returns.
 pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    // Configuration mistakes stop the server before it touches the data directory.
+    let tokens = args.security.tokens.as_deref().map(Tokens::load).transpose()?;
+    if tokens.is_none() && !args.listen.ip().is_loopback() && !args.security.insecure {
+        return Err(ServeError::Insecure { addr: args.listen });
+    }
+    let tls = tls_config(&args.security)?;
     let data_dir = DataDir::create(&args.data_dir)
         .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
     let db = Db::open(&data_dir.database()).await?;
@@ -84,8 +102,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         data_dir: data_dir.clone(),
         scheduler: scheduler.clone(),
         defaults: Defaults { threads: args.threads_per_job, max_attempts: args.max_attempts },
+        limits: args.limits,
         shutdown: shutdown.clone(),
     });
+    let tenants = tokens.as_ref().map_or(0, Tokens::len);
+    // Only the pruning service authenticates: health checks and reflection stay open.
+    let pruning = PruningServiceServer::new(service)
+        .max_decoding_message_size(args.limits.max_message_bytes as usize)
+        .max_encoding_message_size(usize::MAX);
+    let pruning = tonic::service::interceptor::InterceptedService::new(pruning, Authenticator::new(tokens));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PruningServiceServer<Service>>().await;
@@ -94,17 +119,32 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .register_encoded_file_descriptor_set(prune_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .layer(tower::util::MapResponseLayer::new(message_limit::resource_exhausted_for_oversized))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
-        .add_service(PruningServiceServer::new(service))
+        .add_service(pruning)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
 
     // The socket is bound: connections queue from now on, so the address can be announced.
     announce(addr);
-    tracing::info!(%addr, data_dir = %data_dir.root().display(), workers = args.workers, "serving");
+    tracing::info!(
+        %addr,
+        data_dir = %data_dir.root().display(),
+        workers = args.workers,
+        tls = args.security.tls_cert.is_some(),
+        tokens = tenants,
+        "serving"
+    );
+    if tenants > 0 && args.security.tls_cert.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!("bearer tokens travel in clear text: give --tls-cert and --tls-key");
+    }
 
     let served = async {
         let result = server.await;
@@ -121,6 +161,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     db.close().await;
     tracing::info!("stopped");
     Ok(served?)
+}
+
+/// The TLS identity from `--tls-cert` and `--tls-key`, when given.
+fn tls_config(security: &SecurityArgs) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) else {
+        return Ok(None);
+    };
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ServeError::TlsFile { what, path: path.to_path_buf(), source })
+    };
+    let identity = Identity::from_pem(read("certificate", cert)?, read("key", key)?);
+    Ok(Some(ServerTlsConfig::new().identity(identity)))
 }
 
 /// `listening on ADDR` on stdout: how scripts and tests find a `--listen 127.0.0.1:0` port.

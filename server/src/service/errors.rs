@@ -33,6 +33,7 @@ impl From<AdmissionError> for Status {
     fn from(e: AdmissionError) -> Self {
         match e {
             AdmissionError::Spec(_) => Status::invalid_argument(e.to_string()),
+            AdmissionError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
             AdmissionError::Storage(e) => e.into(),
         }
     }

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::admission::{self, Defaults};
+use crate::auth::{tenant, Tenant};
 use crate::blobs::{BlobId, BlobStore};
-use crate::config::DataDir;
+use crate::config::{DataDir, LimitArgs};
 use crate::ids::is_job_id;
 use crate::live::Live;
 use crate::scheduler::SchedulerHandle;
@@ -41,6 +42,7 @@ pub struct Shared {
     pub data_dir: DataDir,
     pub scheduler: SchedulerHandle,
     pub defaults: Defaults,
+    pub limits: LimitArgs,
     /// Cancelled at shutdown: ends long-lived streams so the server can drain.
     pub shutdown: CancellationToken,
 }
@@ -52,15 +54,16 @@ impl Service {
         Service { shared: Arc::new(shared) }
     }
 
-    /// The stored job; NOT_FOUND when there is none.
-    async fn record(&self, id: &str) -> Result<JobRecord, Status> {
+    /// The tenant's stored job; NOT_FOUND when there is none, or when it is someone else's
+    /// (with the same message: ids must not leak what other tenants have).
+    async fn record(&self, tenant: &Tenant, id: &str) -> Result<JobRecord, Status> {
         if id.is_empty() {
             return Err(Status::invalid_argument("id: required"));
         }
         if !is_job_id(id) {
             return Err(job_not_found(id));
         }
-        self.shared.db.job(id).await?.ok_or_else(|| job_not_found(id))
+        self.shared.db.tenant_job(tenant.as_str(), id).await?.ok_or_else(|| job_not_found(id))
     }
 
     /// The job as clients see it: row, live progress, artifacts.
@@ -70,14 +73,14 @@ impl Service {
         Ok(views::job(record, self.shared.live.get(&record.id).as_ref(), &artifacts))
     }
 
-    async fn job(&self, id: &str) -> Result<pb::Job, Status> {
-        let record = self.record(id).await?;
+    async fn job(&self, tenant: &Tenant, id: &str) -> Result<pb::Job, Status> {
+        let record = self.record(tenant, id).await?;
         self.view(&record).await
     }
 
-    async fn blob(&self, id: &str) -> Result<Option<BlobRecord>, Status> {
+    async fn blob(&self, tenant: &Tenant, id: &str) -> Result<Option<BlobRecord>, Status> {
         let id = BlobId::parse(id)?;
-        Ok(self.shared.db.blob(id.as_str()).await?)
+        Ok(self.shared.db.tenant_blob(tenant.as_str(), id.as_str()).await?)
     }
 }
 
@@ -92,11 +95,19 @@ impl PruningService for Service {
         request: Request<Streaming<pb::UploadBlobRequest>>,
     ) -> Result<Response<pb::Blob>, Status> {
         use pb::upload_blob_request::Part;
+        let tenant = tenant(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::UploadBlobRequest { part: Some(Part::Header(h)) }) => h,
             _ => return Err(Status::invalid_argument("the first message must be the header (size and sha256)")),
         };
+        let max = self.shared.limits.max_upload_bytes;
+        if header.size > max {
+            return Err(Status::resource_exhausted(format!(
+                "upload of {} bytes: this server takes blobs of at most {max} bytes",
+                header.size
+            )));
+        }
         // Accept `sha256:<hex>` and upper case too: clients print ids, not bare digests.
         let sha256 = header.sha256.trim_start_matches("sha256:").to_ascii_lowercase();
         let mut upload = self.shared.blobs.begin(header.size, &sha256).await?;
@@ -111,42 +122,60 @@ impl PruningService for Service {
         }
         let (id, size, path) = upload.finish().await?;
         let record = BlobRecord { id: id.to_string(), size, path: self.shared.data_dir.relative(&path) };
-        self.shared.db.insert_blob(&record).await?;
-        tracing::info!(blob = %id, size, "blob stored");
+        self.shared.db.insert_blob(tenant.as_str(), &record).await?;
+        tracing::info!(blob = %id, size, %tenant, "blob stored");
         Ok(Response::new(blob_message(record)))
     }
 
     async fn stat_blob(&self, request: Request<pb::StatBlobRequest>) -> Result<Response<pb::Blob>, Status> {
+        let tenant = tenant(&request)?;
         let id = request.into_inner().id;
-        let blob = self.blob(&id).await?.ok_or_else(|| Status::not_found(format!("blob {id} not found")))?;
+        let blob = self.blob(&tenant, &id).await?.ok_or_else(|| Status::not_found(format!("blob {id} not found")))?;
         Ok(Response::new(blob_message(blob)))
     }
 
     async fn has_blob(&self, request: Request<pb::HasBlobRequest>) -> Result<Response<pb::HasBlobResponse>, Status> {
-        let blob = self.blob(&request.into_inner().id).await?;
+        let tenant = tenant(&request)?;
+        let blob = self.blob(&tenant, &request.into_inner().id).await?;
         Ok(Response::new(pb::HasBlobResponse { exists: blob.is_some(), size: blob.map_or(0, |b| b.size) }))
     }
 
     async fn create_job(&self, request: Request<pb::CreateJobRequest>) -> Result<Response<pb::Job>, Status> {
         use pb::create_job_request::Source;
-        let spec = match request.into_inner().source {
+        let tenant = tenant(&request)?;
+        let s = &self.shared;
+        let source = request.into_inner().source;
+        let size = match &source {
+            Some(Source::Spec(spec)) => prost::Message::encoded_len(spec),
+            Some(Source::SpecToml(text)) => text.len(),
+            None => 0,
+        };
+        if size > s.limits.max_spec_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "job spec of {size} bytes: this server takes specs of at most {} bytes",
+                s.limits.max_spec_bytes
+            )));
+        }
+        let spec = match source {
             Some(Source::Spec(spec)) => crate::convert::spec_from_proto(spec),
             Some(Source::SpecToml(text)) => admission::parse_text(&text),
             None => return Err(Status::invalid_argument("spec: required (or spec_toml)")),
         }
         .map_err(admission::AdmissionError::Spec)?;
-        let s = &self.shared;
-        let record = admission::admit(&s.db, &s.blobs, s.defaults, spec).await?;
-        tracing::info!(job_id = record.id, name = record.name, "job queued");
+        let queue = admission::Queue { tenant: &tenant, max_queued: s.limits.max_queued_per_tenant };
+        let record = admission::admit(&s.db, &s.blobs, s.defaults, queue, spec).await?;
+        tracing::info!(job_id = record.id, name = record.name, %tenant, "job queued");
         s.scheduler.job_queued();
         Ok(Response::new(self.view(&record).await?))
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        Ok(Response::new(self.job(&request.into_inner().id).await?))
+        let tenant = tenant(&request)?;
+        Ok(Response::new(self.job(&tenant, &request.into_inner().id).await?))
     }
 
     async fn list_jobs(&self, request: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let tenant = tenant(&request)?;
         let request = request.into_inner();
         let page_size = match request.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -159,7 +188,7 @@ impl PruningService for Service {
         };
         let state = views::state_from_proto(request.state);
         // One more than asked tells whether there is a next page.
-        let mut records = self.shared.db.list_jobs(state, before, page_size + 1).await?;
+        let mut records = self.shared.db.list_jobs(tenant.as_str(), state, before, page_size + 1).await?;
         let more = records.len() > page_size as usize;
         records.truncate(page_size as usize);
         let next_page_token =
@@ -172,8 +201,9 @@ impl PruningService for Service {
     }
 
     async fn cancel_job(&self, request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let tenant = tenant(&request)?;
         let id = request.into_inner().id;
-        let record = self.record(&id).await?;
+        let record = self.record(&tenant, &id).await?;
         if !record.state.is_terminal() {
             let s = &self.shared;
             if s.db.finish_job(&id, &[JobState::Queued, JobState::Running], JobState::Cancelled, None, None).await? {
@@ -182,25 +212,27 @@ impl PruningService for Service {
                 s.live.state_changed(&id);
             }
         }
-        Ok(Response::new(self.job(&id).await?))
+        Ok(Response::new(self.job(&tenant, &id).await?))
     }
 
     type WatchJobStream = BoxStream<pb::JobEvent>;
 
     async fn watch_job(&self, request: Request<pb::WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+        let tenant = tenant(&request)?;
         let id = request.into_inner().id;
         // Subscribe before reading the job, so that nothing happens unseen in between.
         let updates = self.shared.live.subscribe();
-        let first = self.job(&id).await?;
-        Ok(Response::new(Box::pin(watch::stream(self.clone(), id, first, updates))))
+        let first = self.job(&tenant, &id).await?;
+        Ok(Response::new(Box::pin(watch::stream(self.clone(), tenant, id, first, updates))))
     }
 
     async fn get_metrics(
         &self,
         request: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        let tenant = tenant(&request)?;
         let request = request.into_inner();
-        let record = self.record(&request.job_id).await?;
+        let record = self.record(&tenant, &request.job_id).await?;
         let points = self.shared.db.metrics(&record.id, &request.name_prefix).await?;
         let points =
             points.into_iter().map(|p| pb::MetricPoint { step: p.step, name: p.name, value: p.value }).collect();
@@ -208,7 +240,8 @@ impl PruningService for Service {
     }
 
     async fn get_report(&self, request: Request<pb::GetReportRequest>) -> Result<Response<pb::Report>, Status> {
-        let record = self.record(&request.into_inner().job_id).await?;
+        let tenant = tenant(&request)?;
+        let record = self.record(&tenant, &request.into_inner().job_id).await?;
         match (&record.state, &record.report) {
             (JobState::Succeeded, Some(report)) => Ok(Response::new(views::report(report))),
             (state, _) => Err(Status::failed_precondition(format!(
@@ -224,8 +257,9 @@ impl PruningService for Service {
         &self,
         request: Request<pb::DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let tenant = tenant(&request)?;
         let request = request.into_inner();
-        let record = self.record(&request.job_id).await?;
+        let record = self.record(&tenant, &request.job_id).await?;
         let stream =
             download::stream(&self.shared.db, &self.shared.data_dir, &record, &request.format, request.read_offset)
                 .await?;

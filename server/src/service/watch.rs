@@ -8,6 +8,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use super::Service;
+use crate::auth::Tenant;
 use crate::live::{JobUpdate, LiveEvent};
 use crate::storage::now_ms;
 use crate::views;
@@ -18,12 +19,13 @@ const BUFFER: usize = 16;
 
 pub fn stream(
     service: Service,
+    tenant: Tenant,
     job_id: String,
     first: pb::Job,
     updates: broadcast::Receiver<JobUpdate>,
 ) -> impl Stream<Item = Result<pb::JobEvent, Status>> {
     let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(forward(service, job_id, first, updates, tx));
+    tokio::spawn(forward(service, tenant, job_id, first, updates, tx));
     ReceiverStream::new(rx)
 }
 
@@ -40,6 +42,7 @@ fn is_terminal(job: &pb::Job) -> bool {
 
 async fn forward(
     service: Service,
+    tenant: Tenant,
     job_id: String,
     first: pb::Job,
     mut updates: broadcast::Receiver<JobUpdate>,
@@ -64,7 +67,7 @@ async fn forward(
             Ok(JobUpdate { event: LiveEvent::Progress(p), .. }) => event(Event::Progress(views::progress(&p))),
             // A state change, or missed updates: the current job says everything.
             Ok(JobUpdate { event: LiveEvent::StateChanged, .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                match service.job(&job_id).await {
+                match service.job(&tenant, &job_id).await {
                     Ok(job) => {
                         let done = is_terminal(&job);
                         if tx.send(event(Event::Job(job))).await.is_err() || done {

@@ -70,7 +70,7 @@ mod tests {
     #[tokio::test]
     async fn round_trip() {
         let (db, _dir) = db().await;
-        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         let a = ArtifactRecord {
             format: "safetensors".into(),
             path: "artifacts/job-a/model.safetensors.zst".into(),

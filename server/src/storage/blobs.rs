@@ -13,23 +13,42 @@ pub struct BlobRecord {
 }
 
 impl Db {
-    /// Idempotent: recording a blob twice keeps the first row (same content, same id).
-    pub async fn insert_blob(&self, blob: &BlobRecord) -> Result<()> {
+    /// Records the blob (idempotent: same content, same id) and that `tenant` uploaded it.
+    pub async fn insert_blob(&self, tenant: &str, blob: &BlobRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
         sqlx::query(
             "INSERT INTO blobs (id, size, path, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&blob.id)
         .bind(blob.size as i64)
         .bind(&blob.path)
-        .bind(now_ms())
-        .execute(&self.pool)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO blob_owners (blob_id, tenant, created_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (blob_id, tenant) DO NOTHING",
+        )
+        .bind(&blob.id)
+        .bind(tenant)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn blob(&self, id: &str) -> Result<Option<BlobRecord>> {
-        let row =
-            sqlx::query("SELECT id, size, path FROM blobs WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+    /// The blob, if `tenant` uploaded it; `None` both when nobody did and when only others did.
+    pub async fn tenant_blob(&self, tenant: &str, id: &str) -> Result<Option<BlobRecord>> {
+        let row = sqlx::query(
+            "SELECT b.id, b.size, b.path FROM blobs b JOIN blob_owners o ON o.blob_id = b.id \
+             WHERE b.id = $1 AND o.tenant = $2",
+        )
+        .bind(id)
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(BlobRecord { id: r.try_get("id")?, size: r.try_get::<i64, _>("size")? as u64, path: r.try_get("path")? })
         })
@@ -43,12 +62,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn insert_is_idempotent() {
+    async fn insert_is_idempotent_and_blobs_are_seen_by_their_uploaders_only() {
         let (db, _dir) = db().await;
         let blob = BlobRecord { id: "sha256:ab".into(), size: 3, path: "blobs/ab".into() };
-        db.insert_blob(&blob).await.unwrap();
-        db.insert_blob(&blob).await.unwrap();
-        assert_eq!(db.blob("sha256:ab").await.unwrap(), Some(blob));
-        assert_eq!(db.blob("sha256:cd").await.unwrap(), None);
+        db.insert_blob("alice", &blob).await.unwrap();
+        db.insert_blob("alice", &blob).await.unwrap();
+        assert_eq!(db.tenant_blob("alice", "sha256:ab").await.unwrap(), Some(blob.clone()));
+        assert_eq!(db.tenant_blob("alice", "sha256:cd").await.unwrap(), None);
+        assert_eq!(db.tenant_blob("bob", "sha256:ab").await.unwrap(), None);
+        db.insert_blob("bob", &blob).await.unwrap();
+        assert_eq!(db.tenant_blob("bob", "sha256:ab").await.unwrap(), Some(blob));
     }
 }

@@ -65,7 +65,7 @@ mod tests {
     #[tokio::test]
     async fn latest_first_and_replaced_on_redo() {
         let (db, _dir) = db().await;
-        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         let at = |step: i64, sha: &str| CheckpointRecord {
             step,
             epoch: step / 10,

@@ -86,6 +86,8 @@ impl AttemptOutcome {
 #[derive(Debug, Clone)]
 pub struct JobRecord {
     pub id: String,
+    /// Who created it; nobody else sees it.
+    pub tenant: String,
     pub name: String,
     pub state: JobState,
     pub spec: JobSpec,
@@ -110,6 +112,7 @@ pub struct JobRecord {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub id: String,
+    pub tenant: String,
     pub name: String,
     pub spec_json: String,
     pub warnings: Vec<String>,
@@ -129,17 +132,22 @@ pub struct ProgressUpdate {
     pub sparsity: Vec<TensorSparsity>,
 }
 
-const JOB_COLUMNS: &str = "id, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
+const JOB_COLUMNS: &str = "id, tenant, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
      step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms";
 
 impl Db {
-    pub async fn insert_job(&self, job: &NewJob) -> Result<()> {
+    /// Queues the job unless its tenant already has `max_queued` jobs QUEUED; `false` then.
+    /// One statement, so concurrent CreateJobs cannot both slip under the limit.
+    pub async fn insert_job(&self, job: &NewJob, max_queued: u32) -> Result<bool> {
         let warnings = serde_json::to_string(&job.warnings).expect("strings serialise");
-        sqlx::query(
-            "INSERT INTO jobs (id, name, state, spec_json, warnings_json, attempts, max_attempts, threads, \
-             step, total_steps, epoch, created_ms) VALUES ($1, $2, $3, $4, $5, 0, $6, $7, 0, 0, 0, $8)",
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, tenant, name, state, spec_json, warnings_json, attempts, max_attempts, threads, \
+             step, total_steps, epoch, created_ms) \
+             SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, 0, 0, 0, $9 \
+             WHERE (SELECT COUNT(*) FROM jobs WHERE tenant = $2 AND state = $4) < $10",
         )
         .bind(&job.id)
+        .bind(&job.tenant)
         .bind(&job.name)
         .bind(JobState::Queued.as_str())
         .bind(&job.spec_json)
@@ -147,9 +155,17 @@ impl Db {
         .bind(i64::from(job.max_attempts))
         .bind(i64::from(job.threads))
         .bind(job.created_ms)
+        .bind(i64::from(max_queued))
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// The tenant's job `id`; `None` when it does not exist or belongs to someone else: callers
+    /// must not be able to tell the two apart.
+    pub async fn tenant_job(&self, tenant: &str, id: &str) -> Result<Option<JobRecord>> {
+        Ok(self.job(id).await?.filter(|job| job.tenant == tenant))
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
@@ -158,9 +174,17 @@ impl Db {
         q.build().fetch_optional(&self.pool).await?.map(|row| job_from_row(&row)).transpose()
     }
 
-    /// Newest first (ids sort by creation), optionally only `state`, only ids below `before`.
-    pub async fn list_jobs(&self, state: Option<JobState>, before: Option<&str>, limit: u32) -> Result<Vec<JobRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+    /// The tenant's jobs newest first (ids sort by creation), optionally only `state`, only ids
+    /// below `before`.
+    pub async fn list_jobs(
+        &self,
+        tenant: &str,
+        state: Option<JobState>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = "));
+        q.push_bind(tenant.to_string());
         if let Some(state) = state {
             q.push(" AND state = ").push_bind(state.as_str());
         }
@@ -322,6 +346,7 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
     let sparsity: Option<String> = row.try_get("sparsity_json")?;
     let report: Option<String> = row.try_get("report_json")?;
     Ok(JobRecord {
+        tenant: row.try_get("tenant")?,
         name: row.try_get("name")?,
         state: state.parse().map_err(|e| corrupt("state", e))?,
         spec: parse_json(&row.try_get::<String, _>("spec_json")?).map_err(|e| corrupt("spec", e))?,
@@ -362,11 +387,11 @@ mod tests {
     async fn claims_in_submission_order_and_lists_newest_first() {
         let (db, _dir) = db().await;
         for id in ["job-a", "job-b", "job-c"] {
-            db.insert_job(&new_job(id)).await.unwrap();
+            assert!(db.insert_job(&new_job(id), 100).await.unwrap());
         }
-        let listed: Vec<String> = db.list_jobs(None, None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+        let listed: Vec<String> = db.list_jobs("default", None, None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(listed, ["job-c", "job-b", "job-a"]);
-        let page: Vec<String> = db.list_jobs(None, Some("job-c"), 1).await.unwrap().into_iter().map(|j| j.id).collect();
+        let page: Vec<String> = db.list_jobs("default", None, Some("job-c"), 1).await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(page, ["job-b"]);
 
         assert!(db.finish_job("job-a", &[JobState::Queued], JobState::Cancelled, None, None).await.unwrap());
@@ -374,16 +399,37 @@ mod tests {
         assert_eq!((first.id.as_str(), first.state), ("job-b", JobState::Running));
         assert!(first.started_ms.is_some());
         let running: Vec<String> =
-            db.list_jobs(Some(JobState::Running), None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+            db.list_jobs("default", Some(JobState::Running), None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(running, ["job-b"]);
         assert_eq!(db.claim_next_queued().await.unwrap().unwrap().id, "job-c");
         assert!(db.claim_next_queued().await.unwrap().is_none());
     }
 
     #[tokio::test]
+    async fn tenants_see_only_their_jobs_and_queue_up_to_their_limit() {
+        let (db, _dir) = db().await;
+        let job = |id: &str, tenant: &str| NewJob { tenant: tenant.to_string(), ..new_job(id) };
+        assert!(db.insert_job(&job("job-a", "alice"), 2).await.unwrap());
+        assert!(db.insert_job(&job("job-b", "alice"), 2).await.unwrap());
+        assert!(!db.insert_job(&job("job-c", "alice"), 2).await.unwrap(), "alice has 2 queued");
+        assert!(db.insert_job(&job("job-d", "bob"), 2).await.unwrap(), "the limit is per tenant");
+        assert!(db.job("job-c").await.unwrap().is_none());
+
+        assert_eq!(db.tenant_job("alice", "job-a").await.unwrap().unwrap().tenant, "alice");
+        assert!(db.tenant_job("bob", "job-a").await.unwrap().is_none());
+        let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(db.list_jobs("alice", None, None, 10).await.unwrap()), ["job-b", "job-a"]);
+        assert_eq!(ids(db.list_jobs("bob", None, None, 10).await.unwrap()), ["job-d"]);
+
+        // Only QUEUED jobs count: once one runs, another may queue.
+        db.claim_next_queued().await.unwrap().unwrap();
+        assert!(db.insert_job(&job("job-c", "alice"), 2).await.unwrap());
+    }
+
+    #[tokio::test]
     async fn transitions_are_conditional() {
         let (db, _dir) = db().await;
-        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         assert!(!db.finish_job("job-a", &[JobState::Running], JobState::Succeeded, None, None).await.unwrap());
         assert!(db
             .finish_job("job-a", &[JobState::Queued, JobState::Running], JobState::Failed, Some("boom"), None)
@@ -402,7 +448,7 @@ mod tests {
     #[tokio::test]
     async fn attempts_and_progress() {
         let (db, _dir) = db().await;
-        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         assert_eq!(db.start_attempt("job-a", None).await.unwrap(), 1);
         db.finish_attempt("job-a", 1, AttemptOutcome::Crashed, Some("killed")).await.unwrap();
         assert_eq!(db.start_attempt("job-a", Some(100)).await.unwrap(), 2);

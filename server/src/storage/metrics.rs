@@ -55,7 +55,7 @@ mod tests {
     #[tokio::test]
     async fn batches_upsert_and_filter_by_literal_prefix() {
         let (db, _dir) = db().await;
-        db.insert_job(&new_job("job-a")).await.unwrap();
+        assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         db.insert_metrics(
             "job-a",
             &[point(1, "loss", 2.0), point(1, "sparsity/0.weight", 0.5), point(1, "val_loss", f64::NAN)],

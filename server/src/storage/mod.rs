@@ -85,6 +85,7 @@ pub(crate) mod test_support {
     pub fn new_job(id: &str) -> NewJob {
         NewJob {
             id: id.to_string(),
+            tenant: "default".to_string(),
             name: format!("name of {id}"),
             spec_json: serde_json::to_string(&prune_core::JobSpec::default()).unwrap(),
             warnings: vec!["a warning".to_string()],

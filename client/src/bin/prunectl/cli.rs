@@ -22,9 +22,13 @@ pub struct Cli {
 /// Flags every command takes, before or after its name.
 #[derive(Debug, Args)]
 pub struct Global {
-    /// Server address
+    /// Server address (`https://host:port` for a TLS server)
     #[arg(long, global = true, env = "PRUNE_ADDR", default_value = prune_client::DEFAULT_ADDR)]
     pub addr: String,
+    /// PEM certificate of the authority that signed the server's TLS certificate (default: the
+    /// system's trusted roots)
+    #[arg(long, global = true, env = "PRUNE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Bearer token sent with every call
     #[arg(long, global = true, env = "PRUNE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

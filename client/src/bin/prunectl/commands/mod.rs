@@ -14,7 +14,7 @@ mod upload;
 mod watch;
 
 use anyhow::Result;
-use prune_client::Client;
+use prune_client::{Client, ConnectOptions};
 
 use crate::cli::{Cli, Command, Global};
 use crate::output::Output;
@@ -30,7 +30,8 @@ pub struct Ctx {
 impl Ctx {
     /// Connects only when a command needs the server (`unpack` does not).
     pub async fn connect(&self) -> Result<Client> {
-        Ok(Client::connect(&self.global.addr, self.global.token.as_deref()).await?)
+        let options = ConnectOptions { token: self.global.token.clone(), ca_cert: self.global.ca_cert.clone() };
+        Ok(Client::connect_with(&self.global.addr, &options).await?)
     }
 }
 
