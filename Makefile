@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test demo bench clean-data
+.PHONY: all setup build test demo bench clean-data fuzz load
 
 all: build
 
@@ -22,3 +22,23 @@ demo: build
 
 bench: setup
 	@$(ENV) cargo bench -p prune-core --bench mask_select && cargo run -p prune-engine --example bench
+
+# Fuzzing (cargo-fuzz, nightly): seeds the corpora, then runs each target for FUZZ_SECS seconds.
+# Needs `cargo install cargo-fuzz`. Crashes land in fuzz/artifacts/<target>/.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS := spec_toml spec_json safetensors_read decompress
+FUZZ_TARGET_DIR ?= $(CURDIR)/fuzz/target
+
+fuzz:
+	@cd fuzz && CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo run -q --example seed_corpus
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		dict=$(CURDIR)/fuzz/dicts/$$t.dict; [ -f $$dict ] && dict=-dict=$$dict || dict=; \
+		CARGO_TARGET_DIR=$(FUZZ_TARGET_DIR) cargo +nightly fuzz run --target-dir $(FUZZ_TARGET_DIR) $$t -- \
+			-max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 $$dict; \
+	done
+
+# Load test against a real prune-server on loopback (not part of `make test`): LOAD_ARGS, e.g.
+# `make load LOAD_ARGS="--jobs 40 --clients 10"`; defaults --jobs 1000 --clients 50 --workers 2.
+LOAD_ARGS ?=
+load: build
+	@$(ENV) target/debug/prune-load $(LOAD_ARGS)

@@ -57,7 +57,7 @@ fn certs() -> PathBuf {
 async fn upload(client: &mut Rpc, data: &[u8]) -> Result<String, Status> {
     use pb::upload_blob_request::Part;
     let mut messages = vec![pb::UploadBlobRequest {
-        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: sha256_hex(data) })),
+        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: sha256_hex(data), offset: 0 })),
     }];
     messages.extend(data.chunks(60 * 1024).map(|c| pb::UploadBlobRequest { part: Some(Part::Data(c.to_vec())) }));
     Ok(client.upload_blob(tokio_stream::iter(messages)).await?.into_inner().id)
@@ -194,8 +194,8 @@ async fn tokens_make_tenants_and_tenants_see_only_their_own() {
     let bobs = create(&mut bob, one_shot(&blob)).await.unwrap();
     wait_state(&mut bob, &bobs.id, pb::JobState::Succeeded).await;
     let listed = |jobs: pb::ListJobsResponse| jobs.jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
-    assert_eq!(listed(bob.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner()), [bobs.id.clone()]);
-    assert_eq!(listed(alice.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner()), [job.id.clone()]);
+    assert_eq!(listed(bob.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner()), [bobs.id.as_str()]);
+    assert_eq!(listed(alice.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner()), [job.id.as_str()]);
     assert_invisible(&mut alice, &bobs.id).await;
 
     // prunectl with the token sees exactly its tenant's jobs; without one it is refused (exit 1).
@@ -237,7 +237,7 @@ async fn limits_answer_resource_exhausted() {
 
     // An upload announcing more than the limit is refused before any byte is stored.
     use pb::upload_blob_request::Part;
-    let header = pb::BlobHeader { size: 1_000_001, sha256: "0".repeat(64) };
+    let header = pb::BlobHeader { size: 1_000_001, sha256: "0".repeat(64), offset: 0 };
     let (code, message) = code_and_message(
         client.upload_blob(tokio_stream::iter([pb::UploadBlobRequest { part: Some(Part::Header(header)) }])).await,
     );
@@ -247,7 +247,7 @@ async fn limits_answer_resource_exhausted() {
     let big = vec![7u8; 100 * 1024];
     let messages = [
         pb::UploadBlobRequest {
-            part: Some(Part::Header(pb::BlobHeader { size: big.len() as u64, sha256: sha256_hex(&big) })),
+            part: Some(Part::Header(pb::BlobHeader { size: big.len() as u64, sha256: sha256_hex(&big), offset: 0 })),
         },
         pb::UploadBlobRequest { part: Some(Part::Data(big.clone())) },
     ];

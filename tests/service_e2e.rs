@@ -12,32 +12,6 @@ use tonic::Code;
 /// Generous: CI machines are small and run tests in parallel.
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A digits MLP (64 -> hidden -> 10) trained for `epochs` with polynomial decay, checkpointing
-/// every `checkpoint_every` steps, one libtorch thread (so that results are reproducible).
-fn digits_mlp(name: &str, hidden: i64, epochs: i64, checkpoint_every: i64) -> String {
-    format!(
-        r#"
-name = "{name}"
-[model]
-sequential = [{{ type = "linear", in = 64, out = {hidden} }}, {{ type = "relu" }}, {{ type = "linear", in = {hidden}, out = 10 }}]
-[data]
-builtin = "digits"
-validation_split = 0.1
-[training]
-epochs = {epochs}
-batch_size = 32
-optimizer = "adam"
-learning_rate = 0.01
-checkpoint_every = {checkpoint_every}
-threads = 1
-[pruning]
-schedule = {{ kind = "polynomial_decay", initial_sparsity = 0.2, final_sparsity = 0.8, begin_step = 0, end_step = 100, frequency = 10 }}
-[export]
-compression = "zstd"
-"#
-    )
-}
-
 /// Small and quick: 2 epochs of 51 steps.
 fn small_job() -> String {
     digits_mlp("digits-mlp", 32, 2, 20)
@@ -47,22 +21,6 @@ fn small_job() -> String {
 const LONG_CHECKPOINT_EVERY: i64 = 50;
 fn long_job(name: &str) -> String {
     digits_mlp(name, 512, 60, LONG_CHECKPOINT_EVERY)
-}
-
-fn one_shot_spec(blob: &str) -> pb::JobSpec {
-    pb::JobSpec {
-        name: Some("one-shot".into()),
-        model: Some(pb::ModelSpec { blob: Some(blob.into()), ..Default::default() }),
-        pruning: Some(pb::PruningSpec {
-            schedule: Some(pb::Schedule {
-                kind: "constant_sparsity".into(),
-                target_sparsity: Some(0.5),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
 }
 
 async fn create(client: &mut Client, spec: pb::JobSpec) -> Result<pb::Job, tonic::Status> {
@@ -461,7 +419,7 @@ async fn errors_map_to_status_codes() {
 
     // A corrupted upload: the header's checksum is not that of the data.
     use pb::upload_blob_request::Part;
-    let header = pb::BlobHeader { size: 3, sha256: sha256_hex(b"abd") };
+    let header = pb::BlobHeader { size: 3, sha256: sha256_hex(b"abd"), offset: 0 };
     let messages = [
         pb::UploadBlobRequest { part: Some(Part::Header(header)) },
         pb::UploadBlobRequest { part: Some(Part::Data(b"abc".to_vec())) },

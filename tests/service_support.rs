@@ -46,11 +46,16 @@ impl Server {
     /// Starts a server on `data_dir` with extra command-line arguments; its log goes to
     /// `<data_dir>.log` (printed if the test fails).
     pub async fn start(data_dir: &Path, args: &[&str]) -> Server {
+        Server::start_with(&binary("prune-server"), data_dir, args).await
+    }
+
+    /// [`Server::start`] with the server binary at `path` (tools outside `target/<profile>/deps`).
+    pub async fn start_with(path: &Path, data_dir: &Path, args: &[&str]) -> Server {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("server log");
         // A loopback port of its own, unless the test chooses the address.
         let listen: &[&str] = if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
-        let mut child = Command::new(binary("prune-server"))
+        let mut child = Command::new(path)
             .args(listen)
             .arg("--data-dir")
             .arg(data_dir)
@@ -155,7 +160,7 @@ pub fn sha256_hex(data: &[u8]) -> String {
 pub async fn upload(client: &mut Client, data: &[u8]) -> Result<String, tonic::Status> {
     use pb::upload_blob_request::Part;
     let mut messages = vec![pb::UploadBlobRequest {
-        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: sha256_hex(data) })),
+        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: sha256_hex(data), offset: 0 })),
     }];
     messages.extend(data.chunks(64 * 1024).map(|c| pb::UploadBlobRequest { part: Some(Part::Data(c.to_vec())) }));
     Ok(client.upload_blob(tokio_stream::iter(messages)).await?.into_inner().id)
@@ -287,4 +292,47 @@ pub fn zero_fraction(file: &[u8], name: &str) -> f64 {
     let t = tensors.tensor(name).unwrap_or_else(|_| panic!("no tensor {name}"));
     let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     values.iter().filter(|v| **v == 0.0).count() as f64 / values.len() as f64
+}
+
+/// A digits MLP (64 -> hidden -> 10) trained for `epochs` with polynomial decay, checkpointing
+/// every `checkpoint_every` steps, one libtorch thread (so that results are reproducible).
+pub fn digits_mlp(name: &str, hidden: i64, epochs: i64, checkpoint_every: i64) -> String {
+    format!(
+        r#"
+name = "{name}"
+[model]
+sequential = [{{ type = "linear", in = 64, out = {hidden} }}, {{ type = "relu" }}, {{ type = "linear", in = {hidden}, out = 10 }}]
+[data]
+builtin = "digits"
+validation_split = 0.1
+[training]
+epochs = {epochs}
+batch_size = 32
+optimizer = "adam"
+learning_rate = 0.01
+checkpoint_every = {checkpoint_every}
+threads = 1
+[pruning]
+schedule = {{ kind = "polynomial_decay", initial_sparsity = 0.2, final_sparsity = 0.8, begin_step = 0, end_step = 100, frequency = 10 }}
+[export]
+compression = "zstd"
+"#
+    )
+}
+
+/// One-shot pruning of the uploaded state dict `blob` to 50% (ConstantSparsity), as a message.
+pub fn one_shot_spec(blob: &str) -> pb::JobSpec {
+    pb::JobSpec {
+        name: Some("one-shot".into()),
+        model: Some(pb::ModelSpec { blob: Some(blob.into()), ..Default::default() }),
+        pruning: Some(pb::PruningSpec {
+            schedule: Some(pb::Schedule {
+                kind: "constant_sparsity".into(),
+                target_sparsity: Some(0.5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }

@@ -144,8 +144,11 @@ fn numel(shape: &[usize]) -> Option<usize> {
 ///
 /// The safetensors crate validates the header against the buffer (offsets contiguous, sizes
 /// matching dtype and shape, no bytes left over), so a lying header is an error, not a panic.
+/// A name the header lists twice is an error too: the crate would silently keep one of them.
 pub fn read_safetensors(bytes: &[u8]) -> Result<(Vec<TensorData>, Option<Metadata>), FormatError> {
     let (header_len, metadata) = SafeTensors::read_metadata(bytes)?;
+    // `read_metadata` has checked that these bytes exist and are a UTF-8 JSON object.
+    check_unique_keys(&bytes[8..8 + header_len])?;
     let body = &bytes[8 + header_len..];
     let infos = metadata.tensors();
     let tensors = metadata
@@ -169,6 +172,45 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<(Vec<TensorData>, Option<Metadat
         })
         .collect::<Result<Vec<_>, FormatError>>()?;
     Ok((tensors, metadata.metadata().clone()))
+}
+
+/// Fails on the first key a JSON object header repeats (tensor names, `__metadata__`).
+fn check_unique_keys(header: &[u8]) -> Result<(), FormatError> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    /// Visits the top-level object, skipping values, and returns its first repeated key.
+    struct FirstRepeat;
+
+    impl<'de> Visitor<'de> for FirstRepeat {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key));
+                }
+            }
+            Ok(None)
+        }
+    }
+
+    let repeated = serde_json::Deserializer::from_slice(header)
+        .deserialize_map(FirstRepeat)
+        .map_err(|e| {
+            FormatError::Safetensors(safetensors::SafeTensorError::InvalidHeaderDeserialization(
+                e,
+            ))
+        })?;
+    match repeated {
+        Some(name) => Err(tensor_error(&name, "appears more than once in the header")),
+        None => Ok(()),
+    }
 }
 
 /// Writes a safetensors file with `{"format": "pt"}` added to `metadata` (as

@@ -67,6 +67,19 @@ impl Schedule {
         step >= begin && (step <= end || end < 0) && (step - begin) % freq == 0
     }
 
+    /// The first step >= 1 at which [`Schedule::should_prune`] holds (step 0 is never
+    /// evaluated); `None` if there is none. Closed form: a spec may ask for ~1e14 steps, so
+    /// scanning them would stall CreateJob.
+    pub fn first_pruning_step(&self) -> Option<i64> {
+        let (begin, end, freq) = (self.begin_step() as i128, self.end_step() as i128, self.frequency() as i128);
+        if freq <= 0 {
+            return None;
+        }
+        // The smallest begin + k*freq (k >= 0) that is >= 1.
+        let first = if begin >= 1 { begin } else { begin + (1 - begin + freq - 1) / freq * freq };
+        (end < 0 || first <= end).then_some(first).and_then(|f| i64::try_from(f).ok())
+    }
+
     /// The target sparsity at `step`, computed exactly as tfmot does in f32.
     pub fn sparsity(&self, step: i64) -> f32 {
         match *self {
@@ -137,7 +150,7 @@ impl Schedule {
         if freq <= 0 {
             return out;
         }
-        if total_steps >= 0 && !(1..=total_steps).any(|s| self.should_prune(s)) {
+        if total_steps >= 0 && self.first_pruning_step().is_none_or(|first| first > total_steps) {
             out.push(format!(
                 "the job runs {total_steps} training steps but the schedule's first pruning step is later \
                  (begin_step {begin}, frequency {freq}; step 0 is never evaluated): pruning would do nothing"
@@ -164,6 +177,23 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_pruning_step_agrees_with_a_scan() {
+        for begin in 0..12 {
+            for end in [-1, 0, 1, 5, 11, 30] {
+                for frequency in 1..7 {
+                    let s = Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: begin, end_step: end, frequency };
+                    let scanned = (1..=200).find(|&step| s.should_prune(step));
+                    assert_eq!(s.first_pruning_step(), scanned, "begin {begin} end {end} frequency {frequency}");
+                }
+            }
+        }
+        // Huge step counts answer at once.
+        let late = Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: i64::MAX - 1, end_step: -1, frequency: 1 };
+        assert_eq!(late.first_pruning_step(), Some(i64::MAX - 1));
+        assert_eq!(late.warnings(190_000_000_000_000).len(), 1);
+    }
 
     #[test]
     fn polynomial_matches_hand_values() {

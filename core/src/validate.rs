@@ -560,6 +560,14 @@ fn check_schedule(e: &mut Errors, at: &str, schedule: &Schedule) {
     for (field, reason) in schedule.validate() {
         e.push(format!("{at}.{field}"), reason);
     }
+    // tfmot does not check it, but a negative power makes (1 - p)^power grow without bound
+    // (inf at end_step): sparsities outside [0, 1], never what was meant. 0 is tfmot's too: the
+    // sparsity then stays at initial_sparsity.
+    if let Schedule::PolynomialDecay { power, .. } = *schedule {
+        e.check(power >= 0.0 || power.is_nan(), format!("{at}.power"), || {
+            format!("must be a number >= 0 (got {power})")
+        });
+    }
 }
 
 fn check_block_size(e: &mut Errors, at: &str, block: [i64; 2]) {
@@ -1405,6 +1413,26 @@ sparse_format = "dense"                # dense | bitmask (compressed-tensors spa
             "pruning.schedule.target_sparsity",
             "target_sparsity must be in range [0,1)",
         );
+    }
+
+    #[test]
+    fn power_must_not_be_negative() {
+        for power in [-0.5, -2.0] {
+            assert_rejects(
+                |s| {
+                    s.pruning.schedule = Schedule::PolynomialDecay {
+                        initial_sparsity: 0.2,
+                        final_sparsity: 0.8,
+                        begin_step: 0,
+                        end_step: 10,
+                        power,
+                        frequency: 1,
+                    }
+                },
+                "pruning.schedule.power",
+                "must be a number >= 0",
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -80,13 +81,37 @@ pub fn write(dir: &Path, saved: &Saved) -> Result<Written, EngineError> {
     let metadata = HashMap::from([("prune_checkpoint".to_string(), serde_json::to_string(&meta).expect("meta serialises"))]);
     let bytes = tensors::write(&named, metadata)?;
     let path = dir.join(format!("step-{:010}.ckpt", saved.state.step));
-    write_atomically(&path, &bytes).map_err(err)?;
+    write_file(&path, &bytes, injected_disk_full()).map_err(err)?;
     prune_old(dir);
     Ok(Written { path, sha256: hex::encode(Sha256::digest(&bytes)), bytes: bytes.len() as u64 })
 }
 
+/// TEST HOOK, for the fault tests (`tests/faults.rs`) only; never set it in production.
+/// `PRUNE_TEST_FAIL_CHECKPOINT_WRITE=<n>` makes the n-th checkpoint write of this process
+/// (counting from 1) fail as a full disk would: part of the temporary file is written, then
+/// the write fails with ENOSPC (`io::ErrorKind::StorageFull`). The server passes its
+/// environment on to its worker processes, so setting it on the server reaches every worker.
+pub const TEST_FAIL_WRITE_ENV: &str = "PRUNE_TEST_FAIL_CHECKPOINT_WRITE";
+
+/// Checkpoint writes attempted by this process (for the test hook above).
+static CHECKPOINT_WRITES: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the test hook asks this checkpoint write to fail.
+fn injected_disk_full() -> bool {
+    let n = CHECKPOINT_WRITES.fetch_add(1, Ordering::Relaxed) + 1;
+    std::env::var(TEST_FAIL_WRITE_ENV).ok().and_then(|v| v.trim().parse::<u64>().ok()) == Some(n)
+}
+
+/// ENOSPC on Linux: what `write(2)` reports on a full disk.
+const ENOSPC: i32 = 28;
+
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new, never half.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes, false)
+}
+
+/// [`write_atomically`]; `disk_full` (the test hook) fails it halfway through the temp file.
+fn write_file(path: &Path, bytes: &[u8], disk_full: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
@@ -95,6 +120,10 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     ));
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
+        if disk_full {
+            f.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(std::io::Error::from_raw_os_error(ENOSPC));
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;

@@ -28,6 +28,18 @@ impl Model {
         seed: u64,
         device: Device,
     ) -> Result<Model, EngineError> {
+        let model = Self::load_unchecked(spec, model_file, weights_file, seed, device)?;
+        check_finite(model.params())?;
+        Ok(model)
+    }
+
+    fn load_unchecked(
+        spec: &ModelSpec,
+        model_file: Option<&Path>,
+        weights_file: Option<&Path>,
+        seed: u64,
+        device: Device,
+    ) -> Result<Model, EngineError> {
         if let Some(layers) = &spec.sequential {
             let mut model = Sequential::new(layers, seed, device)?;
             if let Some(w) = weights_file {
@@ -49,7 +61,20 @@ impl Model {
             ))
         }
     }
+}
 
+/// NaN or infinite weights make the magnitude ranking meaningless (and training diverge).
+fn check_finite(params: &NamedParams) -> Result<(), EngineError> {
+    for (name, t) in params {
+        let finite = !t.is_floating_point() || t.isfinite().all().int64_value(&[]) == 1;
+        if !finite {
+            return Err(EngineError::Model(format!("parameter {name} holds NaN or infinite values")));
+        }
+    }
+    Ok(())
+}
+
+impl Model {
     pub fn params(&self) -> &NamedParams {
         match self {
             Model::Sequential(m) => &m.params,

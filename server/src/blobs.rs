@@ -5,7 +5,11 @@
 //! its size and checksum are verified, it is fsynced and renamed into place (and the directory
 //! fsynced): a blob file that exists is always complete and correct.
 
+use std::collections::HashSet;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
@@ -25,6 +29,12 @@ pub enum BlobError {
     Truncated { expected: u64, got: u64 },
     #[error("upload's sha256 is {got}, not the {expected} its header announced")]
     ChecksumMismatch { expected: String, got: String },
+    #[error("upload offset {offset} is beyond the {size} bytes its header announced")]
+    OffsetBeyondSize { offset: u64, size: u64 },
+    #[error("cannot resume the upload at byte {offset}: the server holds {held} bytes of it (HasBlob's `uploaded`)")]
+    ResumeBeyond { offset: u64, held: u64 },
+    #[error("another upload of this blob is being resumed right now; try again when it ends")]
+    Busy,
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -68,12 +78,25 @@ fn is_sha256_hex(hex: &str) -> bool {
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,
+    /// Partial files being written right now: one writer each.
+    writing: Arc<Mutex<HashSet<PathBuf>>>,
 }
+
+/// Interrupted uploads are kept in `tmp` as `resume-<sha256>-<tenant>` for a resume.
+const PARTIAL_PREFIX: &str = "resume-";
+/// An interrupted upload nobody resumed within this long is removed when the server starts.
+const PARTIAL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl BlobStore {
     /// `dir` holds the blobs, `tmp` (same file system) the uploads in progress.
+    ///
+    /// Uploads cut short by a crash (kill -9, power loss) leave their `upload-*` temporary files
+    /// behind: nothing can finish them, so they are removed here, when the server starts.
+    /// Resumable partial uploads stay, unless nobody resumed them for [`PARTIAL_MAX_AGE`].
     pub fn new(dir: PathBuf, tmp: PathBuf) -> Self {
-        BlobStore { dir, tmp }
+        remove_abandoned_uploads(&tmp);
+        remove_stale_partials(&tmp, PARTIAL_MAX_AGE);
+        BlobStore { dir, tmp, writing: Arc::default() }
     }
 
     /// Where the blob's file is (whether or not it exists).
@@ -81,16 +104,56 @@ impl BlobStore {
         self.dir.join(id.hex())
     }
 
-    /// Starts an upload of `size` bytes that must hash to `sha256` (lowercase hex).
-    pub async fn begin(&self, size: u64, sha256: &str) -> Result<Upload, BlobError> {
+    /// Per tenant: one tenant's partial upload never reveals or feeds another's.
+    fn partial_path(&self, tenant: &str, sha256: &str) -> PathBuf {
+        self.tmp.join(format!("{PARTIAL_PREFIX}{sha256}-{tenant}"))
+    }
+
+    /// Bytes of `tenant`'s interrupted upload of `sha256` kept for a resume (0: none).
+    pub fn partial_len(&self, tenant: &str, sha256: &str) -> u64 {
+        if !is_sha256_hex(sha256) {
+            return 0;
+        }
+        std::fs::metadata(self.partial_path(tenant, sha256)).map_or(0, |m| m.len())
+    }
+
+    /// Starts `tenant`'s upload of `size` bytes that must hash to `sha256` (lowercase hex), or
+    /// resumes it at `offset` (the bytes before it are those kept from an interrupted upload).
+    /// If the upload breaks off, what arrived is kept for the next resume.
+    pub async fn begin(&self, tenant: &str, size: u64, sha256: &str, offset: u64) -> Result<Upload, BlobError> {
         if !is_sha256_hex(sha256) {
             return Err(BlobError::InvalidChecksum(sha256.to_string()));
         }
+        if offset > size {
+            return Err(BlobError::OffsetBeyondSize { offset, size });
+        }
+        let path = self.partial_path(tenant, sha256);
+        let Some(claim) = Claim::take(&self.writing, &path) else {
+            // The same tenant uploads the same blob twice at once: the second one starting
+            // over gets a private file (not resumable); a resume would race the first.
+            return if offset == 0 { self.begin_private(size, sha256) } else { Err(BlobError::Busy) };
+        };
+        let (file, hasher) = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || open_partial(&path, offset)).await.map_err(std::io::Error::other)??
+        };
+        Ok(Upload {
+            file: tokio::fs::File::from_std(file),
+            target: Target::Partial { path, _claim: claim },
+            hasher,
+            written: offset,
+            expected_size: size,
+            expected_sha256: sha256.to_string(),
+            final_path: self.dir.join(sha256),
+        })
+    }
+
+    fn begin_private(&self, size: u64, sha256: &str) -> Result<Upload, BlobError> {
         let tmp = tempfile::Builder::new().prefix("upload-").tempfile_in(&self.tmp)?;
         let (file, path) = tmp.into_parts();
         Ok(Upload {
             file: tokio::fs::File::from_std(file),
-            path,
+            target: Target::Private(path),
             hasher: Sha256::new(),
             written: 0,
             expected_size: size,
@@ -100,11 +163,59 @@ impl BlobStore {
     }
 }
 
-/// An upload in progress; dropping it deletes the temporary file.
+/// Opens the partial file at `offset`: what it holds beyond is dropped, what it holds before is
+/// hashed again so that the final checksum covers the whole blob.
+fn open_partial(path: &Path, offset: u64) -> Result<(std::fs::File, Sha256), BlobError> {
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    let held = file.metadata()?.len();
+    if offset > held {
+        return Err(BlobError::ResumeBeyond { offset, held });
+    }
+    file.set_len(offset)?;
+    let mut hasher = Sha256::new();
+    let hashed = std::io::copy(&mut (&mut file).take(offset), &mut hasher)?;
+    if hashed != offset {
+        return Err(BlobError::ResumeBeyond { offset, held: hashed });
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    Ok((file, hasher))
+}
+
+/// Marks a partial file as being written; released on drop.
+#[derive(Debug)]
+struct Claim {
+    writing: Arc<Mutex<HashSet<PathBuf>>>,
+    path: PathBuf,
+}
+
+impl Claim {
+    fn take(writing: &Arc<Mutex<HashSet<PathBuf>>>, path: &Path) -> Option<Claim> {
+        let fresh = writing.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_path_buf());
+        fresh.then(|| Claim { writing: writing.clone(), path: path.to_path_buf() })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.path);
+    }
+}
+
+#[derive(Debug)]
+enum Target {
+    /// Deleted when the upload is dropped unfinished.
+    Private(TempPath),
+    /// Kept when the upload breaks off, so that it can be resumed.
+    Partial { path: PathBuf, _claim: Claim },
+}
+
+/// An upload in progress. Dropped unfinished, a resumable upload keeps what it received; a
+/// private one deletes its temporary file. Bytes that prove wrong (too many, bad checksum) are
+/// never kept.
 #[derive(Debug)]
 pub struct Upload {
     file: tokio::fs::File,
-    path: TempPath,
+    target: Target,
     hasher: Sha256,
     written: u64,
     expected_size: u64,
@@ -116,38 +227,84 @@ impl Upload {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
         self.written += chunk.len() as u64;
         if self.written > self.expected_size {
+            self.discard();
             return Err(BlobError::TooLarge { expected: self.expected_size });
         }
         self.hasher.update(chunk);
         self.file.write_all(chunk).await?;
+        // tokio hands the write to a blocking thread and returns; flushing waits for it, so that
+        // what a resume finds in the partial file is everything acknowledged so far.
+        self.file.flush().await?;
         Ok(())
+    }
+
+    /// Removes a partial file whose content is known to be wrong.
+    fn discard(&self) {
+        if let Target::Partial { path, .. } = &self.target {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// Verifies size and checksum and moves the file into the store. Finishing an upload of
     /// a blob the store already has replaces it with identical bytes.
     pub async fn finish(mut self) -> Result<(BlobId, u64, PathBuf), BlobError> {
         if self.written != self.expected_size {
+            // Kept (if resumable): the rest may still come.
             return Err(BlobError::Truncated { expected: self.expected_size, got: self.written });
         }
         let got = hex::encode(self.hasher.finalize_reset());
         if got != self.expected_sha256 {
+            self.discard();
             return Err(BlobError::ChecksumMismatch { expected: self.expected_sha256, got });
         }
         self.file.flush().await?;
         self.file.sync_all().await?;
         drop(self.file);
         let final_path = self.final_path;
-        let tmp = self.path;
+        let target = self.target;
         tokio::task::spawn_blocking({
             let final_path = final_path.clone();
             move || -> std::io::Result<()> {
-                tmp.persist(&final_path).map_err(|e| e.error)?;
+                match target {
+                    Target::Private(tmp) => tmp.persist(&final_path).map_err(|e| e.error)?,
+                    // The claim is released only after the rename (it lives in `target`).
+                    Target::Partial { path, _claim } => std::fs::rename(&path, &final_path)?,
+                }
                 sync_dir(final_path.parent().expect("blob paths have a parent"))
             }
         })
         .await
         .map_err(std::io::Error::other)??;
         Ok((BlobId::from_hex(&got), self.written, final_path))
+    }
+}
+
+/// Deletes partial uploads last written more than `max_age` ago.
+fn remove_stale_partials(tmp: &Path, max_age: Duration) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let stale = entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX)
+            && entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > max_age);
+        if stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(path = %entry.path().display(), "removed a partial upload nobody resumed"),
+                Err(e) => tracing::warn!(path = %entry.path().display(), "removing a stale partial upload: {e}"),
+            }
+        }
+    }
+}
+
+/// Deletes the `upload-*` files in `tmp` (only those: nothing else lives there, but a store whose
+/// `tmp` is its blob directory must not lose blobs).
+fn remove_abandoned_uploads(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("upload-") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(path = %entry.path().display(), "removed an abandoned upload"),
+                Err(e) => tracing::warn!(path = %entry.path().display(), "removing an abandoned upload: {e}"),
+            }
+        }
     }
 }
 
@@ -174,7 +331,7 @@ mod tests {
     async fn verified_upload_lands_under_its_hash() {
         let (store, _dir) = store();
         let data = b"hello blobs";
-        let mut up = store.begin(data.len() as u64, &sha(data)).await.unwrap();
+        let mut up = store.begin("t", data.len() as u64, &sha(data), 0).await.unwrap();
         up.write(&data[..5]).await.unwrap();
         up.write(&data[5..]).await.unwrap();
         let (id, size, path) = up.finish().await.unwrap();
@@ -184,7 +341,7 @@ mod tests {
         assert_eq!(BlobId::parse(id.as_str()).unwrap(), id);
 
         // Idempotent: the same upload again succeeds with the same id.
-        let mut again = store.begin(data.len() as u64, &sha(data)).await.unwrap();
+        let mut again = store.begin("t", data.len() as u64, &sha(data), 0).await.unwrap();
         again.write(data).await.unwrap();
         assert_eq!(again.finish().await.unwrap().0, id);
     }
@@ -193,16 +350,75 @@ mod tests {
     async fn rejects_wrong_size_or_checksum_and_cleans_up() {
         let (store, dir) = store();
         let data = b"abc";
-        let mut up = store.begin(3, &sha(b"abd")).await.unwrap();
+        let mut up = store.begin("t", 3, &sha(b"abd"), 0).await.unwrap();
         up.write(data).await.unwrap();
         assert!(matches!(up.finish().await, Err(BlobError::ChecksumMismatch { .. })));
-        let mut up = store.begin(2, &sha(data)).await.unwrap();
+        let mut up = store.begin("t", 2, &sha(data), 0).await.unwrap();
         assert!(matches!(up.write(data).await, Err(BlobError::TooLarge { expected: 2 })));
         drop(up);
-        let up = store.begin(3, &sha(data)).await.unwrap();
-        assert!(matches!(up.finish().await, Err(BlobError::Truncated { expected: 3, got: 0 })));
-        assert!(matches!(store.begin(3, "xyz").await, Err(BlobError::InvalidChecksum(_))));
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(matches!(store.begin("t", 3, "xyz", 0).await, Err(BlobError::InvalidChecksum(_))));
+        assert!(matches!(store.begin("t", 3, &sha(data), 4).await, Err(BlobError::OffsetBeyondSize { .. })));
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "wrong bytes are not kept");
+        // A short upload is kept: the rest may come later.
+        let mut up = store.begin("t", 3, &sha(data), 0).await.unwrap();
+        up.write(b"ab").await.unwrap();
+        assert!(matches!(up.finish().await, Err(BlobError::Truncated { expected: 3, got: 2 })));
+        assert_eq!(store.partial_len("t", &sha(data)), 2);
         assert!(BlobId::parse("sha256:ABC").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_upload_resumes_where_it_stopped() {
+        let (store, dir) = store();
+        let data = b"hello resumable blobs";
+        let hex = sha(data);
+        let mut up = store.begin("alice", data.len() as u64, &hex, 0).await.unwrap();
+        up.write(&data[..9]).await.unwrap();
+        drop(up); // the connection broke
+        assert_eq!(store.partial_len("alice", &hex), 9);
+        assert_eq!(store.partial_len("bob", &hex), 0, "partial uploads are per tenant");
+
+        // A server restart keeps it; a resume beyond what is held is refused.
+        let store = BlobStore::new(dir.path().to_path_buf(), dir.path().join("tmp"));
+        assert!(matches!(
+            store.begin("alice", data.len() as u64, &hex, 12).await,
+            Err(BlobError::ResumeBeyond { offset: 12, held: 9 })
+        ));
+        // Resuming before the end of what is held is fine (the rest is dropped).
+        let mut up = store.begin("alice", data.len() as u64, &hex, 7).await.unwrap();
+        // While it is being written, a second resume must wait; a fresh upload goes private.
+        assert!(matches!(store.begin("alice", data.len() as u64, &hex, 7).await, Err(BlobError::Busy)));
+        let private = store.begin("alice", data.len() as u64, &hex, 0).await.unwrap();
+        assert!(matches!(private.target, Target::Private(_)));
+        drop(private);
+        up.write(&data[7..]).await.unwrap();
+        let (id, size, path) = up.finish().await.unwrap();
+        assert_eq!((id.hex(), size), (hex.as_str(), data.len() as u64));
+        assert_eq!(std::fs::read(path).unwrap(), data);
+        assert_eq!(store.partial_len("alice", &hex), 0, "the partial file became the blob");
+
+        // A resume with wrong bytes before the break fails the checksum and is dropped.
+        let other = b"another blob";
+        let mut up = store.begin("alice", other.len() as u64, &sha(other), 0).await.unwrap();
+        up.write(b"XXXX").await.unwrap();
+        drop(up);
+        let mut up = store.begin("alice", other.len() as u64, &sha(other), 4).await.unwrap();
+        up.write(&other[4..]).await.unwrap();
+        assert!(matches!(up.finish().await, Err(BlobError::ChecksumMismatch { .. })));
+        assert_eq!(store.partial_len("alice", &sha(other)), 0);
+    }
+
+    #[tokio::test]
+    async fn uploads_abandoned_by_a_crash_are_removed_at_start() {
+        let (store, dir) = store();
+        let data = b"cut short";
+        let mut up = store.begin_private(100, &sha(data)).unwrap();
+        up.write(data).await.unwrap();
+        std::mem::forget(up); // as a kill -9 would: the temporary file stays
+        std::fs::write(dir.path().join("tmp").join("not-an-upload"), b"kept").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 2);
+        let _store = BlobStore::new(dir.path().to_path_buf(), dir.path().join("tmp"));
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["not-an-upload"]);
     }
 }

@@ -130,7 +130,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(pruning)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());
 
     // The socket is bound: connections queue from now on, so the address can be announced.
     announce(addr);
@@ -161,6 +161,20 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     db.close().await;
     tracing::info!("stopped");
     Ok(served?)
+}
+
+/// Accepted connections with Nagle's algorithm off: small replies (GetJob) would otherwise
+/// wait for the peer's delayed ACK, ~40 ms each. (`Server::tcp_nodelay` covers only listeners
+/// tonic binds itself.)
+fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!("TCP_NODELAY on an accepted connection: {e}");
+        }
+        Ok(stream)
+    })
 }
 
 /// The TLS identity from `--tls-cert` and `--tls-key`, when given.

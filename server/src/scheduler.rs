@@ -215,6 +215,7 @@ impl Scheduler {
         if job.state != JobState::Running {
             // Cancelled while it ran; the row already says so.
             self.log_attempt(&job_id, attempt, AttemptOutcome::Cancelled, None).await;
+            self.remove_checkpoints(&job_id);
             self.deps.live.state_changed(&job_id);
             return;
         }
@@ -294,11 +295,28 @@ impl Scheduler {
         report: Option<&prune_engine::Report>,
     ) {
         match self.deps.db.finish_job(job_id, &[JobState::Running], state, error, report).await {
-            Ok(true) => tracing::info!(job_id, %state, error, "job finished"),
+            Ok(true) => {
+                tracing::info!(job_id, %state, error, "job finished");
+                if matches!(state, JobState::Succeeded | JobState::Cancelled) {
+                    self.remove_checkpoints(job_id);
+                }
+            }
             Ok(false) => tracing::info!(job_id, "job was no longer running (cancelled)"),
             Err(e) => tracing::error!(job_id, "recording the job's end ({state}): {e}"),
         }
         self.deps.live.state_changed(job_id);
+    }
+
+    /// A job that SUCCEEDED (its artifact is what remains) or was CANCELLED needs its checkpoints
+    /// no more; a FAILED job keeps them for inspection.
+    fn remove_checkpoints(&self, job_id: &str) {
+        let dir = self.deps.data_dir.checkpoints(job_id);
+        let job_id = job_id.to_string();
+        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(job_id, "removing the checkpoints in {}: {e}", dir.display()),
+        });
     }
 
     async fn log_attempt(&self, job_id: &str, attempt: u32, outcome: AttemptOutcome, error: Option<&str>) {

@@ -17,7 +17,11 @@ impl From<StorageError> for Status {
 impl From<BlobError> for Status {
     fn from(e: BlobError) -> Self {
         match e {
-            BlobError::InvalidId(_) | BlobError::InvalidChecksum(_) => Status::invalid_argument(e.to_string()),
+            BlobError::InvalidId(_) | BlobError::InvalidChecksum(_) | BlobError::OffsetBeyondSize { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+            BlobError::ResumeBeyond { .. } => Status::failed_precondition(e.to_string()),
+            BlobError::Busy => Status::aborted(e.to_string()),
             BlobError::TooLarge { .. } | BlobError::Truncated { .. } | BlobError::ChecksumMismatch { .. } => {
                 Status::data_loss(e.to_string())
             }

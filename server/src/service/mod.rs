@@ -110,7 +110,7 @@ impl PruningService for Service {
         }
         // Accept `sha256:<hex>` and upper case too: clients print ids, not bare digests.
         let sha256 = header.sha256.trim_start_matches("sha256:").to_ascii_lowercase();
-        let mut upload = self.shared.blobs.begin(header.size, &sha256).await?;
+        let mut upload = self.shared.blobs.begin(tenant.as_str(), header.size, &sha256, header.offset).await?;
         while let Some(message) = stream.message().await? {
             match message.part {
                 Some(Part::Data(data)) => upload.write(&data).await?,
@@ -136,8 +136,16 @@ impl PruningService for Service {
 
     async fn has_blob(&self, request: Request<pb::HasBlobRequest>) -> Result<Response<pb::HasBlobResponse>, Status> {
         let tenant = tenant(&request)?;
-        let blob = self.blob(&tenant, &request.into_inner().id).await?;
-        Ok(Response::new(pb::HasBlobResponse { exists: blob.is_some(), size: blob.map_or(0, |b| b.size) }))
+        let id = request.into_inner().id;
+        let reply = match self.blob(&tenant, &id).await? {
+            Some(blob) => pb::HasBlobResponse { exists: true, size: blob.size, uploaded: blob.size },
+            None => {
+                let hex = BlobId::parse(&id)?.hex().to_string();
+                let uploaded = self.shared.blobs.partial_len(tenant.as_str(), &hex);
+                pb::HasBlobResponse { exists: false, size: 0, uploaded }
+            }
+        };
+        Ok(Response::new(reply))
     }
 
     async fn create_job(&self, request: Request<pb::CreateJobRequest>) -> Result<Response<pb::Job>, Status> {

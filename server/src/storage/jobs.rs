@@ -281,11 +281,16 @@ impl Db {
     }
 
     /// Records a new attempt and counts it on the job; returns its number.
+    ///
+    /// The transaction writes first: a read-then-write transaction that loses the race for the
+    /// write lock fails at once with SQLITE_BUSY_SNAPSHOT (the busy timeout does not apply),
+    /// which under load failed a job at launch.
     pub async fn start_attempt(&self, id: &str, resumed_step: Option<i64>) -> Result<u32> {
         let mut tx = self.pool.begin().await?;
-        let attempts: i64 =
-            sqlx::query_scalar("SELECT attempts FROM jobs WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
-        let number = attempts + 1;
+        let number: i64 = sqlx::query_scalar("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO attempts (job_id, attempt, resumed_step, started_ms) VALUES ($1, $2, $3, $4)")
             .bind(id)
             .bind(number)
@@ -293,7 +298,6 @@ impl Db {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE jobs SET attempts = $1 WHERE id = $2").bind(number).bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(number as u32)
     }
