@@ -307,6 +307,17 @@ async fn a_public_address_needs_tokens_or_insecure() {
     let (code, stderr) = refused_start(&["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/k"]).await;
     assert_ne!(code, Some(0));
     assert!(stderr.contains("TLS certificate /nonexistent/cert.pem"), "{stderr}");
+    let not_a_key = certs().join("ca.pem");
+    let (code, stderr) = refused_start(&[
+        "--tls-cert",
+        certs().join("server.pem").to_str().unwrap(),
+        "--tls-key",
+        not_a_key.to_str().unwrap(),
+    ])
+    .await;
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains(&format!("--tls-key {}: ", not_a_key.display())), "{stderr}");
+    assert!(stderr.contains("private key"), "{stderr}");
 
     // With tokens, or explicitly insecure, it serves.
     let tokens = tokens_file(tmp.path());

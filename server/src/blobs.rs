@@ -166,7 +166,12 @@ impl BlobStore {
 /// Opens the partial file at `offset`: what it holds beyond is dropped, what it holds before is
 /// hashed again so that the final checksum covers the whole blob.
 fn open_partial(path: &Path, offset: u64) -> Result<(std::fs::File, Sha256), BlobError> {
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    // Only a fresh start creates the file: a resume of nothing must not leave an empty one.
+    let opened = std::fs::OpenOptions::new().read(true).write(true).create(offset == 0).truncate(false).open(path);
+    let mut file = match opened {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::ResumeBeyond { offset, held: 0 }),
+        other => other?,
+    };
     let held = file.metadata()?.len();
     if offset > held {
         return Err(BlobError::ResumeBeyond { offset, held });
@@ -358,6 +363,7 @@ mod tests {
         drop(up);
         assert!(matches!(store.begin("t", 3, "xyz", 0).await, Err(BlobError::InvalidChecksum(_))));
         assert!(matches!(store.begin("t", 3, &sha(data), 4).await, Err(BlobError::OffsetBeyondSize { .. })));
+        assert!(matches!(store.begin("t", 3, &sha(data), 2).await, Err(BlobError::ResumeBeyond { offset: 2, held: 0 })));
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "wrong bytes are not kept");
         // A short upload is kept: the rest may come later.
         let mut up = store.begin("t", 3, &sha(data), 0).await.unwrap();

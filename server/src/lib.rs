@@ -61,6 +61,8 @@ pub enum ServeError {
     Insecure { addr: std::net::SocketAddr },
     #[error("TLS {what} {path}: {source}")]
     TlsFile { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
+    #[error("TLS with --tls-cert {cert} and --tls-key {key}: {reason}")]
+    Tls { cert: std::path::PathBuf, key: std::path::PathBuf, reason: String },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("server reflection: {0}")]
@@ -78,6 +80,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         return Err(ServeError::Insecure { addr: args.listen });
     }
     let tls = tls_config(&args.security)?;
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        // rustls checks the certificate and key here, before anything is written.
+        builder = builder.tls_config(tls).map_err(|e| ServeError::Tls {
+            cert: args.security.tls_cert.clone().unwrap_or_default(),
+            key: args.security.tls_key.clone().unwrap_or_default(),
+            reason: innermost(&e),
+        })?;
+    }
     let data_dir = DataDir::create(&args.data_dir)
         .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
     let db = Db::open(&data_dir.database()).await?;
@@ -119,10 +130,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .register_encoded_file_descriptor_set(prune_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
     let server = builder
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(tower::util::MapResponseLayer::new(message_limit::resource_exhausted_for_oversized))
@@ -175,6 +182,15 @@ fn incoming(listener: TcpListener) -> impl tokio_stream::Stream<Item = std::io::
         }
         Ok(stream)
     })
+}
+
+/// The most specific message of an error chain (tonic wraps rustls' reason in "transport error").
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = error;
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 /// The TLS identity from `--tls-cert` and `--tls-key`, when given.
