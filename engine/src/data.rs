@@ -85,7 +85,7 @@ fn synthetic(spec: &DataSpec, seed: u64) -> Result<Dataset, EngineError> {
 
 fn from_safetensors(path: &Path) -> Result<Dataset, EngineError> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::Data(format!("cannot read data file: {e}")))?;
-    let (tensors, _) = tensors::read(&bytes).map_err(|e| EngineError::Data(format!("data file is not a valid safetensors file: {e}")))?;
+    let (tensors, _) = tensors::read(&bytes).map_err(|e| EngineError::Data(e.to_string()))?;
     let x = find(&tensors, "x", "data file")?;
     let y = find(&tensors, "y", "data file")?;
     if !x.is_floating_point() {

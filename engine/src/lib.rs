@@ -28,6 +28,10 @@ pub enum EngineError {
     Model(String),
     #[error("data: {0}")]
     Data(String),
+    /// A file that is not valid safetensors (or holds a dtype libtorch lacks): the caller says
+    /// which file, so no prefix of its own.
+    #[error("{0}")]
+    Format(String),
     #[error("training: {0}")]
     Training(String),
     #[error("checkpoint: {0}")]

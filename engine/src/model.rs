@@ -52,7 +52,7 @@ impl Model {
         if is_zip(&bytes) {
             Ok(Model::Script(Script::load(&bytes, device)?))
         } else if looks_like_safetensors(&bytes) {
-            let (params, _) = tensors::read(&bytes).map_err(|e| EngineError::Model(format!("model file: {e}")))?;
+            let (params, _) = tensors::read(&bytes).map_err(|e| EngineError::Model(format!("state dict: {e}")))?;
             let params = params.into_iter().map(|(n, t)| (n, t.to_device(device))).collect();
             Ok(Model::StateDict(params))
         } else {
