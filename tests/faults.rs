@@ -338,12 +338,8 @@ async fn corrupted_newest_checkpoint_resumes_from_the_previous_one() {
         .collect::<Vec<_>>();
     assert_eq!(resumed, [previous.step.to_string()], "did not resume from the previous checkpoint");
 
-    let (info, data) = download(&mut client, &job.id, "", 0).await.unwrap();
-    let (reference_done, _) = wait_terminal(&mut reference_client, &reference_job.id, JOB_TIMEOUT).await;
-    assert_eq!(state(&reference_done), pb::JobState::Succeeded, "{}", reference_done.error);
-    let (reference_info, reference_data) = download(&mut reference_client, &reference_job.id, "", 0).await.unwrap();
-    assert_eq!(info.sha256, reference_info.sha256, "the resumed job's artifact differs from the uninterrupted run's");
-    assert_eq!(sha256_hex(&data), sha256_hex(&reference_data));
+    let artifact = download(&mut client, &job.id, "", 0).await.unwrap();
+    assert_same_artifact_as(&mut reference_client, &reference_job.id, &artifact, JOB_TIMEOUT).await;
 
     // A SUCCEEDED job's checkpoints are removed (its artifact is what remains).
     let checkpoints = dir.join("checkpoints").join(&job.id);

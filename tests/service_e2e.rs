@@ -284,13 +284,8 @@ async fn restart_mid_job_resumes_to_the_same_artifact() {
     assert_eq!(state(&job), pb::JobState::Succeeded, "{}", job.error);
     assert_eq!(job.attempts, 2);
     assert!(server.log().contains("starting attempt from a checkpoint"), "the job started over");
-    let (info, data) = download(&mut client, &job.id, "", 0).await.unwrap();
-
-    let (reference_done, _) = wait_terminal(&mut reference_client, &reference_job.id, JOB_TIMEOUT).await;
-    assert_eq!(state(&reference_done), pb::JobState::Succeeded, "{}", reference_done.error);
-    let (reference_info, reference_data) = download(&mut reference_client, &reference_job.id, "", 0).await.unwrap();
-    assert_eq!(info.sha256, reference_info.sha256, "the resumed job's artifact differs from the uninterrupted run's");
-    assert_eq!(sha256_hex(&data), sha256_hex(&reference_data));
+    let artifact = download(&mut client, &job.id, "", 0).await.unwrap();
+    assert_same_artifact_as(&mut reference_client, &reference_job.id, &artifact, JOB_TIMEOUT).await;
 }
 
 #[tokio::test]

@@ -257,6 +257,21 @@ pub async fn download(
     Ok((info.expect("an info message"), data))
 }
 
+/// Asserts that an interrupted job's artifact is byte-identical to the one of `reference_id`, the
+/// same spec run without interruption (it waits for that job to end).
+pub async fn assert_same_artifact_as(
+    reference_client: &mut Client,
+    reference_id: &str,
+    (info, data): &(pb::ArtifactInfo, Vec<u8>),
+    timeout: Duration,
+) {
+    let (reference, _) = wait_terminal(reference_client, reference_id, timeout).await;
+    assert_eq!(state(&reference), pb::JobState::Succeeded, "{}", reference.error);
+    let (reference_info, reference_data) = download(reference_client, reference_id, "", 0).await.unwrap();
+    assert_eq!(info.sha256, reference_info.sha256, "the resumed job's artifact differs from the uninterrupted run's");
+    assert_eq!(sha256_hex(data), sha256_hex(&reference_data));
+}
+
 /// A small safetensors state dict of `nn.Sequential(Linear(64, 32), ReLU(), Linear(32, 10))`
 /// with deterministic, distinct weights.
 pub fn mlp_state_dict() -> Vec<u8> {
