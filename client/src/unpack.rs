@@ -22,8 +22,8 @@ pub struct Unpacked {
 /// dense input gives an equivalent dense output.
 pub fn unpack_file(input: &Path, output: &Path) -> Result<Unpacked> {
     let served = std::fs::read(input).map_err(|e| ClientError::io(input, e))?;
-    let bytes =
-        compress::decompress(&served).map_err(|e| ClientError::Format { path: input.into(), reason: e.to_string() })?;
+    let limit = compress::memory_available().unwrap_or(u64::MAX);
+    let bytes = compress::decompress_safetensors(&served, limit).map_err(|e| ClientError::Format { path: input.into(), reason: e.to_string() })?;
     let dense = bitmask::unpack_safetensors(&bytes)
         .map_err(|e| ClientError::Format { path: input.into(), reason: e.to_string() })?;
     write_atomically(output, |f| f.write_all(&dense)).map_err(|e| ClientError::io(output, e))?;
@@ -77,6 +77,25 @@ mod tests {
         std::fs::write(&input, b"not a safetensors file").unwrap();
         let err = unpack_file(&input, &dir.path().join("out")).unwrap_err();
         assert!(err.to_string().starts_with(&input.display().to_string()), "{err}");
+        assert!(!dir.path().join("out").exists());
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_without_writing() {
+        // A valid file followed by 256 MiB of zeros the header does not declare: a few hundred
+        // kilobytes of zstd that must not be inflated into memory.
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        encoder.write_all(&dense_file()).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        let input = dir.path().join("bomb.safetensors.zst");
+        std::fs::write(&input, encoder.finish().unwrap()).unwrap();
+        let err = unpack_file(&input, &dir.path().join("out")).unwrap_err().to_string();
+        assert!(err.contains("more bytes than the"), "{err}");
         assert!(!dir.path().join("out").exists());
     }
 }

@@ -127,15 +127,107 @@ pub fn decompress(data: &[u8]) -> io::Result<Vec<u8>> {
 
 /// Streaming [`decompress`]: sniffs the first bytes of `input` and writes the decompressed
 /// stream to `output`. Returns the bytes written.
-pub fn decompress_stream(mut input: impl Read, mut output: impl Write) -> io::Result<u64> {
+pub fn decompress_stream(input: impl Read, mut output: impl Write) -> io::Result<u64> {
+    io::copy(&mut decoder(input)?, &mut output)
+}
+
+/// A reader of `input` decompressed with the codec its magic bytes name (or passed through).
+fn decoder<'a>(mut input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     let head = read_head(&mut input, ZSTD_MAGIC.len())?;
-    let mut whole = io::Cursor::new(head.clone()).chain(input);
-    match Compression::detect(&head) {
-        Compression::None => io::copy(&mut whole, &mut output),
+    let codec = Compression::detect(&head);
+    let whole = io::Cursor::new(head).chain(input);
+    Ok(match codec {
+        Compression::None => Box::new(whole),
         // Multi-member: `cat a.gz b.gz` is a valid gzip file and must not be cut short.
-        Compression::Gzip => io::copy(&mut MultiGzDecoder::new(whole), &mut output),
-        Compression::Zstd => io::copy(&mut zstd::stream::Decoder::new(whole)?, &mut output),
+        Compression::Gzip => Box::new(MultiGzDecoder::new(whole)),
+        Compression::Zstd => Box::new(zstd::stream::Decoder::new(whole)?),
+    })
+}
+
+/// The safetensors crate's own bound on a header.
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// [`decompress`] for a safetensors file (an artifact), bounded by what the file itself declares.
+///
+/// A few kilobytes of zstd can expand to terabytes, so decompressing a whole file into memory
+/// must not trust the stream: the header (read first) gives the exact size of the file, which
+/// must be at most `max_bytes`, and the stream may not run past it. Either way the error names
+/// the sizes instead of the process dying in the OOM killer. Whether the header is otherwise
+/// valid is left to the safetensors reader.
+pub fn decompress_safetensors(data: &[u8], max_bytes: u64) -> io::Result<Vec<u8>> {
+    let mut stream = decoder(data)?;
+    let mut prefix = [0u8; 8];
+    stream.read_exact(&mut prefix).map_err(|e| truncated(e, "its 8-byte header length"))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > MAX_SAFETENSORS_HEADER {
+        return Err(invalid(format!(
+            "safetensors header length {header_len} exceeds the limit of {MAX_SAFETENSORS_HEADER} bytes"
+        )));
     }
+    let mut header = Vec::with_capacity(header_len as usize);
+    stream.by_ref().take(header_len).read_to_end(&mut header)?;
+    if header.len() as u64 != header_len {
+        return Err(invalid(format!(
+            "the file ends inside its {header_len}-byte safetensors header"
+        )));
+    }
+    let body_len = declared_body_len(&header)?;
+    let total = 8 + header_len + body_len;
+    if total > max_bytes {
+        return Err(invalid(format!(
+            "its safetensors header declares {total} bytes, over the limit of {max_bytes} bytes"
+        )));
+    }
+    // Reserve what is declared, up to 1 GiB: a header that lies low costs nothing, one that lies
+    // high is caught by the stream running dry before memory is touched.
+    let mut out = Vec::with_capacity(total.min(1 << 30) as usize);
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(&header);
+    // One byte past the declared end is enough to tell a lying stream.
+    stream.take(body_len + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > total {
+        return Err(invalid(format!(
+            "it holds more bytes than the {total} its safetensors header declares"
+        )));
+    }
+    Ok(out)
+}
+
+/// The end of the last tensor's `data_offsets` in a safetensors header: the body's length.
+fn declared_body_len(header: &[u8]) -> io::Result<u64> {
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| invalid(format!("safetensors header is not a JSON object: {e}")))?;
+    header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .map(|(name, info)| {
+            info.get("data_offsets")
+                .and_then(|o| o.get(1))
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| invalid(format!("safetensors tensor {name:?} has no valid data_offsets")))
+        })
+        .try_fold(0u64, |end, e| Ok(end.max(e?)))
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn truncated(e: io::Error, what: &str) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        invalid(format!("the file ends before {what}"))
+    } else {
+        e
+    }
+}
+
+/// The memory the system reports as available now (Linux `MemAvailable`), if it says: a sensible
+/// `max_bytes` for [`decompress_safetensors`] when the caller has no better bound.
+pub fn memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The size of `data` gzipped at zlib's default level (6): the seed's "gzipped model size"
@@ -238,6 +330,82 @@ mod tests {
         zst[10] ^= 0xff;
         zst.truncate(zst.len() / 2);
         assert!(decompress(&zst).is_err());
+    }
+
+    fn safetensors_file(values: &[f32]) -> Vec<u8> {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let header = format!(
+            r#"{{"__metadata__":{{"k":"v"}},"w":{{"dtype":"F32","shape":[{}],"data_offsets":[0,{}]}}}}"#,
+            values.len(),
+            data.len()
+        );
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        file.extend(data);
+        file
+    }
+
+    #[test]
+    fn safetensors_decompression_round_trips_every_codec() {
+        let file = safetensors_file(&[0.0; 5000]);
+        for c in Compression::ALL {
+            let packed = compress(&file, c).unwrap();
+            assert_eq!(decompress_safetensors(&packed, file.len() as u64).unwrap(), file, "{c}");
+        }
+    }
+
+    #[test]
+    fn safetensors_decompression_refuses_what_exceeds_the_limit() {
+        let file = safetensors_file(&[0.0; 5000]);
+        let packed = compress(&file, Compression::Zstd).unwrap();
+        let err = decompress_safetensors(&packed, file.len() as u64 - 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("declares {} bytes", file.len())), "{err}");
+        assert!(err.contains(&format!("limit of {} bytes", file.len() - 1)), "{err}");
+    }
+
+    #[test]
+    fn a_bomb_behind_a_small_header_stops_at_the_declared_size() {
+        // A header declaring 16 bytes, then a gigabyte of zeros: ~1 MB of zstd.
+        let mut file = safetensors_file(&[1.0; 4]);
+        let declared = file.len();
+        let mut encoder = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        encoder.write_all(&file).unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            encoder.write_all(&zeros).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        let err = decompress_safetensors(&bomb, u64::MAX).unwrap_err().to_string();
+        assert!(err.contains(&format!("more bytes than the {declared}")), "{err}");
+        // The same without the trailing zeros is fine.
+        file.truncate(declared);
+        assert_eq!(decompress_safetensors(&compress(&file, Compression::Gzip).unwrap(), u64::MAX).unwrap(), file);
+    }
+
+    #[test]
+    fn safetensors_decompression_names_a_broken_header() {
+        let cases: [(&[u8], &str); 4] = [
+            (b"\x05\0\0", "ends before its 8-byte header length"),
+            (&[0xff; 8], "header length 18446744073709551615 exceeds"),
+            (b"\x10\0\0\0\0\0\0\0{}", "ends inside its 16-byte safetensors header"),
+            (b"\x05\0\0\0\0\0\0\0{\"w\":", "not a JSON object"),
+        ];
+        for (bytes, expected) in cases {
+            let err = decompress_safetensors(bytes, u64::MAX).unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected:?} not in {err:?}");
+        }
+        let no_offsets = br#"{"w":{"dtype":"F32","shape":[1]}}"#;
+        let mut file = (no_offsets.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(no_offsets);
+        let err = decompress_safetensors(&file, u64::MAX).unwrap_err().to_string();
+        assert!(err.contains("\"w\" has no valid data_offsets"), "{err}");
+    }
+
+    #[test]
+    fn memory_available_is_reported_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(memory_available().is_some_and(|m| m > 0));
+        }
     }
 
     #[test]

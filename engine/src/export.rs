@@ -135,7 +135,8 @@ fn tensor_reports(params: &NamedParams, pruned: &[String]) -> Result<Vec<TensorR
 /// The stripped weights of a safetensors artifact (any compression, dense or bitmask-packed).
 pub fn read_artifact(path: &Path) -> Result<Vec<(String, Tensor)>, EngineError> {
     let raw = std::fs::read(path)?;
-    let packed = compress::decompress(&raw)?;
+    let packed = compress::decompress_safetensors(&raw, compress::memory_available().unwrap_or(u64::MAX))
+        .map_err(|e| EngineError::Format(format!("{}: {e}", path.display())))?;
     let dense = bitmask::unpack_safetensors(&packed).map_err(|e| EngineError::Export(e.to_string()))?;
     let (tensors, _) = tensors::read(&dense)?;
     Ok(tensors)

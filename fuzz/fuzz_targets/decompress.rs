@@ -1,6 +1,7 @@
 //! Artifact decompression: arbitrary bytes through `decompress_stream` into a writer capped at
-//! 16 MiB (the plain `decompress` has no size bound: a small zstd/gzip bomb would be fuzzer OOM
-//! noise, not a finding), and every `Compression` variant's compress -> decompress round trip.
+//! 16 MiB and through `decompress_safetensors` with a 16 MiB limit (the plain `decompress` has no
+//! size bound: a small zstd/gzip bomb would be fuzzer OOM noise, not a finding), and every
+//! `Compression` variant's compress -> decompress round trip.
 //!
 //! zstd compression at the export level (19) sets up a large context per call and runs at a few
 //! executions per second under ASan, so the zstd round trip runs on one input in 32 (by length);
@@ -10,7 +11,7 @@
 use std::io::{self, Write};
 
 use libfuzzer_sys::fuzz_target;
-use prune_core::compress::{compress, decompress, decompress_stream, Compression};
+use prune_core::compress::{compress, decompress, decompress_safetensors, decompress_stream, Compression};
 
 const CAP: u64 = 16 << 20;
 
@@ -33,6 +34,12 @@ impl Write for Capped {
 fuzz_target!(|data: &[u8]| {
     let mut out = Capped(0);
     let _ = decompress_stream(data, &mut out);
+    // The header-bounded form: never more than the header declares, and never over the cap.
+    if let Ok(file) = decompress_safetensors(data, CAP) {
+        assert!(file.len() as u64 <= CAP);
+        let header_len = u64::from_le_bytes(file[..8].try_into().unwrap());
+        assert!(8 + header_len <= file.len() as u64);
+    }
 
     for c in Compression::ALL {
         if c == Compression::Zstd && data.len() % 32 != 0 {
