@@ -172,7 +172,8 @@ pub fn decompress_safetensors(data: &[u8], max_bytes: u64) -> io::Result<Vec<u8>
         )));
     }
     let body_len = declared_body_len(&header)?;
-    let total = 8 + header_len + body_len;
+    // Saturating: offsets near u64::MAX must meet the limit check, not overflow.
+    let total = (8 + header_len).saturating_add(body_len);
     if total > max_bytes {
         return Err(invalid(format!(
             "its safetensors header declares {total} bytes, over the limit of {max_bytes} bytes"
@@ -184,7 +185,7 @@ pub fn decompress_safetensors(data: &[u8], max_bytes: u64) -> io::Result<Vec<u8>
     out.extend_from_slice(&prefix);
     out.extend_from_slice(&header);
     // One byte past the declared end is enough to tell a lying stream.
-    stream.take(body_len + 1).read_to_end(&mut out)?;
+    stream.take(body_len.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > total {
         return Err(invalid(format!(
             "it holds more bytes than the {total} its safetensors header declares"
@@ -399,6 +400,15 @@ mod tests {
         file.extend_from_slice(no_offsets);
         let err = decompress_safetensors(&file, u64::MAX).unwrap_err().to_string();
         assert!(err.contains("\"w\" has no valid data_offsets"), "{err}");
+    }
+
+    #[test]
+    fn offsets_near_u64_max_meet_the_limit_without_overflow() {
+        let header = format!(r#"{{"w":{{"dtype":"F32","shape":[1],"data_offsets":[0,{}]}}}}"#, u64::MAX);
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header.as_bytes());
+        let err = decompress_safetensors(&file, 1 << 40).unwrap_err().to_string();
+        assert!(err.contains(&format!("declares {} bytes", u64::MAX)), "{err}");
     }
 
     #[test]
