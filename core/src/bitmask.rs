@@ -34,7 +34,7 @@ const ROW_OFFSETS: &str = "row_offsets";
 const PARTS: [&str; 4] = [SHAPE, COMPRESSED, BITMASK, ROW_OFFSETS];
 
 /// Header size the safetensors readers accept (100 MB).
-const MAX_HEADER_LEN: usize = 100_000_000;
+pub(crate) const MAX_HEADER_LEN: usize = 100_000_000;
 
 /// A safetensors file's `__metadata__`: free-form string pairs.
 pub type Metadata = HashMap<String, String>;

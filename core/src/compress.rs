@@ -12,6 +12,8 @@ use std::str::FromStr;
 use flate2::read::MultiGzDecoder;
 use flate2::GzBuilder;
 
+use crate::bitmask::MAX_HEADER_LEN;
+
 /// zstd level for exports: slow to write, but artifacts are written once and downloaded often.
 pub const ZSTD_LEVEL: i32 = 19;
 
@@ -144,9 +146,6 @@ fn decoder<'a>(mut input: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
     })
 }
 
-/// The safetensors crate's own bound on a header.
-const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
-
 /// [`decompress`] for a safetensors file (an artifact), bounded by what the file itself declares.
 ///
 /// A few kilobytes of zstd can expand to terabytes, so decompressing a whole file into memory
@@ -159,9 +158,9 @@ pub fn decompress_safetensors(data: &[u8], max_bytes: u64) -> io::Result<Vec<u8>
     let mut prefix = [0u8; 8];
     stream.read_exact(&mut prefix).map_err(|e| truncated(e, "its 8-byte header length"))?;
     let header_len = u64::from_le_bytes(prefix);
-    if header_len > MAX_SAFETENSORS_HEADER {
+    if header_len > MAX_HEADER_LEN as u64 {
         return Err(invalid(format!(
-            "safetensors header length {header_len} exceeds the limit of {MAX_SAFETENSORS_HEADER} bytes"
+            "safetensors header length {header_len} exceeds the limit of {MAX_HEADER_LEN} bytes"
         )));
     }
     let mut header = Vec::with_capacity(header_len as usize);
