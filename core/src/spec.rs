@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
 
+/// The fields that reference files, by their job-file path: a local path (client side) or a
+/// `sha256:` blob id (server side). The one list every crate uses.
+pub const FILE_REFERENCE_FIELDS: [&str; 3] = ["model.blob", "model.weights", "data.blob"];
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
@@ -213,6 +217,18 @@ impl Default for ExportSpec {
             compression: "zstd".into(),
             sparse_format: "dense".into(),
         }
+    }
+}
+
+impl JobSpec {
+    /// The blob ids the spec references, with their field paths ([`FILE_REFERENCE_FIELDS`]).
+    pub fn blob_refs(&self) -> Vec<(&'static str, &str)> {
+        let data_blob = self.data.as_ref().and_then(|d| d.blob.as_deref());
+        FILE_REFERENCE_FIELDS
+            .into_iter()
+            .zip([self.model.blob.as_deref(), self.model.weights.as_deref(), data_blob])
+            .filter_map(|(field, id)| id.map(|id| (field, id)))
+            .collect()
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use prune_core::validate;
 use prune_engine::masking::{Masks, Pattern, Target};
-use prune_engine::{run_job, EngineError, Event, EventSink, JobInputs, StopFlag};
+use prune_engine::{run_job, EngineError, Event, EventSink, JobInputs, Output, StopFlag};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -62,8 +62,8 @@ fn scratch_inputs(dir: &std::path::Path, model_file: Option<&std::path::Path>, t
         model_file: model_file.map(|p| p.to_path_buf()),
         weights_file: None,
         data_file: None,
-        checkpoint_dir: dir.join("c"),
-        artifact_dir: dir.join("a"),
+        checkpoints: Output { dir: dir.join("c"), key_prefix: "checkpoints/bench/".into() },
+        artifacts: Output { dir: dir.join("a"), key_prefix: "artifacts/bench/".into() },
         resume_from: None,
         threads,
     }

@@ -11,7 +11,7 @@ use crate::EngineError;
 
 /// scikit-learn's 8x8 digits, generated once by `scripts/make_digits.py`.
 const DIGITS: &[u8] = include_bytes!("../../data/digits.safetensors");
-pub const DIGITS_SAMPLES: i64 = 1797;
+pub use prune_core::datasets::DIGITS_SAMPLES;
 
 #[derive(Debug)]
 pub struct Dataset {

@@ -1,50 +1,6 @@
 //! Strip and export: weights with the zeros baked in, no masks, no step, no optimizer state.
 
-use std::path::PathBuf;
-
-use serde::{Deserialize, Serialize};
-
-/// One exported file of a finished job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ArtifactFile {
-    /// `safetensors` or `torchscript`.
-    pub format: String,
-    pub path: PathBuf,
-    /// `none`, `gzip` or `zstd`: how the file on disk is compressed.
-    pub compression: String,
-    /// `dense` or `bitmask`.
-    pub sparse_format: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TensorReport {
-    pub name: String,
-    pub shape: Vec<i64>,
-    pub pruned: bool,
-    pub numel: u64,
-    pub nonzero: u64,
-    pub sparsity: f64,
-}
-
-/// The per-job report: what was pruned and what it saves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    pub tensors: Vec<TensorReport>,
-    /// Bytes of the dense f32 safetensors file of the stripped weights.
-    pub dense_bytes: u64,
-    /// gzip(dense safetensors): the seed's size measure.
-    pub gzip_dense_bytes: u64,
-    /// Bytes of each artifact, by format.
-    pub artifact_bytes: Vec<(String, u64)>,
-    /// Validation (or training, without a split) accuracy/loss of the final stripped model.
-    pub final_val_accuracy: Option<f64>,
-    pub final_val_loss: Option<f64>,
-    /// The same before any pruning step (the dense warm-up's last epoch, or the input model).
-    pub dense_val_accuracy: Option<f64>,
-    pub steps: i64,
-}
+pub use prune_core::domain::{ArtifactFile, Report, TensorReport};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -56,6 +12,7 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use crate::checkpoint::write_atomically;
+use crate::job::Output;
 use crate::model::{Model, NamedParams};
 use crate::{tensors, EngineError};
 
@@ -71,8 +28,9 @@ fn pytorch_metadata() -> HashMap<String, String> {
     HashMap::from([("format".to_string(), "pt".to_string())])
 }
 
-/// Writes every requested format of the (already masked) model into `dir`.
-pub fn export(spec: &ExportSpec, model: &Model, pruned: &[String], dir: &Path) -> Result<Exported, EngineError> {
+/// Writes every requested format of the (already masked) model into `out`.
+pub fn export(spec: &ExportSpec, model: &Model, pruned: &[String], out: &Output) -> Result<Exported, EngineError> {
+    let dir = out.dir.as_path();
     let io = |e: std::io::Error| EngineError::Export(format!("cannot write artifacts in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let compression: Compression =
@@ -99,7 +57,7 @@ pub fn export(spec: &ExportSpec, model: &Model, pruned: &[String], dir: &Path) -
         write_atomically(&path, &bytes).map_err(io)?;
         artifacts.push(ArtifactFile {
             format: format.clone(),
-            path,
+            key: out.key(&path),
             compression: compression.as_str().to_string(),
             sparse_format: sparse_format.to_string(),
             bytes: bytes.len() as u64,

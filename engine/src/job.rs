@@ -1,17 +1,16 @@
 //! The entry point the worker calls: load, train with masking, export.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+pub use prune_core::domain::{JobOutcome, StopReason};
 use prune_core::JobSpec;
-use serde::{Deserialize, Serialize};
 
-use crate::export::{ArtifactFile, Report};
 use crate::{EngineError, EventSink};
 
-/// Local files for a job: the server resolves `file`/`blob` references to paths first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Local files for a job: the worker resolves blob ids and store keys to local paths first.
+#[derive(Debug, Clone)]
 pub struct JobInputs {
     /// `model.file` / `model.blob`: TorchScript `.pt` or a safetensors state dict.
     pub model_file: Option<PathBuf>,
@@ -19,22 +18,35 @@ pub struct JobInputs {
     pub weights_file: Option<PathBuf>,
     /// `data.file` / `data.blob`: safetensors with `x` and `y`.
     pub data_file: Option<PathBuf>,
-    /// Where this job's checkpoints go (one directory per job).
-    pub checkpoint_dir: PathBuf,
-    /// Where the finished artifacts go (one directory per job).
-    pub artifact_dir: PathBuf,
+    /// Where this job's checkpoints go.
+    pub checkpoints: Output,
+    /// Where the finished artifacts go.
+    pub artifacts: Output,
     /// Resume from this checkpoint instead of starting fresh.
     pub resume_from: Option<PathBuf>,
     /// libtorch intra-op threads (results depend on it: a resumed job must use the same).
     pub threads: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StopReason {
-    /// Cancelled: stop as soon as possible, no checkpoint needed.
-    Cancel,
-    /// Shutdown: write a checkpoint at the current step, then stop.
-    Checkpoint,
+/// A local directory for files the engine writes, and the file-store key prefix they are known
+/// by (`checkpoints/<job>/`): the engine names what it wrote by key, never by local path.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub dir: PathBuf,
+    pub key_prefix: String,
+}
+
+impl Output {
+    /// The store key of a file the engine wrote into `dir`.
+    pub fn key(&self, path: &Path) -> String {
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        format!("{}{name}", self.key_prefix)
+    }
+
+    /// The local path of a key under this output (the inverse of [`Output::key`]).
+    pub fn path(&self, key: &str) -> Option<PathBuf> {
+        key.strip_prefix(&self.key_prefix).filter(|name| !name.contains('/')).map(|name| self.dir.join(name))
+    }
 }
 
 /// Set from another thread (signal handler, stdin reader) to stop the job between steps.
@@ -56,12 +68,6 @@ impl StopFlag {
             _ => None,
         }
     }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobOutcome {
-    pub artifacts: Vec<ArtifactFile>,
-    pub report: Report,
 }
 
 /// Runs a validated job to the end (or until `stop`), reporting through `sink`.

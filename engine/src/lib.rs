@@ -16,8 +16,8 @@ pub mod tensors;
 pub mod train;
 
 pub use events::{Event, EventSink, MetricPoint, TensorSparsity, VecSink};
-pub use job::{run_job, JobInputs, JobOutcome, StopFlag, StopReason};
-pub use export::{ArtifactFile, Report, TensorReport};
+pub use job::{run_job, JobInputs, JobOutcome, Output, StopFlag, StopReason};
+pub use prune_core::domain::{ArtifactFile, Report, TensorReport};
 
 /// Everything that can end a job early. The message is the one-line reason users see.
 #[derive(Debug, thiserror::Error)]

@@ -60,7 +60,7 @@ pub fn run(spec: &JobSpec, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &
     let dense_val_accuracy = trainer.train(inputs, sink, stop)?;
     trainer.masks.apply(trainer.model.params());
     let (val_loss, val_accuracy) = trainer.evaluate_final()?;
-    let exported = export::export(&spec.export, &trainer.model, &pruned, &inputs.artifact_dir)?;
+    let exported = export::export(&spec.export, &trainer.model, &pruned, &inputs.artifacts)?;
     Ok(outcome(exported, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step))
 }
 
@@ -99,7 +99,7 @@ fn one_shot(
     let sparsity = masks.sparsities()?;
     sink.emit(Event::Metrics { points: sparsity_points(0, &sparsity) })?;
     sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
-    let exported = export::export(&spec.export, model, pruned, &inputs.artifact_dir)?;
+    let exported = export::export(&spec.export, model, pruned, &inputs.artifacts)?;
     Ok(outcome(exported, None, None, None, 0))
 }
 
@@ -205,7 +205,7 @@ impl Trainer {
         self.masks.apply(self.model.params());
         self.state.optim_steps = self.optimizer.steps;
         let script = match &self.model {
-            Model::Script(s) => Some(s.to_bytes(&inputs.checkpoint_dir)?),
+            Model::Script(s) => Some(s.to_bytes(&inputs.checkpoints.dir)?),
             _ => None,
         };
         let saved = Saved {
@@ -215,11 +215,11 @@ impl Trainer {
             optim: self.optimizer.state_tensors(),
             script,
         };
-        let written = checkpoint::write(&inputs.checkpoint_dir, &saved)?;
+        let written = checkpoint::write(&inputs.checkpoints.dir, &saved)?;
         let sparsity = self.masks.sparsities()?;
         sink.emit(Event::Metrics { points: sparsity_points(self.state.step, &sparsity) })?;
         sink.emit(Event::Checkpoint {
-            path: written.path,
+            key: inputs.checkpoints.key(&written.path),
             step: self.state.step,
             epoch: self.state.epoch,
             sha256: written.sha256,

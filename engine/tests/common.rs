@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use prune_core::validate;
 use prune_core::JobSpec;
-use prune_engine::{EngineError, Event, EventSink, JobInputs, StopFlag, StopReason};
+use prune_engine::{ArtifactFile, EngineError, Event, EventSink, JobInputs, Output, StopFlag, StopReason};
 
 pub fn spec(toml: &str) -> JobSpec {
     let spec = validate::parse_toml(toml).unwrap_or_else(|e| panic!("bad test spec: {e}"));
@@ -13,13 +13,18 @@ pub fn spec(toml: &str) -> JobSpec {
     spec
 }
 
+/// Where [`inputs`] put an artifact (the engine names it by store key).
+pub fn artifact_path(dir: &Path, artifact: &ArtifactFile) -> PathBuf {
+    inputs(dir).artifacts.path(&artifact.key).expect("artifact keys are under the job's prefix")
+}
+
 pub fn inputs(dir: &Path) -> JobInputs {
     JobInputs {
         model_file: None,
         weights_file: None,
         data_file: None,
-        checkpoint_dir: dir.join("checkpoints"),
-        artifact_dir: dir.join("artifacts"),
+        checkpoints: Output { dir: dir.join("checkpoints"), key_prefix: "checkpoints/job/".into() },
+        artifacts: Output { dir: dir.join("artifacts"), key_prefix: "artifacts/job/".into() },
         resume_from: None,
         threads: 1,
     }
@@ -27,6 +32,8 @@ pub fn inputs(dir: &Path) -> JobInputs {
 
 /// Records events and requests a stop once a checkpoint at or after `stop_at` is written.
 pub struct StoppingSink {
+    /// The directory given to [`inputs`].
+    pub dir: PathBuf,
     pub events: Vec<Event>,
     pub stop_at: i64,
     pub stop: StopFlag,
@@ -47,10 +54,14 @@ impl EventSink for StoppingSink {
 impl StoppingSink {
     pub fn last_checkpoint(&self) -> Option<(i64, PathBuf)> {
         self.events.iter().rev().find_map(|e| match e {
-            Event::Checkpoint { step, path, .. } => Some((*step, path.clone())),
+            Event::Checkpoint { step, key, .. } => Some((*step, inputs_dir_checkpoint(&self.dir, key))),
             _ => None,
         })
     }
+}
+
+fn inputs_dir_checkpoint(dir: &Path, key: &str) -> PathBuf {
+    inputs(dir).checkpoints.path(key).expect("checkpoint keys are under the job's prefix")
 }
 
 pub fn venv_python() -> PathBuf {

@@ -77,7 +77,7 @@ for name in ["conv.weight", "fc.weight"]:
     print(name, round(1 - (w != 0).float().mean().item(), 4))
 print("out", tuple(m(torch.zeros(2, 64)).shape))
 "#,
-        ts.path.display()
+        common::artifact_path(dir.path(), ts).display()
     ));
     assert!(printed.contains("conv.weight 0.5972") || printed.contains("conv.weight 0.6"), "{printed}");
     assert!(printed.contains("fc.weight 0.6"), "{printed}");
@@ -123,7 +123,7 @@ sparse_format = "bitmask"
     assert_eq!(sparsity("enc.bias"), 0.75);
     assert_eq!(sparsity("head.weight"), 0.5);
     // The packed, gzipped artifact decompresses and unpacks to exactly the stripped weights.
-    let back = prune_engine::export::read_artifact(&out.artifacts[0].path).unwrap();
+    let back = prune_engine::export::read_artifact(&common::artifact_path(dir.path(), &out.artifacts[0])).unwrap();
     let printed = python(&format!(
         r#"
 import torch

@@ -4,22 +4,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(name = "prune-server", version, about = "Runs neural-network pruning jobs behind a gRPC API")]
 pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
     #[command(flatten)]
     pub serve: ServeArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Runs one job attempt; started by the server itself, which talks to it over stdin/stdout.
-    #[command(hide = true)]
-    Worker,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -39,6 +30,9 @@ pub struct ServeArgs {
     /// Worker crashes a job survives: after this many attempts it FAILS.
     #[arg(long, env = "PRUNE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+    /// The worker binary that runs job attempts (default: `prune-worker` next to this binary).
+    #[arg(long, env = "PRUNE_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
     /// On SIGTERM/SIGINT, how long running jobs get to write a checkpoint before they are killed.
     #[arg(long, env = "PRUNE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -88,8 +82,9 @@ impl ServeArgs {
     }
 }
 
-/// Where everything lives under `--data-dir`. The root is absolute, so paths handed to workers
-/// stay valid whatever their working directory.
+/// Where everything lives under `--data-dir`: the database, this node's uploads in progress and
+/// scratch space, and (as the local file store) blobs, checkpoints and artifacts by key. The
+/// root is absolute, so the store URL handed to workers is valid whatever their directory.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     root: PathBuf,
@@ -100,7 +95,7 @@ impl DataDir {
     pub fn create(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
         let dir = DataDir { root: root.canonicalize()? };
-        for sub in [dir.blobs(), dir.blobs_tmp(), dir.root.join("checkpoints"), dir.root.join("artifacts")] {
+        for sub in [dir.blobs(), dir.blobs_tmp(), dir.scratch(), dir.root.join("checkpoints"), dir.root.join("artifacts")] {
             std::fs::create_dir_all(sub)?;
         }
         Ok(dir)
@@ -119,21 +114,9 @@ impl DataDir {
     pub fn blobs_tmp(&self) -> PathBuf {
         self.root.join("blobs").join("tmp")
     }
-    pub fn checkpoints(&self, job_id: &str) -> PathBuf {
-        self.root.join("checkpoints").join(job_id)
-    }
-    pub fn artifacts(&self, job_id: &str) -> PathBuf {
-        self.root.join("artifacts").join(job_id)
-    }
-
-    /// The form stored in the database: relative to the root when inside it, so the data
-    /// directory can be moved.
-    pub fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().into_owned()
-    }
-    /// Inverse of [`DataDir::relative`].
-    pub fn resolve(&self, stored: &str) -> PathBuf {
-        self.root.join(stored)
+    /// This node's scratch space for workers (copies of objects from a remote store).
+    pub fn scratch(&self) -> PathBuf {
+        self.root.join("scratch")
     }
 }
 
@@ -142,22 +125,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_paths_are_relative_and_resolve_back() {
+    fn the_layout_is_created() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::create(tmp.path()).unwrap();
-        let ckpt = dir.checkpoints("job-1").join("step-10.ckpt");
-        assert_eq!(dir.relative(&ckpt), "checkpoints/job-1/step-10.ckpt");
-        assert_eq!(dir.resolve(&dir.relative(&ckpt)), ckpt);
-        assert_eq!(dir.resolve("/elsewhere/x"), PathBuf::from("/elsewhere/x"));
+        for sub in [dir.blobs_tmp(), dir.scratch(), dir.root().join("checkpoints")] {
+            assert!(sub.is_dir(), "{}", sub.display());
+        }
+        assert!(dir.root().is_absolute());
     }
 
     #[test]
     fn cli_defaults() {
         let cli = Cli::parse_from(["prune-server"]);
-        assert!(cli.command.is_none());
         assert_eq!(cli.serve.listen.to_string(), "127.0.0.1:50051");
         assert_eq!((cli.serve.workers, cli.serve.threads_per_job, cli.serve.max_attempts), (1, 1, 3));
-        assert!(matches!(Cli::parse_from(["prune-server", "worker"]).command, Some(Command::Worker)));
+        assert!(Cli::try_parse_from(["prune-server", "worker"]).is_err(), "workers are prune-worker now");
         let limits = cli.serve.limits;
         assert_eq!((limits.max_upload_bytes, limits.max_spec_bytes), (8 << 30, 1 << 20));
         assert_eq!((limits.max_queued_per_tenant, limits.max_message_bytes), (1000, 4 << 20));

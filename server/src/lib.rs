@@ -1,27 +1,20 @@
-//! The pruning job service.
+//! The pruning job service, grouped by role along the data flow (see `docs/architecture.md`):
 //!
-//! `prune-server` serves the `pruning.v1` gRPC API ([`service`]), keeps its state in SQLite
-//! ([`storage`]) and content-addressed files ([`blobs`]), and runs each job attempt in a worker
-//! process of its own ([`worker`], spawned and watched by [`supervisor`], scheduled by
-//! [`scheduler`]), so that a crashing job never takes the server or other jobs with it.
+//! * [`api`]: the `pruning.v1` gRPC handlers, authentication and the proto mapping;
+//! * [`jobs`]: admission (request -> typed spec -> queued job), the scheduler loop, attempts;
+//! * [`launch`]: how a worker process is started ([`launch::Launcher`]; `prune-worker` is a
+//!   binary of its own and the only one that links libtorch);
+//! * [`storage`]: the database (jobs, attempts, checkpoints, metrics, artifacts);
+//! * [`files`]: uploads into the file store (`prune-store`) where blobs, checkpoints and
+//!   artifacts live by key.
 
-pub mod admission;
-pub mod attempt;
-pub mod auth;
-pub mod blobs;
+pub mod api;
 pub mod config;
-pub mod convert;
-pub mod ids;
-pub mod live;
-pub mod message_limit;
-pub mod protocol;
-pub mod scheduler;
-pub mod service;
+pub mod files;
+pub mod jobs;
+pub mod launch;
 pub mod shutdown;
 pub mod storage;
-pub mod supervisor;
-pub mod views;
-pub mod worker;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -32,15 +25,19 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-use crate::admission::Defaults;
-use crate::auth::{Authenticator, Tokens, TokensError};
-use crate::blobs::BlobStore;
+use prune_store::{FileStore, LocalStore};
+
+use crate::api::auth::{Authenticator, Tokens, TokensError};
+use crate::api::message_limit;
+use crate::api::service::{Service, Shared};
 use crate::config::{DataDir, SecurityArgs, ServeArgs};
-use crate::live::Live;
-use crate::scheduler::SchedulerConfig;
-use crate::service::{Service, Shared};
+use crate::files::uploads::BlobStore;
+use crate::jobs::admission::Defaults;
+use crate::jobs::attempt::Deps;
+use crate::jobs::live::Live;
+use crate::jobs::scheduler::{self, SchedulerConfig};
+use crate::launch::process::ProcessLauncher;
 use crate::storage::{Db, StorageError};
-use crate::supervisor::Deps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -48,8 +45,10 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("locating the server binary (workers run it): {0}")]
+    #[error("locating the server binary (prune-worker is found next to it): {0}")]
     Exe(std::io::Error),
+    #[error("worker binary {path} not found: build it (`cargo build -p prune-worker`) or pass --worker-bin")]
+    WorkerBin { path: std::path::PathBuf },
     #[error("listening on {addr}: {source}")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
     #[error(transparent)]
@@ -91,12 +90,21 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     let data_dir = DataDir::create(&args.data_dir)
         .map_err(|source| ServeError::DataDir { path: args.data_dir.clone(), source })?;
+    let worker_bin = match &args.worker_bin {
+        Some(path) => path.clone(),
+        None => ProcessLauncher::default_worker_bin().map_err(ServeError::Exe)?,
+    };
+    if !worker_bin.is_file() {
+        return Err(ServeError::WorkerBin { path: worker_bin });
+    }
     let db = Db::open(&data_dir.database()).await?;
-    let blobs = BlobStore::new(data_dir.blobs(), data_dir.blobs_tmp());
+    // Today's store is the data directory itself; keys are paths relative to it.
+    let store: Arc<dyn FileStore> = Arc::new(LocalStore::new(data_dir.root().to_path_buf()));
+    let blobs = BlobStore::new(store.clone(), data_dir.blobs_tmp());
     let live = Live::default();
-    let worker_exe = std::env::current_exe().map_err(ServeError::Exe)?;
-    let deps =
-        Deps { db: db.clone(), live: live.clone(), data_dir: data_dir.clone(), worker_exe: Arc::from(worker_exe) };
+    let launcher =
+        ProcessLauncher { worker_bin, store_url: store.url(), scratch: data_dir.scratch() };
+    let deps = Deps { db: db.clone(), live: live.clone(), store };
     let shutdown = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown.clone()).map_err(ServeError::Signals)?;
 
@@ -105,12 +113,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: args.listen, source })?;
 
     let scheduler_config = SchedulerConfig { workers: args.workers as usize, shutdown_grace: args.shutdown_grace() };
-    let (scheduler, scheduler_task) = scheduler::start(deps, blobs.clone(), scheduler_config);
+    let (scheduler, scheduler_task) = scheduler::start(deps, Arc::new(launcher), scheduler_config);
     let service = Service::new(Shared {
         db: db.clone(),
         blobs,
         live,
-        data_dir: data_dir.clone(),
         scheduler: scheduler.clone(),
         defaults: Defaults { threads: args.threads_per_job, max_attempts: args.max_attempts },
         limits: args.limits,

@@ -1,18 +1,14 @@
-//! `prune-server`: the gRPC job service, or (hidden `worker` subcommand) one job's worker.
+//! `prune-server`: the gRPC job service. Job attempts run in `prune-worker` processes.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use prune_server::config::{Cli, Command};
+use prune_server::config::Cli;
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    if let Some(Command::Worker) = cli.command {
-        // Synchronous and single-purpose: no async runtime in the worker.
-        return Ok(prune_server::worker::run());
-    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Logs go to stderr: stdout carries only the `listening on` line.
     tracing_subscriber::fmt()

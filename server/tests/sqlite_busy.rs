@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use prune_engine::MetricPoint;
+use prune_core::domain::MetricPoint;
 use prune_server::storage::{CheckpointRecord, Db, StorageError};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Row, SqliteConnection};

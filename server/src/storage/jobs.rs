@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use prune_core::JobSpec;
-use prune_engine::{Report, TensorSparsity};
+use prune_core::domain::{Report, TensorSparsity};
 use serde::de::DeserializeOwned;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};

@@ -1,6 +1,6 @@
 //! `metrics`: the time series of a job.
 
-use prune_engine::MetricPoint;
+use prune_core::domain::MetricPoint;
 use sqlx::Row;
 
 use super::{Db, Result};

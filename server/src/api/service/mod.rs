@@ -14,15 +14,15 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::admission::{self, Defaults};
-use crate::auth::{tenant, Tenant};
-use crate::blobs::{BlobId, BlobStore};
-use crate::config::{DataDir, LimitArgs};
-use crate::ids::is_job_id;
-use crate::live::Live;
-use crate::scheduler::SchedulerHandle;
+use crate::jobs::admission::{self, Defaults};
+use crate::api::auth::{tenant, Tenant};
+use crate::files::uploads::{BlobId, BlobStore};
+use crate::config::LimitArgs;
+use crate::jobs::ids::is_job_id;
+use crate::jobs::live::Live;
+use crate::jobs::scheduler::SchedulerHandle;
 use crate::storage::{BlobRecord, Db, JobRecord, JobState};
-use crate::views;
+use crate::api::views;
 
 pub use errors::job_not_found;
 
@@ -39,7 +39,6 @@ pub struct Shared {
     pub db: Db,
     pub blobs: BlobStore,
     pub live: Live,
-    pub data_dir: DataDir,
     pub scheduler: SchedulerHandle,
     pub defaults: Defaults,
     pub limits: LimitArgs,
@@ -120,8 +119,8 @@ impl PruningService for Service {
                 None => {}
             }
         }
-        let (id, size, path) = upload.finish().await?;
-        let record = BlobRecord { id: id.to_string(), size, path: self.shared.data_dir.relative(&path) };
+        let (id, size, key) = upload.finish().await?;
+        let record = BlobRecord { id: id.to_string(), size, path: key.to_string() };
         self.shared.db.insert_blob(tenant.as_str(), &record).await?;
         tracing::info!(blob = %id, size, %tenant, "blob stored");
         Ok(Response::new(blob_message(record)))
@@ -165,7 +164,7 @@ impl PruningService for Service {
             )));
         }
         let spec = match source {
-            Some(Source::Spec(spec)) => crate::convert::spec_from_proto(spec),
+            Some(Source::Spec(spec)) => crate::api::convert::spec_from_proto(spec),
             Some(Source::SpecToml(text)) => admission::parse_text(&text),
             None => return Err(Status::invalid_argument("spec: required (or spec_toml)")),
         }
@@ -269,7 +268,7 @@ impl PruningService for Service {
         let request = request.into_inner();
         let record = self.record(&tenant, &request.job_id).await?;
         let stream =
-            download::stream(&self.shared.db, &self.shared.data_dir, &record, &request.format, request.read_offset)
+            download::stream(&self.shared.db, self.shared.blobs.store(), &record, &request.format, request.read_offset)
                 .await?;
         Ok(Response::new(Box::pin(stream)))
     }

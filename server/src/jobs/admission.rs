@@ -2,14 +2,13 @@
 //! queued, each problem as `field: reason`.
 
 use std::io::Read;
-use std::path::Path;
 
 use prune_core::validate::{self, FieldError, SpecErrors};
 use prune_core::JobSpec;
 
-use crate::auth::Tenant;
-use crate::blobs::{BlobId, BlobStore};
-use crate::ids::new_job_id;
+use crate::api::auth::Tenant;
+use crate::files::uploads::{BlobId, BlobStore};
+use crate::jobs::ids::new_job_id;
 use crate::storage::{now_ms, Db, JobRecord, NewJob, StorageError};
 
 #[derive(Debug, thiserror::Error)]
@@ -105,22 +104,10 @@ fn client_side_paths(spec: &JobSpec) -> Vec<FieldError> {
     errors
 }
 
-fn blob_refs(spec: &JobSpec) -> Vec<(&'static str, &str)> {
-    let data_blob = spec.data.as_ref().and_then(|d| d.blob.as_deref());
-    [
-        ("model.blob", spec.model.blob.as_deref()),
-        ("model.weights", spec.model.weights.as_deref()),
-        ("data.blob", data_blob),
-    ]
-    .into_iter()
-    .filter_map(|(field, id)| id.map(|id| (field, id)))
-    .collect()
-}
-
 /// Blobs the tenant has not uploaded (another tenant's count as missing).
 async fn missing_blobs(db: &Db, tenant: &str, spec: &JobSpec) -> Result<Vec<FieldError>, StorageError> {
     let mut errors = Vec::new();
-    for (field, id) in blob_refs(spec) {
+    for (field, id) in spec.blob_refs() {
         if db.tenant_blob(tenant, id).await?.is_none() {
             errors.push(FieldError::new(field, format!("blob {id} not found: upload it first")));
         }
@@ -136,12 +123,19 @@ async fn total_steps(db: &Db, blobs: &BlobStore, tenant: &str, spec: &JobSpec) -
     }
     let data = spec.data.as_ref()?;
     let samples = match (data.builtin.as_deref(), data.blob.as_deref()) {
-        (Some("digits"), _) => prune_engine::data::DIGITS_SAMPLES,
+        (Some("digits"), _) => prune_core::datasets::DIGITS_SAMPLES,
         (Some("synthetic"), _) => data.samples?,
         (None, Some(id)) => {
-            let path = blobs.path(&BlobId::parse(id).ok()?);
+            let key = BlobStore::key(&BlobId::parse(id).ok()?);
             db.tenant_blob(tenant, id).await.ok()??;
-            tokio::task::spawn_blocking(move || safetensors_first_dim(&path, "x")).await.ok()?.ok()?
+            let store = blobs.store().clone();
+            tokio::task::spawn_blocking(move || {
+                let mut reader = store.open(&key, 0).map_err(|e| e.to_string())?;
+                safetensors_first_dim(&mut reader, "x")
+            })
+            .await
+            .ok()?
+            .ok()?
         }
         _ => return None,
     };
@@ -154,8 +148,7 @@ async fn total_steps(db: &Db, blobs: &BlobStore, tenant: &str, spec: &JobSpec) -
 const MAX_HEADER: u64 = 100 << 20;
 
 /// The first dimension of tensor `name`, from the file's header alone.
-fn safetensors_first_dim(path: &Path, name: &str) -> Result<i64, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+fn safetensors_first_dim(file: &mut dyn Read, name: &str) -> Result<i64, String> {
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|e| e.to_string())?;
     let len = u64::from_le_bytes(len);
@@ -202,8 +195,8 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
         Queue { tenant, max_queued: 100 }
     }
 
-    fn store(dir: &Path) -> BlobStore {
-        BlobStore::new(dir.to_path_buf(), dir.to_path_buf())
+    fn store(dir: &std::path::Path) -> BlobStore {
+        BlobStore::new(std::sync::Arc::new(prune_store::LocalStore::new(dir.to_path_buf())), dir.to_path_buf())
     }
 
     #[tokio::test]
@@ -244,15 +237,12 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
 
     #[test]
     fn reads_the_first_dimension_from_the_header() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.safetensors");
         let header = br#"{"x":{"dtype":"F32","shape":[5,2],"data_offsets":[0,40]}}"#;
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
         bytes.extend_from_slice(header);
         bytes.extend_from_slice(&[0u8; 40]);
-        std::fs::write(&path, bytes).unwrap();
-        assert_eq!(safetensors_first_dim(&path, "x"), Ok(5));
-        assert!(safetensors_first_dim(&path, "y").is_err());
+        assert_eq!(safetensors_first_dim(&mut bytes.as_slice(), "x"), Ok(5));
+        assert!(safetensors_first_dim(&mut bytes.as_slice(), "y").is_err());
         assert_eq!(parse_text("{\"model\": {}}").unwrap_err().0[0].field, "pruning");
     }
 }

@@ -1,20 +1,21 @@
-//! The worker process (`prune-server worker`): runs one attempt of one job with libtorch.
+//! `prune-worker --store URL --scratch DIR`: runs one attempt of one job with libtorch.
 //!
 //! A job runs in its own process so that a libtorch abort, a segfault or an OOM kill ends that
-//! attempt only, never the server or the other jobs. See [`crate::protocol`] for how it talks
-//! to the server.
+//! attempt only, never the server or the other jobs; and only this binary links libtorch. The
+//! server's launcher starts it; `prune_core::worker_protocol` says how they talk.
+
+mod inputs;
 
 use std::fs::File;
 use std::io::{BufRead, Write};
 use std::os::fd::FromRawFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use prune_engine::{EngineError, Event, EventSink, StopFlag};
-
-use crate::protocol::{Command, WorkerMessage, WorkerRequest};
-
-/// Environment variable through which the server passes its pid (see [`die_with_parent`]).
-pub const SERVER_PID_ENV: &str = "PRUNE_SERVER_PID";
+use prune_core::text::one_line;
+use prune_core::worker_protocol::{Command, WorkerMessage, WorkerRequest, SCRATCH_FLAG, SERVER_PID_ENV, STORE_FLAG};
+use prune_engine::{EngineError, Event, EventSink, Output, StopFlag};
+use prune_store::FileStore;
 
 /// Exit status when the server went away (stdin closed): nobody reads it, but it is distinct.
 const EXIT_ORPHANED: u8 = 3;
@@ -31,10 +32,37 @@ pub enum WorkerError {
     BadRequest(serde_json::Error),
     #[error("setting up the worker: {0}")]
     Setup(std::io::Error),
+    #[error("usage: prune-worker {STORE_FLAG} URL {SCRATCH_FLAG} DIR ({0})")]
+    Usage(String),
+    #[error(transparent)]
+    Store(#[from] prune_store::StoreError),
 }
 
-/// Runs the worker; the process exit code.
-pub fn run() -> ExitCode {
+/// The command line: where the file store is, and this machine's scratch directory.
+struct Args {
+    store: Box<dyn FileStore>,
+    scratch: PathBuf,
+}
+
+fn parse_args() -> Result<Args, WorkerError> {
+    let mut store = None;
+    let mut scratch = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| WorkerError::Usage(format!("{flag} needs a value")))?;
+        match flag.as_str() {
+            STORE_FLAG => store = Some(prune_store::open(&value)?),
+            SCRATCH_FLAG => scratch = Some(PathBuf::from(value)),
+            other => return Err(WorkerError::Usage(format!("unknown argument {other}"))),
+        }
+    }
+    Ok(Args {
+        store: store.ok_or_else(|| WorkerError::Usage(format!("{STORE_FLAG} is missing")))?,
+        scratch: scratch.ok_or_else(|| WorkerError::Usage(format!("{SCRATCH_FLAG} is missing")))?,
+    })
+}
+
+fn main() -> ExitCode {
     // First of all, before anything can block: die with the server.
     if let Err(e) = die_with_parent() {
         eprintln!("worker: {e}");
@@ -50,6 +78,7 @@ pub fn run() -> ExitCode {
 }
 
 fn run_attempt() -> Result<(), WorkerError> {
+    let args = parse_args()?;
     let mut out = protocol_stdout().map_err(WorkerError::Setup)?;
     init_logging();
     let request = read_request()?;
@@ -58,11 +87,15 @@ fn run_attempt() -> Result<(), WorkerError> {
 
     let stop = StopFlag::default();
     watch_stdin(stop.clone());
-    let mut sink = LineSink { out: &mut out };
+    let store = &*args.store;
     // A panic is a bug, as deterministic as an engine error: report it rather than crash, so
     // that it is not retried and its message (not a backtrace line) is the job's error.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        prune_engine::run_job(&request.spec, &request.inputs, &mut sink, &stop)
+        let (inputs, outputs) = inputs::resolve(&request, store, &args.scratch)?;
+        let mut sink = LineSink { out: &mut out, store, checkpoints: &inputs.checkpoints };
+        let outcome = prune_engine::run_job(&request.spec, &inputs, &mut sink, &stop)?;
+        outputs.publish(store, &outcome)?;
+        Ok::<_, EngineError>(outcome)
     }));
     let terminal = match result {
         Ok(Ok(outcome)) => WorkerMessage::Finished(outcome),
@@ -73,7 +106,7 @@ fn run_attempt() -> Result<(), WorkerError> {
         }
     };
     // If the server is gone this fails too, and the exit status is all that is left.
-    if let Err(e) = write_line(sink.out, &terminal) {
+    if let Err(e) = write_line(&mut out, &terminal) {
         tracing::error!("could not report the end of the attempt: {e}");
     }
     Ok(())
@@ -155,16 +188,21 @@ fn watch_stdin(stop: StopFlag) {
     });
 }
 
-/// Sends engine events to the server, one flushed JSON line each.
+/// Sends engine events to the server, one flushed JSON line each; a checkpoint is published in
+/// the store before the server hears of it.
 struct LineSink<'a, W: Write> {
     out: &'a mut W,
+    store: &'a dyn FileStore,
+    checkpoints: &'a Output,
 }
 
 impl<W: Write> EventSink for LineSink<'_, W> {
     fn emit(&mut self, mut event: Event) -> Result<(), EngineError> {
-        if let Event::Metrics { points } = &mut event {
+        match &mut event {
             // JSON cannot carry NaN, nor SQL store it.
-            points.retain(|p| p.value.is_finite());
+            Event::Metrics { points } => points.retain(|p| p.value.is_finite()),
+            Event::Checkpoint { key, .. } => inputs::publish(self.store, self.checkpoints, key)?,
+            _ => {}
         }
         write_line(self.out, &WorkerMessage::Event(event)).map_err(|e| EngineError::Sink(e.to_string()))
     }
@@ -184,10 +222,6 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".to_string())
 }
 
-fn one_line(message: &str) -> String {
-    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,8 +229,11 @@ mod tests {
 
     #[test]
     fn sink_writes_flushed_json_lines_without_nan_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = prune_store::LocalStore::new(dir.path().to_path_buf());
         let mut buf = Vec::new();
-        let mut sink = LineSink { out: &mut buf };
+        let checkpoints = Output { dir: dir.path().join("c"), key_prefix: "checkpoints/j/".into() };
+        let mut sink = LineSink { out: &mut buf, store: &store, checkpoints: &checkpoints };
         let points = vec![
             MetricPoint { step: 1, name: "loss".into(), value: f64::NAN },
             MetricPoint { step: 1, name: "accuracy".into(), value: 0.5 },
@@ -208,10 +245,5 @@ mod tests {
             panic!()
         };
         assert_eq!(points.len(), 1);
-    }
-
-    #[test]
-    fn errors_become_one_line() {
-        assert_eq!(one_line("a\n  b\n\nc"), "a b c");
     }
 }

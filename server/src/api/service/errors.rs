@@ -2,8 +2,8 @@
 
 use tonic::Status;
 
-use crate::admission::AdmissionError;
-use crate::blobs::BlobError;
+use crate::jobs::admission::AdmissionError;
+use crate::files::uploads::BlobError;
 use crate::storage::StorageError;
 
 /// Server-side failures are logged here, where their detail is; the client gets the message.
@@ -25,7 +25,7 @@ impl From<BlobError> for Status {
             BlobError::TooLarge { .. } | BlobError::Truncated { .. } | BlobError::ChecksumMismatch { .. } => {
                 Status::data_loss(e.to_string())
             }
-            BlobError::Io(_) => {
+            BlobError::Io(_) | BlobError::Store(_) => {
                 tracing::error!("{e}");
                 Status::internal(e.to_string())
             }

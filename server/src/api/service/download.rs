@@ -1,18 +1,18 @@
 //! DownloadArtifact: the artifact's description, then its bytes from `read_offset` on.
 
-use std::io::SeekFrom;
+use std::io::Read;
+use std::sync::Arc;
 
 use prune_proto as pb;
 use prune_proto::download_artifact_response::Part;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use prune_store::{FileStore, Key};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::config::DataDir;
 use crate::storage::{Db, JobRecord, JobState};
-use crate::views;
+use crate::api::views;
 
 /// Bytes per data message.
 pub const CHUNK: usize = 256 * 1024;
@@ -23,7 +23,7 @@ const READ_AHEAD: usize = 4;
 /// call's status rather than a broken stream.
 pub async fn stream(
     db: &Db,
-    data_dir: &DataDir,
+    store: &Arc<dyn FileStore>,
     job: &JobRecord,
     format: &str,
     read_offset: u64,
@@ -53,32 +53,35 @@ pub async fn stream(
             artifact.bytes
         )));
     }
-    let path = data_dir.resolve(&artifact.path);
-    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
-        tracing::error!(job_id = job.id, path = %path.display(), "artifact unreadable: {e}");
+    let unreadable = |e: String| {
+        tracing::error!(job_id = job.id, key = artifact.path, "artifact unreadable: {e}");
         Status::data_loss(format!("the artifact file of job {} is unreadable: {e}", job.id))
-    })?;
-    file.seek(SeekFrom::Start(read_offset)).await.map_err(|e| Status::internal(e.to_string()))?;
+    };
+    let key = Key::parse(artifact.path.as_str()).map_err(|e| unreadable(e.to_string()))?;
+    let opened = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.open(&key, read_offset)).await
+    };
+    let mut reader = opened.map_err(|e| Status::internal(e.to_string()))?.map_err(|e| unreadable(e.to_string()))?;
 
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let info = views::artifact(artifact);
-    tokio::spawn(async move {
-        if tx.send(Ok(pb::DownloadArtifactResponse { part: Some(Part::Info(info)) })).await.is_err() {
-            return;
-        }
-        loop {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            match (&mut file).take(CHUNK as u64).read_to_end(&mut chunk).await {
-                Ok(0) => return,
-                Ok(_) => {
-                    if tx.send(Ok(pb::DownloadArtifactResponse { part: Some(Part::Data(chunk)) })).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::internal(format!("reading the artifact: {e}")))).await;
+    if tx.try_send(Ok(pb::DownloadArtifactResponse { part: Some(Part::Info(info)) })).is_err() {
+        return Err(Status::internal("the download stream is full before it started"));
+    }
+    // The store's reader blocks: it runs on a blocking thread, bounded by the channel.
+    tokio::task::spawn_blocking(move || loop {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        match (&mut reader).take(CHUNK as u64).read_to_end(&mut chunk) {
+            Ok(0) => return,
+            Ok(_) => {
+                if tx.blocking_send(Ok(pb::DownloadArtifactResponse { part: Some(Part::Data(chunk)) })).is_err() {
                     return;
                 }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::internal(format!("reading the artifact: {e}"))));
+                return;
             }
         }
     });

@@ -8,16 +8,18 @@
 //! row still being RUNNING, so a cancel always wins.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
-use prune_engine::{JobOutcome, StopReason};
+use prune_core::domain::{JobOutcome, Report, StopReason};
+use prune_core::worker_protocol::Command;
+use prune_store::Key;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::attempt::{self, Prepared};
-use crate::blobs::BlobStore;
-use crate::protocol::Command;
+use crate::jobs::attempt::{self, AttemptEnd, AttemptHandle, Deps};
+use crate::jobs::prepare::{self, Prepared};
+use crate::launch::Launcher;
 use crate::storage::{ArtifactRecord, AttemptOutcome, JobRecord, JobState, StorageError};
-use crate::supervisor::{self, AttemptEnd, AttemptHandle, Deps};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -66,11 +68,15 @@ impl SchedulerHandle {
 }
 
 /// Starts the loop on the current runtime.
-pub fn start(deps: Deps, blobs: BlobStore, config: SchedulerConfig) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
+pub fn start(
+    deps: Deps,
+    launcher: Arc<dyn Launcher>,
+    config: SchedulerConfig,
+) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let scheduler = Scheduler {
         deps,
-        blobs,
+        launcher,
         config,
         tx: tx.clone(),
         running: HashMap::new(),
@@ -87,7 +93,7 @@ struct Running {
 
 struct Scheduler {
     deps: Deps,
-    blobs: BlobStore,
+    launcher: Arc<dyn Launcher>,
     config: SchedulerConfig,
     /// For the attempts' end callbacks and the grace timer.
     tx: mpsc::UnboundedSender<Msg>,
@@ -178,7 +184,7 @@ impl Scheduler {
 
     async fn try_launch(&mut self, job: JobRecord) -> Result<(), LaunchError> {
         let deps = &self.deps;
-        let Prepared { request, resumed } = attempt::prepare(&deps.db, &self.blobs, &deps.data_dir, &job).await?;
+        let Prepared { request, resumed } = prepare::prepare(&deps.db, &deps.store, &job).await?;
         let attempt = deps.db.start_attempt(&job.id, resumed.as_ref().map(|c| c.step)).await?;
         match &resumed {
             Some(c) => tracing::info!(job_id = job.id, attempt, step = c.step, "starting attempt from a checkpoint"),
@@ -189,10 +195,10 @@ impl Scheduler {
         let on_end = move |end| {
             let _ = tx.send(Msg::Ended { job_id, attempt, end });
         };
-        let handle = match supervisor::spawn(deps, attempt, request, on_end) {
-            Ok(handle) => handle,
+        let handle = match self.launcher.launch(&request, attempt) {
+            Ok(worker) => attempt::follow(deps, &job.id, worker, on_end),
             Err(e) => {
-                let error = format!("spawning {}: {e}", deps.worker_exe.display());
+                let error = format!("spawning {}: {e}", self.launcher.describe());
                 self.log_attempt(&job.id, attempt, AttemptOutcome::Failed, Some(&error)).await;
                 return Err(LaunchError::Spawn(error));
             }
@@ -269,7 +275,7 @@ impl Scheduler {
             .iter()
             .map(|a| ArtifactRecord {
                 format: a.format.clone(),
-                path: self.deps.data_dir.relative(&a.path),
+                path: a.key.clone(),
                 sha256: a.sha256.clone(),
                 bytes: a.bytes,
                 compression: a.compression.clone(),
@@ -292,7 +298,7 @@ impl Scheduler {
         job_id: &str,
         state: JobState,
         error: Option<&str>,
-        report: Option<&prune_engine::Report>,
+        report: Option<&Report>,
     ) {
         match self.deps.db.finish_job(job_id, &[JobState::Running], state, error, report).await {
             Ok(true) => {
@@ -310,12 +316,16 @@ impl Scheduler {
     /// A job that SUCCEEDED (its artifact is what remains) or was CANCELLED needs its checkpoints
     /// no more; a FAILED job keeps them for inspection.
     fn remove_checkpoints(&self, job_id: &str) {
-        let dir = self.deps.data_dir.checkpoints(job_id);
+        let store = self.deps.store.clone();
         let job_id = job_id.to_string();
-        tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(job_id, "removing the checkpoints in {}: {e}", dir.display()),
+        tokio::task::spawn_blocking(move || {
+            let prefix = Key::checkpoints_prefix(&job_id);
+            let removed = Key::parse(prefix.trim_end_matches('/'))
+                .map_err(|e| e.to_string())
+                .and_then(|prefix| store.delete_all(&prefix).map_err(|e| e.to_string()));
+            if let Err(e) = removed {
+                tracing::warn!(job_id, "removing the checkpoints: {e}");
+            }
         });
     }
 
@@ -347,9 +357,11 @@ impl Scheduler {
 #[derive(Debug, thiserror::Error)]
 enum LaunchError {
     #[error(transparent)]
-    Prepare(#[from] attempt::PrepareError),
-    #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("{0}")]
     Spawn(String),
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

@@ -1,9 +1,9 @@
-//! The content-addressed blob store: models and data sets uploaded once, referenced by
-//! `sha256:<hex>` from any number of jobs.
+//! Uploads of content-addressed blobs: models and data sets uploaded once, referenced by
+//! `sha256:<hex>` from any number of jobs, kept in the file store under `blobs/<hex>`.
 //!
-//! An upload goes to a temporary file, is hashed as it arrives, and becomes visible only after
-//! its size and checksum are verified, it is fsynced and renamed into place (and the directory
-//! fsynced): a blob file that exists is always complete and correct.
+//! An upload goes to a temporary file of this node, is hashed as it arrives, and becomes visible
+//! only after its size and checksum are verified and it is fsynced and published in the store
+//! (a rename on a local store): a blob that exists is always complete and correct.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prune_store::{FileStore, Key, StoreError};
 use sha2::{Digest, Sha256};
 use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
@@ -37,6 +38,8 @@ pub enum BlobError {
     Busy,
     #[error("blob store: {0}")]
     Io(#[from] std::io::Error),
+    #[error("blob store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A validated `sha256:<64 lowercase hex>` id.
@@ -76,7 +79,7 @@ fn is_sha256_hex(hex: &str) -> bool {
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    dir: PathBuf,
+    store: Arc<dyn FileStore>,
     tmp: PathBuf,
     /// Partial files being written right now: one writer each.
     writing: Arc<Mutex<HashSet<PathBuf>>>,
@@ -88,20 +91,25 @@ const PARTIAL_PREFIX: &str = "resume-";
 const PARTIAL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl BlobStore {
-    /// `dir` holds the blobs, `tmp` (same file system) the uploads in progress.
+    /// Blobs go to `store`; `tmp` holds this node's uploads in progress (on the store's file
+    /// system, for a local store, so that publishing one is a rename).
     ///
     /// Uploads cut short by a crash (kill -9, power loss) leave their `upload-*` temporary files
     /// behind: nothing can finish them, so they are removed here, when the server starts.
     /// Resumable partial uploads stay, unless nobody resumed them for [`PARTIAL_MAX_AGE`].
-    pub fn new(dir: PathBuf, tmp: PathBuf) -> Self {
+    pub fn new(store: Arc<dyn FileStore>, tmp: PathBuf) -> Self {
         remove_abandoned_uploads(&tmp);
         remove_stale_partials(&tmp, PARTIAL_MAX_AGE);
-        BlobStore { dir, tmp, writing: Arc::default() }
+        BlobStore { store, tmp, writing: Arc::default() }
     }
 
-    /// Where the blob's file is (whether or not it exists).
-    pub fn path(&self, id: &BlobId) -> PathBuf {
-        self.dir.join(id.hex())
+    /// The blob's key in the file store (whether or not it exists).
+    pub fn key(id: &BlobId) -> Key {
+        Key::blob(id.hex())
+    }
+
+    pub fn store(&self) -> &Arc<dyn FileStore> {
+        &self.store
     }
 
     /// Per tenant: one tenant's partial upload never reveals or feeds another's.
@@ -144,7 +152,7 @@ impl BlobStore {
             written: offset,
             expected_size: size,
             expected_sha256: sha256.to_string(),
-            final_path: self.dir.join(sha256),
+            store: self.store.clone(),
         })
     }
 
@@ -158,7 +166,7 @@ impl BlobStore {
             written: 0,
             expected_size: size,
             expected_sha256: sha256.to_string(),
-            final_path: self.dir.join(sha256),
+            store: self.store.clone(),
         })
     }
 }
@@ -225,7 +233,7 @@ pub struct Upload {
     written: u64,
     expected_size: u64,
     expected_sha256: String,
-    final_path: PathBuf,
+    store: Arc<dyn FileStore>,
 }
 
 impl Upload {
@@ -250,9 +258,9 @@ impl Upload {
         }
     }
 
-    /// Verifies size and checksum and moves the file into the store. Finishing an upload of
+    /// Verifies size and checksum and publishes the file in the store. Finishing an upload of
     /// a blob the store already has replaces it with identical bytes.
-    pub async fn finish(mut self) -> Result<(BlobId, u64, PathBuf), BlobError> {
+    pub async fn finish(mut self) -> Result<(BlobId, u64, Key), BlobError> {
         if self.written != self.expected_size {
             // Kept (if resumable): the rest may still come.
             return Err(BlobError::Truncated { expected: self.expected_size, got: self.written });
@@ -265,22 +273,27 @@ impl Upload {
         self.file.flush().await?;
         self.file.sync_all().await?;
         drop(self.file);
-        let final_path = self.final_path;
-        let target = self.target;
+        let id = BlobId::from_hex(&got);
+        let key = BlobStore::key(&id);
+        let (store, target) = (self.store, self.target);
         tokio::task::spawn_blocking({
-            let final_path = final_path.clone();
-            move || -> std::io::Result<()> {
+            let key = key.clone();
+            move || -> Result<(), BlobError> {
                 match target {
-                    Target::Private(tmp) => tmp.persist(&final_path).map_err(|e| e.error)?,
-                    // The claim is released only after the rename (it lives in `target`).
-                    Target::Partial { path, _claim } => std::fs::rename(&path, &final_path)?,
+                    Target::Private(tmp) => {
+                        let published = store.put(&key, &tmp);
+                        drop(tmp); // gone after a rename; removed if the put failed
+                        published?
+                    }
+                    // The claim is released only after the put (it lives in `target`).
+                    Target::Partial { path, _claim } => store.put(&key, &path)?,
                 }
-                sync_dir(final_path.parent().expect("blob paths have a parent"))
+                Ok(())
             }
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok((BlobId::from_hex(&got), self.written, final_path))
+        Ok((id, self.written, key))
     }
 }
 
@@ -313,11 +326,6 @@ fn remove_abandoned_uploads(tmp: &Path) {
     }
 }
 
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,7 +333,11 @@ mod tests {
     fn store() -> (BlobStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
-        (BlobStore::new(dir.path().to_path_buf(), dir.path().join("tmp")), dir)
+        (BlobStore::new(local(dir.path()), dir.path().join("tmp")), dir)
+    }
+
+    fn local(root: &Path) -> Arc<dyn FileStore> {
+        Arc::new(prune_store::LocalStore::new(root.to_path_buf()))
     }
 
     fn sha(data: &[u8]) -> String {
@@ -339,10 +351,11 @@ mod tests {
         let mut up = store.begin("t", data.len() as u64, &sha(data), 0).await.unwrap();
         up.write(&data[..5]).await.unwrap();
         up.write(&data[5..]).await.unwrap();
-        let (id, size, path) = up.finish().await.unwrap();
+        let (id, size, key) = up.finish().await.unwrap();
         assert_eq!(id.as_str(), format!("sha256:{}", sha(data)));
+        assert_eq!(key.as_str(), format!("blobs/{}", sha(data)));
+        let path = store.store().local_path(&key).unwrap();
         assert_eq!((size, std::fs::read(&path).unwrap()), (data.len() as u64, data.to_vec()));
-        assert_eq!(store.path(&id), path);
         assert_eq!(BlobId::parse(id.as_str()).unwrap(), id);
 
         // Idempotent: the same upload again succeeds with the same id.
@@ -385,7 +398,7 @@ mod tests {
         assert_eq!(store.partial_len("bob", &hex), 0, "partial uploads are per tenant");
 
         // A server restart keeps it; a resume beyond what is held is refused.
-        let store = BlobStore::new(dir.path().to_path_buf(), dir.path().join("tmp"));
+        let store = BlobStore::new(local(dir.path()), dir.path().join("tmp"));
         assert!(matches!(
             store.begin("alice", data.len() as u64, &hex, 12).await,
             Err(BlobError::ResumeBeyond { offset: 12, held: 9 })
@@ -398,9 +411,9 @@ mod tests {
         assert!(matches!(private.target, Target::Private(_)));
         drop(private);
         up.write(&data[7..]).await.unwrap();
-        let (id, size, path) = up.finish().await.unwrap();
+        let (id, size, key) = up.finish().await.unwrap();
         assert_eq!((id.hex(), size), (hex.as_str(), data.len() as u64));
-        assert_eq!(std::fs::read(path).unwrap(), data);
+        assert_eq!(std::fs::read(store.store().local_path(&key).unwrap()).unwrap(), data);
         assert_eq!(store.partial_len("alice", &hex), 0, "the partial file became the blob");
 
         // A resume with wrong bytes before the break fails the checksum and is dropped.
@@ -423,7 +436,7 @@ mod tests {
         std::mem::forget(up); // as a kill -9 would: the temporary file stays
         std::fs::write(dir.path().join("tmp").join("not-an-upload"), b"kept").unwrap();
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 2);
-        let _store = BlobStore::new(dir.path().to_path_buf(), dir.path().join("tmp"));
+        let _store = BlobStore::new(local(dir.path()), dir.path().join("tmp"));
         let left: Vec<_> = std::fs::read_dir(dir.path().join("tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["not-an-upload"]);
     }

@@ -8,10 +8,10 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use super::Service;
-use crate::auth::Tenant;
-use crate::live::{JobUpdate, LiveEvent};
+use crate::api::auth::Tenant;
+use crate::jobs::live::{JobUpdate, LiveEvent};
 use crate::storage::now_ms;
-use crate::views;
+use crate::api::views;
 
 /// A few events of slack between the job and a slow client; beyond that the broadcast's own
 /// buffer takes over, and a client that falls behind that gets a fresh snapshot instead.

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use prune_engine::TensorSparsity;
+use prune_core::domain::TensorSparsity;
 use tokio::sync::broadcast;
 
 /// Enough for a few seconds of progress of many jobs; a watcher that falls further behind

@@ -1,10 +1,10 @@
 //! Database records and live state -> gRPC messages.
 
-use prune_engine::{Report, TensorSparsity};
+use prune_core::domain::{Report, TensorSparsity};
 use prune_proto as pb;
 
-use crate::convert::spec_to_proto;
-use crate::live::{LiveJob, Progress};
+use crate::api::convert::spec_to_proto;
+use crate::jobs::live::{LiveJob, Progress};
 use crate::storage::{ArtifactRecord, JobRecord, JobState};
 
 pub fn state_to_proto(state: JobState) -> pb::JobState {
@@ -117,7 +117,7 @@ pub fn report(r: &Report) -> pb::Report {
             .collect(),
         dense_bytes: r.dense_bytes,
         gzip_dense_bytes: r.gzip_dense_bytes,
-        artifact_bytes: r.artifact_bytes.iter().cloned().collect(),
+        artifact_bytes: r.artifact_bytes.clone().into_iter().collect(),
         final_val_accuracy: r.final_val_accuracy,
         final_val_loss: r.final_val_loss,
         dense_val_accuracy: r.dense_val_accuracy,

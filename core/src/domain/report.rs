@@ -1,0 +1,94 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// One value of a time series: `sparsity/<param>`, `loss`, `accuracy`, `val_loss`, `val_accuracy`,
+/// `learning_rate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    pub step: i64,
+    pub name: String,
+    pub value: f64,
+}
+
+/// The sparsity of one pruned parameter, as 1 - mean(mask).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSparsity {
+    /// PyTorch's dotted name (`0.weight`).
+    pub name: String,
+    pub sparsity: f64,
+}
+
+/// One exported file of a finished job, as the worker reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArtifactFile {
+    /// `safetensors` or `torchscript`.
+    pub format: String,
+    /// Where it lies in the file store (`artifacts/<job>/<file>`).
+    pub key: String,
+    /// `none`, `gzip` or `zstd`: how the stored file is compressed.
+    pub compression: String,
+    /// `dense` or `bitmask`.
+    pub sparse_format: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorReport {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub pruned: bool,
+    pub numel: u64,
+    pub nonzero: u64,
+    pub sparsity: f64,
+}
+
+/// What a finished job pruned and what it saves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub tensors: Vec<TensorReport>,
+    /// Bytes of the dense f32 safetensors file of the stripped weights.
+    pub dense_bytes: u64,
+    /// gzip of that file: the size measure tfmot's guide uses.
+    pub gzip_dense_bytes: u64,
+    /// Artifact bytes by format.
+    #[serde(deserialize_with = "map_or_pairs")]
+    pub artifact_bytes: BTreeMap<String, u64>,
+    /// Validation (or training, without a split) accuracy/loss of the final stripped model.
+    pub final_val_accuracy: Option<f64>,
+    pub final_val_loss: Option<f64>,
+    /// The same before any pruning step (the dense warm-up's last epoch, or the input model).
+    pub dense_val_accuracy: Option<f64>,
+    pub steps: i64,
+}
+
+/// Reports stored before the map form wrote `artifact_bytes` as `[[format, bytes], ...]`; both
+/// read back.
+fn map_or_pairs<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Map(BTreeMap<String, u64>),
+        Pairs(Vec<(String, u64)>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::Map(map) => map,
+        Form::Pairs(pairs) => pairs.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_stored_with_artifact_pairs_still_read() {
+        let old = r#"{"tensors":[],"dense_bytes":10,"gzip_dense_bytes":5,"artifact_bytes":[["safetensors",3]],
+            "final_val_accuracy":null,"final_val_loss":null,"dense_val_accuracy":0.5,"steps":7}"#;
+        let report: Report = serde_json::from_str(old).unwrap();
+        assert_eq!(report.artifact_bytes.get("safetensors"), Some(&3));
+        let again: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(again, report);
+    }
+}

@@ -1,0 +1,8 @@
+//! The gRPC surface: handlers, bearer-token authentication, message limits and the mapping
+//! between stored records and `pruning.v1` messages.
+
+pub mod auth;
+pub mod convert;
+pub mod message_limit;
+pub mod service;
+pub mod views;

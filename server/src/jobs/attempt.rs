@@ -1,0 +1,175 @@
+//! One attempt of one job, as the scheduler sees it: what the worker reports is recorded
+//! (database rows, live progress) and the attempt's end is worked out. Where the worker runs is
+//! the launcher's business ([`crate::launch`]); decisions (retry, fail, resume) are the
+//! scheduler's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prune_core::domain::{Event, JobOutcome, StopReason};
+use prune_core::worker_protocol::{Command, WorkerMessage};
+use prune_store::FileStore;
+use tokio::sync::mpsc;
+
+use crate::jobs::live::{self, Live};
+use crate::launch::{Control, Worker};
+use crate::storage::{CheckpointRecord, Db, ProgressUpdate};
+
+/// How often running progress is written to the job row (it is in memory in between).
+const PROGRESS_TO_DB_EVERY: Duration = Duration::from_secs(2);
+
+/// How an attempt ended, as seen from outside the worker.
+#[derive(Debug)]
+pub enum AttemptEnd {
+    Finished(JobOutcome),
+    /// The engine reported an error (one line).
+    Failed(String),
+    Stopped(StopReason),
+    /// The worker died without reporting: exit status or signal, and its last log line.
+    Crashed(String),
+}
+
+impl AttemptEnd {
+    /// One line for the log (the outcome itself carries the whole report).
+    pub fn summary(&self) -> String {
+        match self {
+            AttemptEnd::Finished(o) => format!("finished, {} artifact(s), {} steps", o.artifacts.len(), o.report.steps),
+            AttemptEnd::Failed(error) => format!("failed: {error}"),
+            AttemptEnd::Stopped(reason) => format!("stopped ({reason:?})"),
+            AttemptEnd::Crashed(reason) => format!("crashed: {reason}"),
+        }
+    }
+}
+
+/// Steers a running attempt. Dropping it does not stop the worker.
+#[derive(Debug, Clone)]
+pub struct AttemptHandle {
+    pub pid: Option<u32>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl AttemptHandle {
+    pub fn send(&self, command: Command) {
+        let _ = self.control.send(Control::Send(command));
+    }
+
+    /// Immediate, whatever the engine is doing.
+    pub fn kill(&self) {
+        let _ = self.control.send(Control::Kill);
+    }
+}
+
+/// What recording an attempt needs from the server.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub db: Db,
+    pub live: Live,
+    pub store: Arc<dyn FileStore>,
+}
+
+/// Records what `worker` reports for `job_id`; `on_end` is called once, after the worker is gone
+/// and everything it reported is recorded.
+pub fn follow(
+    deps: &Deps,
+    job_id: &str,
+    worker: Worker,
+    on_end: impl FnOnce(AttemptEnd) + Send + 'static,
+) -> AttemptHandle {
+    let Worker { pid, control, mut messages, exited } = worker;
+    let mut recorder = Recorder::new(deps.clone(), job_id.to_string());
+    let span = tracing::info_span!("job", id = %job_id, pid);
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            tracing::info!("worker started");
+            let mut terminal = None;
+            while let Some(message) = messages.recv().await {
+                match message {
+                    WorkerMessage::Event(event) => recorder.record(event).await,
+                    message => terminal = Some(message),
+                }
+            }
+            let crash = exited.await.unwrap_or_else(|_| "the launcher lost the worker".to_string());
+            recorder.flush_progress().await;
+            let end = match terminal {
+                Some(WorkerMessage::Finished(outcome)) => AttemptEnd::Finished(outcome),
+                Some(WorkerMessage::Failed { error }) => AttemptEnd::Failed(error),
+                Some(WorkerMessage::Stopped { reason, .. }) => AttemptEnd::Stopped(reason),
+                Some(WorkerMessage::Event(_)) | None => AttemptEnd::Crashed(crash),
+            };
+            tracing::info!(end = %end.summary(), "worker ended");
+            on_end(end);
+        },
+        span,
+    ));
+    AttemptHandle { pid, control }
+}
+
+/// Turns engine events into database rows and live progress.
+struct Recorder {
+    deps: Deps,
+    job_id: String,
+    /// Progress not yet written to the job row.
+    pending: Option<ProgressUpdate>,
+    last_write: Option<Instant>,
+}
+
+impl Recorder {
+    fn new(deps: Deps, job_id: String) -> Self {
+        Recorder { deps, job_id, pending: None, last_write: None }
+    }
+
+    async fn record(&mut self, event: Event) {
+        if let Err(e) = self.try_record(event).await {
+            // Losing a metrics batch is bad but not worth killing a healthy job over.
+            tracing::error!("recording a worker event: {e}");
+        }
+    }
+
+    async fn try_record(&mut self, event: Event) -> crate::storage::Result<()> {
+        let db = &self.deps.db;
+        match event {
+            Event::Started { total_steps, start_step, .. } => {
+                tracing::info!(total_steps, start_step, "job started");
+                db.set_total_steps(&self.job_id, total_steps).await?;
+                self.deps.live.state_changed(&self.job_id);
+            }
+            Event::Progress { step, total_steps, epoch, loss, accuracy, sparsity } => {
+                let finite = |v: f64| v.is_finite().then_some(v);
+                self.pending = Some(ProgressUpdate {
+                    step,
+                    epoch,
+                    loss: finite(loss),
+                    accuracy: finite(accuracy),
+                    sparsity: sparsity.clone(),
+                });
+                let progress = live::Progress { step, total_steps, epoch, loss, accuracy, sparsity, eta_seconds: None };
+                self.deps.live.progress(&self.job_id, progress);
+                if self.last_write.is_none_or(|t| t.elapsed() >= PROGRESS_TO_DB_EVERY) {
+                    self.flush_progress_inner().await?;
+                }
+            }
+            Event::Metrics { points } => db.insert_metrics(&self.job_id, &points).await?,
+            Event::Checkpoint { key, step, epoch, sha256, bytes } => {
+                tracing::info!(step, %key, "checkpoint written");
+                db.insert_checkpoint(&self.job_id, &CheckpointRecord { step, epoch, path: key, sha256, bytes }).await?;
+                self.flush_progress_inner().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the latest progress to the job row, if any is pending.
+    async fn flush_progress(&mut self) {
+        if let Err(e) = self.flush_progress_inner().await {
+            tracing::error!("recording progress: {e}");
+        }
+    }
+
+    async fn flush_progress_inner(&mut self) -> crate::storage::Result<()> {
+        if let Some(p) = self.pending.take() {
+            self.deps.db.update_progress(&self.job_id, &p).await?;
+            self.last_write = Some(Instant::now());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,79 @@
+//! From the request's blob ids and store keys to the local files the engine reads and writes,
+//! and back: what the engine wrote is published in the store under its key.
+
+use std::path::{Path, PathBuf};
+
+use prune_core::domain::JobOutcome;
+use prune_core::worker_protocol::WorkerRequest;
+use prune_engine::{EngineError, JobInputs, Output};
+use prune_store::{FileStore, Key};
+
+/// Where the engine writes, so that the results can be published afterwards.
+pub struct Outputs {
+    artifacts: Output,
+}
+
+impl Outputs {
+    /// Publishes the artifacts under their keys.
+    pub fn publish(&self, store: &dyn FileStore, outcome: &JobOutcome) -> Result<(), EngineError> {
+        for artifact in &outcome.artifacts {
+            publish(store, &self.artifacts, &artifact.key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resolves the request into the engine's local inputs.
+pub fn resolve(
+    request: &WorkerRequest,
+    store: &dyn FileStore,
+    scratch: &Path,
+) -> Result<(JobInputs, Outputs), EngineError> {
+    let spec = &request.spec;
+    let blob = |field: &str, id: Option<&str>| -> Result<Option<PathBuf>, EngineError> {
+        let Some(id) = id else { return Ok(None) };
+        let hex = id.strip_prefix("sha256:").ok_or_else(|| EngineError::Spec(format!("{field}: not a blob id: {id}")))?;
+        fetch(store, &Key::blob(hex), scratch).map(Some)
+    };
+    let inputs = &request.inputs;
+    let checkpoints = output(store, scratch, &inputs.checkpoint_prefix)?;
+    let artifacts = output(store, scratch, &inputs.artifact_prefix)?;
+    let resume_from = match &inputs.resume_from {
+        Some(key) => Some(fetch(store, &key_of(key)?, scratch)?),
+        None => None,
+    };
+    let job_inputs = JobInputs {
+        model_file: blob("model.blob", spec.model.blob.as_deref())?,
+        weights_file: blob("model.weights", spec.model.weights.as_deref())?,
+        data_file: blob("data.blob", spec.data.as_ref().and_then(|d| d.blob.as_deref()))?,
+        checkpoints,
+        artifacts: artifacts.clone(),
+        resume_from,
+        threads: inputs.threads,
+    };
+    Ok((job_inputs, Outputs { artifacts }))
+}
+
+/// Publishes a file the engine wrote under `output` (a no-op where the store is this machine's
+/// directory and the engine wrote in place).
+pub fn publish(store: &dyn FileStore, output: &Output, key: &str) -> Result<(), EngineError> {
+    let key = key_of(key)?;
+    let written = output.path(key.as_str()).ok_or_else(|| EngineError::Export(format!("{key} is not under {}", output.key_prefix)))?;
+    store.put(&key, &written).map_err(|e| EngineError::Export(e.to_string()))
+}
+
+/// The local directory the engine writes a key prefix's files into: in place for a local store.
+fn output(store: &dyn FileStore, scratch: &Path, prefix: &str) -> Result<Output, EngineError> {
+    let trimmed = key_of(prefix.trim_end_matches('/'))?;
+    let dir = store.local_path(&trimmed).unwrap_or_else(|| scratch.join(trimmed.as_str()));
+    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io(std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))))?;
+    Ok(Output { dir, key_prefix: prefix.to_string() })
+}
+
+fn fetch(store: &dyn FileStore, key: &Key, scratch: &Path) -> Result<PathBuf, EngineError> {
+    store.fetch(key, scratch).map_err(|e| EngineError::Data(e.to_string()))
+}
+
+fn key_of(key: &str) -> Result<Key, EngineError> {
+    Key::parse(key).map_err(|e| EngineError::Spec(e.to_string()))
+}
