@@ -1,4 +1,4 @@
-//! Magnitude masks (element-wise, block, m-by-n, global), as `spec/pruning-semantics.md` pins them.
+//! Magnitude masks (element-wise, block, m-by-n, global), as `docs/pruning-semantics.md` pins them.
 //!
 //! Every mask keeps **exactly** `k` entries and breaks ties by position (lower index kept), where
 //! tfmot keeps everything tied with the k-th value. On tie-free input the two agree.

@@ -1,4 +1,4 @@
-//! The training loop with tfmot's step semantics (see `spec/pruning-semantics.md`):
+//! The training loop with tfmot's step semantics (see `docs/pruning-semantics.md`):
 //! per batch `step += 1`, recompute due masks, `w *= mask`, forward/backward/update
 //! (gradients unmasked), with masks re-applied at epoch ends, checkpoints and the end.
 

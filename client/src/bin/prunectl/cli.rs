@@ -1,4 +1,4 @@
-//! The command line, as `spec/job-spec.md` fixes it: names and flags are a contract.
+//! The command line, as `docs/job-spec.md` fixes it: names and flags are a contract.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,4 @@
-//! `prunectl`: the command line of the prune service (see `spec/job-spec.md`).
+//! `prunectl`: the command line of the prune service (see `docs/job-spec.md`).
 //!
 //! The work is done by the `prune_client` library; this binary parses flags, picks text or
 //! JSON output, and turns errors into a reason on stderr and an exit status.
