@@ -1,33 +1,11 @@
 //! Database records and live state -> gRPC messages.
 
-use prune_core::domain::{Report, TensorSparsity};
+use prune_core::domain::TensorSparsity;
 use prune_proto as pb;
 
 use crate::api::convert::spec_to_proto;
 use crate::jobs::live::{LiveJob, Progress};
 use crate::storage::{ArtifactRecord, JobRecord, JobState};
-
-pub fn state_to_proto(state: JobState) -> pb::JobState {
-    match state {
-        JobState::Queued => pb::JobState::Queued,
-        JobState::Running => pb::JobState::Running,
-        JobState::Succeeded => pb::JobState::Succeeded,
-        JobState::Failed => pb::JobState::Failed,
-        JobState::Cancelled => pb::JobState::Cancelled,
-    }
-}
-
-/// `None` for STATE_UNSPECIFIED (and unknown values): no filter.
-pub fn state_from_proto(state: i32) -> Option<JobState> {
-    match pb::JobState::try_from(state).ok()? {
-        pb::JobState::StateUnspecified => None,
-        pb::JobState::Queued => Some(JobState::Queued),
-        pb::JobState::Running => Some(JobState::Running),
-        pb::JobState::Succeeded => Some(JobState::Succeeded),
-        pb::JobState::Failed => Some(JobState::Failed),
-        pb::JobState::Cancelled => Some(JobState::Cancelled),
-    }
-}
 
 /// The job as stored, overlaid with the running attempt's live progress (fresher than the
 /// row, which is written only every few seconds).
@@ -39,7 +17,7 @@ pub fn job(record: &JobRecord, live: Option<&LiveJob>, artifacts: &[ArtifactReco
     let mut job = pb::Job {
         id: record.id.clone(),
         name: record.name.clone(),
-        state: state_to_proto(record.state).into(),
+        state: pb::JobState::from(record.state).into(),
         error: record.error.clone().unwrap_or_default(),
         attempts: record.attempts,
         max_attempts: record.max_attempts,
@@ -84,7 +62,7 @@ pub fn progress(p: &Progress) -> pb::Progress {
 }
 
 fn sparsity(s: &[TensorSparsity]) -> Vec<pb::TensorSparsity> {
-    s.iter().map(|t| pb::TensorSparsity { name: t.name.clone(), sparsity: t.sparsity }).collect()
+    s.iter().map(Into::into).collect()
 }
 
 pub fn artifact(a: &ArtifactRecord) -> pb::ArtifactInfo {
@@ -101,43 +79,9 @@ pub fn artifact(a: &ArtifactRecord) -> pb::ArtifactInfo {
     }
 }
 
-pub fn report(r: &Report) -> pb::Report {
-    pb::Report {
-        tensors: r
-            .tensors
-            .iter()
-            .map(|t| pb::TensorReport {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
-                pruned: t.pruned,
-                numel: t.numel,
-                nonzero: t.nonzero,
-                sparsity: t.sparsity,
-            })
-            .collect(),
-        dense_bytes: r.dense_bytes,
-        gzip_dense_bytes: r.gzip_dense_bytes,
-        artifact_bytes: r.artifact_bytes.clone().into_iter().collect(),
-        final_val_accuracy: r.final_val_accuracy,
-        final_val_loss: r.final_val_loss,
-        dense_val_accuracy: r.dense_val_accuracy,
-        steps: r.steps,
-        json: serde_json::to_string(r).expect("reports serialise"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn states_round_trip() {
-        for st in JobState::ALL {
-            assert_eq!(state_from_proto(state_to_proto(st).into()), Some(st));
-        }
-        assert_eq!(state_from_proto(0), None);
-        assert_eq!(pb::JobState::Queued.as_str_name(), "QUEUED");
-    }
 
     #[test]
     fn artifact_file_name_is_the_stored_name() {

@@ -4,9 +4,8 @@
 //! scheduler and a concurrent CancelJob cannot overwrite each other: whoever changes the row
 //! first wins and the other sees `false`.
 
-use std::fmt;
-use std::str::FromStr;
 
+pub use prune_core::domain::JobState;
 use prune_core::JobSpec;
 use prune_core::domain::{Report, TensorSparsity};
 use serde::de::DeserializeOwned;
@@ -14,48 +13,6 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{now_ms, Db, Result, StorageError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 5] =
-        [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "QUEUED",
-            JobState::Running => "RUNNING",
-            JobState::Succeeded => "SUCCEEDED",
-            JobState::Failed => "FAILED",
-            JobState::Cancelled => "CANCELLED",
-        }
-    }
-
-    /// A job in a terminal state never changes again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for JobState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        JobState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown job state `{s}`"))
-    }
-}
 
 /// How one attempt (one worker process) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

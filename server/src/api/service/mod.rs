@@ -193,7 +193,8 @@ impl PruningService for Service {
             token if is_job_id(token) => Some(token),
             _ => return Err(Status::invalid_argument("page_token: not a token from ListJobs")),
         };
-        let state = views::state_from_proto(request.state);
+        // STATE_UNSPECIFIED (and unknown values): no filter.
+        let state = prune_proto::conversions::job_state(request.state).ok();
         // One more than asked tells whether there is a next page.
         let mut records = self.shared.db.list_jobs(tenant.as_str(), state, before, page_size + 1).await?;
         let more = records.len() > page_size as usize;
@@ -250,7 +251,7 @@ impl PruningService for Service {
         let tenant = tenant(&request)?;
         let record = self.record(&tenant, &request.into_inner().job_id).await?;
         match (&record.state, &record.report) {
-            (JobState::Succeeded, Some(report)) => Ok(Response::new(views::report(report))),
+            (JobState::Succeeded, Some(report)) => Ok(Response::new(pb::Report::from(report))),
             (state, _) => Err(Status::failed_precondition(format!(
                 "job {} is {state}: a report exists once it has SUCCEEDED",
                 record.id

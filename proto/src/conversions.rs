@@ -1,0 +1,152 @@
+//! Conversions between the domain types of `prune_core::domain` and the generated messages,
+//! written once here, next to the generated code (as qdrant's `lib/api` does): the server and
+//! every Rust client use these.
+
+use prune_core::domain::{JobState, MetricPoint, Report, TensorReport, TensorSparsity};
+
+use crate as pb;
+
+/// A proto value the domain has no place for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConversionError {
+    #[error("job state {0} is not a state a job can be in")]
+    JobState(i32),
+}
+
+impl From<JobState> for pb::JobState {
+    fn from(state: JobState) -> Self {
+        match state {
+            JobState::Queued => pb::JobState::Queued,
+            JobState::Running => pb::JobState::Running,
+            JobState::Succeeded => pb::JobState::Succeeded,
+            JobState::Failed => pb::JobState::Failed,
+            JobState::Cancelled => pb::JobState::Cancelled,
+        }
+    }
+}
+
+impl TryFrom<pb::JobState> for JobState {
+    type Error = ConversionError;
+    fn try_from(state: pb::JobState) -> Result<Self, ConversionError> {
+        match state {
+            pb::JobState::Queued => Ok(JobState::Queued),
+            pb::JobState::Running => Ok(JobState::Running),
+            pb::JobState::Succeeded => Ok(JobState::Succeeded),
+            pb::JobState::Failed => Ok(JobState::Failed),
+            pb::JobState::Cancelled => Ok(JobState::Cancelled),
+            pb::JobState::StateUnspecified => Err(ConversionError::JobState(state as i32)),
+        }
+    }
+}
+
+/// A `JobState` enum value as it arrives on the wire; STATE_UNSPECIFIED and unknown values are
+/// errors.
+pub fn job_state(value: i32) -> Result<JobState, ConversionError> {
+    pb::JobState::try_from(value).map_err(|_| ConversionError::JobState(value))?.try_into()
+}
+
+impl From<&TensorSparsity> for pb::TensorSparsity {
+    fn from(t: &TensorSparsity) -> Self {
+        pb::TensorSparsity { name: t.name.clone(), sparsity: t.sparsity }
+    }
+}
+
+impl From<pb::TensorSparsity> for TensorSparsity {
+    fn from(t: pb::TensorSparsity) -> Self {
+        TensorSparsity { name: t.name, sparsity: t.sparsity }
+    }
+}
+
+impl From<MetricPoint> for pb::MetricPoint {
+    fn from(p: MetricPoint) -> Self {
+        pb::MetricPoint { step: p.step, name: p.name, value: p.value }
+    }
+}
+
+impl From<pb::MetricPoint> for MetricPoint {
+    fn from(p: pb::MetricPoint) -> Self {
+        MetricPoint { step: p.step, name: p.name, value: p.value }
+    }
+}
+
+impl From<&TensorReport> for pb::TensorReport {
+    fn from(t: &TensorReport) -> Self {
+        pb::TensorReport {
+            name: t.name.clone(),
+            shape: t.shape.clone(),
+            pruned: t.pruned,
+            numel: t.numel,
+            nonzero: t.nonzero,
+            sparsity: t.sparsity,
+        }
+    }
+}
+
+impl From<pb::TensorReport> for TensorReport {
+    fn from(t: pb::TensorReport) -> Self {
+        TensorReport { name: t.name, shape: t.shape, pruned: t.pruned, numel: t.numel, nonzero: t.nonzero, sparsity: t.sparsity }
+    }
+}
+
+impl From<&Report> for pb::Report {
+    fn from(r: &Report) -> Self {
+        pb::Report {
+            tensors: r.tensors.iter().map(Into::into).collect(),
+            dense_bytes: r.dense_bytes,
+            gzip_dense_bytes: r.gzip_dense_bytes,
+            artifact_bytes: r.artifact_bytes.clone().into_iter().collect(),
+            final_val_accuracy: r.final_val_accuracy,
+            final_val_loss: r.final_val_loss,
+            dense_val_accuracy: r.dense_val_accuracy,
+            steps: r.steps,
+            json: serde_json::to_string(r).expect("reports serialise"),
+        }
+    }
+}
+
+impl From<pb::Report> for Report {
+    fn from(r: pb::Report) -> Self {
+        Report {
+            tensors: r.tensors.into_iter().map(Into::into).collect(),
+            dense_bytes: r.dense_bytes,
+            gzip_dense_bytes: r.gzip_dense_bytes,
+            artifact_bytes: r.artifact_bytes.into_iter().collect(),
+            final_val_accuracy: r.final_val_accuracy,
+            final_val_loss: r.final_val_loss,
+            dense_val_accuracy: r.dense_val_accuracy,
+            steps: r.steps,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_unspecified_is_an_error() {
+        for state in JobState::ALL {
+            assert_eq!(job_state(pb::JobState::from(state) as i32), Ok(state));
+        }
+        assert_eq!(job_state(0), Err(ConversionError::JobState(0)));
+        assert!(job_state(99).is_err());
+        assert_eq!(pb::JobState::Queued.as_str_name(), "QUEUED");
+    }
+
+    #[test]
+    fn reports_round_trip_and_carry_their_json() {
+        let report = Report {
+            tensors: vec![TensorReport { name: "0.weight".into(), shape: vec![2, 3], pruned: true, numel: 6, nonzero: 3, sparsity: 0.5 }],
+            dense_bytes: 100,
+            gzip_dense_bytes: 60,
+            artifact_bytes: [("safetensors".to_string(), 40)].into(),
+            final_val_accuracy: Some(0.9),
+            final_val_loss: None,
+            dense_val_accuracy: Some(0.95),
+            steps: 12,
+        };
+        let message = pb::Report::from(&report);
+        assert_eq!(serde_json::from_str::<Report>(&message.json).unwrap(), report);
+        assert_eq!(Report::from(message), report);
+    }
+}
