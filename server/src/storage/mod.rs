@@ -57,7 +57,7 @@ impl Db {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        sqlx::migrate!("../migrations").run(&pool).await?;
+        sqlx::migrate!("../migrations/sqlite").run(&pool).await?;
         Ok(Db { pool })
     }
 
