@@ -257,7 +257,7 @@ impl Db {
             let mut q = QueryBuilder::new("UPDATE jobs SET state = ");
             q.push_bind(to.as_str());
             q.push(", error = ").push_bind(error.map(str::to_string));
-            q.push(", report_json = COALESCE(").push_bind(report.clone()).push(", report_json)");
+            q.push(", report_json = COALESCE(").push_bind(report).push(", report_json)");
             q.push(", finished_ms = ").push_bind(now_ms());
             q.push(" WHERE id = ").push_bind(id.to_string());
             q.push(" AND state IN (");

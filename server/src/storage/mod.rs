@@ -118,8 +118,7 @@ enum Backend {
 }
 
 impl Backend {
-    /// By the URL's scheme: `sqlite:` (`sqlite://PATH`, `sqlite::memory:`), `postgres:` or
-    /// `postgresql:`.
+    /// By the URL's scheme: `sqlite:` (`sqlite://PATH`), `postgres:` or `postgresql:`.
     fn of_url(url: &str) -> Result<Self> {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
         match scheme.to_ascii_lowercase().as_str() {
