@@ -21,11 +21,12 @@
 //!   (`u32` attempts, `u64` sizes) are converted with checked conversions, so a bad value is a
 //!   [`StorageError::OutOfRange`], not a silent wrap.
 //!
-//! Why an enum over typed pools and not `sqlx::Any` or a `dyn` trait: `Any` cannot carry
-//! SQLite's connect options or `BEGIN IMMEDIATE`, and erases the column types the typed drivers
-//! check; a trait object would make each backend re-implement every method even where the SQL
-//! is the same. With the enum, adding PostgreSQL is one `Pool` variant, one arm in
-//! [`with_pool!`] and one module.
+//! Why an enum over typed pools and not `sqlx::Any` or a `dyn` trait: `Any` connects from a URL
+//! only (SQLite's WAL, `synchronous` and busy timeout would become hand-written PRAGMAs per
+//! connection), decodes through a reduced set of types checked at run time, and would still need
+//! per-backend SQL for the claim and the queue lock; a trait object would make each backend
+//! re-implement every method even where the SQL is the same. With the enum, adding PostgreSQL
+//! is a `Pool` variant, its arms in [`with_pool!`], `Db::connect` and `Db::close`, and one module.
 
 /// `with_pool!(db, |pool, backend| body)` runs `body` once per backend variant of `db`'s pool,
 /// with `pool` the typed pool (`&SqlitePool`, ...) and `backend` an alias of the backend's module
