@@ -1,11 +1,13 @@
 //! SQLite under concurrent writers: while another connection holds the write lock (as a second
 //! writer, a backup or an operator's `sqlite3` shell might), the server's writes wait for it
-//! (`busy_timeout`) instead of failing with SQLITE_BUSY, and none of them is lost.
+//! (`busy_timeout`) instead of failing with SQLITE_BUSY, and none of them is lost. That includes
+//! the writes that take the lock up front (`insert_job`'s `BEGIN IMMEDIATE`) and the one-statement
+//! job claim.
 
 use std::time::{Duration, Instant};
 
 use prune_core::domain::MetricPoint;
-use prune_server::storage::{CheckpointRecord, Db, StorageError};
+use prune_server::storage::{CheckpointRecord, Db, JobState, NewJob, StorageError};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Row, SqliteConnection};
 
@@ -70,6 +72,18 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
                     bytes: 1,
                 };
                 db.insert_checkpoint(JOB, &checkpoint).await?;
+                let job = NewJob {
+                    id: format!("job-w{w:02}"),
+                    tenant: "default".into(),
+                    name: format!("writer {w}"),
+                    spec_json: serde_json::to_string(&prune_core::JobSpec::default()).unwrap(),
+                    warnings: Vec::new(),
+                    max_attempts: 1,
+                    threads: 1,
+                    created_ms: 0,
+                };
+                assert!(db.insert_job(&job, WRITERS as u32).await?, "writer {w}: under the queue limit");
+                assert!(db.claim_next_queued().await?.is_some(), "writer {w}: its job or another is queued");
                 Ok::<Instant, StorageError>(Instant::now())
             })
         })
@@ -94,5 +108,8 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
     assert_eq!(count(&mut raw, "SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = $1").await, WRITERS as i64);
     assert_eq!(db.metrics(JOB, "w7/").await.unwrap().len(), BATCHES * POINTS);
     assert_eq!(db.checkpoints_latest_first(JOB).await.unwrap().len(), WRITERS);
+    // Every writer queued a job and claimed one: all claimed, each once (the raw job is RUNNING).
+    assert!(db.job_ids_in_state(JobState::Queued).await.unwrap().is_empty());
+    assert_eq!(db.job_ids_in_state(JobState::Running).await.unwrap().len(), WRITERS + 1);
     db.close().await;
 }

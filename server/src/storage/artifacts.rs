@@ -1,7 +1,6 @@
 //! `artifacts`: the exported files of SUCCEEDED jobs.
 
-use sqlx::Row;
-
+use super::rows::{bigint, narrow, Columns};
 use super::{Db, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,48 +16,54 @@ pub struct ArtifactRecord {
 
 impl Db {
     pub async fn insert_artifacts(&self, job_id: &str, artifacts: &[ArtifactRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for a in artifacts {
-            sqlx::query(
-                "INSERT INTO artifacts (job_id, format, path, sha256, bytes, compression, sparse_format) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, format) DO UPDATE SET \
-                 path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
-                 compression = excluded.compression, sparse_format = excluded.sparse_format",
-            )
-            .bind(job_id)
-            .bind(&a.format)
-            .bind(&a.path)
-            .bind(&a.sha256)
-            .bind(a.bytes as i64)
-            .bind(&a.compression)
-            .bind(&a.sparse_format)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        let sizes = artifacts.iter().map(|a| bigint("artifact bytes", a.bytes)).collect::<Result<Vec<_>>>()?;
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for (a, bytes) in artifacts.iter().zip(&sizes) {
+                sqlx::query(
+                    "INSERT INTO artifacts (job_id, format, path, sha256, bytes, compression, sparse_format) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, format) DO UPDATE SET \
+                     path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
+                     compression = excluded.compression, sparse_format = excluded.sparse_format",
+                )
+                .bind(job_id)
+                .bind(&a.format)
+                .bind(&a.path)
+                .bind(&a.sha256)
+                .bind(*bytes)
+                .bind(&a.compression)
+                .bind(&a.sparse_format)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// Ordered by format name.
     pub async fn artifacts(&self, job_id: &str) -> Result<Vec<ArtifactRecord>> {
-        let rows = sqlx::query(
-            "SELECT format, path, sha256, bytes, compression, sparse_format FROM artifacts WHERE job_id = $1 ORDER BY format",
-        )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ArtifactRecord {
-                    format: r.try_get("format")?,
-                    path: r.try_get("path")?,
-                    sha256: r.try_get("sha256")?,
-                    bytes: r.try_get::<i64, _>("bytes")? as u64,
-                    compression: r.try_get("compression")?,
-                    sparse_format: r.try_get("sparse_format")?,
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT format, path, sha256, bytes, compression, sparse_format FROM artifacts WHERE job_id = $1 \
+                 ORDER BY format",
+            )
+            .bind(job_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(ArtifactRecord {
+                        format: r.text("format")?,
+                        path: r.text("path")?,
+                        sha256: r.text("sha256")?,
+                        bytes: narrow("artifact bytes", r.int("bytes")?)?,
+                        compression: r.text("compression")?,
+                        sparse_format: r.text("sparse_format")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }
 

@@ -1,7 +1,6 @@
 //! `blobs`: which content-addressed files the store holds (the files are in `blobs/`).
 
-use sqlx::Row;
-
+use super::rows::{bigint, narrow, Columns};
 use super::{now_ms, Db, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,44 +14,47 @@ pub struct BlobRecord {
 impl Db {
     /// Records the blob (idempotent: same content, same id) and that `tenant` uploaded it.
     pub async fn insert_blob(&self, tenant: &str, blob: &BlobRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let size = bigint("blob size", blob.size)?;
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO blobs (id, size, path, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&blob.id)
-        .bind(blob.size as i64)
-        .bind(&blob.path)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO blob_owners (blob_id, tenant, created_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (blob_id, tenant) DO NOTHING",
-        )
-        .bind(&blob.id)
-        .bind(tenant)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO blobs (id, size, path, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&blob.id)
+            .bind(size)
+            .bind(&blob.path)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO blob_owners (blob_id, tenant, created_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (blob_id, tenant) DO NOTHING",
+            )
+            .bind(&blob.id)
+            .bind(tenant)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// The blob, if `tenant` uploaded it; `None` both when nobody did and when only others did.
     pub async fn tenant_blob(&self, tenant: &str, id: &str) -> Result<Option<BlobRecord>> {
-        let row = sqlx::query(
-            "SELECT b.id, b.size, b.path FROM blobs b JOIN blob_owners o ON o.blob_id = b.id \
-             WHERE b.id = $1 AND o.tenant = $2",
-        )
-        .bind(id)
-        .bind(tenant)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| {
-            Ok(BlobRecord { id: r.try_get("id")?, size: r.try_get::<i64, _>("size")? as u64, path: r.try_get("path")? })
+        with_pool!(self, |pool| {
+            let row = sqlx::query(
+                "SELECT b.id, b.size, b.path FROM blobs b JOIN blob_owners o ON o.blob_id = b.id \
+                 WHERE b.id = $1 AND o.tenant = $2",
+            )
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| Ok(BlobRecord { id: r.text("id")?, size: narrow("blob size", r.int("size")?)?, path: r.text("path")? }))
+                .transpose()
         })
-        .transpose()
     }
 }
 

@@ -1,7 +1,6 @@
 //! `checkpoints`: what the engine reported writing, so a resume can pick the latest good one.
 
-use sqlx::Row;
-
+use super::rows::{bigint, narrow, Columns};
 use super::{now_ms, Db, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,43 +16,48 @@ pub struct CheckpointRecord {
 impl Db {
     /// A checkpoint at a step already recorded (a resumed attempt redoing steps) replaces it.
     pub async fn insert_checkpoint(&self, job_id: &str, c: &CheckpointRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO checkpoints (job_id, step, epoch, path, sha256, bytes, created_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, step) DO UPDATE SET \
-             epoch = excluded.epoch, path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
-             created_ms = excluded.created_ms",
-        )
-        .bind(job_id)
-        .bind(c.step)
-        .bind(c.epoch)
-        .bind(&c.path)
-        .bind(&c.sha256)
-        .bind(c.bytes as i64)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        let bytes = bigint("checkpoint bytes", c.bytes)?;
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "INSERT INTO checkpoints (job_id, step, epoch, path, sha256, bytes, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, step) DO UPDATE SET \
+                 epoch = excluded.epoch, path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
+                 created_ms = excluded.created_ms",
+            )
+            .bind(job_id)
+            .bind(c.step)
+            .bind(c.epoch)
+            .bind(&c.path)
+            .bind(&c.sha256)
+            .bind(bytes)
+            .bind(now_ms())
+            .execute(pool)
+            .await?
+        });
         Ok(())
     }
 
     /// Latest first: the order in which a resume tries them.
     pub async fn checkpoints_latest_first(&self, job_id: &str) -> Result<Vec<CheckpointRecord>> {
-        let rows = sqlx::query(
-            "SELECT step, epoch, path, sha256, bytes FROM checkpoints WHERE job_id = $1 ORDER BY step DESC",
-        )
-        .bind(job_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CheckpointRecord {
-                    step: r.try_get("step")?,
-                    epoch: r.try_get("epoch")?,
-                    path: r.try_get("path")?,
-                    sha256: r.try_get("sha256")?,
-                    bytes: r.try_get::<i64, _>("bytes")? as u64,
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT step, epoch, path, sha256, bytes FROM checkpoints WHERE job_id = $1 ORDER BY step DESC",
+            )
+            .bind(job_id)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(CheckpointRecord {
+                        step: r.int("step")?,
+                        epoch: r.int("epoch")?,
+                        path: r.text("path")?,
+                        sha256: r.text("sha256")?,
+                        bytes: narrow("checkpoint bytes", r.int("bytes")?)?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }
 

@@ -9,9 +9,9 @@ pub use prune_core::domain::JobState;
 use prune_core::JobSpec;
 use prune_core::domain::{Report, TensorSparsity};
 use serde::de::DeserializeOwned;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::QueryBuilder;
 
+use super::rows::{narrow, Columns};
 use super::{now_ms, Db, Result, StorageError};
 
 /// How one attempt (one worker process) ended.
@@ -89,34 +89,41 @@ pub struct ProgressUpdate {
     pub sparsity: Vec<TensorSparsity>,
 }
 
-const JOB_COLUMNS: &str = "id, tenant, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
-     step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms";
+/// Queues a job if its tenant has fewer than the limit QUEUED (`$2` tenant, `$4` QUEUED, `$10`
+/// the limit). Portable; atomic only inside the backend's `begin_queue_write` transaction.
+const INSERT_JOB_UNDER_LIMIT: &str = "INSERT INTO jobs (id, tenant, name, state, spec_json, warnings_json, attempts, \
+     max_attempts, threads, step, total_steps, epoch, created_ms) \
+     SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, 0, 0, 0, $9 \
+     WHERE (SELECT COUNT(*) FROM jobs WHERE tenant = $2 AND state = $4) < $10";
 
 impl Db {
     /// Queues the job unless its tenant already has `max_queued` jobs QUEUED; `false` then.
-    /// One statement, so concurrent CreateJobs cannot both slip under the limit.
+    ///
+    /// The count and the insert are one statement, in a transaction that first takes the
+    /// backend's lock for the tenant's queue (SQLite: the write lock, `BEGIN IMMEDIATE`;
+    /// PostgreSQL: an advisory lock on the tenant), so concurrent CreateJobs cannot both slip
+    /// under the limit on either backend.
     pub async fn insert_job(&self, job: &NewJob, max_queued: u32) -> Result<bool> {
         let warnings = serde_json::to_string(&job.warnings).expect("strings serialise");
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, tenant, name, state, spec_json, warnings_json, attempts, max_attempts, threads, \
-             step, total_steps, epoch, created_ms) \
-             SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, 0, 0, 0, $9 \
-             WHERE (SELECT COUNT(*) FROM jobs WHERE tenant = $2 AND state = $4) < $10",
-        )
-        .bind(&job.id)
-        .bind(&job.tenant)
-        .bind(&job.name)
-        .bind(JobState::Queued.as_str())
-        .bind(&job.spec_json)
-        .bind(warnings)
-        .bind(i64::from(job.max_attempts))
-        .bind(i64::from(job.threads))
-        .bind(job.created_ms)
-        .bind(i64::from(max_queued))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(inserted == 1)
+        with_pool!(self, |pool, backend| {
+            let mut tx = backend::begin_queue_write(pool, &job.tenant).await?;
+            let inserted = sqlx::query(INSERT_JOB_UNDER_LIMIT)
+                .bind(&job.id)
+                .bind(&job.tenant)
+                .bind(&job.name)
+                .bind(JobState::Queued.as_str())
+                .bind(&job.spec_json)
+                .bind(&warnings)
+                .bind(i64::from(job.max_attempts))
+                .bind(i64::from(job.threads))
+                .bind(job.created_ms)
+                .bind(i64::from(max_queued))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(inserted == 1)
+        })
     }
 
     /// The tenant's job `id`; `None` when it does not exist or belongs to someone else: callers
@@ -126,9 +133,14 @@ impl Db {
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = "));
-        q.push_bind(id);
-        q.build().fetch_optional(&self.pool).await?.map(|row| job_from_row(&row)).transpose()
+        with_pool!(self, |pool| {
+            sqlx::query(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .map(|row| job_from_row(&row))
+                .transpose()
+        })
     }
 
     /// The tenant's jobs newest first (ids sort by creation), optionally only `state`, only ids
@@ -140,49 +152,48 @@ impl Db {
         before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<JobRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = "));
-        q.push_bind(tenant.to_string());
-        if let Some(state) = state {
-            q.push(" AND state = ").push_bind(state.as_str());
-        }
-        if let Some(before) = before {
-            q.push(" AND id < ").push_bind(before.to_string());
-        }
-        q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
-        q.build().fetch_all(&self.pool).await?.iter().map(job_from_row).collect()
+        // Built per call (QueryBuilder writes each backend's placeholders) so that every filter
+        // is a plain condition the index (tenant, state, id) or (tenant, id) can serve.
+        with_pool!(self, |pool| {
+            let mut q = QueryBuilder::new(concat!("SELECT ", job_columns!(), " FROM jobs WHERE tenant = "));
+            q.push_bind(tenant.to_string());
+            if let Some(state) = state {
+                q.push(" AND state = ").push_bind(state.as_str());
+            }
+            if let Some(before) = before {
+                q.push(" AND id < ").push_bind(before.to_string());
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+            q.build().fetch_all(pool).await?.iter().map(job_from_row).collect()
+        })
     }
 
     /// Ids of the jobs in `state`, oldest first: the run order.
     pub async fn job_ids_in_state(&self, state: JobState) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT id FROM jobs WHERE state = $1 ORDER BY id")
-            .bind(state.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>("id")).collect())
+        with_pool!(self, |pool| {
+            let rows = sqlx::query("SELECT id FROM jobs WHERE state = $1 ORDER BY id")
+                .bind(state.as_str())
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(|r| r.text("id")).collect()
+        })
     }
 
-    /// QUEUED -> RUNNING for the oldest queued job; `None` when the queue is empty.
+    /// QUEUED -> RUNNING for the oldest queued job, returned as it is after the claim; `None`
+    /// when the queue is empty. One statement that picks and takes the job (the backend's
+    /// `CLAIM_NEXT_QUEUED`), so concurrent claimers never get the same job, and a job cancelled
+    /// meanwhile is simply not picked.
     pub async fn claim_next_queued(&self) -> Result<Option<JobRecord>> {
-        loop {
-            let Some(id) = self.job_ids_in_state(JobState::Queued).await?.into_iter().next() else {
-                return Ok(None);
-            };
-            let claimed = sqlx::query(
-                "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2) WHERE id = $3 AND state = $4",
-            )
-            .bind(JobState::Running.as_str())
-            .bind(now_ms())
-            .bind(&id)
-            .bind(JobState::Queued.as_str())
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-                == 1;
-            // Not claimed: cancelled in between; look at the next one.
-            if claimed {
-                return self.job(&id).await;
-            }
-        }
+        with_pool!(self, |pool, backend| {
+            sqlx::query(backend::CLAIM_NEXT_QUEUED)
+                .bind(JobState::Running.as_str())
+                .bind(now_ms())
+                .bind(JobState::Queued.as_str())
+                .fetch_optional(pool)
+                .await?
+                .map(|row| job_from_row(&row))
+                .transpose()
+        })
     }
 
     /// Moves a job from `from` to the terminal state `to`; `false` if it was not in `from`.
@@ -196,67 +207,81 @@ impl Db {
     ) -> Result<bool> {
         debug_assert!(to.is_terminal());
         let report = report.map(|r| serde_json::to_string(r).expect("report serialises"));
-        let mut q = QueryBuilder::<Sqlite>::new("UPDATE jobs SET state = ");
-        q.push_bind(to.as_str());
-        q.push(", error = ").push_bind(error.map(str::to_string));
-        q.push(", report_json = COALESCE(").push_bind(report).push(", report_json)");
-        q.push(", finished_ms = ").push_bind(now_ms());
-        q.push(" WHERE id = ").push_bind(id.to_string());
-        q.push(" AND state IN (");
-        let mut states = q.separated(", ");
-        for st in from {
-            states.push_bind(st.as_str());
+        if from.is_empty() {
+            return Ok(false); // `IN ()` is not SQL
         }
-        q.push(")");
-        Ok(q.build().execute(&self.pool).await?.rows_affected() == 1)
+        with_pool!(self, |pool| {
+            let mut q = QueryBuilder::new("UPDATE jobs SET state = ");
+            q.push_bind(to.as_str());
+            q.push(", error = ").push_bind(error.map(str::to_string));
+            q.push(", report_json = COALESCE(").push_bind(report).push(", report_json)");
+            q.push(", finished_ms = ").push_bind(now_ms());
+            q.push(" WHERE id = ").push_bind(id.to_string());
+            q.push(" AND state IN (");
+            let mut states = q.separated(", ");
+            for st in from {
+                states.push_bind(st.as_str());
+            }
+            q.push(")");
+            Ok(q.build().execute(pool).await?.rows_affected() == 1)
+        })
     }
 
     pub async fn set_total_steps(&self, id: &str, total_steps: i64) -> Result<()> {
-        sqlx::query("UPDATE jobs SET total_steps = $1 WHERE id = $2")
-            .bind(total_steps)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        with_pool!(self, |pool| {
+            sqlx::query("UPDATE jobs SET total_steps = $1 WHERE id = $2")
+                .bind(total_steps)
+                .bind(id)
+                .execute(pool)
+                .await?
+        });
         Ok(())
     }
 
     pub async fn update_progress(&self, id: &str, p: &ProgressUpdate) -> Result<()> {
         let sparsity = serde_json::to_string(&p.sparsity).expect("sparsity serialises");
-        sqlx::query(
-            "UPDATE jobs SET step = $1, epoch = $2, loss = COALESCE($3, loss), accuracy = COALESCE($4, accuracy), \
-             sparsity_json = $5 WHERE id = $6",
-        )
-        .bind(p.step)
-        .bind(p.epoch)
-        .bind(p.loss.filter(|v| v.is_finite()))
-        .bind(p.accuracy.filter(|v| v.is_finite()))
-        .bind(sparsity)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE jobs SET step = $1, epoch = $2, loss = COALESCE($3, loss), accuracy = COALESCE($4, accuracy), \
+                 sparsity_json = $5 WHERE id = $6",
+            )
+            .bind(p.step)
+            .bind(p.epoch)
+            .bind(p.loss.filter(|v| v.is_finite()))
+            .bind(p.accuracy.filter(|v| v.is_finite()))
+            .bind(&sparsity)
+            .bind(id)
+            .execute(pool)
+            .await?
+        });
         Ok(())
     }
 
     /// Records a new attempt and counts it on the job; returns its number.
     ///
-    /// The transaction writes first: a read-then-write transaction that loses the race for the
-    /// write lock fails at once with SQLITE_BUSY_SNAPSHOT (the busy timeout does not apply),
-    /// which under load failed a job at launch.
+    /// The transaction writes first: on SQLite, a read-then-write transaction that loses the
+    /// race for the write lock fails at once with SQLITE_BUSY_SNAPSHOT (the busy timeout does
+    /// not apply), which under load failed a job at launch. On PostgreSQL the UPDATE's row lock
+    /// orders concurrent starts of the same job.
     pub async fn start_attempt(&self, id: &str, resumed_step: Option<i64>) -> Result<u32> {
-        let mut tx = self.pool.begin().await?;
-        let number: i64 = sqlx::query_scalar("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO attempts (job_id, attempt, resumed_step, started_ms) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(number)
-            .bind(resumed_step)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(number as u32)
+        let number: i64 = with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let number: i64 =
+                sqlx::query_scalar("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            sqlx::query("INSERT INTO attempts (job_id, attempt, resumed_step, started_ms) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(number)
+                .bind(resumed_step)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            number
+        });
+        narrow("attempt number", number)
     }
 
     pub async fn finish_attempt(
@@ -266,61 +291,73 @@ impl Db {
         outcome: AttemptOutcome,
         error: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE job_id = $4 AND attempt = $5",
-        )
-        .bind(outcome.as_str())
-        .bind(error)
-        .bind(now_ms())
-        .bind(id)
-        .bind(i64::from(attempt))
-        .execute(&self.pool)
-        .await?;
+        with_pool!(self, |pool| {
+            sqlx::query(
+                "UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE job_id = $4 AND attempt = $5",
+            )
+            .bind(outcome.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .bind(i64::from(attempt))
+            .execute(pool)
+            .await?
+        });
         Ok(())
     }
 
     /// At start-up: attempts still open belong to a server that died; mark them interrupted.
     pub async fn interrupt_open_attempts(&self) -> Result<u64> {
-        Ok(sqlx::query("UPDATE attempts SET outcome = $1, finished_ms = $2 WHERE outcome IS NULL")
-            .bind(AttemptOutcome::Interrupted.as_str())
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(with_pool!(self, |pool| {
+            sqlx::query("UPDATE attempts SET outcome = $1, finished_ms = $2 WHERE outcome IS NULL")
+                .bind(AttemptOutcome::Interrupted.as_str())
+                .bind(now_ms())
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }))
     }
 
     /// Attempts of a job that ended with `outcome`.
     pub async fn count_attempts(&self, id: &str, outcome: AttemptOutcome) -> Result<u32> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE job_id = $1 AND outcome = $2")
-            .bind(id)
-            .bind(outcome.as_str())
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(n as u32)
+        // COUNT(*) is BIGINT on PostgreSQL and a 64-bit INTEGER on SQLite.
+        let n: i64 = with_pool!(self, |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM attempts WHERE job_id = $1 AND outcome = $2")
+                .bind(id)
+                .bind(outcome.as_str())
+                .fetch_one(pool)
+                .await?
+        });
+        narrow("attempt count", n)
     }
 }
 
-fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
-    let id: String = row.try_get("id")?;
+/// A row with the columns of `job_columns!()`, from any backend.
+pub(super) fn job_from_row(row: &impl Columns) -> Result<JobRecord> {
+    let id = row.text("id")?;
     let corrupt = |what: &'static str, reason: String| StorageError::Corrupt { job_id: id.clone(), what, reason };
-    let state: String = row.try_get("state")?;
-    let sparsity: Option<String> = row.try_get("sparsity_json")?;
-    let report: Option<String> = row.try_get("report_json")?;
+    let count = |what: &'static str| -> Result<u32> {
+        let value = row.int(what)?;
+        u32::try_from(value).map_err(|_| corrupt(what, format!("{value} is not a u32")))
+    };
+    let state = row.text("state")?;
+    let sparsity = row.text_opt("sparsity_json")?;
+    let report = row.text_opt("report_json")?;
     Ok(JobRecord {
-        tenant: row.try_get("tenant")?,
-        name: row.try_get("name")?,
+        tenant: row.text("tenant")?,
+        name: row.text("name")?,
         state: state.parse().map_err(|e| corrupt("state", e))?,
-        spec: parse_json(&row.try_get::<String, _>("spec_json")?).map_err(|e| corrupt("spec", e))?,
-        warnings: parse_json(&row.try_get::<String, _>("warnings_json")?).map_err(|e| corrupt("warnings", e))?,
-        error: row.try_get("error")?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
-        threads: row.try_get::<i64, _>("threads")? as u32,
-        step: row.try_get("step")?,
-        total_steps: row.try_get("total_steps")?,
-        epoch: row.try_get("epoch")?,
-        loss: row.try_get("loss")?,
-        accuracy: row.try_get("accuracy")?,
+        spec: parse_json(&row.text("spec_json")?).map_err(|e| corrupt("spec", e))?,
+        warnings: parse_json(&row.text("warnings_json")?).map_err(|e| corrupt("warnings", e))?,
+        error: row.text_opt("error")?,
+        attempts: count("attempts")?,
+        max_attempts: count("max_attempts")?,
+        threads: count("threads")?,
+        step: row.int("step")?,
+        total_steps: row.int("total_steps")?,
+        epoch: row.int("epoch")?,
+        loss: row.float_opt("loss")?,
+        accuracy: row.float_opt("accuracy")?,
         sparsity: sparsity
             .as_deref()
             .map(parse_json)
@@ -328,9 +365,9 @@ fn job_from_row(row: &SqliteRow) -> Result<JobRecord> {
             .map_err(|e| corrupt("sparsity", e))?
             .unwrap_or_default(),
         report: report.as_deref().map(parse_json).transpose().map_err(|e| corrupt("report", e))?,
-        created_ms: row.try_get("created_ms")?,
-        started_ms: row.try_get("started_ms")?,
-        finished_ms: row.try_get("finished_ms")?,
+        created_ms: row.int("created_ms")?,
+        started_ms: row.int_opt("started_ms")?,
+        finished_ms: row.int_opt("finished_ms")?,
         id,
     })
 }

@@ -1,45 +1,50 @@
 //! `metrics`: the time series of a job.
 
 use prune_core::domain::MetricPoint;
-use sqlx::Row;
-
+use super::rows::Columns;
 use super::{Db, Result};
 
 impl Db {
     /// One transaction per batch (one engine `Metrics` event). Non-finite values are dropped:
     /// SQL has no NaN, and a diverged loss is visible in the job's state anyway.
     pub async fn insert_metrics(&self, job_id: &str, points: &[MetricPoint]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        for p in points.iter().filter(|p| p.value.is_finite()) {
-            sqlx::query(
-                "INSERT INTO metrics (job_id, name, step, value) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (job_id, name, step) DO UPDATE SET value = excluded.value",
-            )
-            .bind(job_id)
-            .bind(&p.name)
-            .bind(p.step)
-            .bind(p.value)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        with_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for p in points.iter().filter(|p| p.value.is_finite()) {
+                sqlx::query(
+                    "INSERT INTO metrics (job_id, name, step, value) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (job_id, name, step) DO UPDATE SET value = excluded.value",
+                )
+                .bind(job_id)
+                .bind(&p.name)
+                .bind(p.step)
+                .bind(p.value)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 
     /// Ordered by name, then step; only names starting with `prefix` (taken literally: no
     /// LIKE wildcards, since parameter names contain `_`).
     pub async fn metrics(&self, job_id: &str, prefix: &str) -> Result<Vec<MetricPoint>> {
-        let rows = sqlx::query(
-            "SELECT name, step, value FROM metrics WHERE job_id = $1 AND substr(name, 1, length($2)) = $2 \
-             ORDER BY name, step",
-        )
-        .bind(job_id)
-        .bind(prefix)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok(MetricPoint { name: r.try_get("name")?, step: r.try_get("step")?, value: r.try_get("value")? }))
-            .collect()
+        // substr/length count characters on both backends (PostgreSQL needs `$2` typed TEXT,
+        // which sqlx's String binding gives it).
+        with_pool!(self, |pool| {
+            let rows = sqlx::query(
+                "SELECT name, step, value FROM metrics WHERE job_id = $1 AND substr(name, 1, length($2)) = $2 \
+                 ORDER BY name, step",
+            )
+            .bind(job_id)
+            .bind(prefix)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok(MetricPoint { name: r.text("name")?, step: r.int("step")?, value: r.float("value")? }))
+                .collect()
+        })
     }
 }
 

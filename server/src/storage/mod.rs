@@ -1,19 +1,80 @@
-//! The SQLite repository: every read and write of the service's state goes through [`Db`].
+//! The repository: every read and write of the service's state goes through [`Db`].
 //!
-//! The SQL is kept portable (standard types, `$n` placeholders, `ON CONFLICT` upserts) because
-//! the service is meant to move to PostgreSQL; the schema lives in the top-level `migrations/`.
+//! [`Db`] is one interface over one database backend, chosen by URL in [`Db::connect`]. Today
+//! that is SQLite (`sqlite://PATH`); PostgreSQL (`postgres://...`) is answered with
+//! [`StorageError::UnsupportedBackend`] until its module exists. How to add a backend is in
+//! `docs/architecture.md`; in short, what is portable and what is not:
+//!
+//! * **Written once** (in `jobs.rs`, `blobs.rs`, ...): the SQL that means the same on SQLite and
+//!   PostgreSQL: `$n` placeholders, `ON CONFLICT ... DO UPDATE/NOTHING` upserts, `RETURNING`,
+//!   `COALESCE`, `substr`/`length`, and the dynamic queries built with [`sqlx::QueryBuilder`]
+//!   (it writes each backend's placeholders). [`with_pool!`] compiles such code once per
+//!   backend, against the backend's typed pool, so sqlx still type-checks every bind and read.
+//! * **Per backend** (`sqlite.rs`, and the prepared `postgres.rs`): connecting (SQLite's WAL,
+//!   `synchronous`, busy timeout, foreign keys), the migrations folder (`migrations/sqlite/`,
+//!   `migrations/postgres/`), how a write transaction takes its lock (SQLite `BEGIN IMMEDIATE`,
+//!   PostgreSQL an advisory lock), and the job claim (PostgreSQL adds `FOR UPDATE SKIP LOCKED`,
+//!   which SQLite does not parse). A backend module provides the same items; the shared code
+//!   reaches them through [`with_pool!`]'s `backend` alias.
+//! * **Column types**: every integer column is 64-bit on both backends (`BIGINT`; SQLite's
+//!   `INTEGER` is 64-bit too) and read as `i64` through [`rows::Columns`]; narrower Rust fields
+//!   (`u32` attempts, `u64` sizes) are converted with checked conversions, so a bad value is a
+//!   [`StorageError::OutOfRange`], not a silent wrap.
+//!
+//! Why an enum over typed pools and not `sqlx::Any` or a `dyn` trait: `Any` connects from a URL
+//! only (SQLite's WAL, `synchronous` and busy timeout would become hand-written PRAGMAs per
+//! connection), decodes through a reduced set of types checked at run time, and would still need
+//! per-backend SQL for the claim and the queue lock; a trait object would make each backend
+//! re-implement every method even where the SQL is the same. With the enum, adding PostgreSQL
+//! is a `Pool` variant, its arms in [`with_pool!`], `Db::connect` and `Db::close`, and one module.
+
+/// `with_pool!(db, |pool, backend| body)` runs `body` once per backend variant of `db`'s pool,
+/// with `pool` the typed pool (`&SqlitePool`, ...) and `backend` an alias of the backend's module
+/// (`sqlite`, ...) for the per-backend items (SQL constants, write transactions). The body is
+/// written once and compiled (type-checked) once per backend. For `storage`'s child modules
+/// (the paths are relative to them); defined before them so they see it.
+macro_rules! with_pool {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match &$db.pool {
+            super::Pool::Sqlite($pool) => $body,
+        }
+    };
+    ($db:expr, |$pool:ident, $backend:ident| $body:expr) => {
+        match &$db.pool {
+            super::Pool::Sqlite($pool) => {
+                use super::sqlite as $backend;
+                $body
+            }
+        }
+    };
+}
+
+/// The columns of `jobs` that [`JobRecord`] is read from, as a literal for `concat!`: the shared
+/// queries and each backend's claim return the same columns.
+macro_rules! job_columns {
+    () => {
+        "id, tenant, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
+         step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms"
+    };
+}
 
 mod artifacts;
 mod blobs;
 mod checkpoints;
 mod jobs;
 mod metrics;
+mod postgres;
+mod rows;
+mod sqlite;
+
+#[cfg(test)]
+mod concurrency_tests;
+#[cfg(test)]
+mod schema_tests;
 
 use std::path::Path;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
 pub use artifacts::ArtifactRecord;
@@ -27,42 +88,84 @@ pub enum StorageError {
     Sqlx(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL names a backend this build cannot use (only the scheme is kept: the
+    /// rest of a URL may hold a password).
+    #[error("unsupported database URL scheme `{scheme}`: {reason}")]
+    UnsupportedBackend { scheme: String, reason: &'static str },
     /// A row the service wrote itself no longer parses: a bug or a hand-edited database.
     #[error("corrupt {what} of job {job_id}: {reason}")]
     Corrupt { job_id: String, what: &'static str, reason: String },
+    /// An integer does not fit where it goes: a column read into a narrower Rust type, or a
+    /// Rust value too large for a 64-bit column.
+    #[error("{what}: {value} does not fit {target}")]
+    OutOfRange { what: &'static str, value: String, target: &'static str },
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// The backend's typed connection pool. Adding a backend: a variant here, an arm in
+/// [`with_pool!`], a module like `sqlite.rs` (see `docs/architecture.md`).
+#[derive(Debug, Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+}
+
+
+/// The backends a database URL can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// By the URL's scheme: `sqlite:` (`sqlite://PATH`), `postgres:` or `postgresql:`.
+    fn of_url(url: &str) -> Result<Self> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            _ => Err(StorageError::UnsupportedBackend {
+                scheme: scheme.chars().take(32).collect(),
+                reason: "expected sqlite://PATH (postgres:// is planned)",
+            }),
+        }
+    }
+}
+
 /// A cheap-to-clone handle on the connection pool.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: SqlitePool,
+    pool: Pool,
 }
 
-/// How long a connection waits for another's write lock before failing with SQLITE_BUSY.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl Db {
-    /// Opens (creating if needed) the database and applies pending migrations.
+    /// Opens (creating if needed) the SQLite database at `path` and applies pending migrations.
     pub async fn open(path: &Path) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            // WAL: readers (GetJob, WatchJob) never wait for the writer (metrics batches).
-            .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL is durable across application crashes under WAL; only power loss can drop
-            // the last transactions, and checkpoints are verified by sha256 on resume anyway.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        sqlx::migrate!("../migrations").run(&pool).await?;
-        Ok(Db { pool })
+        let pool = sqlite::connect(sqlite::options_for_path(path)).await?;
+        Ok(Db { pool: Pool::Sqlite(pool) })
+    }
+
+    /// Connects to the database `url` names and applies pending migrations: `sqlite://PATH`
+    /// (created if missing). `postgres://...` is refused with
+    /// [`StorageError::UnsupportedBackend`] until the PostgreSQL backend is built.
+    pub async fn connect(url: &str) -> Result<Self> {
+        match Backend::of_url(url)? {
+            Backend::Sqlite => {
+                let pool = sqlite::connect(sqlite::options_for_url(url)?).await?;
+                Ok(Db { pool: Pool::Sqlite(pool) })
+            }
+            Backend::Postgres => Err(StorageError::UnsupportedBackend {
+                scheme: "postgres".to_string(),
+                reason: "the PostgreSQL backend is not built yet; use sqlite://PATH",
+            }),
+        }
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pool {
+            Pool::Sqlite(pool) => pool.close().await,
+        }
     }
 }
 
@@ -93,5 +196,33 @@ pub(crate) mod test_support {
             threads: 1,
             created_ms: 1000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::new_job;
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_picks_the_backend_by_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("by-url.db");
+        let db = Db::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        assert!(db.insert_job(&new_job("job-a"), 10).await.unwrap());
+        db.close().await;
+        assert!(path.exists(), "sqlite:// creates the file");
+        // The same file through `open`: migrations already applied, the row is there.
+        let db = Db::open(&path).await.unwrap();
+        assert!(db.job("job-a").await.unwrap().is_some());
+        db.close().await;
+
+        for url in ["postgres://user:secret@host/prune", "postgresql://host/prune", "mysql://host/db", "prune.db"] {
+            let err = Db::connect(url).await.unwrap_err();
+            assert!(matches!(err, StorageError::UnsupportedBackend { .. }), "{url}: {err}");
+            assert!(!err.to_string().contains("secret"), "the error must not echo the URL: {err}");
+        }
+        let err = Db::connect("postgres://host/prune").await.unwrap_err().to_string();
+        assert!(err.contains("not built yet"), "{err}");
     }
 }

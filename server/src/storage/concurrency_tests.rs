@@ -1,0 +1,89 @@
+//! The two read-modify-writes that must hold under concurrent callers on any backend: the
+//! per-tenant queue limit (`insert_job`) and the job claim (`claim_next_queued`). The callers
+//! run on a multi-threaded runtime and share one pool, as CreateJob handlers and the scheduler
+//! do.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tokio::sync::Barrier;
+
+use super::test_support::{db, new_job};
+use super::{JobState, NewJob};
+
+const WRITERS: usize = 50;
+const LIMIT: u32 = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_never_exceed_the_queue_limit() {
+    let (db, _dir) = db().await;
+    // Another tenant's queue is full: it must not count against alice's.
+    for i in 0..LIMIT {
+        let job = NewJob { tenant: "bob".into(), ..new_job(&format!("job-bob-{i:02}")) };
+        assert!(db.insert_job(&job, LIMIT).await.unwrap());
+    }
+
+    let start = Arc::new(Barrier::new(WRITERS));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let (db, start) = (db.clone(), start.clone());
+            tokio::spawn(async move {
+                let job = NewJob { tenant: "alice".into(), ..new_job(&format!("job-alice-{i:02}")) };
+                start.wait().await;
+                db.insert_job(&job, LIMIT).await
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for writer in writers {
+        if writer.await.unwrap().expect("insert_job fails only by answering false") {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, LIMIT as usize);
+    let queued = db.list_jobs("alice", Some(JobState::Queued), None, 1000).await.unwrap();
+    assert_eq!(queued.len(), LIMIT as usize, "exactly the limit is queued");
+    assert_eq!(db.list_jobs("bob", None, None, 1000).await.unwrap().len(), LIMIT as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_take_each_queued_job_exactly_once() {
+    const JOBS: usize = 40;
+    const CLAIMERS: usize = 12;
+    let (db, _dir) = db().await;
+    let mut expected = HashSet::new();
+    for i in 0..JOBS {
+        let id = format!("job-{i:03}");
+        assert!(db.insert_job(&new_job(&id), 1000).await.unwrap());
+        expected.insert(id);
+    }
+    // A cancelled job is never claimed.
+    assert!(db.finish_job("job-007", &[JobState::Queued], JobState::Cancelled, None, None).await.unwrap());
+    expected.remove("job-007");
+
+    let start = Arc::new(Barrier::new(CLAIMERS));
+    let claimers: Vec<_> = (0..CLAIMERS)
+        .map(|_| {
+            let (db, start) = (db.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let mut mine = Vec::new();
+                while let Some(job) = db.claim_next_queued().await.expect("claim") {
+                    assert_eq!(job.state, JobState::Running, "the claim returns the job as claimed");
+                    assert!(job.started_ms.is_some());
+                    mine.push(job.id);
+                }
+                mine
+            })
+        })
+        .collect();
+    let mut claimed = Vec::new();
+    for claimer in claimers {
+        claimed.extend(claimer.await.unwrap());
+    }
+    let unique: HashSet<String> = claimed.iter().cloned().collect();
+    assert_eq!(unique.len(), claimed.len(), "a job was claimed twice: {claimed:?}");
+    assert_eq!(unique, expected, "every queued job is claimed");
+    assert!(db.job_ids_in_state(JobState::Queued).await.unwrap().is_empty());
+    assert_eq!(db.job_ids_in_state(JobState::Running).await.unwrap().len(), JOBS - 1);
+}

@@ -1,0 +1,74 @@
+//! The SQLite backend: what of the storage layer is SQLite's own.
+//!
+//! * Connecting: WAL, `synchronous=NORMAL`, a busy timeout, foreign keys, a small pool.
+//! * Migrations: `migrations/sqlite/` (byte-identical to the files deployed databases applied).
+//! * Locking: SQLite has one writer at a time. A transaction that reads before it writes must
+//!   take the write lock first ([`begin_queue_write`]: `BEGIN IMMEDIATE`); a deferred one that
+//!   loses the race for the lock after reading fails at once with SQLITE_BUSY_SNAPSHOT (the busy
+//!   timeout does not apply). A single statement takes the write lock before it reads, and
+//!   waits for it (busy timeout), so single-statement read-modify-writes are atomic.
+//!
+//! The items here are the backend contract the shared code uses through `with_pool!`:
+//! [`MIGRATOR`], [`begin_queue_write`], [`CLAIM_NEXT_QUEUED`]. `postgres.rs` has their
+//! PostgreSQL counterparts.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use super::Result;
+
+/// The schema, embedded at build time.
+pub(super) static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a connection waits for another's write lock before failing with SQLITE_BUSY.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: u32 = 8;
+
+pub(super) fn options_for_path(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new().filename(path)
+}
+
+/// `sqlite://PATH` (relative), `sqlite:///PATH` (absolute), with sqlx's query parameters.
+pub(super) fn options_for_url(url: &str) -> Result<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(url)?)
+}
+
+/// Opens the pool with the service's settings on top of `options` and applies migrations.
+pub(super) async fn connect(options: SqliteConnectOptions) -> Result<SqlitePool> {
+    let options = options
+        .create_if_missing(true)
+        // WAL: readers (GetJob, WatchJob) never wait for the writer (metrics batches).
+        .journal_mode(SqliteJournalMode::Wal)
+        // NORMAL is durable across application crashes under WAL; only power loss can drop
+        // the last transactions, and checkpoints are verified by sha256 on resume anyway.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A transaction for the per-tenant queue limit's count-and-insert. `BEGIN IMMEDIATE` takes the
+/// database's write lock up front (waiting out the busy timeout), so no other writer can queue
+/// a job between the count and the insert, however the statements inside are split.
+/// The tenant is what PostgreSQL locks on; SQLite's lock is the whole database.
+pub(super) async fn begin_queue_write(pool: &SqlitePool, _tenant: &str) -> Result<Transaction<'static, Sqlite>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// QUEUED -> RUNNING for the oldest queued job, in one statement: the subquery picks the job
+/// and the update takes it under the same write lock, so two claimers never get the same job
+/// and a claim never comes back empty while a job is queued. `$1` RUNNING, `$2` now (ms),
+/// `$3` QUEUED.
+pub(super) const CLAIM_NEXT_QUEUED: &str = concat!(
+    "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2) ",
+    "WHERE id = (SELECT id FROM jobs WHERE state = $3 ORDER BY id LIMIT 1) AND state = $3 ",
+    "RETURNING ",
+    job_columns!()
+);
