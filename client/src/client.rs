@@ -103,11 +103,11 @@ impl Client {
     pub async fn submit(&self, spec: &JobSpec) -> Result<JobInfo> {
         let json = serde_json::to_string(spec).expect("a JobSpec always serialises");
         let request = pb::CreateJobRequest { source: Some(pb::create_job_request::Source::SpecToml(json)) };
-        Ok(self.rpc().create_job(request).await?.into_inner().into())
+        self.rpc().create_job(request).await?.into_inner().try_into()
     }
 
     pub async fn get_job(&self, id: &str) -> Result<JobInfo> {
-        Ok(self.rpc().get_job(pb::GetJobRequest { id: id.to_string() }).await?.into_inner().into())
+        self.rpc().get_job(pb::GetJobRequest { id: id.to_string() }).await?.into_inner().try_into()
     }
 
     /// Every job, newest first.
@@ -117,7 +117,9 @@ impl Client {
         loop {
             let request = pb::ListJobsRequest { page_size: LIST_PAGE_SIZE, page_token, state: 0 };
             let page = self.rpc().list_jobs(request).await?.into_inner();
-            jobs.extend(page.jobs.into_iter().map(JobInfo::from));
+            for job in page.jobs {
+                jobs.push(job.try_into()?);
+            }
             if page.next_page_token.is_empty() {
                 break;
             }
@@ -130,7 +132,7 @@ impl Client {
 
     /// Cancels a queued or running job; a finished job is returned unchanged.
     pub async fn cancel(&self, id: &str) -> Result<JobInfo> {
-        Ok(self.rpc().cancel_job(pb::CancelJobRequest { id: id.to_string() }).await?.into_inner().into())
+        self.rpc().cancel_job(pb::CancelJobRequest { id: id.to_string() }).await?.into_inner().try_into()
     }
 
     /// The job's recorded time series, ordered by name then step. `name_prefix` (e.g.

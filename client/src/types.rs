@@ -2,71 +2,16 @@
 //! messages, so that callers get `Option`s instead of proto3 zero values, state names instead of
 //! enum integers, and can serialise results as they are (`prunectl --json` does exactly that).
 
-use std::collections::BTreeMap;
-use std::fmt;
-
 use prune_proto as pb;
 use serde::Serialize;
 
-/// A job's lifecycle state, spelled as in the API (`QUEUED`, ..., `CANCELLED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobState {
-    Unspecified,
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
+pub use prune_core::domain::{JobState, Report, TensorReport, TensorSparsity};
 
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Unspecified => "UNSPECIFIED",
-            JobState::Queued => "QUEUED",
-            JobState::Running => "RUNNING",
-            JobState::Succeeded => "SUCCEEDED",
-            JobState::Failed => "FAILED",
-            JobState::Cancelled => "CANCELLED",
-        }
-    }
+use crate::error::ClientError;
 
-    /// A job in a terminal state never changes again.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
-    }
-
-    fn from_proto(value: i32) -> Self {
-        match pb::JobState::try_from(value) {
-            Ok(pb::JobState::Queued) => JobState::Queued,
-            Ok(pb::JobState::Running) => JobState::Running,
-            Ok(pb::JobState::Succeeded) => JobState::Succeeded,
-            Ok(pb::JobState::Failed) => JobState::Failed,
-            Ok(pb::JobState::Cancelled) => JobState::Cancelled,
-            Ok(pb::JobState::StateUnspecified) | Err(_) => JobState::Unspecified,
-        }
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The sparsity of one pruned parameter (`0.weight`), as 1 - mean(mask).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TensorSparsity {
-    pub name: String,
-    pub sparsity: f64,
-}
-
-impl From<pb::TensorSparsity> for TensorSparsity {
-    fn from(t: pb::TensorSparsity) -> Self {
-        TensorSparsity { name: t.name, sparsity: t.sparsity }
-    }
-}
+/// One point of a job's time series (`sparsity/<param>`, `loss`, `accuracy`, `val_accuracy`,
+/// `learning_rate`, ...).
+pub type MetricRecord = prune_core::domain::MetricPoint;
 
 /// One exported file of a finished job.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -130,10 +75,14 @@ impl JobInfo {
     }
 }
 
-impl From<pb::Job> for JobInfo {
-    fn from(j: pb::Job) -> Self {
-        JobInfo {
-            state: JobState::from_proto(j.state),
+impl TryFrom<pb::Job> for JobInfo {
+    type Error = ClientError;
+    /// A job whose state is not one a job can be in is a protocol error.
+    fn try_from(j: pb::Job) -> Result<Self, ClientError> {
+        let state = prune_proto::conversions::job_state(j.state)
+            .map_err(|e| ClientError::Protocol(format!("job {}: {e}", j.id)))?;
+        Ok(JobInfo {
+            state,
             id: j.id,
             name: j.name,
             step: j.step,
@@ -151,7 +100,7 @@ impl From<pb::Job> for JobInfo {
             started_unix_ms: Some(j.started_unix_ms).filter(|&t| t > 0),
             finished_unix_ms: Some(j.finished_unix_ms).filter(|&t| t > 0),
             artifacts: j.artifacts.into_iter().map(Into::into).collect(),
-        }
+        })
     }
 }
 
@@ -205,73 +154,6 @@ pub enum WatchEvent {
     },
 }
 
-/// One point of a job's time series (`sparsity/<param>`, `loss`, `accuracy`, `val_accuracy`,
-/// `learning_rate`, ...).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MetricRecord {
-    pub step: i64,
-    pub name: String,
-    pub value: f64,
-}
-
-impl From<pb::MetricPoint> for MetricRecord {
-    fn from(p: pb::MetricPoint) -> Self {
-        MetricRecord { step: p.step, name: p.name, value: p.value }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TensorReport {
-    pub name: String,
-    pub shape: Vec<i64>,
-    pub pruned: bool,
-    pub numel: u64,
-    pub nonzero: u64,
-    pub sparsity: f64,
-}
-
-/// What a finished job pruned and what it saves.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
-    pub tensors: Vec<TensorReport>,
-    /// Bytes of the dense f32 safetensors file of the stripped weights.
-    pub dense_bytes: u64,
-    /// gzip of that file: the size measure tfmot's guide uses.
-    pub gzip_dense_bytes: u64,
-    /// Artifact bytes by format.
-    pub artifact_bytes: BTreeMap<String, u64>,
-    pub final_val_accuracy: Option<f64>,
-    pub final_val_loss: Option<f64>,
-    pub dense_val_accuracy: Option<f64>,
-    pub steps: i64,
-}
-
-impl From<pb::Report> for Report {
-    fn from(r: pb::Report) -> Self {
-        Report {
-            tensors: r
-                .tensors
-                .into_iter()
-                .map(|t| TensorReport {
-                    name: t.name,
-                    shape: t.shape,
-                    pruned: t.pruned,
-                    numel: t.numel,
-                    nonzero: t.nonzero,
-                    sparsity: t.sparsity,
-                })
-                .collect(),
-            dense_bytes: r.dense_bytes,
-            gzip_dense_bytes: r.gzip_dense_bytes,
-            artifact_bytes: r.artifact_bytes.into_iter().collect(),
-            final_val_accuracy: r.final_val_accuracy,
-            final_val_loss: r.final_val_loss,
-            dense_val_accuracy: r.dense_val_accuracy,
-            steps: r.steps,
-        }
-    }
-}
-
 fn mean_sparsity(tensors: &[TensorSparsity]) -> Option<f64> {
     (!tensors.is_empty()).then(|| tensors.iter().map(|t| t.sparsity).sum::<f64>() / tensors.len() as f64)
 }
@@ -282,7 +164,7 @@ mod tests {
 
     #[test]
     fn job_json_has_the_contract_fields() {
-        let job = JobInfo::from(pb::Job {
+        let job = JobInfo::try_from(pb::Job {
             id: "job-1".into(),
             state: pb::JobState::Failed as i32,
             error: "data: bad".into(),
@@ -290,7 +172,8 @@ mod tests {
             total_steps: 10,
             warnings: vec!["w".into()],
             ..Default::default()
-        });
+        })
+        .unwrap();
         let v = serde_json::to_value(&job).unwrap();
         assert_eq!(v["id"], "job-1");
         assert_eq!(v["state"], "FAILED");
@@ -303,8 +186,10 @@ mod tests {
 
     #[test]
     fn no_error_is_null() {
-        let job = JobInfo::from(pb::Job { state: pb::JobState::Running as i32, ..Default::default() });
+        let job = JobInfo::try_from(pb::Job { state: pb::JobState::Running as i32, ..Default::default() }).unwrap();
         assert_eq!(serde_json::to_value(&job).unwrap()["error"], serde_json::Value::Null);
+        let unspecified = JobInfo::try_from(pb::Job { id: "job-2".into(), ..Default::default() }).unwrap_err();
+        assert_eq!(unspecified.to_string().contains("job job-2: job state 0 is not a state"), true, "{unspecified}");
     }
 
     #[test]

@@ -73,7 +73,7 @@ async fn watch_once(
         backoff.reset();
         let (event, terminal) = match message.event {
             Some(Event::Job(job)) => {
-                let job = JobInfo::from(job);
+                let job = JobInfo::try_from(job)?;
                 let terminal = job.state.is_terminal();
                 (WatchEvent::Job(job), terminal)
             }
