@@ -23,13 +23,62 @@ pub type Client = PruningServiceClient<Channel>;
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `target/<profile>/<name>`, next to the `deps/` directory the running test lives in.
+/// `target/<profile>/<name>`, next to the `deps/` directory the running test lives in. Refuses
+/// a binary older than the sources it is built from: an end-to-end test of a stale build
+/// proves nothing (`make test` builds first; `cargo build --workspace --bins` does too).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
     let path = profile_dir.join(name);
-    assert!(path.exists(), "{} not found: build it first with `cargo build -p prune-server`", path.display());
+    assert!(path.exists(), "{} not found: build it first with `cargo build --workspace --bins`", path.display());
+    assert_fresh(&path);
     path
+}
+
+/// The workspace folders each binary the tests run is built from.
+fn source_dirs(binary: &str) -> &'static [&'static str] {
+    match binary {
+        "prune-server" => &["core", "proto", "store", "server", "migrations"],
+        "prune-worker" => &["core", "engine", "store", "worker"],
+        "prunectl" => &["core", "proto", "client"],
+        _ => &[],
+    }
+}
+
+fn assert_fresh(binary: &Path) {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).expect("binary mtime");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the workspace");
+    let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let newer: Vec<PathBuf> = source_dirs(&name)
+        .iter()
+        .flat_map(|dir| sources(&root.join(dir)))
+        .filter(|file| std::fs::metadata(file).and_then(|m| m.modified()).is_ok_and(|t| t > built))
+        .collect();
+    assert!(
+        newer.is_empty(),
+        "{} is older than its sources ({} changed since, e.g. {}): rebuild with `cargo build --workspace --bins`",
+        binary.display(),
+        newer.len(),
+        newer[0].display()
+    );
+}
+
+/// Source files under `dir` (`.rs`, `.proto`, `.sql`, `Cargo.toml`), skipping build outputs.
+fn sources(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name != "target" && !name.to_string_lossy().starts_with('.') {
+                found.extend(sources(&path));
+            }
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "proto" || e == "sql") || name == "Cargo.toml" {
+            found.push(path);
+        }
+    }
+    found
 }
 
 /// A running `prune-server`; killed when dropped.
@@ -46,6 +95,7 @@ impl Server {
     /// Starts a server on `data_dir` with extra command-line arguments; its log goes to
     /// `<data_dir>.log` (printed if the test fails).
     pub async fn start(data_dir: &Path, args: &[&str]) -> Server {
+        binary("prune-worker"); // the server runs it: it must be as fresh
         Server::start_with(&binary("prune-server"), data_dir, args).await
     }
 
