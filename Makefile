@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test demo bench clean-data fuzz load
+.PHONY: all setup build test lint demo bench clean-data fuzz load
 
 all: build
 
@@ -16,6 +16,10 @@ build: setup
 
 test: build
 	@$(ENV) cargo test --workspace --no-fail-fast
+
+# Formatting (rustfmt.toml) and clippy on every target, warnings as errors; CI runs it first.
+lint: setup
+	@$(ENV) cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
 
 demo: build
 	@$(ENV) scripts/demo.sh

@@ -189,7 +189,7 @@ mod tests {
         let job = JobInfo::try_from(pb::Job { state: pb::JobState::Running as i32, ..Default::default() }).unwrap();
         assert_eq!(serde_json::to_value(&job).unwrap()["error"], serde_json::Value::Null);
         let unspecified = JobInfo::try_from(pb::Job { id: "job-2".into(), ..Default::default() }).unwrap_err();
-        assert_eq!(unspecified.to_string().contains("job job-2: job state 0 is not a state"), true, "{unspecified}");
+        assert!(unspecified.to_string().contains("job job-2: job state 0 is not a state"), "{unspecified}");
     }
 
     #[test]
