@@ -1,4 +1,4 @@
-//! tfmot's pruning schedules, bit-exact in f32 (see `spec/pruning-semantics.md`).
+//! tfmot's pruning schedules, bit-exact in f32 (see `docs/pruning-semantics.md`).
 
 use serde::{Deserialize, Serialize};
 

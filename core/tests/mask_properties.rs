@@ -1,4 +1,4 @@
-//! Property tests for the mask rules of `spec/pruning-semantics.md`, checked against a plain
+//! Property tests for the mask rules of `docs/pruning-semantics.md`, checked against a plain
 //! sort-based reference that ranks by `f32::abs` (not by the bit patterns the crate uses).
 
 use proptest::prelude::*;
