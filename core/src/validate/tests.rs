@@ -1,6 +1,10 @@
 //! Unit tests of `validate`: parsing, every rule, collection and warnings.
 
 use super::*;
+use crate::compress::Compression;
+use crate::job::{DataSource, Override, OverrideRule};
+use crate::method::PruningMethod;
+use crate::options::{BlockPooling, Device, ExportFormat, Loss, Optimizer, Scope, SparseFormat};
 use crate::schedule::Schedule;
 use crate::spec::{DataSpec, JobSpec, LayerSpec, OverrideSpec};
 
@@ -993,6 +997,163 @@ fn collects_every_error() {
 fn single_error_displays_on_one_line() {
     let errors = SpecErrors(vec![FieldError::new("model", "bad")]);
     assert_eq!(errors.to_string(), "model: bad");
+}
+
+// --- the typed job -------------------------------------------------------------------------
+
+#[test]
+fn validate_parses_into_the_typed_job() {
+    let job = validate(&example()).unwrap();
+    assert_eq!(job.name.as_deref(), Some("digits-mlp-80"));
+    assert_eq!(job.training.optimizer, Optimizer::Adam);
+    assert_eq!(job.training.loss, Loss::CrossEntropy);
+    assert_eq!(job.training.device, Device::Cpu);
+    assert_eq!(job.pruning.schedule, poly(0, 844, 100));
+    assert_eq!(job.pruning.method, PruningMethod::ElementWise);
+    assert_eq!(job.pruning.scope, Scope::Layer);
+    assert_eq!(
+        job.pruning.overrides,
+        [Override {
+            pattern: "^0\\.weight$".into(),
+            rule: OverrideRule::Skip
+        }]
+    );
+    assert_eq!(job.export.formats, [ExportFormat::Safetensors]);
+    assert_eq!(job.export.compression, Compression::Zstd);
+    assert_eq!(job.export.sparse_format, SparseFormat::Dense);
+    let data = job.data.unwrap();
+    assert_eq!(data.source, DataSource::File("train.safetensors".into()));
+    assert_eq!(data.validation_split, 0.1);
+}
+
+#[test]
+fn methods_resolve_per_rule_with_inheritance() {
+    let mut spec = example();
+    spec.pruning.block_size = [2, 4];
+    spec.pruning.block_pooling = "max".into();
+    spec.pruning.overrides = vec![
+        OverrideSpec {
+            m_by_n: Some([2, 4]),
+            block_size: Some([1, 1]),
+            ..override_on("conv")
+        },
+        OverrideSpec {
+            block_pooling: Some("avg".into()),
+            ..override_on("fc")
+        },
+        OverrideSpec {
+            schedule: Some(poly(0, 10, 1)),
+            ..override_on("head")
+        },
+        OverrideSpec {
+            skip: true,
+            ..override_on("skip")
+        },
+        override_on("rest"),
+    ];
+    let job = validate(&spec).unwrap();
+    let top = spec.pruning.schedule;
+    let block = |pooling| PruningMethod::Block {
+        size: [2, 4],
+        pooling,
+    };
+    assert_eq!(job.pruning.method, block(BlockPooling::Max));
+    let rules: Vec<OverrideRule> = job.pruning.overrides.into_iter().map(|o| o.rule).collect();
+    assert_eq!(
+        rules,
+        [
+            OverrideRule::Prune {
+                schedule: top,
+                method: PruningMethod::MByN { m: 2, n: 4 }
+            },
+            OverrideRule::Prune {
+                schedule: top,
+                method: block(BlockPooling::Avg)
+            },
+            OverrideRule::Prune {
+                schedule: poly(0, 10, 1),
+                method: block(BlockPooling::Max)
+            },
+            OverrideRule::Skip,
+            OverrideRule::Inherit,
+        ]
+    );
+}
+
+#[test]
+fn top_level_m_by_n_reaches_overrides_that_set_a_block() {
+    // As the engine always did: an override's own block size does not undo an inherited m_by_n.
+    let mut spec = example();
+    spec.pruning.m_by_n = Some([1, 2]);
+    spec.pruning.overrides.push(OverrideSpec {
+        block_size: Some([2, 2]),
+        ..override_on("x")
+    });
+    let job = validate(&spec).unwrap();
+    assert_eq!(job.pruning.method, PruningMethod::MByN { m: 1, n: 2 });
+    assert_eq!(
+        job.pruning.overrides[1].rule,
+        OverrideRule::Prune {
+            schedule: spec.pruning.schedule,
+            method: PruningMethod::MByN { m: 1, n: 2 }
+        }
+    );
+}
+
+#[test]
+fn devices_and_data_sources_are_typed() {
+    let mut spec = example();
+    spec.training.device = "cuda:3".into();
+    spec.training.optimizer = "sgd".into();
+    spec.pruning.scope = "global".into();
+    spec.export.formats = vec!["safetensors".into(), "torchscript".into()];
+    synthetic(Some(vec![4]), Some(3), Some(10))(&mut spec);
+    let job = validate(&spec).unwrap();
+    assert_eq!(job.training.device, Device::Cuda(Some(3)));
+    assert_eq!(job.training.optimizer, Optimizer::Sgd);
+    assert_eq!(job.pruning.scope, Scope::Global);
+    assert_eq!(job.export.formats, [ExportFormat::Safetensors, ExportFormat::Torchscript]);
+    assert_eq!(
+        job.data.unwrap().source,
+        DataSource::Synthetic {
+            shape: vec![4],
+            classes: 3,
+            samples: 10
+        }
+    );
+    spec.training.epochs = 0;
+    spec.data = None;
+    assert_eq!(validate(&spec).unwrap().data, None);
+}
+
+#[test]
+fn unknown_names_are_reported_with_every_other_error() {
+    let mut spec = example();
+    spec.training.loss = "hinge".into();
+    spec.training.device = "tpu".into();
+    spec.pruning.block_pooling = "sum".into();
+    spec.pruning.overrides.push(OverrideSpec {
+        block_pooling: Some("min".into()),
+        ..override_on("x")
+    });
+    spec.pruning.scope = "model".into();
+    spec.export.formats = vec!["onnx".into()];
+    spec.export.sparse_format = "csr".into();
+    let errors = validate(&spec).unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "training.loss",
+            "training.device",
+            "pruning.block_pooling",
+            "pruning.scope",
+            "pruning.overrides[1].block_pooling",
+            "export.formats[0]",
+            "export.sparse_format"
+        ]
+    );
+    assert_eq!(errors[2].reason, "`sum` is not one of: avg, max");
 }
 
 // --- warnings and steps -------------------------------------------------------------------
