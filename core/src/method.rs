@@ -32,12 +32,6 @@ impl PruningMethod {
         })
     }
 
-    /// Whether masks follow the schedule's sparsity: m-by-n masks do not (they are fixed by
-    /// `m` and `n`), so schedule warnings do not apply to them.
-    pub fn follows_schedule(&self) -> bool {
-        !matches!(self, PruningMethod::MByN { .. })
-    }
-
     /// tfmot's rule for recomputing a mask before the batch of training step `step`
     /// (1-based): on the schedule's pruning steps, except m-by-n masks, computed once at step 1.
     pub fn recompute_at(&self, schedule: &Schedule, step: i64) -> bool {
