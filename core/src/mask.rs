@@ -9,12 +9,8 @@
 //! +inf, so a NaN weight ranks as the largest magnitude and is kept: a mask never hides a
 //! diverged weight.
 
-/// How a block's `|w|` values are pooled into one score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    Avg,
-    Max,
-}
+/// How a block's `|w|` values are pooled into one score: the job spec's `pruning.block_pooling`.
+pub use crate::options::BlockPooling as Pooling;
 
 /// tfmot: k = max(round_half_even(f32(n) * (1 - s)), 1) with (1 - s) computed in f32; s = 0 keeps all n.
 ///

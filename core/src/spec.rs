@@ -1,4 +1,9 @@
-//! The job spec: the TOML job file of `spec/job-spec.md`, field for field.
+//! The job spec document: the TOML job file of `docs/job-spec.md`, field for field, and its
+//! JSON form. This is the wire form: the named choices (`optimizer`, `scope`, ...) stay strings
+//! here so that `validate::validate` can report every problem at once, with its field path, as
+//! it parses a document into the typed [`Job`](crate::job::Job) (enums in `crate::options`,
+//! the pruning method resolved into a [`PruningMethod`](crate::method::PruningMethod)). Only
+//! the typed form is run.
 //!
 //! Field names are a contract shared with the gRPC `JobSpec` and outside clients: extend, never rename.
 //! `deny_unknown_fields` everywhere, so a typo is an error naming the field instead of a silent default.

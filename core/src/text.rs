@@ -1,15 +1,24 @@
-//! Text helpers shared by every crate that reports errors.
+//! Small text helpers shared by the crates that turn errors into one-line messages.
 
-/// A message on one line: lines trimmed, empty ones dropped, joined by spaces (job errors,
-/// worker failures and CLI errors are one line each).
+/// Joins a multi-line message into one line (trimmed lines, blank ones dropped, `; ` between),
+/// so that each error stays one line of a list or a log.
 pub fn one_line(message: &str) -> String {
-    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
 mod tests {
+    use super::one_line;
+
     #[test]
-    fn errors_become_one_line() {
-        assert_eq!(super::one_line("a\n  b\n\nc"), "a b c");
+    fn joins_trimmed_non_empty_lines() {
+        assert_eq!(one_line("a\n  b  \n\nc"), "a; b; c");
+        assert_eq!(one_line("single"), "single");
+        assert_eq!(one_line(""), "");
     }
 }

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use prune_core::validate;
-use prune_engine::masking::{Masks, Pattern, Target};
+use prune_engine::masking::{Masks, Target};
 use prune_engine::{run_job, EngineError, Event, EventSink, JobInputs, Output, StopFlag};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
@@ -122,7 +122,7 @@ fn mask_update() {
     let w = Tensor::randn([4096, 4096], (Kind::Float, Device::Cpu));
     let params = vec![("0.weight".to_string(), w)];
     let schedule = prune_core::Schedule::ConstantSparsity { target_sparsity: 0.8, begin_step: 0, end_step: -1, frequency: 1 };
-    let target = Target { name: "0.weight".into(), param: 0, shape: vec![4096, 4096], schedule, pattern: Pattern::Element, global: false };
+    let target = Target { name: "0.weight".into(), param: 0, shape: vec![4096, 4096], schedule, method: prune_core::PruningMethod::ElementWise, global: false };
     let mut masks = Masks::new(vec![target], &params);
     let mut best = f64::MAX;
     for step in 1..=5 {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use prune_core::spec::DataSpec;
+use prune_core::job::{Data, DataSource};
 use tch::{Device, Kind, Tensor};
 
 use crate::{rng, tensors};
@@ -46,13 +46,16 @@ pub struct Split {
     pub validation: Option<Dataset>,
 }
 
-pub fn load(spec: &DataSpec, file: Option<&Path>, seed: u64, device: Device) -> Result<Split, EngineError> {
-    let full = match (spec.builtin.as_deref(), file) {
-        (Some("digits"), _) => digits()?,
-        (Some("synthetic"), _) => synthetic(spec, seed)?,
-        (Some(other), _) => return Err(EngineError::Data(format!("data.builtin: unknown dataset {other:?}"))),
-        (None, Some(path)) => from_safetensors(path)?,
-        (None, None) => return Err(EngineError::Data("no data given (data.file, data.blob or data.builtin)".into())),
+/// Loads `spec`'s data set: a built-in one, or `file`, the local path of `data.file` /
+/// `data.blob`.
+pub fn load(spec: &Data, file: Option<&Path>, seed: u64, device: Device) -> Result<Split, EngineError> {
+    let full = match (&spec.source, file) {
+        (DataSource::Digits, _) => digits()?,
+        (&DataSource::Synthetic { ref shape, classes, samples }, _) => synthetic(shape, classes, samples, seed)?,
+        (DataSource::File(_) | DataSource::Blob(_), Some(path)) => from_safetensors(path)?,
+        (DataSource::File(_) | DataSource::Blob(_), None) => {
+            return Err(EngineError::Data("no data given (data.file, data.blob or data.builtin)".into()))
+        }
     };
     check_values(&full)?;
     split(full, spec.validation_split).map(|s| Split {
@@ -69,12 +72,9 @@ fn digits() -> Result<Dataset, EngineError> {
 }
 
 /// Learnable synthetic classification: `x ~ N(0, 1)`, `y = argmax(x · W)` for a seeded `W`.
-fn synthetic(spec: &DataSpec, seed: u64) -> Result<Dataset, EngineError> {
-    let shape = spec.shape.clone().unwrap_or_else(|| vec![1, 28, 28]);
-    let classes = spec.classes.unwrap_or(10);
-    let samples = spec.samples.unwrap_or(1000);
+fn synthetic(shape: &[i64], classes: i64, samples: i64, seed: u64) -> Result<Dataset, EngineError> {
     let mut full_shape = vec![samples];
-    full_shape.extend(&shape);
+    full_shape.extend(shape);
     let features: i64 = shape.iter().product();
     tch::manual_seed(rng::torch_seed(seed, rng::STREAM_SYNTHETIC, 0));
     let x = Tensor::randn(&full_shape, (Kind::Float, Device::Cpu));
@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn digits_load_and_split_like_keras() {
-        let spec = DataSpec { builtin: Some("digits".into()), validation_split: 0.1, ..Default::default() };
+        let spec = Data { source: DataSource::Digits, validation_split: 0.1 };
         let s = load(&spec, None, 0, Device::Cpu).unwrap();
         assert_eq!(s.train.len(), 1617);
         assert_eq!(s.validation.as_ref().unwrap().len(), 180);
@@ -169,13 +169,7 @@ mod tests {
 
     #[test]
     fn synthetic_is_seeded() {
-        let spec = DataSpec {
-            builtin: Some("synthetic".into()),
-            shape: Some(vec![3, 4]),
-            classes: Some(5),
-            samples: Some(20),
-            ..Default::default()
-        };
+        let spec = Data { source: DataSource::Synthetic { shape: vec![3, 4], classes: 5, samples: 20 }, validation_split: 0.0 };
         let a = load(&spec, None, 3, Device::Cpu).unwrap();
         let b = load(&spec, None, 3, Device::Cpu).unwrap();
         assert!(a.train.x.equal(&b.train.x) && a.train.y.equal(&b.train.y));

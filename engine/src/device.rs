@@ -1,24 +1,23 @@
-//! `training.device`: cpu | cuda | cuda:N | auto.
+//! `training.device`: cpu | cuda | cuda:N | auto, on this machine.
 
+use prune_core::options::Device as DeviceSpec;
 use tch::Device;
 
 use crate::EngineError;
 
-pub fn resolve(name: &str) -> Result<Device, EngineError> {
+/// The libtorch device for `spec`: `auto` is the first GPU if there is one, else the CPU;
+/// `cuda` is `cuda:0`; a GPU index this machine lacks is an error.
+pub fn resolve(spec: DeviceSpec) -> Result<Device, EngineError> {
     let cuda_count = || tch::Cuda::device_count() as usize;
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if cuda_count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
-        "cuda" => resolve("cuda:0"),
-        other => {
-            let index: usize = other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| EngineError::Spec(format!("training.device: unknown device {other:?} (cpu, cuda, cuda:N, auto)")))?;
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Auto => Ok(if cuda_count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
+        DeviceSpec::Cuda(index) => {
+            let index = usize::from(index.unwrap_or(0));
             let count = cuda_count();
             if index >= count {
                 return Err(EngineError::Spec(format!(
-                    "training.device: {other} requested but this machine has {count} CUDA device(s)"
+                    "training.device: cuda:{index} requested but this machine has {count} CUDA device(s)"
                 )));
             }
             Ok(Device::Cuda(index))

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use prune_core::bitmask;
-use prune_core::compress::{self, Compression};
-use prune_core::spec::ExportSpec;
+use prune_core::compress;
+use prune_core::job::Export;
+use prune_core::options::{ExportFormat, SparseFormat};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
@@ -29,37 +30,38 @@ fn pytorch_metadata() -> HashMap<String, String> {
 }
 
 /// Writes every requested format of the (already masked) model into `out`.
-pub fn export(spec: &ExportSpec, model: &Model, pruned: &[String], out: &Output) -> Result<Exported, EngineError> {
+pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> Result<Exported, EngineError> {
     let dir = out.dir.as_path();
     let io = |e: std::io::Error| EngineError::Export(format!("cannot write artifacts in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let compression: Compression =
-        spec.compression.parse().map_err(|_| EngineError::Spec(format!("export.compression: unknown {:?}", spec.compression)))?;
+    let compression = spec.compression;
     let params = model.params();
     let dense = tensors::write(params, pytorch_metadata())?;
     let mut artifacts = Vec::new();
-    for format in &spec.formats {
-        let (file, raw, sparse_format) = match format.as_str() {
-            "safetensors" if spec.sparse_format == "bitmask" => ("model.safetensors", bitmask::pack_safetensors(&dense).map_err(|e| EngineError::Export(e.to_string()))?, "bitmask"),
-            "safetensors" => ("model.safetensors", dense.clone(), "dense"),
-            "torchscript" => match model {
-                Model::Script(script) => ("model.pt", script.to_bytes(dir)?, "dense"),
+    for &format in &spec.formats {
+        let (file, raw, sparse_format) = match format {
+            ExportFormat::Safetensors => match spec.sparse_format {
+                SparseFormat::Bitmask => ("model.safetensors", bitmask::pack_safetensors(&dense).map_err(|e| EngineError::Export(e.to_string()))?, SparseFormat::Bitmask),
+                SparseFormat::Dense => ("model.safetensors", dense.clone(), SparseFormat::Dense),
+            },
+            // A TorchScript module is saved whole: its weights are always dense.
+            ExportFormat::Torchscript => match model {
+                Model::Script(script) => ("model.pt", script.to_bytes(dir)?, SparseFormat::Dense),
                 _ => {
                     return Err(EngineError::Spec(
                         "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)".into(),
                     ))
                 }
             },
-            other => return Err(EngineError::Spec(format!("export.formats: unknown format {other:?}"))),
         };
         let bytes = compress::compress(&raw, compression).map_err(io)?;
         let path = dir.join(format!("{file}{}", compression.extension()));
         write_atomically(&path, &bytes).map_err(io)?;
         artifacts.push(ArtifactFile {
-            format: format.clone(),
+            format: format.as_str().to_string(),
             key: out.key(&path),
             compression: compression.as_str().to_string(),
-            sparse_format: sparse_format.to_string(),
+            sparse_format: sparse_format.as_str().to_string(),
             bytes: bytes.len() as u64,
             sha256: hex::encode(Sha256::digest(&bytes)),
         });

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 pub use prune_core::domain::{JobOutcome, StopReason};
-use prune_core::JobSpec;
+use prune_core::text::one_line;
+use prune_core::validate::validate;
+use prune_core::{Job, JobSpec};
 
 use crate::{EngineError, EventSink};
 
@@ -70,12 +72,25 @@ impl StopFlag {
     }
 }
 
-/// Runs a validated job to the end (or until `stop`), reporting through `sink`.
+/// Runs a job document to the end (or until `stop`), reporting through `sink`: parses it into
+/// the typed [`Job`] first (the server has validated it on admission, so an error here means a
+/// stored spec that today's rules reject) and runs that.
 pub fn run_job(
     spec: &JobSpec,
     inputs: &JobInputs,
     sink: &mut dyn EventSink,
     stop: &StopFlag,
 ) -> Result<JobOutcome, EngineError> {
-    crate::train::run(spec, inputs, sink, stop)
+    let job = validate(spec).map_err(|e| EngineError::Spec(one_line(&e.to_string())))?;
+    run_typed(&job, inputs, sink, stop)
+}
+
+/// Runs a typed job to the end (or until `stop`), reporting through `sink`.
+pub fn run_typed(
+    job: &Job,
+    inputs: &JobInputs,
+    sink: &mut dyn EventSink,
+    stop: &StopFlag,
+) -> Result<JobOutcome, EngineError> {
+    crate::train::run(job, inputs, sink, stop)
 }

@@ -16,7 +16,7 @@ pub mod tensors;
 pub mod train;
 
 pub use events::{Event, EventSink, MetricPoint, TensorSparsity, VecSink};
-pub use job::{run_job, JobInputs, JobOutcome, Output, StopFlag, StopReason};
+pub use job::{run_job, run_typed, JobInputs, JobOutcome, Output, StopFlag, StopReason};
 pub use prune_core::domain::{ArtifactFile, Report, TensorReport};
 
 /// Everything that can end a job early. The message is the one-line reason users see.

@@ -1,22 +1,16 @@
 //! Which parameters are pruned, with which rule, and their masks: tfmot's wrapper logic
 //! (recompute on schedule, multiply before every batch) over the numerics of `prune_core::mask`.
 
-use prune_core::mask::{self, Pooling};
-use prune_core::spec::PruningSpec;
-use prune_core::Schedule;
+use prune_core::job::{OverrideRule, Pruning};
+use prune_core::mask;
+use prune_core::options::Scope;
+use prune_core::{PruningMethod, Schedule};
 use regex::Regex;
 use tch::{Device, Kind, Tensor};
 
 use crate::events::TensorSparsity;
 use crate::model::NamedParams;
 use crate::EngineError;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Pattern {
-    Element,
-    Block { size: [usize; 2], pooling: Pooling },
-    MByN { m: usize, n: usize },
-}
 
 /// One pruned parameter and its rule.
 #[derive(Debug, Clone)]
@@ -26,25 +20,10 @@ pub struct Target {
     pub param: usize,
     pub shape: Vec<usize>,
     pub schedule: Schedule,
-    pub pattern: Pattern,
+    /// Owns the mask computation and when it is due.
+    pub method: PruningMethod,
     /// Ranked together with the other global targets (scope = global, no override).
     pub global: bool,
-}
-
-fn pooling(name: &str) -> Pooling {
-    if name == "max" {
-        Pooling::Max
-    } else {
-        Pooling::Avg
-    }
-}
-
-fn pattern(block: [i64; 2], block_pooling: &str, m_by_n: Option<[i64; 2]>) -> Pattern {
-    match (m_by_n, block) {
-        (Some([m, n]), _) => Pattern::MByN { m: m as usize, n: n as usize },
-        (None, [1, 1]) => Pattern::Element,
-        (None, [r, c]) => Pattern::Block { size: [r as usize, c as usize], pooling: pooling(block_pooling) },
-    }
 }
 
 fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>, EngineError> {
@@ -57,7 +36,7 @@ fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>, EngineError> 
 
 /// Selects the pruned parameters: every floating tensor of rank >= 2 by default (rank-1 biases
 /// only with `prune_bias`), or those matching `include`; minus `exclude`; overrides last.
-pub fn select_targets(spec: &PruningSpec, params: &NamedParams) -> Result<Vec<Target>, EngineError> {
+pub fn select_targets(spec: &Pruning, params: &NamedParams) -> Result<Vec<Target>, EngineError> {
     let include = compile(&spec.include, "pruning.include")?;
     let exclude = compile(&spec.exclude, "pruning.exclude")?;
     let overrides = spec
@@ -66,7 +45,7 @@ pub fn select_targets(spec: &PruningSpec, params: &NamedParams) -> Result<Vec<Ta
         .enumerate()
         .map(|(i, o)| Ok((Regex::new(&o.pattern).map_err(|e| EngineError::Spec(format!("pruning.overrides[{i}].match: {e}")))?, o)))
         .collect::<Result<Vec<_>, EngineError>>()?;
-    let global_scope = spec.scope == "global";
+    let global_scope = spec.scope == Scope::Global;
     let mut targets = Vec::new();
     for (index, (name, tensor)) in params.iter().enumerate() {
         if !tensor.is_floating_point() {
@@ -88,41 +67,24 @@ pub fn select_targets(spec: &PruningSpec, params: &NamedParams) -> Result<Vec<Ta
             param: index,
             shape,
             schedule: spec.schedule,
-            pattern: pattern(spec.block_size, &spec.block_pooling, spec.m_by_n),
+            method: spec.method,
             global: global_scope,
         };
         if let Some((_, o)) = overrides.iter().find(|(r, _)| r.is_match(name)) {
-            if o.skip {
-                continue;
-            }
-            if o.schedule.is_some() || o.block_size.is_some() || o.m_by_n.is_some() || o.block_pooling.is_some() {
-                target.global = false;
-                target.schedule = o.schedule.unwrap_or(spec.schedule);
-                target.pattern = pattern(
-                    o.block_size.unwrap_or(spec.block_size),
-                    o.block_pooling.as_deref().unwrap_or(&spec.block_pooling),
-                    o.m_by_n.or(spec.m_by_n),
-                );
+            match o.rule {
+                OverrideRule::Skip => continue,
+                OverrideRule::Inherit => {}
+                OverrideRule::Prune { schedule, method } => {
+                    target.global = false;
+                    target.schedule = schedule;
+                    target.method = method;
+                }
             }
         }
-        check_shape(&target)?;
+        target.method.check_shape(&target.name, &target.shape).map_err(EngineError::Spec)?;
         targets.push(target);
     }
     Ok(targets)
-}
-
-fn check_shape(t: &Target) -> Result<(), EngineError> {
-    match t.pattern {
-        Pattern::Block { size, .. } if t.shape.len() != 2 => Err(EngineError::Spec(format!(
-            "pruning.block_size {size:?} needs 2-D weights (as tfmot), but {} has shape {:?}: exclude it or override its block_size",
-            t.name, t.shape
-        ))),
-        Pattern::MByN { m, n } if t.shape.len() < 2 => Err(EngineError::Spec(format!(
-            "pruning.m_by_n [{m}, {n}] needs weights of rank >= 2, but {} has shape {:?}",
-            t.name, t.shape
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// The masks of all targets; masks start as all-ones.
@@ -164,14 +126,12 @@ impl Masks {
         Ok(())
     }
 
-    /// tfmot's per-batch update at `step`: recompute the masks whose schedule prunes now
-    /// (m-by-n masks once, at step 1). Returns whether any mask changed.
+    /// tfmot's per-batch update at `step`: recompute the masks that are due now, by each
+    /// target's method (on its schedule's pruning steps; m-by-n masks once, at step 1).
+    /// Returns whether any mask changed.
     pub fn update(&mut self, step: i64, params: &NamedParams) -> Result<bool, EngineError> {
         let due: Vec<usize> = (0..self.targets.len())
-            .filter(|&i| match self.targets[i].pattern {
-                Pattern::MByN { .. } => step == 1,
-                _ => self.targets[i].schedule.should_prune(step),
-            })
+            .filter(|&i| self.targets[i].method.recompute_at(&self.targets[i].schedule, step))
             .collect();
         if due.is_empty() {
             return Ok(false);
@@ -191,7 +151,7 @@ impl Masks {
         let param_of: Vec<usize> = self.targets.iter().map(|t| t.param).collect();
         let weights = |i: usize| HostValues::of(&params[param_of[i]].1);
         let (global, local): (Vec<usize>, Vec<usize>) =
-            which.iter().partition(|&&i| self.targets[i].global && self.targets[i].pattern == Pattern::Element);
+            which.iter().partition(|&&i| self.targets[i].global && self.targets[i].method == PruningMethod::ElementWise);
         if !global.is_empty() {
             let values = global.iter().map(|&i| weights(i)).collect::<Result<Vec<_>, _>>()?;
             let slices: Vec<&[f32]> = values.iter().map(|v| v.as_slice()).collect();
@@ -206,11 +166,7 @@ impl Masks {
             let host = weights(i)?;
             let w = host.as_slice();
             let t = &self.targets[i];
-            let m = match t.pattern {
-                Pattern::Element => mask::element_mask(w, sparsity(t)),
-                Pattern::Block { size, pooling } => mask::block_mask(w, t.shape[0], t.shape[1], size, pooling, sparsity(t)),
-                Pattern::MByN { m, n } => mask::m_by_n_mask(w, &t.shape, m, n),
-            };
+            let m = t.method.mask(w, &t.shape, sparsity(t));
             self.set(i, m)?;
         }
         Ok(())

@@ -1,7 +1,8 @@
 //! SGD (momentum), Adam and AdamW, written on tensors so that their state can be checkpointed
 //! (libtorch's C++ optimizers keep it out of reach). The update rules are PyTorch's.
 
-use prune_core::spec::TrainingSpec;
+use prune_core::job::Training;
+use prune_core::options::Optimizer as Algorithm;
 use tch::Tensor;
 
 use crate::EngineError;
@@ -28,14 +29,13 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    pub fn new(spec: &TrainingSpec, n_params: usize) -> Result<Optimizer, EngineError> {
-        let kind = match spec.optimizer.as_str() {
-            "sgd" => Kind::Sgd { momentum: spec.momentum },
-            "adam" => Kind::Adam,
-            "adamw" => Kind::AdamW,
-            other => return Err(EngineError::Spec(format!("training.optimizer: unknown optimizer {other:?}"))),
+    pub fn new(spec: &Training, n_params: usize) -> Optimizer {
+        let kind = match spec.optimizer {
+            Algorithm::Sgd => Kind::Sgd { momentum: spec.momentum },
+            Algorithm::Adam => Kind::Adam,
+            Algorithm::AdamW => Kind::AdamW,
         };
-        Ok(Optimizer { kind, lr: spec.learning_rate, weight_decay: spec.weight_decay, steps: 0, state: (0..n_params).map(|_| Vec::new()).collect() })
+        Optimizer { kind, lr: spec.learning_rate, weight_decay: spec.weight_decay, steps: 0, state: (0..n_params).map(|_| Vec::new()).collect() }
     }
 
     pub fn learning_rate(&self) -> f64 {

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use prune_core::spec::TrainingSpec;
-use prune_core::JobSpec;
+use prune_core::job::Training;
+use prune_core::options::Loss;
+use prune_core::Job;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::checkpoint::{self, Saved, TrainState};
@@ -23,11 +24,11 @@ use crate::{device, rng, EngineError};
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 const EVAL_BATCH: i64 = 1024;
 
-pub fn run(spec: &JobSpec, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<JobOutcome, EngineError> {
+pub fn run(spec: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<JobOutcome, EngineError> {
     if inputs.threads > 0 {
         tch::set_num_threads(inputs.threads as i32);
     }
-    let device = device::resolve(&spec.training.device)?;
+    let device = device::resolve(spec.training.device)?;
     let t = &spec.training;
     let mut model = Model::load(&spec.model, inputs.model_file.as_deref(), inputs.weights_file.as_deref(), t.seed, device)?;
     let targets = select_targets(&spec.pruning, model.params())?;
@@ -43,9 +44,9 @@ pub fn run(spec: &JobSpec, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &
     if !model.can_train() {
         return Err(EngineError::Model("a safetensors state dict cannot be trained: use training.epochs = 0 (one-shot)".into()));
     }
-    let data_spec = spec.data.clone().unwrap_or_default();
-    let split = data::load(&data_spec, inputs.data_file.as_deref(), t.seed, device)?;
-    check_fit(&model, &split.train, &t.loss)?;
+    let data_spec = spec.data.as_ref().ok_or_else(|| EngineError::Data("no data given (data.file, data.blob or data.builtin)".into()))?;
+    let split = data::load(data_spec, inputs.data_file.as_deref(), t.seed, device)?;
+    check_fit(&model, &split.train, t.loss)?;
     let mut trainer = Trainer::new(t, model, masks, split.train, split.validation)?;
     if let Some(path) = &inputs.resume_from {
         trainer.resume(path, device)?;
@@ -86,7 +87,7 @@ fn outcome(
 
 /// `epochs = 0`: masks at the schedules' final sparsity, applied once, no data needed.
 fn one_shot(
-    spec: &JobSpec,
+    spec: &Job,
     inputs: &JobInputs,
     model: &mut Model,
     masks: &mut Masks,
@@ -105,12 +106,12 @@ fn one_shot(
 
 /// A dry forward pass on two samples, so a dataset that does not fit the model fails with a
 /// clear message before any training.
-fn check_fit(model: &Model, train: &Dataset, loss: &str) -> Result<(), EngineError> {
+fn check_fit(model: &Model, train: &Dataset, loss: Loss) -> Result<(), EngineError> {
     let n = train.len().min(2);
     let out = model
         .forward(&train.x.narrow(0, 0, n), false)
         .map_err(|e| EngineError::Data(format!("x of shape {:?} does not fit the model: {e}", train.x.size())))?;
-    if loss == "cross_entropy" {
+    if loss == Loss::CrossEntropy {
         if !train.has_class_labels() {
             return Err(EngineError::Data("cross_entropy needs integer class ids in y".into()));
         }
@@ -149,8 +150,8 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(t: &TrainingSpec, model: Model, masks: Masks, train: Dataset, validation: Option<Dataset>) -> Result<Trainer, EngineError> {
-        let optimizer = Optimizer::new(t, model.params().len())?;
+    fn new(t: &Training, model: Model, masks: Masks, train: Dataset, validation: Option<Dataset>) -> Result<Trainer, EngineError> {
+        let optimizer = Optimizer::new(t, model.params().len());
         let steps_per_epoch = (train.len() + t.batch_size - 1) / t.batch_size;
         Ok(Trainer {
             model,
@@ -164,7 +165,7 @@ impl Trainer {
             batch_size: t.batch_size,
             steps_per_epoch,
             checkpoint_every: t.checkpoint_every.max(1),
-            cross_entropy: t.loss == "cross_entropy",
+            cross_entropy: t.loss == Loss::CrossEntropy,
         })
     }
 
@@ -384,18 +385,5 @@ fn sparsity_points(step: i64, sparsity: &[TensorSparsity]) -> Vec<MetricPoint> {
 
 /// The first step >= 1 at which a target's mask is computed (m-by-n: step 1).
 fn first_pruning_step(t: &crate::masking::Target) -> i64 {
-    match t.pattern {
-        crate::masking::Pattern::MByN { .. } => 1,
-        _ => {
-            let begin = t.schedule.begin_step().max(1);
-            let freq = t.schedule.frequency().max(1);
-            let offset = (begin - t.schedule.begin_step()).rem_euclid(freq);
-            let first = if offset == 0 { begin } else { begin + freq - offset };
-            if t.schedule.end_step() >= 0 && first > t.schedule.end_step() {
-                i64::MAX
-            } else {
-                first
-            }
-        }
-    }
+    t.method.first_recompute_step(&t.schedule)
 }

@@ -32,7 +32,7 @@ pub fn check(parsed: Result<JobSpec, SpecErrors>) {
             // still not panic on any spec that parsed.
             let _ = validate::warnings(&spec, None);
         }
-        Ok(()) => {
+        Ok(_) => {
             // As admission does: warnings with and without a (bounded) step count.
             let _ = validate::warnings(&spec, None);
             for total in [0, 1, 7, 1000] {

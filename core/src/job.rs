@@ -1,0 +1,115 @@
+//! The typed job: what `validate::validate` makes of a [`JobSpec`](crate::JobSpec) document.
+//!
+//! The document (`spec.rs`) is the wire form, field for field as users write it, with strings
+//! for the named choices, so that a job with several problems is rejected with all of them at
+//! once. A [`Job`] exists only for a document that passed every check: its choices are enums,
+//! the pruning method is resolved per rule into a [`PruningMethod`], and the engine works on
+//! nothing else.
+
+use crate::compress::Compression;
+use crate::method::PruningMethod;
+use crate::options::{BuiltinData, Device, ExportFormat, Loss, Optimizer, Scope, SparseFormat};
+use crate::schedule::Schedule;
+use crate::spec::ModelSpec;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub name: Option<String>,
+    /// Exactly one source is set (checked).
+    pub model: ModelSpec,
+    /// `None` when the job file has no training data (only allowed for `epochs = 0`).
+    pub data: Option<Data>,
+    pub training: Training,
+    pub pruning: Pruning,
+    pub export: Export,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Data {
+    pub source: DataSource,
+    /// The last fraction held out, in `[0, 1)`.
+    pub validation_split: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    /// `data.file`: a local path (client side) or a path the server resolved.
+    File(String),
+    /// `data.blob`: an uploaded blob id.
+    Blob(String),
+    /// `data.builtin = "digits"`.
+    Digits,
+    /// `data.builtin = "synthetic"` with its parameters.
+    Synthetic { shape: Vec<i64>, classes: i64, samples: i64 },
+}
+
+impl DataSource {
+    /// The built-in data set, if this is one.
+    pub fn builtin(&self) -> Option<BuiltinData> {
+        match self {
+            DataSource::Digits => Some(BuiltinData::Digits),
+            DataSource::Synthetic { .. } => Some(BuiltinData::Synthetic),
+            DataSource::File(_) | DataSource::Blob(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Training {
+    pub epochs: i64,
+    pub batch_size: i64,
+    pub optimizer: Optimizer,
+    pub learning_rate: f64,
+    /// SGD's momentum, in `[0, 1)`.
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub loss: Loss,
+    pub seed: u64,
+    pub device: Device,
+    pub checkpoint_every: i64,
+    /// libtorch intra-op threads (0 = the server's default).
+    pub threads: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pruning {
+    pub schedule: Schedule,
+    /// The top-level method (from `block_size`, `block_pooling`, `m_by_n`).
+    pub method: PruningMethod,
+    /// `Global` implies an element-wise top-level method (checked).
+    pub scope: Scope,
+    /// Regexes on parameter names (checked to compile).
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub prune_bias: bool,
+    /// In job-file order: the first whose pattern matches a parameter name wins.
+    pub overrides: Vec<Override>,
+}
+
+/// One `[[pruning.overrides]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    /// The `match` regex (checked to compile).
+    pub pattern: String,
+    pub rule: OverrideRule,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OverrideRule {
+    /// `skip = true`: matching parameters are not pruned.
+    Skip,
+    /// Sets nothing: matching parameters get the top-level rule (global ranking included),
+    /// and no later override applies to them.
+    Inherit,
+    /// Its own schedule and method, each inherited from the top level where the override does
+    /// not set it; ranked per tensor even under global scope.
+    Prune { schedule: Schedule, method: PruningMethod },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export {
+    /// At least one, no duplicates.
+    pub formats: Vec<ExportFormat>,
+    pub compression: Compression,
+    pub sparse_format: SparseFormat,
+}

@@ -1,0 +1,184 @@
+//! The pruning section's rules: schedules (tfmot's checks), block sizes, m-by-n groups, scope,
+//! regexes and overrides; and the resolution of `block_size`, `block_pooling` and `m_by_n`
+//! into one [`PruningMethod`] per rule.
+
+use super::check::Errors;
+use crate::job::{Override, OverrideRule, Pruning};
+use crate::method::PruningMethod;
+use crate::options::{BlockPooling, Scope};
+use crate::schedule::Schedule;
+use crate::spec::{OverrideSpec, PruningSpec};
+use crate::text::one_line;
+
+/// The pruning section's rules; its typed form, with every method resolved, if they hold.
+pub(super) fn check_pruning(e: &mut Errors, p: &PruningSpec) -> Option<Pruning> {
+    check_schedule(e, "pruning.schedule", &p.schedule);
+    check_block_size(e, "pruning.block_size", p.block_size);
+    let pooling = e.parse::<BlockPooling>("pruning.block_pooling", &p.block_pooling);
+    if let Some(m_by_n) = p.m_by_n {
+        check_m_by_n(e, "pruning.m_by_n", m_by_n, p.block_size);
+    }
+    let scope = e.parse::<Scope>("pruning.scope", &p.scope);
+    let global = scope == Some(Scope::Global);
+    if global {
+        check_element_wise(e, "pruning.scope", p.block_size, p.m_by_n);
+    }
+    for (list, patterns) in [("include", &p.include), ("exclude", &p.exclude)] {
+        for (i, pattern) in patterns.iter().enumerate() {
+            check_regex(e, format!("pruning.{list}[{i}]"), pattern);
+        }
+    }
+    let overrides: Vec<Option<Override>> = p
+        .overrides
+        .iter()
+        .enumerate()
+        .map(|(i, o)| check_override(e, &format!("pruning.overrides[{i}]"), o, p, pooling, global))
+        .collect();
+    Some(Pruning {
+        schedule: p.schedule,
+        method: PruningMethod::resolve(p.block_size, pooling?, p.m_by_n)?,
+        scope: scope?,
+        include: p.include.clone(),
+        exclude: p.exclude.clone(),
+        prune_bias: p.prune_bias,
+        overrides: overrides.into_iter().collect::<Option<_>>()?,
+    })
+}
+
+/// tfmot's schedule checks (its messages kept), reported under `at`.
+fn check_schedule(e: &mut Errors, at: &str, schedule: &Schedule) {
+    for (field, reason) in schedule.validate() {
+        e.push(format!("{at}.{field}"), reason);
+    }
+    // tfmot does not check it, but a negative power makes (1 - p)^power grow without bound
+    // (inf at end_step): sparsities outside [0, 1], never what was meant. 0 is tfmot's too: the
+    // sparsity then stays at initial_sparsity.
+    if let Schedule::PolynomialDecay { power, .. } = *schedule {
+        e.check(power >= 0.0 || power.is_nan(), format!("{at}.power"), || {
+            format!("must be a number >= 0 (got {power})")
+        });
+    }
+}
+
+fn check_block_size(e: &mut Errors, at: &str, block: [i64; 2]) {
+    for (j, d) in block.into_iter().enumerate() {
+        e.at_least(format!("{at}[{j}]"), d, 1);
+    }
+}
+
+fn check_m_by_n(e: &mut Errors, field: &str, [m, n]: [i64; 2], block: [i64; 2]) {
+    if n < 1 {
+        e.push(
+            field,
+            format!("n (the group size) must be >= 1 (got [{m}, {n}])"),
+        );
+    } else if m < 0 || m >= n {
+        e.push(
+            field,
+            format!("m zeros per group of n need 0 <= m < n; m >= n is rejected (got [{m}, {n}])"),
+        );
+    }
+    e.check(block == [1, 1], field, || {
+        format!("m_by_n cannot be combined with block_size {block:?}: use block_size = [1, 1]")
+    });
+}
+
+/// Global scope ranks single weights across tensors: blocks and m-by-n groups have no place.
+fn check_element_wise(e: &mut Errors, field: &str, block: [i64; 2], m_by_n: Option<[i64; 2]>) {
+    e.check(block == [1, 1], field, || {
+        format!("global scope is element-wise only: block_size must be [1, 1] (got {block:?})")
+    });
+    e.check(m_by_n.is_none(), field, || {
+        "global scope is element-wise only: it cannot be combined with m_by_n".to_string()
+    });
+}
+
+fn check_regex(e: &mut Errors, field: String, pattern: &str) {
+    if let Err(err) = regex::Regex::new(pattern) {
+        e.push(field, regex_reason(&err));
+    }
+}
+
+/// One override's rules (`top` is the pruning section it refines, `top_pooling` its parsed
+/// `block_pooling`, `global` whether its scope is global) and its typed form: what it sets is resolved against the top level.
+fn check_override(
+    e: &mut Errors,
+    at: &str,
+    o: &OverrideSpec,
+    top: &PruningSpec,
+    top_pooling: Option<BlockPooling>,
+    global: bool,
+) -> Option<Override> {
+    check_regex(e, format!("{at}.match"), &o.pattern);
+    if o.skip {
+        let settings: Vec<&str> = [
+            ("schedule", o.schedule.is_some()),
+            ("block_size", o.block_size.is_some()),
+            ("block_pooling", o.block_pooling.is_some()),
+            ("m_by_n", o.m_by_n.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        e.check(settings.is_empty(), format!("{at}.skip"), || {
+            format!("skip = true leaves matching parameters unpruned, so {} would be ignored: remove one or the other", settings.join(", "))
+        });
+    }
+    if let Some(schedule) = &o.schedule {
+        check_schedule(e, &format!("{at}.schedule"), schedule);
+    }
+    let block = o.block_size.unwrap_or([1, 1]);
+    if let Some(b) = o.block_size {
+        check_block_size(e, &format!("{at}.block_size"), b);
+    }
+    let pooling = o
+        .block_pooling
+        .as_deref()
+        .map(|pooling| e.parse::<BlockPooling>(format!("{at}.block_pooling"), pooling));
+    if let Some(m_by_n) = o.m_by_n {
+        check_m_by_n(e, &format!("{at}.m_by_n"), m_by_n, block);
+    }
+    if global {
+        check_element_wise(e, at, block, o.m_by_n);
+    }
+    let sets_something =
+        o.schedule.is_some() || o.block_size.is_some() || o.block_pooling.is_some() || o.m_by_n.is_some();
+    let rule = if o.skip {
+        OverrideRule::Skip
+    } else if !sets_something {
+        OverrideRule::Inherit
+    } else {
+        // What the override does not set comes from the top level.
+        let pooling = match pooling {
+            Some(own) => own?,
+            None => top_pooling?,
+        };
+        OverrideRule::Prune {
+            schedule: o.schedule.unwrap_or(top.schedule),
+            method: PruningMethod::resolve(
+                o.block_size.unwrap_or(top.block_size),
+                pooling,
+                o.m_by_n.or(top.m_by_n),
+            )?,
+        }
+    };
+    Some(Override {
+        pattern: o.pattern.clone(),
+        rule,
+    })
+}
+
+/// The regex crate's error on one line. Its syntax errors echo the pattern with a caret under
+/// the culprit and then `error: <cause>`; the field already names the pattern, so only the
+/// cause is kept.
+fn regex_reason(err: &regex::Error) -> String {
+    let text = err.to_string();
+    let cause = text
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "));
+    match (text.starts_with("regex parse error:"), cause) {
+        (true, Some(cause)) => format!("regex parse error: {cause}"),
+        _ => one_line(&text),
+    }
+}
