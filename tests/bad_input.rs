@@ -70,7 +70,10 @@ enum Input {
     /// CreateJob with a `JobSpec` message.
     Spec(Box<pb::JobSpec>),
     /// UploadBlob with this header and data.
-    Upload { header: pb::BlobHeader, data: Vec<u8> },
+    Upload {
+        header: pb::BlobHeader,
+        data: Vec<u8>,
+    },
     StatBlob(String),
     HasBlob(String),
 }
@@ -242,7 +245,11 @@ fn lying_safetensors() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             "safetensors",
         ),
         ("header length near u64::MAX", prefixed(u64::MAX - 7, br#"{"x":{}}"#), "safetensors"),
-        ("header length > file", prefixed(4096, br#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#), "safetensors"),
+        (
+            "header length > file",
+            prefixed(4096, br#"{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#),
+            "safetensors",
+        ),
         ("non-JSON header", raw_safetensors("{not json at all}", &body), "safetensors"),
         ("header is not an object of tensors", raw_safetensors(r#"{"x":[1,2,3]}"#, &body), "safetensors"),
         (
@@ -253,7 +260,11 @@ fn lying_safetensors() -> Vec<(&'static str, Vec<u8>, &'static str)> {
             ),
             "safetensors",
         ),
-        ("unknown dtype", raw_safetensors(r#"{"x":{"dtype":"Q3","shape":[4],"data_offsets":[0,12]}}"#, &body), "safetensors"),
+        (
+            "unknown dtype",
+            raw_safetensors(r#"{"x":{"dtype":"Q3","shape":[4],"data_offsets":[0,12]}}"#, &body),
+            "safetensors",
+        ),
         ("shorter than the length prefix", vec![b'{', 0, 0], "safetensors"),
     ]
 }
@@ -353,15 +364,31 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
     // 1. TorchScript.
     let script = python_torchscript(scratch).await;
     let models: Vec<(&str, Vec<u8>, Expect)> = vec![
-        ("truncated TorchScript (first half)", script[..script.len() / 2].to_vec(), fails("not a loadable TorchScript module")),
-        ("truncated TorchScript (last byte missing)", script[..script.len() - 1].to_vec(), fails("not a loadable TorchScript module")),
-        ("garbage TorchScript (zip magic, then noise)", [b"PK\x03\x04".to_vec(), noise(4096, 1)].concat(), fails("not a loadable TorchScript module")),
-        ("TorchScript with its middle overwritten", {
-            let mut s = script.clone();
-            let mid = s.len() / 2;
-            s[mid..mid + 256].copy_from_slice(&noise(256, 2));
-            s
-        }, fails("model")),
+        (
+            "truncated TorchScript (first half)",
+            script[..script.len() / 2].to_vec(),
+            fails("not a loadable TorchScript module"),
+        ),
+        (
+            "truncated TorchScript (last byte missing)",
+            script[..script.len() - 1].to_vec(),
+            fails("not a loadable TorchScript module"),
+        ),
+        (
+            "garbage TorchScript (zip magic, then noise)",
+            [b"PK\x03\x04".to_vec(), noise(4096, 1)].concat(),
+            fails("not a loadable TorchScript module"),
+        ),
+        (
+            "TorchScript with its middle overwritten",
+            {
+                let mut s = script.clone();
+                let mid = s.len() / 2;
+                s[mid..mid + 256].copy_from_slice(&noise(256, 2));
+                s
+            },
+            fails("model"),
+        ),
         ("a zip that is not TorchScript", plain_zip(), fails("not a loadable TorchScript module")),
         ("random bytes as model", noise(1000, 3), fails("neither TorchScript")),
         ("empty model blob", Vec::new(), fails("neither TorchScript")),
@@ -373,7 +400,8 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
     // A valid TorchScript model trained on data of the wrong width.
     let script_id = put(client, script.clone()).await;
     let narrow = put(client, dataset(20, 32, |i| (i % 7) as f32, |i| (i % 10) as i64)).await;
-    let text = one_shot_blob(&script_id).replace("[pruning]", &format!("[data]\nblob = \"{narrow}\"\n[training]\nepochs = 1\nthreads = 1\n[pruning]"));
+    let text = one_shot_blob(&script_id)
+        .replace("[pruning]", &format!("[data]\nblob = \"{narrow}\"\n[training]\nepochs = 1\nthreads = 1\n[pruning]"));
     cases.push(case("TorchScript model, data of the wrong width", Input::Text(text), fails("does not fit the model")));
 
     // 2. Lying safetensors: as model, as data, as initial weights.
@@ -386,11 +414,26 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
 
     // 3. Data sets and models that do not fit.
     let datasets: Vec<(&str, Vec<u8>, &str, Expect)> = vec![
-        ("x of 32 features for a 64-input model", dataset(20, 32, |i| i as f32, |i| (i % 10) as i64), "", fails("does not fit the model")),
-        ("labels up to 12 for 10 outputs", dataset(20, 64, |_| 0.5, |i| (i % 13) as i64), "", fails("labels go up to 12")),
+        (
+            "x of 32 features for a 64-input model",
+            dataset(20, 32, |i| i as f32, |i| (i % 10) as i64),
+            "",
+            fails("does not fit the model"),
+        ),
+        (
+            "labels up to 12 for 10 outputs",
+            dataset(20, 64, |_| 0.5, |i| (i % 13) as i64),
+            "",
+            fails("labels go up to 12"),
+        ),
         ("negative labels", dataset(20, 64, |_| 0.5, |i| (i as i64 % 10) - 3), "", fails("negative class ids")),
         ("NaN in x", dataset(20, 64, |i| if i == 77 { f32::NAN } else { 0.5 }, |i| (i % 10) as i64), "", fails("NaN")),
-        ("inf in x", dataset(20, 64, |i| if i == 5 { f32::NEG_INFINITY } else { 0.5 }, |i| (i % 10) as i64), "", fails("infinite")),
+        (
+            "inf in x",
+            dataset(20, 64, |i| if i == 5 { f32::NEG_INFINITY } else { 0.5 }, |i| (i % 10) as i64),
+            "",
+            fails("infinite"),
+        ),
         (
             "NaN in float targets (mse)",
             safetensors_of(&[
@@ -410,7 +453,12 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
             "",
             fails("x has 20 samples but y has 19"),
         ),
-        ("no y tensor", safetensors_of(&[("x", Dtype::F32, vec![2, 64], f32_bytes((0..128).map(|_| 0.5)))]), "", fails("no tensor named \"y\"")),
+        (
+            "no y tensor",
+            safetensors_of(&[("x", Dtype::F32, vec![2, 64], f32_bytes((0..128).map(|_| 0.5)))]),
+            "",
+            fails("no tensor named \"y\""),
+        ),
         (
             "integer x",
             safetensors_of(&[
@@ -431,18 +479,34 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         ),
         (
             "1-D x",
-            safetensors_of(&[("x", Dtype::F32, vec![4], f32_bytes([0.5; 4])), ("y", Dtype::I64, vec![4], i64_bytes(0..4))]),
+            safetensors_of(&[
+                ("x", Dtype::F32, vec![4], f32_bytes([0.5; 4])),
+                ("y", Dtype::I64, vec![4], i64_bytes(0..4)),
+            ]),
             "",
             fails("does not fit the model"),
         ),
         (
             "boolean y",
-            safetensors_of(&[("x", Dtype::F32, vec![2, 64], f32_bytes((0..128).map(|_| 0.5))), ("y", Dtype::BOOL, vec![2], vec![0, 1])]),
+            safetensors_of(&[
+                ("x", Dtype::F32, vec![2, 64], f32_bytes((0..128).map(|_| 0.5))),
+                ("y", Dtype::BOOL, vec![2], vec![0, 1]),
+            ]),
             "",
             fails("y must be integer class ids or float targets"),
         ),
-        ("validation split leaves no training rows", dataset(5, 64, |_| 0.5, |i| i as i64), "", fails("validation_split")),
-        ("class ids for mse", dataset(4, 64, |_| 0.5, |i| i as i64), "loss = \"mse\"", fails("mse needs float targets")),
+        (
+            "validation split leaves no training rows",
+            dataset(5, 64, |_| 0.5, |i| i as i64),
+            "",
+            fails("validation_split"),
+        ),
+        (
+            "class ids for mse",
+            dataset(4, 64, |_| 0.5, |i| i as i64),
+            "loss = \"mse\"",
+            fails("mse needs float targets"),
+        ),
     ];
     for (name, bytes, extra, expect) in datasets {
         let id = put(client, bytes).await;
@@ -455,21 +519,43 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
     let state_dict = put(client, mlp_state_dict()).await;
     cases.push(case(
         "a safetensors state dict with epochs > 0",
-        Input::Text(one_shot_blob(&state_dict).replace("[pruning]", "[data]\nbuiltin = \"digits\"\n[training]\nepochs = 1\n[pruning]")),
+        Input::Text(
+            one_shot_blob(&state_dict)
+                .replace("[pruning]", "[data]\nbuiltin = \"digits\"\n[training]\nepochs = 1\n[pruning]"),
+        ),
         fails("cannot be trained"),
     ));
     cases.push(case("weights of another shape", Input::Text(with_weights(&state_dict)), fails("model.weights")));
     let nan_weight = put(
         client,
-        safetensors_of(&[("0.weight", Dtype::F32, vec![4, 4], f32_bytes((0..16).map(|i| if i == 9 { f32::NAN } else { i as f32 }))), ("0.bias", Dtype::F32, vec![4], f32_bytes([1.0; 4]))]),
+        safetensors_of(&[
+            ("0.weight", Dtype::F32, vec![4, 4], f32_bytes((0..16).map(|i| if i == 9 { f32::NAN } else { i as f32 }))),
+            ("0.bias", Dtype::F32, vec![4], f32_bytes([1.0; 4])),
+        ]),
     )
     .await;
-    cases.push(case("state dict with a NaN weight", Input::Text(one_shot_blob(&nan_weight)), fails("parameter 0.weight holds NaN or infinite values")));
+    cases.push(case(
+        "state dict with a NaN weight",
+        Input::Text(one_shot_blob(&nan_weight)),
+        fails("parameter 0.weight holds NaN or infinite values"),
+    ));
     // A 0-element weight is accepted (nothing to prune, nothing wrong): not in the corpus.
     let no_weights = put(client, safetensors_of(&[("0.bias", Dtype::F32, vec![4], f32_bytes([1.0; 4]))])).await;
-    cases.push(case("state dict without a weight of rank >= 2", Input::Text(one_shot_blob(&no_weights)), fails("no parameter is selected")));
-    cases.push(case("batch size 0", Input::Text(base_with(&[("batch_size = 32", "batch_size = 0")])), invalid("training.batch_size")));
-    cases.push(case("batch size -5", Input::Text(base_with(&[("batch_size = 32", "batch_size = -5")])), invalid("training.batch_size")));
+    cases.push(case(
+        "state dict without a weight of rank >= 2",
+        Input::Text(one_shot_blob(&no_weights)),
+        fails("no parameter is selected"),
+    ));
+    cases.push(case(
+        "batch size 0",
+        Input::Text(base_with(&[("batch_size = 32", "batch_size = 0")])),
+        invalid("training.batch_size"),
+    ));
+    cases.push(case(
+        "batch size -5",
+        Input::Text(base_with(&[("batch_size = 32", "batch_size = -5")])),
+        invalid("training.batch_size"),
+    ));
 
     // 4. Schedules: every branch of Schedule::validate, and more.
     let schedules: Vec<(&str, &str, &str)> = vec![
@@ -520,7 +606,11 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         power: Some(f64::NAN),
         ..Default::default()
     });
-    cases.push(case("schedule (proto): several errors", Input::Spec(Box::new(proto)), invalid("pruning.schedule.end_step")));
+    cases.push(case(
+        "schedule (proto): several errors",
+        Input::Spec(Box::new(proto)),
+        invalid("pruning.schedule.end_step"),
+    ));
     let mut proto = one_shot_proto(&state_dict);
     proto.pruning.as_mut().unwrap().schedule = None;
     cases.push(case("schedule (proto): missing", Input::Spec(Box::new(proto)), invalid("pruning.schedule")));
@@ -532,7 +622,11 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         ("include: bad escape", "include = [\"ok\", \"\\\\q\"]".into(), "pruning.include[1]"),
         ("include: repetition of nothing", "include = [\"*weight\"]".into(), "pruning.include[0]"),
         ("include: over the size limit", "include = [\"(a{1000}){1000}\"]".into(), "pruning.include[0]"),
-        ("include: nested too deep", format!("include = [\"{}{}\"]", "(".repeat(1000), ")".repeat(1000)), "pruning.include[0]"),
+        (
+            "include: nested too deep",
+            format!("include = [\"{}{}\"]", "(".repeat(1000), ")".repeat(1000)),
+            "pruning.include[0]",
+        ),
         ("include: backreference", "include = [\"(a)\\\\1\"]".into(), "pruning.include[0]"),
     ];
     for (name, line, field) in regexes {
@@ -555,7 +649,11 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         ("in [model]", base_with(&[("[model]", "[model]\nsequentail = []")]), "model.sequentail"),
         ("in a layer", base_with(&[("out = 16 }", "out = 16, activation = \"relu\" }")]), "activation"),
         ("in [data]", base_with(&[("[data]", "[data]\nshuffle = true")]), "data.shuffle"),
-        ("in the schedule", with_schedule("{ kind = \"constant_sparsity\", target_sparsity = 0.5, warmup = 3 }"), "warmup"),
+        (
+            "in the schedule",
+            with_schedule("{ kind = \"constant_sparsity\", target_sparsity = 0.5, warmup = 3 }"),
+            "warmup",
+        ),
         ("unknown table", format!("{BASE}[logging]\nlevel = \"debug\"\n"), "logging"),
         ("in [export]", format!("{BASE}[export]\nquantize = true\n"), "export.quantize"),
         ("in an override", format!("{BASE}[[pruning.overrides]]\nmatch = \"x\"\nsparsity = 0.3\n"), "sparsity"),
@@ -578,9 +676,17 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
     // 7. Absurd sizes.
     let absurd: Vec<(&str, String, Expect)> = vec![
         ("epochs 10^12", base_with(&[("epochs = 1", "epochs = 1000000000000")]), invalid("training.epochs")),
-        ("batch size 10^12", base_with(&[("batch_size = 32", "batch_size = 1000000000000")]), invalid("training.batch_size")),
+        (
+            "batch size 10^12",
+            base_with(&[("batch_size = 32", "batch_size = 1000000000000")]),
+            invalid("training.batch_size"),
+        ),
         ("hidden size 10^9", base_with(&[("out = 16 }", "out = 1000000000 }")]), invalid("model.sequential[0]")),
-        ("hidden size i64::MAX", base_with(&[("out = 16 }", "out = 9223372036854775807 }")]), invalid("model.sequential[0]")),
+        (
+            "hidden size i64::MAX",
+            base_with(&[("out = 16 }", "out = 9223372036854775807 }")]),
+            invalid("model.sequential[0]"),
+        ),
         (
             "conv kernel 10^6",
             base_with(&[("{ type = \"relu\" }", "{ type = \"conv2d\", in = 1, out = 1, kernel = 1000000 }")]),
@@ -588,34 +694,72 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         ),
         (
             "synthetic data of 10^15 elements",
-            base_with(&[("builtin = \"digits\"", "builtin = \"synthetic\"\nshape = [1000000, 1000]\nclasses = 10\nsamples = 1000000000")]),
+            base_with(&[(
+                "builtin = \"digits\"",
+                "builtin = \"synthetic\"\nshape = [1000000, 1000]\nclasses = 10\nsamples = 1000000000",
+            )]),
             invalid("data.samples"),
         ),
         (
             "synthetic classes 10^12",
-            base_with(&[("builtin = \"digits\"", "builtin = \"synthetic\"\nshape = [64]\nclasses = 1000000000000\nsamples = 10")]),
+            base_with(&[(
+                "builtin = \"digits\"",
+                "builtin = \"synthetic\"\nshape = [64]\nclasses = 1000000000000\nsamples = 10",
+            )]),
             invalid("data.classes"),
         ),
         ("threads 10^6", base_with(&[("threads = 1", "threads = 1000000")]), invalid("training.threads")),
-        ("checkpoint_every 0", base_with(&[("threads = 1", "threads = 1\ncheckpoint_every = 0")]), invalid("training.checkpoint_every")),
-        ("learning rate inf", base_with(&[("threads = 1", "threads = 1\nlearning_rate = inf")]), invalid("training.learning_rate")),
-        ("reshape to 10^12 x 10^12", base_with(&[("{ type = \"relu\" }", "{ type = \"reshape\", shape = [1000000000000, 1000000000000] }")]), fails("does not fit the model")),
-        ("name of 1 MB", base_with(&[("name = \"base\"", &format!("name = \"{}\"", "n".repeat(1 << 19)))]), invalid("name: must be at most 256 characters")),
+        (
+            "checkpoint_every 0",
+            base_with(&[("threads = 1", "threads = 1\ncheckpoint_every = 0")]),
+            invalid("training.checkpoint_every"),
+        ),
+        (
+            "learning rate inf",
+            base_with(&[("threads = 1", "threads = 1\nlearning_rate = inf")]),
+            invalid("training.learning_rate"),
+        ),
+        (
+            "reshape to 10^12 x 10^12",
+            base_with(&[("{ type = \"relu\" }", "{ type = \"reshape\", shape = [1000000000000, 1000000000000] }")]),
+            fails("does not fit the model"),
+        ),
+        (
+            "name of 1 MB",
+            base_with(&[("name = \"base\"", &format!("name = \"{}\"", "n".repeat(1 << 19)))]),
+            invalid("name: must be at most 256 characters"),
+        ),
         ("regex of 600 kB", format!("{BASE}include = [\"{}\"]\n", "a".repeat(600_000)), invalid("pruning.include[0]")),
-        ("spec text of 3 MB", format!("# {}\n{BASE}", "x".repeat(3 << 20)), rejected(Code::ResourceExhausted, "job spec of")),
-        ("spec text of 6 MB (over the message limit)", format!("# {}\n{BASE}", "x".repeat(6 << 20)), rejected(Code::ResourceExhausted, "decoded message length too large")),
+        (
+            "spec text of 3 MB",
+            format!("# {}\n{BASE}", "x".repeat(3 << 20)),
+            rejected(Code::ResourceExhausted, "job spec of"),
+        ),
+        (
+            "spec text of 6 MB (over the message limit)",
+            format!("# {}\n{BASE}", "x".repeat(6 << 20)),
+            rejected(Code::ResourceExhausted, "decoded message length too large"),
+        ),
     ];
     for (name, text, expect) in absurd {
         cases.push(case(format!("absurd: {name}"), Input::Text(text), expect));
     }
     let mut proto = one_shot_proto(&state_dict);
     proto.pruning.as_mut().unwrap().include = vec!["x".repeat(2 << 20)];
-    cases.push(case("absurd (proto): 2 MB include regex", Input::Spec(Box::new(proto)), rejected(Code::ResourceExhausted, "job spec of")));
+    cases.push(case(
+        "absurd (proto): 2 MB include regex",
+        Input::Spec(Box::new(proto)),
+        rejected(Code::ResourceExhausted, "job spec of"),
+    ));
     let mut proto = one_shot_proto(&state_dict);
     proto.model.as_mut().unwrap().blob = None;
     proto.model.as_mut().unwrap().sequential =
         vec![pb::LayerSpec { r#type: "linear".into(), r#in: Some(1 << 20), out: Some(1 << 20), ..Default::default() }];
-    cases.push(case("absurd (proto): 2^40-element linear layer", Input::Spec(Box::new(proto)), invalid("model.sequential[0]")));
+    cases.push(case(
+        "absurd (proto): 2^40-element linear layer",
+        Input::Spec(Box::new(proto)),
+        invalid("model.sequential[0]"),
+    ));
 
     // 8. Blob ids.
     let missing = format!("sha256:{}", "0".repeat(64));
@@ -633,12 +777,36 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         cases.push(case(format!("blob id: StatBlob {name}"), Input::StatBlob(id.clone()), invalid("not a blob id")));
         cases.push(case(format!("blob id: HasBlob {name}"), Input::HasBlob(id.clone()), invalid("not a blob id")));
     }
-    cases.push(case("blob id: model.blob not uploaded", Input::Text(one_shot_blob(&missing)), invalid("model.blob: blob sha256:000")));
-    cases.push(case("blob id: data.blob not uploaded", Input::Text(train_on_data(&missing, "")), invalid("data.blob: blob sha256:000")));
-    cases.push(case("blob id: data.blob malformed", Input::Text(train_on_data("sha256:xyz", "")), invalid("data.blob")));
-    cases.push(case("blob id: weights not uploaded", Input::Text(with_weights(&missing)), invalid("model.weights: blob sha256:000")));
-    cases.push(case("blob id: weights malformed", Input::Text(with_weights("sha256:nothex")), invalid("model.weights")));
-    cases.push(case("blob id: StatBlob not uploaded", Input::StatBlob(missing.clone()), rejected(Code::NotFound, "not found")));
+    cases.push(case(
+        "blob id: model.blob not uploaded",
+        Input::Text(one_shot_blob(&missing)),
+        invalid("model.blob: blob sha256:000"),
+    ));
+    cases.push(case(
+        "blob id: data.blob not uploaded",
+        Input::Text(train_on_data(&missing, "")),
+        invalid("data.blob: blob sha256:000"),
+    ));
+    cases.push(case(
+        "blob id: data.blob malformed",
+        Input::Text(train_on_data("sha256:xyz", "")),
+        invalid("data.blob"),
+    ));
+    cases.push(case(
+        "blob id: weights not uploaded",
+        Input::Text(with_weights(&missing)),
+        invalid("model.weights: blob sha256:000"),
+    ));
+    cases.push(case(
+        "blob id: weights malformed",
+        Input::Text(with_weights("sha256:nothex")),
+        invalid("model.weights"),
+    ));
+    cases.push(case(
+        "blob id: StatBlob not uploaded",
+        Input::StatBlob(missing.clone()),
+        rejected(Code::NotFound, "not found"),
+    ));
     let header = |size: u64, sha256: &str| pb::BlobHeader { size, sha256: sha256.into(), offset: 0 };
     cases.push(case(
         "upload: malformed sha256",
@@ -672,7 +840,9 @@ async fn submit(client: &mut Client, input: &Input) -> Result<Option<pb::Job>, t
     match input {
         Input::Text(text) => create_toml(client, text).await.map(Some),
         Input::Spec(spec) => client
-            .create_job(pb::CreateJobRequest { source: Some(pb::create_job_request::Source::Spec(spec.as_ref().clone())) })
+            .create_job(pb::CreateJobRequest {
+                source: Some(pb::create_job_request::Source::Spec(spec.as_ref().clone())),
+            })
             .await
             .map(|r| Some(r.into_inner())),
         Input::Upload { header, data } => {
@@ -726,10 +896,12 @@ async fn bad_inputs_are_rejected_or_fail_cleanly_while_a_good_job_succeeds() {
             (Ok(Some(job)), Fails { .. }) => submitted.push((i, job)),
             (Err(status), Fails { reason }) => {
                 rejected_at_submit += 1;
-                problems.push(format!("{}: expected a FAILED job ({reason:?}), was rejected at submit: {status}", c.name));
+                problems
+                    .push(format!("{}: expected a FAILED job ({reason:?}), was rejected at submit: {status}", c.name));
             }
             (Ok(Some(job)), Rejected { code, text }) => {
-                problems.push(format!("{}: expected {code:?} ({text:?}) at submit, was accepted as {}", c.name, job.id));
+                problems
+                    .push(format!("{}: expected {code:?} ({text:?}) at submit, was accepted as {}", c.name, job.id));
                 submitted.push((i, job));
             }
             (Ok(None), expect) => problems.push(format!("{}: expected {expect:?}, the call succeeded", c.name)),
@@ -763,13 +935,14 @@ async fn bad_inputs_are_rejected_or_fail_cleanly_while_a_good_job_succeeds() {
                     problems.push(format!("{}: the worker crashed instead of failing: {reason:?}", c.name));
                 }
             }
-            (expect, got) => problems.push(format!("{}: expected {expect:?}, the job ended {got:?} {reason:?}", c.name)),
+            (expect, got) => {
+                problems.push(format!("{}: expected {expect:?}, the job ended {got:?} {reason:?}", c.name))
+            }
         }
         eprintln!("  {:<60} -> {:?}: {}", c.name, state(&done), reason);
     }
     let corpus_done = started.elapsed();
-    let good_after =
-        client.get_job(pb::GetJobRequest { id: good.id.clone() }).await.expect("GetJob").into_inner();
+    let good_after = client.get_job(pb::GetJobRequest { id: good.id.clone() }).await.expect("GetJob").into_inner();
     eprintln!(
         "every bad job ended after {corpus_done:.1?}; good job {:?} at step {}/{}",
         state(&good_after),

@@ -140,7 +140,9 @@ fn large_state_dict() -> Vec<u8> {
     let floats = |n: usize, seed: u64| -> Vec<u8> {
         random_bytes(n * 4, seed)
             .chunks_exact(4)
-            .flat_map(|b| ((u32::from_le_bytes(b.try_into().unwrap()) >> 8) as f32 / (1 << 24) as f32 - 0.5).to_le_bytes())
+            .flat_map(|b| {
+                ((u32::from_le_bytes(b.try_into().unwrap()) >> 8) as f32 / (1 << 24) as f32 - 0.5).to_le_bytes()
+            })
             .collect()
     };
     let (weight, bias) = (floats(2048 * 1024, 2), floats(2048, 3));
@@ -192,10 +194,12 @@ async fn server_killed_mid_download_the_client_resumes_to_identical_bytes() {
     let broken = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match stream.message().await {
-                Ok(Some(m)) => rest += match m.part {
-                    Some(Part::Data(d)) => d.len(),
-                    _ => 0,
-                },
+                Ok(Some(m)) => {
+                    rest += match m.part {
+                        Some(Part::Data(d)) => d.len(),
+                        _ => 0,
+                    }
+                }
                 Ok(None) => return false,
                 Err(_) => return true,
             }

@@ -64,7 +64,9 @@ fn parse_args() -> Args {
             "--clients" => args.clients = number("--clients", value("--clients")) as usize,
             "--workers" => args.workers = number("--workers", value("--workers")) as u32,
             "--poll-ms" => args.poll = Duration::from_millis(number("--poll-ms", value("--poll-ms")).max(1)),
-            "--job-timeout-s" => args.job_timeout = Duration::from_secs(number("--job-timeout-s", value("--job-timeout-s"))),
+            "--job-timeout-s" => {
+                args.job_timeout = Duration::from_secs(number("--job-timeout-s", value("--job-timeout-s")))
+            }
             "--server" => args.server = Some(value("--server").into()),
             "--keep" => args.keep = true,
             "-h" | "--help" => usage(""),
@@ -404,7 +406,9 @@ async fn run_job(client: &mut Client, shared: &Shared, index: usize, local: &mut
     if info.size != packed.len() as u64 || info.sha256 != sha256_hex(&packed) || info != job.artifacts[0] {
         return Err(format!("{id}: artifact bytes do not match their info {info:?} / job {:?}", job.artifacts[0]));
     }
-    if (info.format.as_str(), info.compression.as_str(), info.sparse_format.as_str()) != ("safetensors", "zstd", "dense") {
+    if (info.format.as_str(), info.compression.as_str(), info.sparse_format.as_str())
+        != ("safetensors", "zstd", "dense")
+    {
         return Err(format!("{id}: unexpected artifact {info:?}"));
     }
     verify_artifact(&shared.original, &packed, target).map_err(|e| format!("{id} (target {target}): {e}"))?;
@@ -672,8 +676,11 @@ async fn main() {
     let row = |name: &str, v: &serde_json::Value| {
         println!(
             "  {name:<20} n={:<6} p50 {:>9.3} ms  p90 {:>9.3} ms  p99 {:>9.3} ms  max {:>9.3} ms",
-            v["n"], v["p50_ms"].as_f64().unwrap_or(f64::NAN), v["p90_ms"].as_f64().unwrap_or(f64::NAN),
-            v["p99_ms"].as_f64().unwrap_or(f64::NAN), v["max_ms"].as_f64().unwrap_or(f64::NAN)
+            v["n"],
+            v["p50_ms"].as_f64().unwrap_or(f64::NAN),
+            v["p90_ms"].as_f64().unwrap_or(f64::NAN),
+            v["p99_ms"].as_f64().unwrap_or(f64::NAN),
+            v["max_ms"].as_f64().unwrap_or(f64::NAN)
         )
     };
     println!("== prune-load: {} jobs, {} clients, prune-server --workers {} ==", args.jobs, args.clients, args.workers);
@@ -713,7 +720,15 @@ async fn main() {
     println!(
         "server: fds idle {} / early {} / peak {} / after {}; threads idle {} / peak {} / after {}; \
          workers at once max {}; leftover workers {:?}; zombies max {}",
-        idle.fds, early.fds, peak.fds, after.fds, idle.threads, peak.threads, after.threads, peak.workers, leftover,
+        idle.fds,
+        early.fds,
+        peak.fds,
+        after.fds,
+        idle.threads,
+        peak.threads,
+        after.threads,
+        peak.workers,
+        leftover,
         peak.zombies
     );
     println!(
@@ -728,7 +743,10 @@ async fn main() {
         mib(artifacts.0),
         artifacts.2
     );
-    println!("shutdown: SIGTERM -> {exit} in {:.2} s; server log: {log_warn} WARN, {log_error} ERROR lines", shutdown.as_secs_f64());
+    println!(
+        "shutdown: SIGTERM -> {exit} in {:.2} s; server log: {log_warn} WARN, {log_error} ERROR lines",
+        shutdown.as_secs_f64()
+    );
     for line in &log_samples {
         println!("  log: {line}");
     }

@@ -19,7 +19,8 @@ use tonic::{Code, Request, Status};
 const JOB_TIMEOUT: Duration = Duration::from_secs(300);
 const ALICE: &str = "alice-token-0123456789abcdef";
 const BOB: &str = "bob-token-0123456789abcdef";
-const TOKENS: &str = "# test tenants\nalice-token-0123456789abcdef alice\nbob-token-0123456789abcdef   bob # a comment\n";
+const TOKENS: &str =
+    "# test tenants\nalice-token-0123456789abcdef alice\nbob-token-0123456789abcdef   bob # a comment\n";
 
 /// Adds `authorization: Bearer <token>` (or whatever header value a case needs).
 #[derive(Clone)]
@@ -122,11 +123,13 @@ async fn assert_invisible(client: &mut Rpc, id: &str) {
         ("CancelJob", |c, id| Box::pin(async move { c.cancel_job(pb::CancelJobRequest { id }).await.map(drop) })),
         ("WatchJob", |c, id| Box::pin(async move { c.watch_job(pb::WatchJobRequest { id }).await.map(drop) })),
         ("GetMetrics", |c, job_id| {
-            Box::pin(async move {
-                c.get_metrics(pb::GetMetricsRequest { job_id, ..Default::default() }).await.map(drop)
-            })
+            Box::pin(
+                async move { c.get_metrics(pb::GetMetricsRequest { job_id, ..Default::default() }).await.map(drop) },
+            )
         }),
-        ("GetReport", |c, job_id| Box::pin(async move { c.get_report(pb::GetReportRequest { job_id }).await.map(drop) })),
+        ("GetReport", |c, job_id| {
+            Box::pin(async move { c.get_report(pb::GetReportRequest { job_id }).await.map(drop) })
+        }),
         ("DownloadArtifact", |c, job_id| {
             Box::pin(async move {
                 let request = pb::DownloadArtifactRequest { job_id, ..Default::default() };
@@ -265,7 +268,8 @@ async fn limits_answer_resource_exhausted() {
     // The queue: one job runs, two wait, the third waiting one is refused.
     let running = create(&mut client, long_training()).await.unwrap();
     wait_state(&mut client, &running.id, pb::JobState::Running).await;
-    let queued = [create(&mut client, long_training()).await.unwrap(), create(&mut client, long_training()).await.unwrap()];
+    let queued =
+        [create(&mut client, long_training()).await.unwrap(), create(&mut client, long_training()).await.unwrap()];
     let (code, message) = code_and_message(create(&mut client, long_training()).await);
     assert_eq!(code, Code::ResourceExhausted, "{message}");
     assert!(message.contains("already has 2 jobs QUEUED"), "{message}");
@@ -335,7 +339,14 @@ async fn tls_with_tokens() {
     let tokens = tokens_file(tmp.path());
     let certs = certs();
     let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
-    let args = ["--tokens", tokens.to_str().unwrap(), "--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let args = [
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
     let server = Server::start(&tmp.path().join("data"), &args).await;
     let port = server.addr.rsplit(':').next().unwrap();
     let https = format!("https://localhost:{port}");

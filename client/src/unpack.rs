@@ -23,7 +23,8 @@ pub struct Unpacked {
 pub fn unpack_file(input: &Path, output: &Path) -> Result<Unpacked> {
     let served = std::fs::read(input).map_err(|e| ClientError::io(input, e))?;
     let limit = compress::memory_available().unwrap_or(u64::MAX);
-    let bytes = compress::decompress_safetensors(&served, limit).map_err(|e| ClientError::Format { path: input.into(), reason: e.to_string() })?;
+    let bytes = compress::decompress_safetensors(&served, limit)
+        .map_err(|e| ClientError::Format { path: input.into(), reason: e.to_string() })?;
     let dense = bitmask::unpack_safetensors(&bytes)
         .map_err(|e| ClientError::Format { path: input.into(), reason: e.to_string() })?;
     write_atomically(output, |f| f.write_all(&dense)).map_err(|e| ClientError::io(output, e))?;

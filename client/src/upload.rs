@@ -71,7 +71,13 @@ impl Client {
     pub async fn upload_file(&self, path: &Path) -> Result<Uploaded> {
         let (size, sha256) = digest_file(path).await?;
         let id = blob_id(&sha256);
-        let done = |uploaded, resumed_from| Uploaded { path: path.to_path_buf(), id: id.clone(), size, uploaded, resumed_from };
+        let done = |uploaded, resumed_from| Uploaded {
+            path: path.to_path_buf(),
+            id: id.clone(),
+            size,
+            uploaded,
+            resumed_from,
+        };
         let mut backoff = Backoff::new();
         let mut sent_before = false;
         let mut resumed_from = 0;

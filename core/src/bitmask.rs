@@ -20,9 +20,9 @@ use std::collections::HashMap;
 
 use safetensors::Dtype;
 
-pub use crate::tensorfile::{read_safetensors, write_safetensors, FormatError, Metadata, TensorData};
 pub(crate) use crate::tensorfile::MAX_HEADER_LEN;
 use crate::tensorfile::{check_unique_names, numel, tensor_error};
+pub use crate::tensorfile::{read_safetensors, write_safetensors, FormatError, Metadata, TensorData};
 
 /// Metadata key that marks a packed file, with the compressed-tensors format name as its value.
 pub const SPARSITY_FORMAT_KEY: &str = "sparsity_format";
@@ -38,10 +38,7 @@ const ROW_OFFSETS: &str = "row_offsets";
 const PARTS: [&str; 4] = [SHAPE, COMPRESSED, BITMASK, ROW_OFFSETS];
 
 fn packed_error(module: &str, reason: impl Into<String>) -> FormatError {
-    FormatError::Packed {
-        module: module.to_string(),
-        reason: reason.into(),
-    }
+    FormatError::Packed { module: module.to_string(), reason: reason.into() }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -63,13 +60,9 @@ impl ZeroTest {
     fn of(dtype: Dtype) -> Option<ZeroTest> {
         use Dtype::*;
         match dtype {
-            F16 | BF16 | F32 | F64 | F8_E4M3 | F8_E5M2 => Some(ZeroTest::SignedParts {
-                part: dtype.bitsize() / 8,
-            }),
+            F16 | BF16 | F32 | F64 | F8_E4M3 | F8_E5M2 => Some(ZeroTest::SignedParts { part: dtype.bitsize() / 8 }),
             C64 => Some(ZeroTest::SignedParts { part: 4 }),
-            BOOL | U8 | I8 | U16 | I16 | U32 | I32 | U64 | I64 | F8_E4M3FNUZ | F8_E5M2FNUZ => {
-                Some(ZeroTest::AllBytes)
-            }
+            BOOL | U8 | I8 | U16 | I16 | U32 | I32 | U64 | I64 | F8_E4M3FNUZ | F8_E5M2FNUZ => Some(ZeroTest::AllBytes),
             _ => None,
         }
     }
@@ -77,12 +70,10 @@ impl ZeroTest {
     fn is_zero(self, element: &[u8]) -> bool {
         match self {
             ZeroTest::AllBytes => element.iter().all(|&b| b == 0),
-            ZeroTest::SignedParts { part } => {
-                element.chunks_exact(part).all(|p| match p.split_last() {
-                    Some((&top, rest)) => top & 0x7f == 0 && rest.iter().all(|&b| b == 0),
-                    None => true,
-                })
-            }
+            ZeroTest::SignedParts { part } => element.chunks_exact(part).all(|p| match p.split_last() {
+                Some((&top, rest)) => top & 0x7f == 0 && rest.iter().all(|&b| b == 0),
+                None => true,
+            }),
         }
     }
 }
@@ -91,12 +82,7 @@ impl ZeroTest {
 fn packable_element(name: &str, dtype: Dtype) -> Result<(ZeroTest, usize), FormatError> {
     ZeroTest::of(dtype)
         .map(|test| (test, dtype.bitsize() / 8))
-        .ok_or_else(|| {
-            tensor_error(
-                name,
-                format!("dtype {dtype} cannot be bitmask-packed (no whole-byte zero value)"),
-            )
-        })
+        .ok_or_else(|| tensor_error(name, format!("dtype {dtype} cannot be bitmask-packed (no whole-byte zero value)")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -180,8 +166,7 @@ fn part_name(module: &str, part: &str) -> String {
 /// The four packed tensors of one weight, in compressed-tensors' order.
 fn pack_weight(module: &str, weight: &TensorData) -> Result<[TensorData; 4], FormatError> {
     let (zero, size) = packable_element(&weight.name, weight.dtype)?;
-    let rows =
-        Rows::of(&weight.shape).ok_or_else(|| tensor_error(&weight.name, "shape overflows"))?;
+    let rows = Rows::of(&weight.shape).ok_or_else(|| tensor_error(&weight.name, "shape overflows"))?;
     let mut bitmask = vec![0u8; rows.count * rows.mask_bytes()];
     let mut compressed = Vec::new();
     let mut row_offsets = Vec::with_capacity(rows.count);
@@ -209,18 +194,8 @@ fn pack_weight(module: &str, weight: &TensorData) -> Result<[TensorData; 4], For
             shape: vec![dense_shape.len()],
             data: i64_bytes(&dense_shape),
         },
-        TensorData {
-            name: part_name(module, COMPRESSED),
-            dtype: weight.dtype,
-            shape: vec![nnz],
-            data: compressed,
-        },
-        TensorData {
-            name: part_name(module, BITMASK),
-            dtype: Dtype::U8,
-            shape: mask_shape,
-            data: bitmask,
-        },
+        TensorData { name: part_name(module, COMPRESSED), dtype: weight.dtype, shape: vec![nnz], data: compressed },
+        TensorData { name: part_name(module, BITMASK), dtype: Dtype::U8, shape: mask_shape, data: bitmask },
         TensorData {
             name: part_name(module, ROW_OFFSETS),
             dtype: Dtype::I64,
@@ -235,9 +210,7 @@ fn i64_bytes(values: &[i64]) -> Vec<u8> {
 }
 
 fn i64_values(bytes: &[u8]) -> impl Iterator<Item = i64> + '_ {
-    bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
+    bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("chunks of 8")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,16 +243,10 @@ impl<'a> PackedParts<'a> {
             (BITMASK, self.bitmask),
             (ROW_OFFSETS, self.row_offsets),
         ];
-        let missing: Vec<String> = found
-            .iter()
-            .filter(|(_, t)| t.is_none())
-            .map(|(p, _)| format!("`{}`", part_name(module, p)))
-            .collect();
+        let missing: Vec<String> =
+            found.iter().filter(|(_, t)| t.is_none()).map(|(p, _)| format!("`{}`", part_name(module, p))).collect();
         if !missing.is_empty() {
-            return Err(packed_error(
-                module,
-                format!("missing {}", missing.join(", ")),
-            ));
+            return Err(packed_error(module, format!("missing {}", missing.join(", "))));
         }
         Ok(found.map(|(_, t)| t.expect("checked above")))
     }
@@ -316,8 +283,8 @@ pub fn unpack(tensors: &[TensorData]) -> Result<Vec<TensorData>, FormatError> {
 fn unpack_weight(module: &str, parts: &PackedParts) -> Result<TensorData, FormatError> {
     let [shape, compressed, bitmask, row_offsets] = parts.require(module)?;
     let dense_shape = read_dense_shape(module, shape)?;
-    let rows = Rows::of(&dense_shape)
-        .ok_or_else(|| packed_error(module, format!("dense shape {dense_shape:?} overflows")))?;
+    let rows =
+        Rows::of(&dense_shape).ok_or_else(|| packed_error(module, format!("dense shape {dense_shape:?} overflows")))?;
     let lead = &dense_shape[..dense_shape.len() - 1];
     let mut mask_shape = lead.to_vec();
     mask_shape.push(rows.mask_bytes());
@@ -327,10 +294,7 @@ fn unpack_weight(module: &str, parts: &PackedParts) -> Result<TensorData, Format
     if compressed.shape.len() != 1 {
         return Err(packed_error(
             module,
-            format!(
-                "`{}` must be 1-D, not shape {:?}",
-                compressed.name, compressed.shape
-            ),
+            format!("`{}` must be 1-D, not shape {:?}", compressed.name, compressed.shape),
         ));
     }
     check_row_offsets(module, bitmask, row_offsets, compressed.shape[0], rows)?;
@@ -341,19 +305,12 @@ fn unpack_weight(module: &str, parts: &PackedParts) -> Result<TensorData, Format
         let mask_row = &bitmask.data[r * rows.mask_bytes()..(r + 1) * rows.mask_bytes()];
         for c in (0..rows.len).filter(|&c| mask_row[c / 8] & (1 << (c % 8)) != 0) {
             // The counts were checked against `compressed`'s length above.
-            let value = values
-                .next()
-                .ok_or_else(|| packed_error(module, "ran out of compressed values"))?;
+            let value = values.next().ok_or_else(|| packed_error(module, "ran out of compressed values"))?;
             let at = (r * rows.len + c) * size;
             dense[at..at + size].copy_from_slice(value);
         }
     }
-    Ok(TensorData {
-        name: part_name(module, "weight"),
-        dtype: compressed.dtype,
-        shape: dense_shape,
-        data: dense,
-    })
+    Ok(TensorData { name: part_name(module, "weight"), dtype: compressed.dtype, shape: dense_shape, data: dense })
 }
 
 /// The dense shape stored in `<module>.shape`: i64, 1-D, at least one non-negative dimension.
@@ -361,37 +318,22 @@ fn read_dense_shape(module: &str, shape: &TensorData) -> Result<Vec<usize>, Form
     if shape.dtype != Dtype::I64 || shape.shape.len() != 1 || shape.shape[0] == 0 {
         return Err(packed_error(
             module,
-            format!(
-                "`{}` must be a non-empty 1-D I64 tensor, not {} {:?}",
-                shape.name, shape.dtype, shape.shape
-            ),
+            format!("`{}` must be a non-empty 1-D I64 tensor, not {} {:?}", shape.name, shape.dtype, shape.shape),
         ));
     }
     i64_values(&shape.data)
         .map(|d| {
-            usize::try_from(d).map_err(|_| {
-                packed_error(
-                    module,
-                    format!("`{}` holds a negative dimension {d}", shape.name),
-                )
-            })
+            usize::try_from(d)
+                .map_err(|_| packed_error(module, format!("`{}` holds a negative dimension {d}", shape.name)))
         })
         .collect()
 }
 
-fn expect_layout(
-    module: &str,
-    t: &TensorData,
-    dtype: Dtype,
-    shape: &[usize],
-) -> Result<(), FormatError> {
+fn expect_layout(module: &str, t: &TensorData, dtype: Dtype, shape: &[usize]) -> Result<(), FormatError> {
     if t.dtype != dtype || t.shape != shape {
         return Err(packed_error(
             module,
-            format!(
-                "`{}` is {} {:?}, but the dense shape needs {dtype} {shape:?}",
-                t.name, t.dtype, t.shape
-            ),
+            format!("`{}` is {} {:?}, but the dense shape needs {dtype} {shape:?}", t.name, t.dtype, t.shape),
         ));
     }
     Ok(())
@@ -423,25 +365,16 @@ fn check_row_offsets(
             if padding > 0 && last >> (8 - padding) != 0 {
                 return Err(packed_error(
                     module,
-                    format!(
-                        "row {r} of `{}` has bits set past the row's end",
-                        bitmask.name
-                    ),
+                    format!("row {r} of `{}` has bits set past the row's end", bitmask.name),
                 ));
             }
         }
-        nnz += mask_row
-            .iter()
-            .map(|b| b.count_ones() as usize)
-            .sum::<usize>();
+        nnz += mask_row.iter().map(|b| b.count_ones() as usize).sum::<usize>();
     }
     if nnz != values {
         return Err(packed_error(
             module,
-            format!(
-                "the bitmask marks {nnz} non-zeros, but `{}` holds {values} values",
-                part_name(module, COMPRESSED)
-            ),
+            format!("the bitmask marks {nnz} non-zeros, but `{}` holds {values} values", part_name(module, COMPRESSED)),
         ));
     }
     Ok(())

@@ -9,10 +9,7 @@ fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> TensorData {
 }
 
 fn by_name<'a>(tensors: &'a [TensorData], name: &str) -> &'a TensorData {
-    tensors
-        .iter()
-        .find(|t| t.name == name)
-        .unwrap_or_else(|| panic!("no tensor {name}"))
+    tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"))
 }
 
 /// A 2x10 weight worked by hand:
@@ -30,61 +27,29 @@ fn packs_hand_worked_example_exactly() {
     let bias = f32_tensor("0.bias", &[2], &[0.5, 0.0]);
     let packed = pack(&[hand_weight(), bias.clone()]).unwrap();
     let names: Vec<&str> = packed.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "0.shape",
-            "0.compressed",
-            "0.bitmask",
-            "0.row_offsets",
-            "0.bias"
-        ]
-    );
+    assert_eq!(names, ["0.shape", "0.compressed", "0.bitmask", "0.row_offsets", "0.bias"]);
 
     let bitmask = by_name(&packed, "0.bitmask");
-    assert_eq!(
-        (bitmask.dtype, bitmask.shape.clone()),
-        (Dtype::U8, vec![2, 2])
-    );
-    assert_eq!(
-        bitmask.data,
-        [0b0000_0010, 0b0000_0001, 0b0000_1001, 0b0000_0010]
-    );
+    assert_eq!((bitmask.dtype, bitmask.shape.clone()), (Dtype::U8, vec![2, 2]));
+    assert_eq!(bitmask.data, [0b0000_0010, 0b0000_0001, 0b0000_1001, 0b0000_0010]);
 
     let compressed = by_name(&packed, "0.compressed");
-    assert_eq!(
-        (compressed.dtype, compressed.shape.clone()),
-        (Dtype::F32, vec![5])
-    );
-    assert_eq!(
-        compressed,
-        &f32_tensor("0.compressed", &[5], &[1.0, 2.0, 3.0, 4.0, 5.0])
-    );
+    assert_eq!((compressed.dtype, compressed.shape.clone()), (Dtype::F32, vec![5]));
+    assert_eq!(compressed, &f32_tensor("0.compressed", &[5], &[1.0, 2.0, 3.0, 4.0, 5.0]));
 
     let shape = by_name(&packed, "0.shape");
-    assert_eq!(
-        (shape.dtype, shape.shape.clone(), shape.data.clone()),
-        (Dtype::I64, vec![2], i64_bytes(&[2, 10]))
-    );
+    assert_eq!((shape.dtype, shape.shape.clone(), shape.data.clone()), (Dtype::I64, vec![2], i64_bytes(&[2, 10])));
 
     let offsets = by_name(&packed, "0.row_offsets");
-    assert_eq!(
-        (offsets.dtype, offsets.shape.clone(), offsets.data.clone()),
-        (Dtype::I64, vec![2], i64_bytes(&[0, 2]))
-    );
+    assert_eq!((offsets.dtype, offsets.shape.clone(), offsets.data.clone()), (Dtype::I64, vec![2], i64_bytes(&[0, 2])));
 
-    assert_eq!(
-        by_name(&packed, "0.bias"),
-        &bias,
-        "rank-1 tensors stay as they are"
-    );
+    assert_eq!(by_name(&packed, "0.bias"), &bias, "rank-1 tensors stay as they are");
 }
 
 #[test]
 fn writes_hand_worked_file_byte_for_byte() {
     let packed = pack(&[hand_weight()]).unwrap();
-    let metadata =
-        HashMap::from([(SPARSITY_FORMAT_KEY.to_string(), SPARSE_BITMASK.to_string())]);
+    let metadata = HashMap::from([(SPARSITY_FORMAT_KEY.to_string(), SPARSE_BITMASK.to_string())]);
     let file = write_safetensors(&packed, Some(metadata)).unwrap();
     let header = concat!(
         r#"{"__metadata__":{"format":"pt","sparsity_format":"sparse-bitmask"},"#,
@@ -99,16 +64,9 @@ fn writes_hand_worked_file_byte_for_byte() {
     expected.resize(8 + padded, b' ');
     expected.extend(i64_bytes(&[0, 2]));
     expected.extend(i64_bytes(&[2, 10]));
-    expected.extend(
-        [1.0f32, 2.0, 3.0, 4.0, 5.0]
-            .iter()
-            .flat_map(|v| v.to_le_bytes()),
-    );
+    expected.extend([1.0f32, 2.0, 3.0, 4.0, 5.0].iter().flat_map(|v| v.to_le_bytes()));
     expected.extend([0b0000_0010, 0b0000_0001, 0b0000_1001, 0b0000_0010]);
-    assert_eq!(
-        String::from_utf8_lossy(&file[8..8 + padded]),
-        String::from_utf8_lossy(&expected[8..8 + padded])
-    );
+    assert_eq!(String::from_utf8_lossy(&file[8..8 + padded]), String::from_utf8_lossy(&expected[8..8 + padded]));
     assert_eq!(file, expected);
 }
 
@@ -131,13 +89,7 @@ fn writer_matches_the_safetensors_crate() {
     let ours = write_safetensors(&tensors, None).unwrap();
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data)
-                    .unwrap(),
-            )
-        })
+        .map(|t| (t.name.clone(), safetensors::tensor::TensorView::new(t.dtype, t.shape.clone(), &t.data).unwrap()))
         .collect();
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     assert_eq!(ours, safetensors::serialize(views, Some(metadata)).unwrap());
@@ -145,19 +97,12 @@ fn writer_matches_the_safetensors_crate() {
 
 #[test]
 fn file_round_trip_keeps_metadata_and_marks_packing() {
-    let dense = write_safetensors(
-        &[hand_weight()],
-        Some(HashMap::from([("note".into(), "x".into())])),
-    )
-    .unwrap();
+    let dense = write_safetensors(&[hand_weight()], Some(HashMap::from([("note".into(), "x".into())]))).unwrap();
     let packed = pack_safetensors(&dense).unwrap();
     let (_, metadata) = read_safetensors(&packed).unwrap();
     let metadata = metadata.unwrap();
     assert_eq!(metadata[SPARSITY_FORMAT_KEY], SPARSE_BITMASK);
-    assert_eq!(
-        (metadata["format"].as_str(), metadata["note"].as_str()),
-        ("pt", "x")
-    );
+    assert_eq!((metadata["format"].as_str(), metadata["note"].as_str()), ("pt", "x"));
     let unpacked = unpack_safetensors(&packed).unwrap();
     let (tensors, metadata) = read_safetensors(&unpacked).unwrap();
     assert!(!metadata.unwrap().contains_key(SPARSITY_FORMAT_KEY));
@@ -167,10 +112,10 @@ fn file_round_trip_keeps_metadata_and_marks_packing() {
 #[test]
 fn leaves_non_weights_alone() {
     let tensors = [
-        f32_tensor("weight", &[1, 2], &[1.0, 0.0]), // no module prefix
+        f32_tensor("weight", &[1, 2], &[1.0, 0.0]),        // no module prefix
         f32_tensor("0.weight_orig", &[1, 2], &[1.0, 0.0]), // not `.weight`
-        f32_tensor("1.weight", &[2], &[1.0, 0.0]),  // rank 1
-        f32_tensor("2.weight", &[0, 4], &[]),       // empty
+        f32_tensor("1.weight", &[2], &[1.0, 0.0]),         // rank 1
+        f32_tensor("2.weight", &[0, 4], &[]),              // empty
     ];
     assert_eq!(pack(&tensors).unwrap(), tensors);
 }
@@ -178,81 +123,44 @@ fn leaves_non_weights_alone() {
 #[test]
 fn packs_other_dtypes_keeping_them() {
     // bf16 -0.0 is 0x8000; f16 1.0 is 0x3c00; f64 uses eight bytes.
-    let bf16 = TensorData::new(
-        "b.weight",
-        Dtype::BF16,
-        vec![1, 3],
-        vec![0x00, 0x80, 0x80, 0x3f, 0, 0],
-    )
-    .unwrap();
-    let f16 = TensorData::new(
-        "h.weight",
-        Dtype::F16,
-        vec![1, 2],
-        vec![0x00, 0x3c, 0x00, 0x00],
-    )
-    .unwrap();
+    let bf16 = TensorData::new("b.weight", Dtype::BF16, vec![1, 3], vec![0x00, 0x80, 0x80, 0x3f, 0, 0]).unwrap();
+    let f16 = TensorData::new("h.weight", Dtype::F16, vec![1, 2], vec![0x00, 0x3c, 0x00, 0x00]).unwrap();
     let f64s = TensorData::new(
         "d.weight",
         Dtype::F64,
         vec![1, 2],
-        [0.0f64, -2.5]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect(),
+        [0.0f64, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect(),
     )
     .unwrap();
     let packed = pack(&[bf16, f16, f64s]).unwrap();
     assert_eq!(by_name(&packed, "b.compressed").data, [0x80, 0x3f]);
     assert_eq!(by_name(&packed, "b.bitmask").data, [0b010]);
     assert_eq!(
-        (
-            by_name(&packed, "h.compressed").dtype,
-            by_name(&packed, "h.bitmask").data.clone()
-        ),
+        (by_name(&packed, "h.compressed").dtype, by_name(&packed, "h.bitmask").data.clone()),
         (Dtype::F16, vec![0b01])
     );
-    assert_eq!(
-        by_name(&packed, "d.compressed").data,
-        (-2.5f64).to_le_bytes()
-    );
+    assert_eq!(by_name(&packed, "d.compressed").data, (-2.5f64).to_le_bytes());
 }
 
 #[test]
 fn refuses_names_compressed_tensors_would_misread() {
-    let err = pack(&[hand_weight(), f32_tensor("0.shape", &[1], &[1.0])])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("`0.shape`") && err.contains("compressed-tensors reads"),
-        "{err}"
-    );
-    let err = pack(&[hand_weight(), hand_weight()])
-        .unwrap_err()
-        .to_string();
+    let err = pack(&[hand_weight(), f32_tensor("0.shape", &[1], &[1.0])]).unwrap_err().to_string();
+    assert!(err.contains("`0.shape`") && err.contains("compressed-tensors reads"), "{err}");
+    let err = pack(&[hand_weight(), hand_weight()]).unwrap_err().to_string();
     assert!(err.contains("more than once"), "{err}");
 }
 
 #[test]
 fn refuses_unpackable_dtype() {
-    let e8m0 =
-        TensorData::new("q.weight", Dtype::F8_E8M0, vec![2, 2], vec![1, 2, 3, 4]).unwrap();
+    let e8m0 = TensorData::new("q.weight", Dtype::F8_E8M0, vec![2, 2], vec![1, 2, 3, 4]).unwrap();
     let err = pack(&[e8m0]).unwrap_err().to_string();
-    assert!(
-        err.contains("`q.weight`") && err.contains("F8_E8M0"),
-        "{err}"
-    );
+    assert!(err.contains("`q.weight`") && err.contains("F8_E8M0"), "{err}");
 }
 
 #[test]
 fn rejects_data_of_the_wrong_length() {
-    let err = TensorData::new("x", Dtype::F32, vec![2, 2], vec![0; 15])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("`x`") && err.contains("15 data bytes") && err.contains("need 16"),
-        "{err}"
-    );
+    let err = TensorData::new("x", Dtype::F32, vec![2, 2], vec![0; 15]).unwrap_err().to_string();
+    assert!(err.contains("`x`") && err.contains("15 data bytes") && err.contains("need 16"), "{err}");
 }
 
 /// Packs the hand example, lets `corrupt` damage it, and returns the unpack error.
@@ -268,13 +176,8 @@ fn part<'a>(tensors: &'a mut [TensorData], name: &str) -> &'a mut TensorData {
 
 #[test]
 fn unpack_rejects_missing_parts() {
-    let err =
-        unpack_error(|p| p.retain(|t| t.name != "0.bitmask" && t.name != "0.row_offsets"));
-    assert!(
-        err.contains("packed weight `0`")
-            && err.contains("missing `0.bitmask`, `0.row_offsets`"),
-        "{err}"
-    );
+    let err = unpack_error(|p| p.retain(|t| t.name != "0.bitmask" && t.name != "0.row_offsets"));
+    assert!(err.contains("packed weight `0`") && err.contains("missing `0.bitmask`, `0.row_offsets`"), "{err}");
 }
 
 #[test]
@@ -283,19 +186,13 @@ fn unpack_rejects_bitmask_of_wrong_shape() {
         let b = part(p, "0.bitmask");
         b.shape = vec![4, 1];
     });
-    assert!(
-        err.contains("`0.bitmask` is U8 [4, 1]") && err.contains("[2, 2]"),
-        "{err}"
-    );
+    assert!(err.contains("`0.bitmask` is U8 [4, 1]") && err.contains("[2, 2]"), "{err}");
 }
 
 #[test]
 fn unpack_rejects_wrong_offsets() {
     let err = unpack_error(|p| part(p, "0.row_offsets").data = i64_bytes(&[0, 3]));
-    assert!(
-        err.contains("row 1 starts at offset 3") && err.contains("at 2"),
-        "{err}"
-    );
+    assert!(err.contains("row 1 starts at offset 3") && err.contains("at 2"), "{err}");
 }
 
 #[test]
@@ -305,10 +202,7 @@ fn unpack_rejects_value_count_mismatch() {
         c.shape = vec![4];
         c.data.truncate(16);
     });
-    assert!(
-        err.contains("marks 5 non-zeros") && err.contains("holds 4 values"),
-        "{err}"
-    );
+    assert!(err.contains("marks 5 non-zeros") && err.contains("holds 4 values"), "{err}");
 }
 
 #[test]
@@ -326,10 +220,7 @@ fn unpack_rejects_bad_dense_shape() {
         s.dtype = Dtype::I32;
         s.shape = vec![4];
     });
-    assert!(
-        err.contains("`0.shape` must be a non-empty 1-D I64 tensor"),
-        "{err}"
-    );
+    assert!(err.contains("`0.shape` must be a non-empty 1-D I64 tensor"), "{err}");
     let err = unpack_error(|p| part(p, "0.shape").data = i64_bytes(&[i64::MAX, 4]));
     assert!(err.contains("overflows"), "{err}");
 }
@@ -337,10 +228,7 @@ fn unpack_rejects_bad_dense_shape() {
 #[test]
 fn unpack_rejects_collision_with_existing_weight() {
     let err = unpack_error(|p| p.push(hand_weight()));
-    assert!(
-        err.contains("`0.weight`") && err.contains("more than once"),
-        "{err}"
-    );
+    assert!(err.contains("`0.weight`") && err.contains("more than once"), "{err}");
 }
 
 #[test]
@@ -356,46 +244,24 @@ fn read_rejects_garbage_and_truncation() {
 
 /// A random sparse tensor of rank 2..=4 in one of the float dtypes the engine exports.
 fn sparse_tensor() -> impl Strategy<Value = TensorData> {
-    let dtypes = prop_oneof![
-        Just(Dtype::F32),
-        Just(Dtype::F16),
-        Just(Dtype::BF16),
-        Just(Dtype::F64)
-    ];
-    (
-        prop::collection::vec(1usize..=11, 2..=4),
-        dtypes,
-        0.0f64..=1.0,
-    )
-        .prop_flat_map(|(shape, dtype, density)| {
-            let n: usize = shape.iter().product();
-            let size = dtype.bitsize() / 8;
-            let element = prop::collection::vec(any::<u8>(), size);
-            let keep = prop::bool::weighted(density);
-            prop::collection::vec((keep, element), n).prop_map(move |elements| {
-                let data = elements
-                    .into_iter()
-                    .flat_map(|(keep, e)| if keep { e } else { vec![0; size] })
-                    .collect();
-                TensorData::new("layer.weight", dtype, shape.clone(), data).unwrap()
-            })
+    let dtypes = prop_oneof![Just(Dtype::F32), Just(Dtype::F16), Just(Dtype::BF16), Just(Dtype::F64)];
+    (prop::collection::vec(1usize..=11, 2..=4), dtypes, 0.0f64..=1.0).prop_flat_map(|(shape, dtype, density)| {
+        let n: usize = shape.iter().product();
+        let size = dtype.bitsize() / 8;
+        let element = prop::collection::vec(any::<u8>(), size);
+        let keep = prop::bool::weighted(density);
+        prop::collection::vec((keep, element), n).prop_map(move |elements| {
+            let data = elements.into_iter().flat_map(|(keep, e)| if keep { e } else { vec![0; size] }).collect();
+            TensorData::new("layer.weight", dtype, shape.clone(), data).unwrap()
         })
+    })
 }
 
 /// The tensor as unpacking returns it: every zero (including -0.0) as all-zero bytes.
 fn canonical_zeros(t: &TensorData) -> TensorData {
     let (zero, size) = packable_element(&t.name, t.dtype).unwrap();
-    let data = t
-        .data
-        .chunks_exact(size)
-        .flat_map(|e| {
-            if zero.is_zero(e) {
-                vec![0; size]
-            } else {
-                e.to_vec()
-            }
-        })
-        .collect();
+    let data =
+        t.data.chunks_exact(size).flat_map(|e| if zero.is_zero(e) { vec![0; size] } else { e.to_vec() }).collect();
     TensorData { data, ..t.clone() }
 }
 

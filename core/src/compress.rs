@@ -78,10 +78,7 @@ impl FromStr for Compression {
     type Err = UnknownCompression;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Compression::ALL
-            .into_iter()
-            .find(|c| c.as_str() == s)
-            .ok_or_else(|| UnknownCompression(s.to_string()))
+        Compression::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownCompression(s.to_string()))
     }
 }
 
@@ -94,11 +91,7 @@ pub fn compress(data: &[u8], c: Compression) -> io::Result<Vec<u8>> {
 
 /// Streaming [`compress`]: reads `input` to its end and writes the compressed stream to
 /// `output`, so large artifacts need not sit in memory twice. Returns the bytes read.
-pub fn compress_stream(
-    mut input: impl Read,
-    output: impl Write,
-    c: Compression,
-) -> io::Result<u64> {
+pub fn compress_stream(mut input: impl Read, output: impl Write, c: Compression) -> io::Result<u64> {
     match c {
         Compression::None => {
             let mut output = output;
@@ -166,9 +159,7 @@ pub fn decompress_safetensors(data: &[u8], max_bytes: u64) -> io::Result<Vec<u8>
     let mut header = Vec::with_capacity(header_len as usize);
     stream.by_ref().take(header_len).read_to_end(&mut header)?;
     if header.len() as u64 != header_len {
-        return Err(invalid(format!(
-            "the file ends inside its {header_len}-byte safetensors header"
-        )));
+        return Err(invalid(format!("the file ends inside its {header_len}-byte safetensors header")));
     }
     let body_len = declared_body_len(&header)?;
     // Saturating: offsets near u64::MAX must meet the limit check, not overflow.
@@ -186,17 +177,15 @@ pub fn decompress_safetensors(data: &[u8], max_bytes: u64) -> io::Result<Vec<u8>
     // One byte past the declared end is enough to tell a lying stream.
     stream.take(body_len.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 > total {
-        return Err(invalid(format!(
-            "it holds more bytes than the {total} its safetensors header declares"
-        )));
+        return Err(invalid(format!("it holds more bytes than the {total} its safetensors header declares")));
     }
     Ok(out)
 }
 
 /// The end of the last tensor's `data_offsets` in a safetensors header: the body's length.
 fn declared_body_len(header: &[u8]) -> io::Result<u64> {
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(header)
-        .map_err(|e| invalid(format!("safetensors header is not a JSON object: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| invalid(format!("safetensors header is not a JSON object: {e}")))?;
     header
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
@@ -240,10 +229,7 @@ pub fn gzip_size(data: &[u8]) -> usize {
 }
 
 /// A gzip writer without timestamp or file name, so equal inputs give equal bytes.
-fn deterministic_gzip<W: Write>(
-    output: W,
-    level: flate2::Compression,
-) -> flate2::write::GzEncoder<W> {
+fn deterministic_gzip<W: Write>(output: W, level: flate2::Compression) -> flate2::write::GzEncoder<W> {
     GzBuilder::new().mtime(0).write(output, level)
 }
 
@@ -259,9 +245,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Vec<u8> {
-        (0..10_000u32)
-            .flat_map(|i| ((i % 97) as f32 * 0.25).to_le_bytes())
-            .collect()
+        (0..10_000u32).flat_map(|i| ((i % 97) as f32 * 0.25).to_le_bytes()).collect()
     }
 
     #[test]
@@ -278,11 +262,7 @@ mod tests {
     fn output_is_deterministic() {
         let data = sample();
         for c in Compression::ALL {
-            assert_eq!(
-                compress(&data, c).unwrap(),
-                compress(&data, c).unwrap(),
-                "{c}"
-            );
+            assert_eq!(compress(&data, c).unwrap(), compress(&data, c).unwrap(), "{c}");
         }
     }
 
@@ -304,12 +284,7 @@ mod tests {
 
     #[test]
     fn decompress_passes_plain_data_through() {
-        for data in [
-            &b""[..],
-            b"\x1f",
-            b"{\"not\": \"compressed\"}",
-            b"\x28\xb5\x2f",
-        ] {
+        for data in [&b""[..], b"\x1f", b"{\"not\": \"compressed\"}", b"\x28\xb5\x2f"] {
             assert_eq!(decompress(data).unwrap(), data);
         }
     }
@@ -422,10 +397,7 @@ mod tests {
         let data = sample();
         for c in Compression::ALL {
             let mut streamed = Vec::new();
-            assert_eq!(
-                compress_stream(&data[..], &mut streamed, c).unwrap(),
-                data.len() as u64
-            );
+            assert_eq!(compress_stream(&data[..], &mut streamed, c).unwrap(), data.len() as u64);
             assert_eq!(streamed, compress(&data, c).unwrap());
             let mut back = Vec::new();
             decompress_stream(&streamed[..], &mut back).unwrap();
@@ -442,10 +414,7 @@ mod tests {
         assert_eq!(Compression::Gzip.extension(), ".gz");
         assert_eq!(Compression::None.extension(), "");
         let err = "lz4".parse::<Compression>().unwrap_err().to_string();
-        assert!(
-            err.contains("`lz4`") && err.contains("none, gzip, zstd"),
-            "{err}"
-        );
+        assert!(err.contains("`lz4`") && err.contains("none, gzip, zstd"), "{err}");
     }
 
     #[test]
@@ -453,9 +422,6 @@ mod tests {
         let data = sample();
         let best = compress(&data, Compression::Gzip).unwrap().len();
         let default = gzip_size(&data);
-        assert!(
-            default >= best && default < data.len(),
-            "default {default}, best {best}"
-        );
+        assert!(default >= best && default < data.len(), "default {default}, best {best}");
     }
 }

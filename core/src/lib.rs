@@ -6,9 +6,9 @@
 //! of `options` and the pruning [`PruningMethod`] of `method`.
 
 pub mod bitmask;
-pub mod domain;
 pub mod compress;
 pub mod datasets;
+pub mod domain;
 pub mod job;
 pub mod mask;
 pub mod method;

@@ -119,7 +119,8 @@ mod tests {
     fn first_recompute_step_agrees_with_recompute_at() {
         let methods = [PruningMethod::ElementWise, PruningMethod::MByN { m: 1, n: 2 }];
         for (begin, end, frequency) in [(0, -1, 3), (5, 20, 4), (7, 7, 10), (30, 10, 1), (-4, -1, 3)] {
-            let schedule = Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: begin, end_step: end, frequency };
+            let schedule =
+                Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: begin, end_step: end, frequency };
             for method in methods {
                 let first = (1..200).find(|&s| method.recompute_at(&schedule, s)).unwrap_or(i64::MAX);
                 assert_eq!(method.first_recompute_step(&schedule), first, "{method:?} {schedule:?}");

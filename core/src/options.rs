@@ -210,10 +210,7 @@ mod tests {
     fn unknown_values_list_the_allowed_ones() {
         let err = "rmsprop".parse::<Optimizer>().unwrap_err();
         assert_eq!(err.to_string(), "`rmsprop` is not one of: sgd, adam, adamw");
-        assert_eq!(
-            "mean".parse::<BlockPooling>().unwrap_err().to_string(),
-            "`mean` is not one of: avg, max"
-        );
+        assert_eq!("mean".parse::<BlockPooling>().unwrap_err().to_string(), "`mean` is not one of: avg, max");
     }
 
     #[test]

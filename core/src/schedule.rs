@@ -164,7 +164,8 @@ impl Schedule {
                 end - begin,
                 self.final_sparsity()
             ));
-        } else if end >= 0 && total_steps >= 0 && total_steps < end && matches!(self, Schedule::PolynomialDecay { .. }) {
+        } else if end >= 0 && total_steps >= 0 && total_steps < end && matches!(self, Schedule::PolynomialDecay { .. })
+        {
             out.push(format!(
                 "the job runs {total_steps} training steps but end_step is {end}: the final sparsity {} is never reached",
                 self.final_sparsity()
@@ -183,14 +184,20 @@ mod tests {
         for begin in 0..12 {
             for end in [-1, 0, 1, 5, 11, 30] {
                 for frequency in 1..7 {
-                    let s = Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: begin, end_step: end, frequency };
+                    let s = Schedule::ConstantSparsity {
+                        target_sparsity: 0.5,
+                        begin_step: begin,
+                        end_step: end,
+                        frequency,
+                    };
                     let scanned = (1..=200).find(|&step| s.should_prune(step));
                     assert_eq!(s.first_pruning_step(), scanned, "begin {begin} end {end} frequency {frequency}");
                 }
             }
         }
         // Huge step counts answer at once.
-        let late = Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: i64::MAX - 1, end_step: -1, frequency: 1 };
+        let late =
+            Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: i64::MAX - 1, end_step: -1, frequency: 1 };
         assert_eq!(late.first_pruning_step(), Some(i64::MAX - 1));
         assert_eq!(late.warnings(190_000_000_000_000).len(), 1);
     }

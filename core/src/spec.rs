@@ -171,12 +171,7 @@ pub struct PruningSpec {
 impl Default for PruningSpec {
     fn default() -> Self {
         PruningSpec {
-            schedule: Schedule::ConstantSparsity {
-                target_sparsity: 0.5,
-                begin_step: 0,
-                end_step: -1,
-                frequency: 100,
-            },
+            schedule: Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: 0, end_step: -1, frequency: 100 },
             block_size: default_block(),
             block_pooling: default_pooling(),
             m_by_n: None,
@@ -217,11 +212,7 @@ pub struct ExportSpec {
 
 impl Default for ExportSpec {
     fn default() -> Self {
-        ExportSpec {
-            formats: vec!["safetensors".into()],
-            compression: "zstd".into(),
-            sparse_format: "dense".into(),
-        }
+        ExportSpec { formats: vec!["safetensors".into()], compression: "zstd".into(), sparse_format: "dense".into() }
     }
 }
 

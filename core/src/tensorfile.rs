@@ -36,26 +36,13 @@ pub enum FormatError {
 }
 
 pub(crate) fn tensor_error(name: &str, reason: impl Into<String>) -> FormatError {
-    FormatError::Tensor {
-        name: name.to_string(),
-        reason: reason.into(),
-    }
+    FormatError::Tensor { name: name.to_string(), reason: reason.into() }
 }
 
 impl TensorData {
     /// A tensor whose byte length is checked against its dtype and shape.
-    pub fn new(
-        name: impl Into<String>,
-        dtype: Dtype,
-        shape: Vec<usize>,
-        data: Vec<u8>,
-    ) -> Result<Self, FormatError> {
-        let tensor = TensorData {
-            name: name.into(),
-            dtype,
-            shape,
-            data,
-        };
+    pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> Result<Self, FormatError> {
+        let tensor = TensorData { name: name.into(), dtype, shape, data };
         tensor.check_len()?;
         Ok(tensor)
     }
@@ -74,11 +61,7 @@ impl TensorData {
         if bits % 8 != 0 {
             return Err(tensor_error(
                 &self.name,
-                format!(
-                    "{} elements of {} do not fill whole bytes",
-                    bits / self.dtype.bitsize(),
-                    self.dtype
-                ),
+                format!("{} elements of {} do not fill whole bytes", bits / self.dtype.bitsize(), self.dtype),
             ));
         }
         Ok(bits / 8)
@@ -126,18 +109,10 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<(Vec<TensorData>, Option<Metadat
         .map(|name| {
             let info = infos[&name];
             let (start, end) = info.data_offsets;
-            let data = body.get(start..end).ok_or_else(|| {
-                tensor_error(
-                    &name,
-                    format!("data offsets [{start}, {end}) lie outside the file"),
-                )
-            })?;
-            Ok(TensorData {
-                name,
-                dtype: info.dtype,
-                shape: info.shape.clone(),
-                data: data.to_vec(),
-            })
+            let data = body
+                .get(start..end)
+                .ok_or_else(|| tensor_error(&name, format!("data offsets [{start}, {end}) lie outside the file")))?;
+            Ok(TensorData { name, dtype: info.dtype, shape: info.shape.clone(), data: data.to_vec() })
         })
         .collect::<Result<Vec<_>, FormatError>>()?;
     Ok((tensors, metadata.metadata().clone()))
@@ -171,11 +146,7 @@ fn check_unique_keys(header: &[u8]) -> Result<(), FormatError> {
 
     let repeated = serde_json::Deserializer::from_slice(header)
         .deserialize_map(FirstRepeat)
-        .map_err(|e| {
-            FormatError::Safetensors(safetensors::SafeTensorError::InvalidHeaderDeserialization(
-                e,
-            ))
-        })?;
+        .map_err(|e| FormatError::Safetensors(safetensors::SafeTensorError::InvalidHeaderDeserialization(e)))?;
     match repeated {
         Some(name) => Err(tensor_error(&name, "appears more than once in the header")),
         None => Ok(()),
@@ -188,27 +159,20 @@ fn check_unique_keys(header: &[u8]) -> Result<(), FormatError> {
 /// The bytes are deterministic: tensors are laid out as the safetensors crate lays them out
 /// (by decreasing dtype alignment, then name) and metadata keys are sorted; the crate itself
 /// writes metadata in `HashMap` order, which changes from run to run.
-pub fn write_safetensors(
-    tensors: &[TensorData],
-    metadata: Option<Metadata>,
-) -> Result<Vec<u8>, FormatError> {
+pub fn write_safetensors(tensors: &[TensorData], metadata: Option<Metadata>) -> Result<Vec<u8>, FormatError> {
     check_unique_names(tensors)?;
     for t in tensors {
         t.check_len()?;
     }
     let mut metadata: BTreeMap<String, String> = metadata.unwrap_or_default().into_iter().collect();
-    metadata
-        .entry("format".into())
-        .or_insert_with(|| "pt".into());
+    metadata.entry("format".into()).or_insert_with(|| "pt".into());
 
     let mut ordered: Vec<&TensorData> = tensors.iter().collect();
     ordered.sort_by(|a, b| b.dtype.cmp(&a.dtype).then_with(|| a.name.cmp(&b.name)));
 
     let mut header = header_json(&ordered, &metadata);
     if header.len() > MAX_HEADER_LEN {
-        return Err(FormatError::Safetensors(
-            safetensors::SafeTensorError::HeaderTooLarge,
-        ));
+        return Err(FormatError::Safetensors(safetensors::SafeTensorError::HeaderTooLarge));
     }
     // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
     header.resize(header.len().next_multiple_of(8), b' ');

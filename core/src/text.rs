@@ -3,12 +3,7 @@
 /// Joins a multi-line message into one line (trimmed lines, blank ones dropped, `; ` between),
 /// so that each error stays one line of a list or a log.
 pub fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 #[cfg(test)]

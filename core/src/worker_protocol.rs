@@ -51,9 +51,14 @@ pub enum WorkerMessage {
     Event(Event),
     Finished(JobOutcome),
     /// The engine returned an error: deterministic, so not worth a retry.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// The engine stopped on request (a checkpoint was written first for `Checkpoint`).
-    Stopped { step: i64, reason: StopReason },
+    Stopped {
+        step: i64,
+        reason: StopReason,
+    },
 }
 
 impl WorkerMessage {

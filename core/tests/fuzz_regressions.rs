@@ -8,8 +8,7 @@
 use std::collections::HashMap;
 
 use prune_core::bitmask::{
-    pack_safetensors, read_safetensors, unpack_safetensors, write_safetensors, FormatError,
-    TensorData,
+    pack_safetensors, read_safetensors, unpack_safetensors, write_safetensors, FormatError, TensorData,
 };
 use prune_core::validate::{parse_json, parse_toml, validate, warnings, SpecErrors};
 use safetensors::Dtype;
@@ -36,22 +35,13 @@ fn with_header_len(len: u64, rest: &[u8]) -> Vec<u8> {
 /// Reads `bytes`, expecting an error; every whole-file entry point must refuse it too.
 fn read_err(bytes: &[u8]) -> String {
     let err = read_safetensors(bytes).expect_err("hostile file was accepted");
-    assert!(
-        unpack_safetensors(bytes).is_err(),
-        "unpack accepted what read refused"
-    );
-    assert!(
-        pack_safetensors(bytes).is_err(),
-        "pack accepted what read refused"
-    );
+    assert!(unpack_safetensors(bytes).is_err(), "unpack accepted what read refused");
+    assert!(pack_safetensors(bytes).is_err(), "pack accepted what read refused");
     err.to_string()
 }
 
 fn assert_contains(err: &str, needle: &str) {
-    assert!(
-        err.contains(needle),
-        "error `{err}` does not mention `{needle}`"
-    );
+    assert!(err.contains(needle), "error `{err}` does not mention `{needle}`");
 }
 
 const ONE_F32: &str = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
@@ -60,10 +50,7 @@ const ONE_F32: &str = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"
 fn sane_file_reads() {
     // The baseline the hostile cases below are variations of.
     let (tensors, _) = read_safetensors(&file(ONE_F32, &[0, 0, 0x80, 0x3f])).unwrap();
-    assert_eq!(
-        (tensors[0].name.as_str(), tensors[0].data.as_slice()),
-        ("a", &[0, 0, 0x80, 0x3f][..])
-    );
+    assert_eq!((tensors[0].name.as_str(), tensors[0].data.as_slice()), ("a", &[0, 0, 0x80, 0x3f][..]));
 }
 
 #[test]
@@ -108,14 +95,8 @@ fn non_utf8_and_invalid_json_headers() {
     read_err(&file("null", &[]));
     read_err(&file(r#"{"a":1}"#, &[]));
     read_err(&file(r#"{"a":{"dtype":"F32","shape":[1]}}"#, &[0; 4]));
-    read_err(&file(
-        r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#,
-        &[0; 4],
-    ));
-    read_err(&file(
-        r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#,
-        &[0; 4],
-    ));
+    read_err(&file(r#"{"a":{"dtype":"F99","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]));
+    read_err(&file(r#"{"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}}"#, &[0; 4]));
     read_err(&file(r#"{"__metadata__":{"k":1}}"#, &[]));
 }
 
@@ -130,11 +111,7 @@ fn file_bytes(header: &[u8], body: &[u8]) -> Vec<u8> {
 fn deeply_nested_header_json() {
     // serde_json's recursion limit turns this into an error, not a stack overflow.
     let depth = 100_000;
-    let header = format!(
-        r#"{{"__metadata__":{}{}}}"#,
-        "[".repeat(depth),
-        "]".repeat(depth)
-    );
+    let header = format!(r#"{{"__metadata__":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
     read_err(&file(&header, &[]));
     let header = format!("{}{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
     read_err(&file(&header, &[]));
@@ -142,14 +119,8 @@ fn deeply_nested_header_json() {
 
 #[test]
 fn offsets_past_the_end() {
-    read_err(&file(
-        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
-        &[0; 2],
-    ));
-    read_err(&file(
-        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
-        &[0; 4],
-    ));
+    read_err(&file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 2]));
+    read_err(&file(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, &[0; 4]));
     read_err(&file(
         r#"{"a":{"dtype":"U8","shape":[0],"data_offsets":[18446744073709551615,18446744073709551615]}}"#,
         &[],
@@ -187,28 +158,13 @@ fn overlapping_and_backwards_offsets() {
 #[test]
 fn offsets_not_matching_shape_and_dtype() {
     // Four bytes for a [2] F32 (needs 8) and for a [1] F64.
-    read_err(&file(
-        r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
-        &[0; 4],
-    ));
-    read_err(&file(
-        r#"{"a":{"dtype":"F64","shape":[1],"data_offsets":[0,4]}}"#,
-        &[0; 4],
-    ));
+    read_err(&file(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#, &[0; 4]));
+    read_err(&file(r#"{"a":{"dtype":"F64","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]));
     // Sub-byte dtype whose elements do not fill a byte.
-    read_err(&file(
-        r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#,
-        &[0; 1],
-    ));
+    read_err(&file(r#"{"a":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#, &[0; 1]));
     // Element count overflows usize.
-    read_err(&file(
-        r#"{"a":{"dtype":"F32","shape":[9223372036854775807,4],"data_offsets":[0,4]}}"#,
-        &[0; 4],
-    ));
-    read_err(&file(
-        r#"{"a":{"dtype":"F64","shape":[4611686018427387904,4],"data_offsets":[0,0]}}"#,
-        &[],
-    ));
+    read_err(&file(r#"{"a":{"dtype":"F32","shape":[9223372036854775807,4],"data_offsets":[0,4]}}"#, &[0; 4]));
+    read_err(&file(r#"{"a":{"dtype":"F64","shape":[4611686018427387904,4],"data_offsets":[0,0]}}"#, &[]));
 }
 
 #[test]
@@ -264,20 +220,8 @@ fn packed_file(dense: &[i64], bitmask_shape: &[usize], offsets_shape: &[usize]) 
     let tensors = [
         TensorData::new("m.shape", Dtype::I64, vec![dense.len()], i64s(dense)).unwrap(),
         TensorData::new("m.compressed", Dtype::F32, vec![0], vec![]).unwrap(),
-        TensorData::new(
-            "m.bitmask",
-            Dtype::U8,
-            bitmask_shape.to_vec(),
-            vec![0; bitmask_len],
-        )
-        .unwrap(),
-        TensorData::new(
-            "m.row_offsets",
-            Dtype::I64,
-            offsets_shape.to_vec(),
-            vec![0; offsets_len * 8],
-        )
-        .unwrap(),
+        TensorData::new("m.bitmask", Dtype::U8, bitmask_shape.to_vec(), vec![0; bitmask_len]).unwrap(),
+        TensorData::new("m.row_offsets", Dtype::I64, offsets_shape.to_vec(), vec![0; offsets_len * 8]).unwrap(),
     ];
     write_safetensors(&tensors, None).unwrap()
 }
@@ -287,22 +231,11 @@ fn packed_weight_with_a_lying_dense_shape() {
     // A consistent all-zero packed 2x3 weight unpacks.
     let ok = unpack_safetensors(&packed_file(&[2, 3], &[2, 1], &[2])).unwrap();
     let (dense, _) = read_safetensors(&ok).unwrap();
-    assert_eq!(
-        (dense[0].shape.clone(), dense[0].data.len()),
-        (vec![2, 3], 24)
-    );
+    assert_eq!((dense[0].shape.clone(), dense[0].data.len()), (vec![2, 3], 24));
 
     // Dense shapes far bigger than the file: refused before allocating anything.
-    for dense in [
-        &[1i64 << 40, 1 << 40][..],
-        &[i64::MAX, i64::MAX],
-        &[1, 1 << 62],
-        &[1 << 31, 1 << 31, 8],
-        &[-1, 3],
-    ] {
-        let err = unpack_safetensors(&packed_file(dense, &[2, 1], &[2]))
-            .unwrap_err()
-            .to_string();
+    for dense in [&[1i64 << 40, 1 << 40][..], &[i64::MAX, i64::MAX], &[1, 1 << 62], &[1 << 31, 1 << 31, 8], &[-1, 3]] {
+        let err = unpack_safetensors(&packed_file(dense, &[2, 1], &[2])).unwrap_err().to_string();
         assert_contains(&err, "packed weight `m`");
     }
     // An empty dense shape and a 2-D `.shape`.
@@ -326,20 +259,15 @@ fn packed_weight_with_inconsistent_parts() {
 
 #[test]
 fn metadata_survives_a_round_trip() {
-    let bytes = file(
-        r#"{"__metadata__":{"k":"v","format":"np"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#,
-        &[9],
-    );
+    let bytes =
+        file(r#"{"__metadata__":{"k":"v","format":"np"},"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#, &[9]);
     let (tensors, metadata) = read_safetensors(&bytes).unwrap();
     let written = write_safetensors(&tensors, metadata.clone()).unwrap();
     let (again, metadata_again) = read_safetensors(&written).unwrap();
     assert_eq!(again, tensors);
     assert_eq!(
         metadata_again,
-        Some(HashMap::from([
-            ("k".to_string(), "v".to_string()),
-            ("format".to_string(), "np".to_string()),
-        ]))
+        Some(HashMap::from([("k".to_string(), "v".to_string()), ("format".to_string(), "np".to_string()),]))
     );
 }
 
@@ -367,10 +295,8 @@ fn json_err(text: &str) -> SpecErrors {
 fn invalid(text: &str, field: &str) -> String {
     let spec = parse_toml(text).unwrap_or_else(|e| panic!("should parse: {e}"));
     let SpecErrors(errors) = validate(&spec).expect_err("should not validate");
-    let found = errors
-        .iter()
-        .find(|e| e.field == field)
-        .unwrap_or_else(|| panic!("no error for `{field}` in {errors:?}"));
+    let found =
+        errors.iter().find(|e| e.field == field).unwrap_or_else(|| panic!("no error for `{field}` in {errors:?}"));
     found.reason.clone()
 }
 
@@ -384,11 +310,7 @@ fn minimal_spec_is_valid() {
 #[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let depth = 100_000;
-    let arrays = format!(
-        "{MINIMAL}\n[x]\ny = {}{}\n",
-        "[".repeat(depth),
-        "]".repeat(depth)
-    );
+    let arrays = format!("{MINIMAL}\n[x]\ny = {}{}\n", "[".repeat(depth), "]".repeat(depth));
     toml_err(&arrays);
     let tables = format!("name = {}1{}\n", "{a=".repeat(depth), "}".repeat(depth));
     toml_err(&tables);
@@ -403,9 +325,7 @@ fn deep_nesting_is_an_error_not_a_stack_overflow() {
 #[test]
 fn huge_numbers() {
     // Past i64: a parse error on the field.
-    let SpecErrors(errors) = toml_err(&format!(
-        "{MINIMAL}\n[training]\nepochs = 99999999999999999999999\n"
-    ));
+    let SpecErrors(errors) = toml_err(&format!("{MINIMAL}\n[training]\nepochs = 99999999999999999999999\n"));
     assert!(!errors.is_empty());
     let SpecErrors(errors) = json_err(
         r#"{"model":{"file":"m"},"pruning":{"schedule":{"kind":"constant_sparsity","target_sparsity":0.5}},"training":{"epochs":1e300}}"#,
@@ -414,29 +334,14 @@ fn huge_numbers() {
 
     // In range for i64 but far past the limits: validation errors naming the field.
     let big = |section: &str, body: &str| format!("{MINIMAL}\n[{section}]\n{body}\n");
-    invalid(
-        &big("training", "epochs = 9223372036854775807"),
-        "training.epochs",
-    );
-    invalid(
-        &big("training", "batch_size = -9223372036854775808"),
-        "training.batch_size",
-    );
-    invalid(
-        &big("training", "learning_rate = inf"),
-        "training.learning_rate",
-    );
-    invalid(
-        &big("training", "learning_rate = nan"),
-        "training.learning_rate",
-    );
+    invalid(&big("training", "epochs = 9223372036854775807"), "training.epochs");
+    invalid(&big("training", "batch_size = -9223372036854775808"), "training.batch_size");
+    invalid(&big("training", "learning_rate = inf"), "training.learning_rate");
+    invalid(&big("training", "learning_rate = nan"), "training.learning_rate");
     // A float literal past f64 is a syntax error (TOML does not round it to infinity), located.
     let SpecErrors(errors) = toml_err(&big("training", "learning_rate = 1e400"));
     assert_contains(&errors[0].reason, "(line 9, column 17)");
-    invalid(
-        &big("training", "threads = 9223372036854775807"),
-        "training.threads",
-    );
+    invalid(&big("training", "threads = 9223372036854775807"), "training.threads");
     invalid(
         "[model]\nsequential = [{ type = \"linear\", in = 9223372036854775807, out = 9223372036854775807 }]\n\
          [pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.5 }\n",
@@ -482,16 +387,11 @@ fn unknown_fields_are_named() {
     let SpecErrors(errors) = toml_err(
         "[model]\nfile = \"m\"\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.5, extra = 1 }\n",
     );
-    assert!(
-        errors[0].field.starts_with("pruning.schedule"),
-        "{errors:?}"
-    );
+    assert!(errors[0].field.starts_with("pruning.schedule"), "{errors:?}");
     let SpecErrors(errors) = json_err(r#"{"model":{"file":"m","x":1},"pruning":{}}"#);
     assert_eq!(errors[0].field, "model.x", "{errors:?}");
     // Trailing text after a JSON document.
-    json_err(
-        r#"{"model":{"file":"m"},"pruning":{"schedule":{"kind":"constant_sparsity","target_sparsity":0.5}}} x"#,
-    );
+    json_err(r#"{"model":{"file":"m"},"pruning":{"schedule":{"kind":"constant_sparsity","target_sparsity":0.5}}} x"#);
 }
 
 #[test]
@@ -515,15 +415,9 @@ fn errors_are_one_line_with_a_valid_location() {
 fn hostile_regexes_are_field_errors() {
     // The regex crate's size limit turns a pattern that compiles to a huge program into an
     // error rather than a memory blow-up.
-    let reason = invalid(
-        &format!("{MINIMAL}include = [\"(?:a{{1000}}){{1000}}\"]\n"),
-        "pruning.include[0]",
-    );
+    let reason = invalid(&format!("{MINIMAL}include = [\"(?:a{{1000}}){{1000}}\"]\n"), "pruning.include[0]");
     assert!(!reason.contains('\n'), "{reason}");
-    invalid(
-        &format!("{MINIMAL}include = [\"(\"]\n"),
-        "pruning.include[0]",
-    );
+    invalid(&format!("{MINIMAL}include = [\"(\"]\n"), "pruning.include[0]");
 }
 
 /// Found by `spec_toml` (fuzz/artifacts/spec_toml/crash-35c77853…, minimised by hand): the server
@@ -533,16 +427,9 @@ fn hostile_regexes_are_field_errors() {
 /// Fixed by serde_json's `float_roundtrip` feature (workspace `Cargo.toml`).
 #[test]
 fn valid_spec_survives_the_json_storage_round_trip() {
-    let spec = parse_toml(&format!(
-        "{MINIMAL}\n[training]\nlearning_rate = 0.0021e308\n"
-    ))
-    .unwrap();
+    let spec = parse_toml(&format!("{MINIMAL}\n[training]\nlearning_rate = 0.0021e308\n")).unwrap();
     validate(&spec).unwrap();
     let json = serde_json::to_string(&spec).unwrap();
     let back = parse_json(&json).unwrap();
-    assert_eq!(
-        back.training.learning_rate.to_bits(),
-        spec.training.learning_rate.to_bits(),
-        "{json}"
-    );
+    assert_eq!(back.training.learning_rate.to_bits(), spec.training.learning_rate.to_bits(), "{json}");
 }

@@ -5,10 +5,7 @@
 use prune_core::Schedule;
 use serde::Deserialize;
 
-const GOLDEN: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../tests/golden/schedules.json"
-);
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/golden/schedules.json");
 
 #[derive(Deserialize)]
 struct Golden {
@@ -28,8 +25,7 @@ impl Case {
     fn schedule(&self) -> Schedule {
         let mut table = self.params.clone();
         table.insert("kind".into(), self.kind.clone().into());
-        serde_json::from_value(table.into())
-            .unwrap_or_else(|e| panic!("case {} {:?}: {e}", self.kind, self.params))
+        serde_json::from_value(table.into()).unwrap_or_else(|e| panic!("case {} {:?}: {e}", self.kind, self.params))
     }
 }
 
@@ -58,20 +54,14 @@ fn schedules_match_tfmot_bit_for_bit() {
             }
         }
     }
-    assert!(
-        mismatches.is_empty(),
-        "{} mismatches:\n{}",
-        mismatches.len(),
-        mismatches.join("\n")
-    );
+    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
 }
 
 #[test]
 fn golden_covers_both_kinds() {
     let kinds: Vec<String> = golden().cases.iter().map(|c| c.kind.clone()).collect();
     assert!(
-        kinds.iter().any(|k| k == "polynomial_decay")
-            && kinds.iter().any(|k| k == "constant_sparsity"),
+        kinds.iter().any(|k| k == "polynomial_decay") && kinds.iter().any(|k| k == "constant_sparsity"),
         "{kinds:?}"
     );
 }

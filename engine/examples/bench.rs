@@ -121,8 +121,16 @@ fn mask_update() {
     tch::manual_seed(1);
     let w = Tensor::randn([4096, 4096], (Kind::Float, Device::Cpu));
     let params = vec![("0.weight".to_string(), w)];
-    let schedule = prune_core::Schedule::ConstantSparsity { target_sparsity: 0.8, begin_step: 0, end_step: -1, frequency: 1 };
-    let target = Target { name: "0.weight".into(), param: 0, shape: vec![4096, 4096], schedule, method: prune_core::PruningMethod::ElementWise, global: false };
+    let schedule =
+        prune_core::Schedule::ConstantSparsity { target_sparsity: 0.8, begin_step: 0, end_step: -1, frequency: 1 };
+    let target = Target {
+        name: "0.weight".into(),
+        param: 0,
+        shape: vec![4096, 4096],
+        schedule,
+        method: prune_core::PruningMethod::ElementWise,
+        global: false,
+    };
     let mut masks = Masks::new(vec![target], &params);
     let mut best = f64::MAX;
     for step in 1..=5 {
@@ -141,7 +149,13 @@ fn entropy_bound(n: f64, s: f64) -> f64 {
     n * h / 8.0 + 4.0 * n * (1.0 - s)
 }
 
-fn one_shot_bytes(model_toml: &str, weights: Option<&std::path::Path>, sparsity: f64, compression: &str, sparse: &str) -> (u64, u64) {
+fn one_shot_bytes(
+    model_toml: &str,
+    weights: Option<&std::path::Path>,
+    sparsity: f64,
+    compression: &str,
+    sparse: &str,
+) -> (u64, u64) {
     let toml = format!(
         "{model_toml}\n[training]\nepochs = 0\n[pruning]\nschedule = {{ kind = \"constant_sparsity\", target_sparsity = {sparsity} }}\n[export]\ncompression = \"{compression}\"\nsparse_format = \"{sparse}\"\n"
     );

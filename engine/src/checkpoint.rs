@@ -78,7 +78,8 @@ pub fn write(dir: &Path, saved: &Saved) -> Result<Written, EngineError> {
     if let Some(script) = &saved.script {
         named.push(("torchscript".into(), Tensor::from_slice(script)));
     }
-    let metadata = HashMap::from([("prune_checkpoint".to_string(), serde_json::to_string(&meta).expect("meta serialises"))]);
+    let metadata =
+        HashMap::from([("prune_checkpoint".to_string(), serde_json::to_string(&meta).expect("meta serialises"))]);
     let bytes = tensors::write(&named, metadata)?;
     let path = dir.join(format!("step-{:010}.ckpt", saved.state.step));
     write_file(&path, &bytes, injected_disk_full()).map_err(err)?;

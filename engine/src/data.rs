@@ -6,8 +6,8 @@ use std::path::Path;
 use prune_core::job::{Data, DataSource};
 use tch::{Device, Kind, Tensor};
 
-use crate::{rng, tensors};
 use crate::EngineError;
+use crate::{rng, tensors};
 
 /// scikit-learn's 8x8 digits, generated once by `scripts/make_digits.py`.
 const DIGITS: &[u8] = include_bytes!("../../data/digits.safetensors");
@@ -58,10 +58,8 @@ pub fn load(spec: &Data, file: Option<&Path>, seed: u64, device: Device) -> Resu
         }
     };
     check_values(&full)?;
-    split(full, spec.validation_split).map(|s| Split {
-        train: s.train.to_device(device),
-        validation: s.validation.map(|v| v.to_device(device)),
-    })
+    split(full, spec.validation_split)
+        .map(|s| Split { train: s.train.to_device(device), validation: s.validation.map(|v| v.to_device(device)) })
 }
 
 fn digits() -> Result<Dataset, EngineError> {
@@ -95,7 +93,11 @@ fn from_safetensors(path: &Path) -> Result<Dataset, EngineError> {
         Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8 => y.to_kind(Kind::Int64),
         k if y.is_floating_point() && k != Kind::Float => y.to_kind(Kind::Float),
         Kind::Float => y,
-        k => return Err(EngineError::Data(format!("data file: y must be integer class ids or float targets, got {k:?}"))),
+        k => {
+            return Err(EngineError::Data(format!(
+                "data file: y must be integer class ids or float targets, got {k:?}"
+            )))
+        }
     };
     let (xs, ys) = (x.size(), y.size());
     if xs.is_empty() || ys.is_empty() {
@@ -139,7 +141,9 @@ fn split(data: Dataset, validation_split: f64) -> Result<Split, EngineError> {
     let n = data.len();
     let train_n = ((n as f64) * (1.0 - validation_split)).floor() as i64;
     if train_n < 1 {
-        return Err(EngineError::Data(format!("validation_split {validation_split} leaves no training samples out of {n}")));
+        return Err(EngineError::Data(format!(
+            "validation_split {validation_split} leaves no training samples out of {n}"
+        )));
     }
     if train_n == n {
         return Ok(Split { train: data, validation: None });
@@ -169,7 +173,10 @@ mod tests {
 
     #[test]
     fn synthetic_is_seeded() {
-        let spec = Data { source: DataSource::Synthetic { shape: vec![3, 4], classes: 5, samples: 20 }, validation_split: 0.0 };
+        let spec = Data {
+            source: DataSource::Synthetic { shape: vec![3, 4], classes: 5, samples: 20 },
+            validation_split: 0.0,
+        };
         let a = load(&spec, None, 3, Device::Cpu).unwrap();
         let b = load(&spec, None, 3, Device::Cpu).unwrap();
         assert!(a.train.x.equal(&b.train.x) && a.train.y.equal(&b.train.y));

@@ -41,17 +41,20 @@ pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> 
     for &format in &spec.formats {
         let (file, raw, sparse_format) = match format {
             ExportFormat::Safetensors => match spec.sparse_format {
-                SparseFormat::Bitmask => ("model.safetensors", bitmask::pack_safetensors(&dense).map_err(|e| EngineError::Export(e.to_string()))?, SparseFormat::Bitmask),
+                SparseFormat::Bitmask => (
+                    "model.safetensors",
+                    bitmask::pack_safetensors(&dense).map_err(|e| EngineError::Export(e.to_string()))?,
+                    SparseFormat::Bitmask,
+                ),
                 SparseFormat::Dense => ("model.safetensors", dense.clone(), SparseFormat::Dense),
             },
             // A TorchScript module is saved whole: its weights are always dense.
             ExportFormat::Torchscript => match model {
                 Model::Script(script) => ("model.pt", script.to_bytes(dir)?, SparseFormat::Dense),
-                _ => {
-                    return Err(EngineError::Spec(
-                        "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)".into(),
-                    ))
-                }
+                _ => return Err(EngineError::Spec(
+                    "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)"
+                        .into(),
+                )),
             },
         };
         let bytes = compress::compress(&raw, compression).map_err(io)?;

@@ -30,7 +30,9 @@ fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>, EngineError> 
     patterns
         .iter()
         .enumerate()
-        .map(|(i, p)| Regex::new(p).map_err(|e| EngineError::Spec(format!("{field}[{i}]: {}", e.to_string().replace('\n', " ")))))
+        .map(|(i, p)| {
+            Regex::new(p).map_err(|e| EngineError::Spec(format!("{field}[{i}]: {}", e.to_string().replace('\n', " "))))
+        })
         .collect()
 }
 
@@ -43,7 +45,12 @@ pub fn select_targets(spec: &Pruning, params: &NamedParams) -> Result<Vec<Target
         .overrides
         .iter()
         .enumerate()
-        .map(|(i, o)| Ok((Regex::new(&o.pattern).map_err(|e| EngineError::Spec(format!("pruning.overrides[{i}].match: {e}")))?, o)))
+        .map(|(i, o)| {
+            Ok((
+                Regex::new(&o.pattern).map_err(|e| EngineError::Spec(format!("pruning.overrides[{i}].match: {e}")))?,
+                o,
+            ))
+        })
         .collect::<Result<Vec<_>, EngineError>>()?;
     let global_scope = spec.scope == Scope::Global;
     let mut targets = Vec::new();
@@ -147,11 +154,17 @@ impl Masks {
         self.recompute(&all, params, |t| t.schedule.final_sparsity())
     }
 
-    fn recompute(&mut self, which: &[usize], params: &NamedParams, sparsity: impl Fn(&Target) -> f32) -> Result<(), EngineError> {
+    fn recompute(
+        &mut self,
+        which: &[usize],
+        params: &NamedParams,
+        sparsity: impl Fn(&Target) -> f32,
+    ) -> Result<(), EngineError> {
         let param_of: Vec<usize> = self.targets.iter().map(|t| t.param).collect();
         let weights = |i: usize| HostValues::of(&params[param_of[i]].1);
-        let (global, local): (Vec<usize>, Vec<usize>) =
-            which.iter().partition(|&&i| self.targets[i].global && self.targets[i].method == PruningMethod::ElementWise);
+        let (global, local): (Vec<usize>, Vec<usize>) = which
+            .iter()
+            .partition(|&&i| self.targets[i].global && self.targets[i].method == PruningMethod::ElementWise);
         if !global.is_empty() {
             let values = global.iter().map(|&i| weights(i)).collect::<Result<Vec<_>, _>>()?;
             let slices: Vec<&[f32]> = values.iter().map(|v| v.as_slice()).collect();
@@ -187,7 +200,8 @@ impl Masks {
         // SAFETY: `values` is moved into `self.buffers[i]` right after and lives, unmoved (a Vec's
         // heap block does not move with the Vec), as long as this tensor: both are replaced
         // together here, tensor first, and only dropped with `self`.
-        let tensor = unsafe { Tensor::f_from_blob(values.as_ptr() as *const u8, &shape, &strides, Kind::Float, Device::Cpu)? };
+        let tensor =
+            unsafe { Tensor::f_from_blob(values.as_ptr() as *const u8, &shape, &strides, Kind::Float, Device::Cpu)? };
         self.masks[i] = tensor;
         self.buffers[i] = values;
         Ok(())
@@ -209,7 +223,9 @@ impl Masks {
         self.targets
             .iter()
             .zip(&self.masks)
-            .map(|(t, m)| Ok(TensorSparsity { name: t.name.clone(), sparsity: 1.0 - f64::try_from(m.mean(Kind::Float))? }))
+            .map(|(t, m)| {
+                Ok(TensorSparsity { name: t.name.clone(), sparsity: 1.0 - f64::try_from(m.mean(Kind::Float))? })
+            })
             .collect()
     }
 }

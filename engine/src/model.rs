@@ -47,7 +47,8 @@ impl Model {
             }
             return Ok(Model::Sequential(model));
         }
-        let path = model_file.ok_or_else(|| EngineError::Model("no model given (model.file, model.blob or model.sequential)".into()))?;
+        let path = model_file
+            .ok_or_else(|| EngineError::Model("no model given (model.file, model.blob or model.sequential)".into()))?;
         let bytes = std::fs::read(path).map_err(|e| EngineError::Model(format!("cannot read model file: {e}")))?;
         if is_zip(&bytes) {
             Ok(Model::Script(Script::load(&bytes, device)?))
@@ -91,7 +92,9 @@ impl Model {
         match self {
             Model::Sequential(m) => m.forward(x, train),
             Model::Script(m) => Ok(m.module.forward_ts(&[x])?),
-            Model::StateDict(_) => Err(EngineError::Model("a safetensors state dict cannot be trained: use epochs = 0".into())),
+            Model::StateDict(_) => {
+                Err(EngineError::Model("a safetensors state dict cannot be trained: use epochs = 0".into()))
+            }
         }
     }
 

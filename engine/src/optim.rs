@@ -35,7 +35,13 @@ impl Optimizer {
             Algorithm::Adam => Kind::Adam,
             Algorithm::AdamW => Kind::AdamW,
         };
-        Optimizer { kind, lr: spec.learning_rate, weight_decay: spec.weight_decay, steps: 0, state: (0..n_params).map(|_| Vec::new()).collect() }
+        Optimizer {
+            kind,
+            lr: spec.learning_rate,
+            weight_decay: spec.weight_decay,
+            steps: 0,
+            state: (0..n_params).map(|_| Vec::new()).collect(),
+        }
     }
 
     pub fn learning_rate(&self) -> f64 {
@@ -117,10 +123,9 @@ impl Optimizer {
                 .split_once('.')
                 .and_then(|(i, j)| Some((i.parse::<usize>().ok()?, j.parse::<usize>().ok()?)))
                 .ok_or_else(|| EngineError::Checkpoint(format!("bad optimizer tensor name {name:?}")))?;
-            let slots = self
-                .state
-                .get_mut(i)
-                .ok_or_else(|| EngineError::Checkpoint(format!("optimizer state for parameter {i} that the model lacks")))?;
+            let slots = self.state.get_mut(i).ok_or_else(|| {
+                EngineError::Checkpoint(format!("optimizer state for parameter {i} that the model lacks"))
+            })?;
             if slots.len() <= j {
                 slots.resize_with(j + 1, Tensor::new);
             }

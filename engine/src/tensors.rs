@@ -42,14 +42,16 @@ fn dtype_of(kind: Kind) -> Option<Dtype> {
 }
 
 pub fn to_tensor(t: &TensorData) -> Result<Tensor, EngineError> {
-    let kind = kind_of(t.dtype).ok_or_else(|| EngineError::Format(format!("tensor {}: unsupported dtype {:?}", t.name, t.dtype)))?;
+    let kind = kind_of(t.dtype)
+        .ok_or_else(|| EngineError::Format(format!("tensor {}: unsupported dtype {:?}", t.name, t.dtype)))?;
     let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
     Ok(Tensor::f_from_data_size(&t.data, &shape, kind)?)
 }
 
 pub fn to_data(name: &str, t: &Tensor) -> Result<TensorData, EngineError> {
     let t = t.detach().to_device(Device::Cpu).contiguous();
-    let dtype = dtype_of(t.kind()).ok_or_else(|| EngineError::Export(format!("tensor {name}: unsupported kind {:?}", t.kind())))?;
+    let dtype = dtype_of(t.kind())
+        .ok_or_else(|| EngineError::Export(format!("tensor {name}: unsupported kind {:?}", t.kind())))?;
     let numel = t.numel();
     let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
     t.f_copy_data_u8(&mut data, numel)?;
@@ -62,7 +64,8 @@ pub type Contents = (Vec<(String, Tensor)>, HashMap<String, String>);
 /// Parses safetensors bytes (lying headers are rejected by the codec, never trusted).
 pub fn read(bytes: &[u8]) -> Result<Contents, EngineError> {
     let (tensors, meta) = bitmask::read_safetensors(bytes).map_err(|e| EngineError::Format(e.to_string()))?;
-    let tensors = tensors.iter().map(|t| Ok((t.name.clone(), to_tensor(t)?))).collect::<Result<Vec<_>, EngineError>>()?;
+    let tensors =
+        tensors.iter().map(|t| Ok((t.name.clone(), to_tensor(t)?))).collect::<Result<Vec<_>, EngineError>>()?;
     Ok((tensors, meta.unwrap_or_default()))
 }
 

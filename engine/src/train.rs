@@ -24,16 +24,24 @@ use crate::{device, rng, EngineError};
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 const EVAL_BATCH: i64 = 1024;
 
-pub fn run(spec: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<JobOutcome, EngineError> {
+pub fn run(
+    spec: &Job,
+    inputs: &JobInputs,
+    sink: &mut dyn EventSink,
+    stop: &StopFlag,
+) -> Result<JobOutcome, EngineError> {
     if inputs.threads > 0 {
         tch::set_num_threads(inputs.threads as i32);
     }
     let device = device::resolve(spec.training.device)?;
     let t = &spec.training;
-    let mut model = Model::load(&spec.model, inputs.model_file.as_deref(), inputs.weights_file.as_deref(), t.seed, device)?;
+    let mut model =
+        Model::load(&spec.model, inputs.model_file.as_deref(), inputs.weights_file.as_deref(), t.seed, device)?;
     let targets = select_targets(&spec.pruning, model.params())?;
     if targets.is_empty() {
-        return Err(EngineError::Spec("pruning: no parameter is selected for pruning (check include/exclude/overrides)".into()));
+        return Err(EngineError::Spec(
+            "pruning: no parameter is selected for pruning (check include/exclude/overrides)".into(),
+        ));
     }
     let pruned: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let mut masks = Masks::new(targets, model.params());
@@ -42,9 +50,14 @@ pub fn run(spec: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &Stop
         return one_shot(spec, inputs, &mut model, &mut masks, &pruned, sink);
     }
     if !model.can_train() {
-        return Err(EngineError::Model("a safetensors state dict cannot be trained: use training.epochs = 0 (one-shot)".into()));
+        return Err(EngineError::Model(
+            "a safetensors state dict cannot be trained: use training.epochs = 0 (one-shot)".into(),
+        ));
     }
-    let data_spec = spec.data.as_ref().ok_or_else(|| EngineError::Data("no data given (data.file, data.blob or data.builtin)".into()))?;
+    let data_spec = spec
+        .data
+        .as_ref()
+        .ok_or_else(|| EngineError::Data("no data given (data.file, data.blob or data.builtin)".into()))?;
     let split = data::load(data_spec, inputs.data_file.as_deref(), t.seed, device)?;
     check_fit(&model, &split.train, t.loss)?;
     let mut trainer = Trainer::new(t, model, masks, split.train, split.validation)?;
@@ -94,7 +107,13 @@ fn one_shot(
     pruned: &[String],
     sink: &mut dyn EventSink,
 ) -> Result<JobOutcome, EngineError> {
-    sink.emit(Event::Started { total_steps: 0, steps_per_epoch: 0, epochs: 0, start_step: 0, pruned: pruned.to_vec() })?;
+    sink.emit(Event::Started {
+        total_steps: 0,
+        steps_per_epoch: 0,
+        epochs: 0,
+        start_step: 0,
+        pruned: pruned.to_vec(),
+    })?;
     masks.one_shot(model.params())?;
     masks.apply(model.params());
     let sparsity = masks.sparsities()?;
@@ -126,7 +145,11 @@ fn check_fit(model: &Model, train: &Dataset, loss: Loss) -> Result<(), EngineErr
     } else if train.y.is_floating_point() {
         let want: Vec<i64> = train.y.size()[1..].to_vec();
         if out.size()[1..] != want[..] {
-            return Err(EngineError::Data(format!("mse: model output {:?} does not match y {:?}", out.size(), train.y.size())));
+            return Err(EngineError::Data(format!(
+                "mse: model output {:?} does not match y {:?}",
+                out.size(),
+                train.y.size()
+            )));
         }
     } else {
         return Err(EngineError::Data("mse needs float targets in y".into()));
@@ -150,7 +173,13 @@ struct Trainer {
 }
 
 impl Trainer {
-    fn new(t: &Training, model: Model, masks: Masks, train: Dataset, validation: Option<Dataset>) -> Result<Trainer, EngineError> {
+    fn new(
+        t: &Training,
+        model: Model,
+        masks: Masks,
+        train: Dataset,
+        validation: Option<Dataset>,
+    ) -> Result<Trainer, EngineError> {
         let optimizer = Optimizer::new(t, model.params().len());
         let steps_per_epoch = (train.len() + t.batch_size - 1) / t.batch_size;
         Ok(Trainer {
@@ -189,7 +218,9 @@ impl Trainer {
         tch::no_grad(|| -> Result<(), EngineError> {
             for ((name, p), (saved_name, s)) in params.iter().zip(&saved.params) {
                 if name != saved_name || p.size() != s.size() {
-                    return Err(EngineError::Checkpoint(format!("checkpoint tensor {saved_name} does not match parameter {name}")));
+                    return Err(EngineError::Checkpoint(format!(
+                        "checkpoint tensor {saved_name} does not match parameter {name}"
+                    )));
                 }
                 p.shallow_clone().copy_(s);
             }
@@ -230,14 +261,23 @@ impl Trainer {
 
     /// Trains from the current state to the end. Returns the validation accuracy of the last
     /// epoch that ended before any mask was applied (the dense warm-up), if there was one.
-    fn train(&mut self, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<Option<f64>, EngineError> {
+    fn train(
+        &mut self,
+        inputs: &JobInputs,
+        sink: &mut dyn EventSink,
+        stop: &StopFlag,
+    ) -> Result<Option<f64>, EngineError> {
         let mut dense_val_accuracy = None;
         let mut last_progress = Instant::now() - PROGRESS_EVERY;
         let first_prune = self.masks.targets.iter().map(first_pruning_step).min().unwrap_or(i64::MAX);
         self.model.set_train(true)?;
         while self.state.epoch < self.epochs {
-            let order = Tensor::from_slice(&rng::epoch_permutation(self.train.len() as usize, self.seed, self.state.epoch as u64))
-                .to_device(self.train.x.device());
+            let order = Tensor::from_slice(&rng::epoch_permutation(
+                self.train.len() as usize,
+                self.seed,
+                self.state.epoch as u64,
+            ))
+            .to_device(self.train.x.device());
             while self.state.batch < self.steps_per_epoch {
                 if let Some(reason) = stop.requested() {
                     if reason == StopReason::Checkpoint {

@@ -48,13 +48,19 @@ fn digits_keeps_accuracy_at_80_percent() {
     }
     let pruned_names: Vec<_> = r.tensors.iter().filter(|t| t.pruned).map(|t| t.name.as_str()).collect();
     assert_eq!(pruned_names, ["0.weight", "2.weight"]);
-    assert!((r.artifact_bytes["safetensors"] as f64) < 0.8 * r.gzip_dense_bytes as f64, "bitmask+zstd is well under gzip(dense)");
+    assert!(
+        (r.artifact_bytes["safetensors"] as f64) < 0.8 * r.gzip_dense_bytes as f64,
+        "bitmask+zstd is well under gzip(dense)"
+    );
     // Sparsity metrics recorded at each mask update, with that step.
     let updates: Vec<i64> = sink
         .0
         .iter()
         .filter_map(|e| match e {
-            Event::Metrics { points } => points.iter().find(|p| p.name == "sparsity/0.weight" && p.step % 45 == 0 && p.step >= 900).map(|p| p.step),
+            Event::Metrics { points } => points
+                .iter()
+                .find(|p| p.name == "sparsity/0.weight" && p.step % 45 == 0 && p.step >= 900)
+                .map(|p| p.step),
             _ => None,
         })
         .collect();
@@ -86,7 +92,9 @@ compression = "none"
 fn resume_is_bitwise_identical() {
     let _one_job = common::one_job_at_a_time();
     for optimizer in ["sgd", "adam", "adamw"] {
-        let job = spec(&RESUME_JOB.replace("optimizer = \"sgd\"", &format!("optimizer = \"{optimizer}\"\nweight_decay = 0.01")));
+        let job = spec(
+            &RESUME_JOB.replace("optimizer = \"sgd\"", &format!("optimizer = \"{optimizer}\"\nweight_decay = 0.01")),
+        );
         let whole_dir = tempfile::tempdir().unwrap();
         let whole = run_job(&job, &inputs(whole_dir.path()), &mut VecSink::default(), &StopFlag::default()).unwrap();
 
@@ -113,7 +121,8 @@ fn stop_with_checkpoint_writes_the_current_step() {
     let dir = tempfile::tempdir().unwrap();
     let stop = StopFlag::default();
     stop.request(prune_engine::StopReason::Checkpoint);
-    let mut sink = StoppingSink { dir: dir.path().to_path_buf(), events: vec![], stop_at: i64::MAX, stop: stop.clone() };
+    let mut sink =
+        StoppingSink { dir: dir.path().to_path_buf(), events: vec![], stop_at: i64::MAX, stop: stop.clone() };
     let err = run_job(&spec(RESUME_JOB), &inputs(dir.path()), &mut sink, &stop).unwrap_err();
     assert!(matches!(err, prune_engine::EngineError::Stopped { step: 0, .. }), "{err}");
     assert_eq!(sink.last_checkpoint().unwrap().0, 0);

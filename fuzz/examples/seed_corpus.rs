@@ -43,11 +43,7 @@ fn main() {
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         fs::write(toml_dir.join(format!("{stem}.toml")), &text).unwrap();
         let spec = validate::parse_toml(&text).unwrap();
-        fs::write(
-            json_dir.join(format!("{stem}.json")),
-            serde_json::to_string_pretty(&spec).unwrap(),
-        )
-        .unwrap();
+        fs::write(json_dir.join(format!("{stem}.json")), serde_json::to_string_pretty(&spec).unwrap()).unwrap();
     }
 
     // safetensors files.
@@ -55,43 +51,24 @@ fn main() {
         "0.weight",
         Dtype::F32,
         &[2, 10],
-        f32s(&[
-            0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, -0.0, 3.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0,
-            0.0, 0.0, 5.0,
-        ]),
+        f32s(&[0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, -0.0, 3.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0]),
     );
     let bias = tensor("0.bias", Dtype::F32, &[2], f32s(&[0.5, 0.0]));
     let meta = || Some(HashMap::from([("note".to_string(), "seed".to_string())]));
     let mut files: Vec<(String, Vec<u8>)> = vec![
         ("empty".into(), write_safetensors(&[], None).unwrap()),
-        (
-            "dense".into(),
-            write_safetensors(&[weight.clone(), bias.clone()], meta()).unwrap(),
-        ),
+        ("dense".into(), write_safetensors(&[weight.clone(), bias.clone()], meta()).unwrap()),
         (
             "dtypes".into(),
             write_safetensors(
                 &[
-                    tensor(
-                        "h.weight",
-                        Dtype::F16,
-                        &[1, 2],
-                        vec![0x00, 0x3c, 0x00, 0x80],
-                    ),
-                    tensor(
-                        "b.weight",
-                        Dtype::BF16,
-                        &[1, 3],
-                        vec![0x00, 0x80, 0x80, 0x3f, 0, 0],
-                    ),
+                    tensor("h.weight", Dtype::F16, &[1, 2], vec![0x00, 0x3c, 0x00, 0x80]),
+                    tensor("b.weight", Dtype::BF16, &[1, 3], vec![0x00, 0x80, 0x80, 0x3f, 0, 0]),
                     tensor(
                         "d.weight",
                         Dtype::F64,
                         &[1, 2],
-                        [0.0f64, -2.5]
-                            .iter()
-                            .flat_map(|v| v.to_le_bytes())
-                            .collect(),
+                        [0.0f64, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect(),
                     ),
                     tensor("i.weight", Dtype::I8, &[2, 2], vec![0, 1, 0xff, 0]),
                     tensor("u.weight", Dtype::U8, &[3, 1, 2], vec![0, 1, 2, 0, 0, 9]),
@@ -106,10 +83,7 @@ fn main() {
         (
             "zero_size".into(),
             write_safetensors(
-                &[
-                    tensor("2.weight", Dtype::F32, &[0, 4], vec![]),
-                    tensor("s", Dtype::F32, &[], f32s(&[1.5])),
-                ],
+                &[tensor("2.weight", Dtype::F32, &[0, 4], vec![]), tensor("s", Dtype::F32, &[], f32s(&[1.5]))],
                 None,
             )
             .unwrap(),
@@ -122,11 +96,7 @@ fn main() {
         .into_iter()
         .map(|t| {
             let rows = t.shape.first().copied().unwrap_or(1).min(3);
-            let row_bytes = if t.shape.is_empty() {
-                t.data.len()
-            } else {
-                t.data.len() / t.shape[0].max(1)
-            };
+            let row_bytes = if t.shape.is_empty() { t.data.len() } else { t.data.len() / t.shape[0].max(1) };
             let mut shape = t.shape.clone();
             if let Some(first) = shape.first_mut() {
                 *first = rows;
@@ -134,10 +104,7 @@ fn main() {
             TensorData::new(t.name, t.dtype, shape, t.data[..rows * row_bytes].to_vec()).unwrap()
         })
         .collect();
-    files.push((
-        "digits_rows".into(),
-        write_safetensors(&small, metadata).unwrap(),
-    ));
+    files.push(("digits_rows".into(), write_safetensors(&small, metadata).unwrap()));
     let packed: Vec<(String, Vec<u8>)> = files
         .iter()
         .filter_map(|(name, bytes)| Some((format!("{name}_packed"), pack_safetensors(bytes).ok()?)))
@@ -149,11 +116,7 @@ fn main() {
     for (name, bytes) in &files {
         fs::write(st_dir.join(format!("{name}.safetensors")), bytes).unwrap();
         for c in Compression::ALL {
-            fs::write(
-                z_dir.join(format!("{name}.safetensors{}", c.extension())),
-                compress(bytes, c).unwrap(),
-            )
-            .unwrap();
+            fs::write(z_dir.join(format!("{name}.safetensors{}", c.extension())), compress(bytes, c).unwrap()).unwrap();
         }
     }
     println!(

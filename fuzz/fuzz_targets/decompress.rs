@@ -52,14 +52,7 @@ fuzz_target!(|data: &[u8]| {
         if c == Compression::None && Compression::detect(data) != Compression::None {
             continue;
         }
-        assert_eq!(
-            Compression::detect(&packed),
-            if c == Compression::None {
-                Compression::None
-            } else {
-                c
-            }
-        );
+        assert_eq!(Compression::detect(&packed), if c == Compression::None { Compression::None } else { c });
         let back = decompress(&packed).unwrap_or_else(|e| panic!("{c} round trip failed: {e}"));
         assert_eq!(back, data, "{c} round trip changed the data");
     }

@@ -29,18 +29,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let written = write_safetensors(&tensors, metadata.clone())
             .unwrap_or_else(|e| panic!("a file that reads must write back: {e}"));
-        let (again, metadata_again) = read_safetensors(&written)
-            .unwrap_or_else(|e| panic!("a written file must read back: {e}"));
-        assert_eq!(
-            by_name(again.clone()),
-            by_name(tensors),
-            "tensors changed on round trip"
-        );
-        assert_eq!(
-            metadata_again,
-            Some(as_written(metadata)),
-            "metadata changed on round trip"
-        );
+        let (again, metadata_again) =
+            read_safetensors(&written).unwrap_or_else(|e| panic!("a written file must read back: {e}"));
+        assert_eq!(by_name(again.clone()), by_name(tensors), "tensors changed on round trip");
+        assert_eq!(metadata_again, Some(as_written(metadata)), "metadata changed on round trip");
         // Writing is canonical: a second write gives the same bytes.
         assert_eq!(write_safetensors(&again, metadata_again).unwrap(), written);
     }
@@ -50,11 +42,9 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(packed) = pack_safetensors(data) {
-        let dense = unpack_safetensors(&packed)
-            .unwrap_or_else(|e| panic!("a file we packed must unpack: {e}"));
+        let dense = unpack_safetensors(&packed).unwrap_or_else(|e| panic!("a file we packed must unpack: {e}"));
         // Unpacking canonicalises zeros (-0.0 -> +0.0), which packing ignores anyway.
-        let repacked = pack_safetensors(&dense)
-            .unwrap_or_else(|e| panic!("an unpacked file must pack again: {e}"));
+        let repacked = pack_safetensors(&dense).unwrap_or_else(|e| panic!("an unpacked file must pack again: {e}"));
         assert_eq!(repacked, packed, "pack(unpack(pack(x))) != pack(x)");
     }
 });

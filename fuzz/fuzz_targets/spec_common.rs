@@ -9,18 +9,11 @@ pub fn check(parsed: Result<JobSpec, SpecErrors>) {
     let spec = match parsed {
         Ok(spec) => spec,
         Err(SpecErrors(errors)) => {
-            assert!(
-                !errors.is_empty(),
-                "a parse error must carry at least one field error"
-            );
+            assert!(!errors.is_empty(), "a parse error must carry at least one field error");
             for e in &errors {
                 assert!(!e.reason.is_empty(), "empty reason for field `{}`", e.field);
                 // One line per problem (SpecErrors' Display contract).
-                assert!(
-                    !e.reason.contains('\n'),
-                    "multi-line reason: {:?}",
-                    e.reason
-                );
+                assert!(!e.reason.contains('\n'), "multi-line reason: {:?}", e.reason);
             }
             return;
         }
@@ -39,21 +32,14 @@ pub fn check(parsed: Result<JobSpec, SpecErrors>) {
                 let _ = validate::warnings(&spec, Some(total));
             }
             let json = serde_json::to_string(&spec).expect("valid specs serialise");
-            let back = validate::parse_json(&json).unwrap_or_else(|e| {
-                panic!("a valid spec must read back from its JSON {json}: {e}")
-            });
+            let back = validate::parse_json(&json)
+                .unwrap_or_else(|e| panic!("a valid spec must read back from its JSON {json}: {e}"));
             // serde_json's default float parser may return a neighbouring f64 (reported; the
             // fix is its `float_roundtrip` feature, see core/tests/fuzz_regressions.rs), so
             // numbers are compared to within a few ULPs and everything else exactly.
             if back != spec {
-                let (a, b) = (
-                    serde_json::to_value(&back).unwrap(),
-                    serde_json::to_value(&spec).unwrap(),
-                );
-                assert!(
-                    nearly_equal(&a, &b),
-                    "JSON round trip changed the spec: {json}"
-                );
+                let (a, b) = (serde_json::to_value(&back).unwrap(), serde_json::to_value(&spec).unwrap());
+                assert!(nearly_equal(&a, &b), "JSON round trip changed the spec: {json}");
             }
             validate::validate(&back).expect("a round-tripped valid spec stays valid");
         }
@@ -70,13 +56,9 @@ fn nearly_equal(a: &serde_json::Value, b: &serde_json::Value) -> bool {
             }
             _ => x == y,
         },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| nearly_equal(x, y))
-        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| nearly_equal(x, y)),
         (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| nearly_equal(v, w)))
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| nearly_equal(v, w)))
         }
         _ => a == b,
     }

@@ -84,7 +84,14 @@ impl From<&TensorReport> for pb::TensorReport {
 
 impl From<pb::TensorReport> for TensorReport {
     fn from(t: pb::TensorReport) -> Self {
-        TensorReport { name: t.name, shape: t.shape, pruned: t.pruned, numel: t.numel, nonzero: t.nonzero, sparsity: t.sparsity }
+        TensorReport {
+            name: t.name,
+            shape: t.shape,
+            pruned: t.pruned,
+            numel: t.numel,
+            nonzero: t.nonzero,
+            sparsity: t.sparsity,
+        }
     }
 }
 
@@ -136,7 +143,14 @@ mod tests {
     #[test]
     fn reports_round_trip_and_carry_their_json() {
         let report = Report {
-            tensors: vec![TensorReport { name: "0.weight".into(), shape: vec![2, 3], pruned: true, numel: 6, nonzero: 3, sparsity: 0.5 }],
+            tensors: vec![TensorReport {
+                name: "0.weight".into(),
+                shape: vec![2, 3],
+                pruned: true,
+                numel: 6,
+                nonzero: 3,
+                sparsity: 0.5,
+            }],
             dense_bytes: 100,
             gzip_dense_bytes: 60,
             artifact_bytes: [("safetensors".to_string(), 40)].into(),

@@ -95,7 +95,9 @@ impl DataDir {
     pub fn create(root: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
         let dir = DataDir { root: root.canonicalize()? };
-        for sub in [dir.blobs(), dir.blobs_tmp(), dir.scratch(), dir.root.join("checkpoints"), dir.root.join("artifacts")] {
+        for sub in
+            [dir.blobs(), dir.blobs_tmp(), dir.scratch(), dir.root.join("checkpoints"), dir.root.join("artifacts")]
+        {
             std::fs::create_dir_all(sub)?;
         }
         Ok(dir)

@@ -102,8 +102,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let store: Arc<dyn FileStore> = Arc::new(LocalStore::new(data_dir.root().to_path_buf()));
     let blobs = BlobStore::new(store.clone(), data_dir.blobs_tmp());
     let live = Live::default();
-    let launcher =
-        ProcessLauncher { worker_bin, store_url: store.url(), scratch: data_dir.scratch() };
+    let launcher = ProcessLauncher { worker_bin, store_url: store.url(), scratch: data_dir.scratch() };
     let deps = Deps { db: db.clone(), live: live.clone(), store };
     let shutdown = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown.clone()).map_err(ServeError::Signals)?;

@@ -19,12 +19,7 @@ const BATCHES: usize = 5;
 const POINTS: usize = 10;
 
 async fn count(conn: &mut SqliteConnection, sql: &'static str) -> i64 {
-    sqlx::query(sql)
-        .bind(JOB)
-        .fetch_one(conn)
-        .await
-        .unwrap()
-        .get("n")
+    sqlx::query(sql).bind(JOB).fetch_one(conn).await.unwrap().get("n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -104,7 +99,10 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
     assert!(locked.elapsed() >= HOLD);
 
     // Nothing lost: every batch and checkpoint is there, and so is the lock holder's row.
-    assert_eq!(count(&mut raw, "SELECT COUNT(*) AS n FROM metrics WHERE job_id = $1").await, (WRITERS * BATCHES * POINTS + 1) as i64);
+    assert_eq!(
+        count(&mut raw, "SELECT COUNT(*) AS n FROM metrics WHERE job_id = $1").await,
+        (WRITERS * BATCHES * POINTS + 1) as i64
+    );
     assert_eq!(count(&mut raw, "SELECT COUNT(*) AS n FROM checkpoints WHERE job_id = $1").await, WRITERS as i64);
     assert_eq!(db.metrics(JOB, "w7/").await.unwrap().len(), BATCHES * POINTS);
     assert_eq!(db.checkpoints_latest_first(JOB).await.unwrap().len(), WRITERS);

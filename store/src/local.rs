@@ -44,8 +44,14 @@ impl FileStore for LocalStore {
         fs::create_dir_all(dir).map_err(io)?;
         if fs::rename(src, &dest).is_err() {
             // Another file system: copy next to the destination, then rename into place.
-            let tmp = dir.join(format!(".{}.{}.put", dest.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
-            let copied = fs::copy(src, &tmp).and_then(|_| fs::File::open(&tmp)?.sync_all()).and_then(|()| fs::rename(&tmp, &dest));
+            let tmp = dir.join(format!(
+                ".{}.{}.put",
+                dest.file_name().unwrap_or_default().to_string_lossy(),
+                std::process::id()
+            ));
+            let copied = fs::copy(src, &tmp)
+                .and_then(|_| fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| fs::rename(&tmp, &dest));
             if let Err(e) = copied {
                 let _ = fs::remove_file(&tmp);
                 return Err(io(e));

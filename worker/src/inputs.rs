@@ -32,7 +32,8 @@ pub fn resolve(
     let spec = &request.spec;
     let blob = |field: &str, id: Option<&str>| -> Result<Option<PathBuf>, EngineError> {
         let Some(id) = id else { return Ok(None) };
-        let hex = id.strip_prefix("sha256:").ok_or_else(|| EngineError::Spec(format!("{field}: not a blob id: {id}")))?;
+        let hex =
+            id.strip_prefix("sha256:").ok_or_else(|| EngineError::Spec(format!("{field}: not a blob id: {id}")))?;
         fetch(store, &Key::blob(hex), scratch).map(Some)
     };
     let inputs = &request.inputs;
@@ -58,7 +59,9 @@ pub fn resolve(
 /// directory and the engine wrote in place).
 pub fn publish(store: &dyn FileStore, output: &Output, key: &str) -> Result<(), EngineError> {
     let key = key_of(key)?;
-    let written = output.path(key.as_str()).ok_or_else(|| EngineError::Export(format!("{key} is not under {}", output.key_prefix)))?;
+    let written = output
+        .path(key.as_str())
+        .ok_or_else(|| EngineError::Export(format!("{key} is not under {}", output.key_prefix)))?;
     store.put(&key, &written).map_err(|e| EngineError::Export(e.to_string()))
 }
 
@@ -66,7 +69,8 @@ pub fn publish(store: &dyn FileStore, output: &Output, key: &str) -> Result<(), 
 fn output(store: &dyn FileStore, scratch: &Path, prefix: &str) -> Result<Output, EngineError> {
     let trimmed = key_of(prefix.trim_end_matches('/'))?;
     let dir = store.local_path(&trimmed).unwrap_or_else(|| scratch.join(trimmed.as_str()));
-    std::fs::create_dir_all(&dir).map_err(|e| EngineError::Io(std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| EngineError::Io(std::io::Error::new(e.kind(), format!("creating {}: {e}", dir.display()))))?;
     Ok(Output { dir, key_prefix: prefix.to_string() })
 }
 

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use super::pruning::check_pruning;
 use super::{
-    FieldError, SpecErrors, EXPORT_FORMATS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_ELEMENTS,
-    MAX_EPOCHS, MAX_NAME_CHARS, MAX_THREADS,
+    FieldError, SpecErrors, EXPORT_FORMATS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_ELEMENTS, MAX_EPOCHS, MAX_NAME_CHARS,
+    MAX_THREADS,
 };
 use crate::compress::Compression;
 use crate::job::{Data, DataSource, Export, Job, Training};
@@ -31,14 +31,9 @@ pub fn validate(spec: &JobSpec) -> Result<Job, SpecErrors> {
     let pruning = check_pruning(&mut e, &spec.pruning);
     let export = check_export(&mut e, &spec.export, &spec.model);
     match (training, pruning, export) {
-        (Some(training), Some(pruning), Some(export)) if e.0.is_empty() => Ok(Job {
-            name: spec.name.clone(),
-            model: spec.model.clone(),
-            data,
-            training,
-            pruning,
-            export,
-        }),
+        (Some(training), Some(pruning), Some(export)) if e.0.is_empty() => {
+            Ok(Job { name: spec.name.clone(), model: spec.model.clone(), data, training, pruning, export })
+        }
         // A section is `None` only when one of its fields was reported.
         _ => {
             debug_assert!(!e.0.is_empty(), "a section failed to parse without an error");
@@ -68,29 +63,20 @@ impl Errors {
     where
         T::Err: fmt::Display,
     {
-        value
-            .parse()
-            .map_err(|err: T::Err| self.push(field, err.to_string()))
-            .ok()
+        value.parse().map_err(|err: T::Err| self.push(field, err.to_string())).ok()
     }
 
     pub(super) fn at_least(&mut self, field: impl Into<String>, value: i64, min: i64) {
-        self.check(value >= min, field, || {
-            format!("must be >= {min} (got {value})")
-        });
+        self.check(value >= min, field, || format!("must be >= {min} (got {value})"));
     }
 
     fn within(&mut self, field: impl Into<String>, value: i64, min: i64, max: i64) {
-        self.check((min..=max).contains(&value), field, || {
-            format!("must be between {min} and {max} (got {value})")
-        });
+        self.check((min..=max).contains(&value), field, || format!("must be between {min} and {max} (got {value})"));
     }
 
     /// A finite number in `[0, 1)`.
     fn fraction(&mut self, field: impl Into<String>, value: f64) {
-        self.check((0.0..1.0).contains(&value), field, || {
-            format!("must be a number in [0, 1) (got {value})")
-        });
+        self.check((0.0..1.0).contains(&value), field, || format!("must be a number in [0, 1) (got {value})"));
     }
 
     fn non_empty(&mut self, field: impl Into<String>, value: &str) {
@@ -105,36 +91,21 @@ impl Errors {
 
     /// At most (or, when `required`, exactly) one of `sources` is set.
     fn one_source(&mut self, field: &str, sources: &[(&str, bool)], required: bool) {
-        let set: Vec<&str> = sources
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(name, _)| *name)
-            .collect();
-        let names: Vec<String> = sources
-            .iter()
-            .map(|(name, _)| format!("{field}.{name}"))
-            .collect();
+        let set: Vec<&str> = sources.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+        let names: Vec<String> = sources.iter().map(|(name, _)| format!("{field}.{name}")).collect();
         if set.len() > 1 {
-            self.push(
-                field,
-                format!(
-                    "exactly one of {} may be set (found {})",
-                    names.join(", "),
-                    set.join(" and ")
-                ),
-            );
+            self.push(field, format!("exactly one of {} may be set (found {})", names.join(", "), set.join(" and ")));
         } else if set.is_empty() && required {
             self.push(field, format!("one of {} must be set", names.join(", ")));
         }
     }
-
 }
 
 /// `sha256:` followed by 64 lowercase hex digits: the id `prunectl upload` prints.
 pub fn is_blob_id(value: &str) -> bool {
-    value.strip_prefix(BLOB_PREFIX).is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    value
+        .strip_prefix(BLOB_PREFIX)
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// Product of `dims`, `None` on overflow.
@@ -143,11 +114,8 @@ fn element_count(dims: &[i64]) -> Option<i64> {
 }
 
 fn check_model(e: &mut Errors, model: &ModelSpec) {
-    let sources = [
-        ("file", model.file.is_some()),
-        ("blob", model.blob.is_some()),
-        ("sequential", model.sequential.is_some()),
-    ];
+    let sources =
+        [("file", model.file.is_some()), ("blob", model.blob.is_some()), ("sequential", model.sequential.is_some())];
     e.one_source("model", &sources, true);
     if let Some(file) = &model.file {
         e.non_empty("model.file", file);
@@ -160,8 +128,7 @@ fn check_model(e: &mut Errors, model: &ModelSpec) {
     }
     if let Some(weights) = &model.weights {
         e.check(model.sequential.is_some(), "model.weights", || {
-            "initial weights only apply to model.sequential: a file or blob model carries its own"
-                .to_string()
+            "initial weights only apply to model.sequential: a file or blob model carries its own".to_string()
         });
         e.non_empty("model.weights", weights);
         if weights.starts_with(BLOB_PREFIX) {
@@ -171,9 +138,7 @@ fn check_model(e: &mut Errors, model: &ModelSpec) {
 }
 
 fn check_sequential(e: &mut Errors, layers: &[LayerSpec]) {
-    e.check(!layers.is_empty(), "model.sequential", || {
-        "must list at least one layer".to_string()
-    });
+    e.check(!layers.is_empty(), "model.sequential", || "must list at least one layer".to_string());
     for (i, layer) in layers.iter().enumerate() {
         check_layer(e, &format!("model.sequential[{i}]"), layer);
     }
@@ -181,23 +146,12 @@ fn check_sequential(e: &mut Errors, layers: &[LayerSpec]) {
 
 fn check_layer(e: &mut Errors, at: &str, layer: &LayerSpec) {
     match *layer {
-        LayerSpec::Linear {
-            in_features,
-            out_features,
-            ..
-        } => {
+        LayerSpec::Linear { in_features, out_features, .. } => {
             e.at_least(format!("{at}.in"), in_features, 1);
             e.at_least(format!("{at}.out"), out_features, 1);
             check_weight_size(e, at, &[out_features, in_features]);
         }
-        LayerSpec::Conv2d {
-            in_channels,
-            out_channels,
-            kernel,
-            stride,
-            padding,
-            ..
-        } => {
+        LayerSpec::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
             e.at_least(format!("{at}.in"), in_channels, 1);
             e.at_least(format!("{at}.out"), out_channels, 1);
             e.at_least(format!("{at}.kernel"), kernel, 1);
@@ -217,21 +171,15 @@ fn check_layer(e: &mut Errors, at: &str, layer: &LayerSpec) {
 fn check_weight_size(e: &mut Errors, at: &str, dims: &[i64]) {
     if dims.iter().all(|&d| d >= 1) {
         let ok = element_count(dims).is_some_and(|n| n <= MAX_ELEMENTS);
-        e.check(ok, at, || {
-            format!("its weight of shape {dims:?} has more than {MAX_ELEMENTS} elements")
-        });
+        e.check(ok, at, || format!("its weight of shape {dims:?} has more than {MAX_ELEMENTS} elements"));
     }
 }
 
 fn check_reshape(e: &mut Errors, at: &str, shape: &[i64]) {
     let field = format!("{at}.shape");
-    e.check(!shape.is_empty(), &field, || {
-        "must list at least one dimension".to_string()
-    });
+    e.check(!shape.is_empty(), &field, || "must list at least one dimension".to_string());
     let inferred = shape.iter().filter(|&&d| d == -1).count();
-    e.check(inferred <= 1, &field, || {
-        format!("at most one dimension may be -1 (got {inferred})")
-    });
+    e.check(inferred <= 1, &field, || format!("at most one dimension may be -1 (got {inferred})"));
     for (j, &d) in shape.iter().enumerate() {
         e.check(d >= 1 || d == -1, format!("{field}[{j}]"), || {
             format!("must be >= 1, or -1 to infer the dimension (got {d})")
@@ -249,11 +197,7 @@ fn check_data(e: &mut Errors, data: Option<&DataSpec>, epochs: i64) -> Option<Da
         });
         return None;
     };
-    let sources = [
-        ("file", data.file.is_some()),
-        ("blob", data.blob.is_some()),
-        ("builtin", data.builtin.is_some()),
-    ];
+    let sources = [("file", data.file.is_some()), ("blob", data.blob.is_some()), ("builtin", data.builtin.is_some())];
     e.one_source("data", &sources, epochs > 0);
     if let Some(file) = &data.file {
         e.non_empty("data.file", file);
@@ -261,21 +205,14 @@ fn check_data(e: &mut Errors, data: Option<&DataSpec>, epochs: i64) -> Option<Da
     if let Some(blob) = &data.blob {
         e.blob_id("data.blob", blob);
     }
-    let builtin = data
-        .builtin
-        .as_deref()
-        .and_then(|b| e.parse::<BuiltinData>("data.builtin", b));
+    let builtin = data.builtin.as_deref().and_then(|b| e.parse::<BuiltinData>("data.builtin", b));
     if builtin == Some(BuiltinData::Synthetic) {
         check_synthetic(e, data);
     } else {
-        for (name, set) in [
-            ("shape", data.shape.is_some()),
-            ("classes", data.classes.is_some()),
-            ("samples", data.samples.is_some()),
-        ] {
-            e.check(!set, format!("data.{name}"), || {
-                "only applies to builtin = \"synthetic\"".to_string()
-            });
+        for (name, set) in
+            [("shape", data.shape.is_some()), ("classes", data.classes.is_some()), ("samples", data.samples.is_some())]
+        {
+            e.check(!set, format!("data.{name}"), || "only applies to builtin = \"synthetic\"".to_string());
         }
     }
     e.fraction("data.validation_split", data.validation_split);
@@ -283,30 +220,20 @@ fn check_data(e: &mut Errors, data: Option<&DataSpec>, epochs: i64) -> Option<Da
         (Some(file), _, _) => DataSource::File(file.clone()),
         (None, Some(blob), _) => DataSource::Blob(blob.clone()),
         (None, None, Some(BuiltinData::Digits)) => DataSource::Digits,
-        (None, None, Some(BuiltinData::Synthetic)) => DataSource::Synthetic {
-            shape: data.shape.clone()?,
-            classes: data.classes?,
-            samples: data.samples?,
-        },
+        (None, None, Some(BuiltinData::Synthetic)) => {
+            DataSource::Synthetic { shape: data.shape.clone()?, classes: data.classes?, samples: data.samples? }
+        }
         (None, None, None) => return None,
     };
-    Some(Data {
-        source,
-        validation_split: data.validation_split,
-    })
+    Some(Data { source, validation_split: data.validation_split })
 }
 
 fn check_synthetic(e: &mut Errors, data: &DataSpec) {
     let needs = |what: &str| format!("builtin = \"synthetic\" needs {what}");
     match &data.shape {
-        None => e.push(
-            "data.shape",
-            needs("a per-sample shape, e.g. shape = [1, 28, 28]"),
-        ),
+        None => e.push("data.shape", needs("a per-sample shape, e.g. shape = [1, 28, 28]")),
         Some(shape) => {
-            e.check(!shape.is_empty(), "data.shape", || {
-                "must list at least one dimension".to_string()
-            });
+            e.check(!shape.is_empty(), "data.shape", || "must list at least one dimension".to_string());
             for (j, &d) in shape.iter().enumerate() {
                 e.at_least(format!("data.shape[{j}]"), d, 1);
             }
@@ -322,9 +249,7 @@ fn check_synthetic(e: &mut Errors, data: &DataSpec) {
     }
     if let (Some(shape), Some(samples)) = (&data.shape, data.samples) {
         if samples >= 1 && shape.iter().all(|&d| d >= 1) {
-            let ok = element_count(shape)
-                .and_then(|n| n.checked_mul(samples))
-                .is_some_and(|n| n <= MAX_ELEMENTS);
+            let ok = element_count(shape).and_then(|n| n.checked_mul(samples)).is_some_and(|n| n <= MAX_ELEMENTS);
             e.check(ok, "data.samples", || {
                 format!("{samples} samples of shape {shape:?} exceed the limit of {MAX_ELEMENTS} elements")
             });
@@ -336,17 +261,13 @@ fn check_training(e: &mut Errors, t: &TrainingSpec) -> Option<Training> {
     e.within("training.epochs", t.epochs, 0, MAX_EPOCHS);
     e.within("training.batch_size", t.batch_size, 1, MAX_BATCH_SIZE);
     let optimizer = e.parse::<Optimizer>("training.optimizer", &t.optimizer);
-    e.check(
-        t.learning_rate.is_finite() && t.learning_rate > 0.0,
-        "training.learning_rate",
-        || format!("must be a finite number > 0 (got {})", t.learning_rate),
-    );
+    e.check(t.learning_rate.is_finite() && t.learning_rate > 0.0, "training.learning_rate", || {
+        format!("must be a finite number > 0 (got {})", t.learning_rate)
+    });
     e.fraction("training.momentum", t.momentum);
-    e.check(
-        t.weight_decay.is_finite() && t.weight_decay >= 0.0,
-        "training.weight_decay",
-        || format!("must be a finite number >= 0 (got {})", t.weight_decay),
-    );
+    e.check(t.weight_decay.is_finite() && t.weight_decay >= 0.0, "training.weight_decay", || {
+        format!("must be a finite number >= 0 (got {})", t.weight_decay)
+    });
     let loss = e.parse::<Loss>("training.loss", &t.loss);
     let device = e.parse::<Device>("training.device", &t.device);
     e.at_least("training.checkpoint_every", t.checkpoint_every, 1);
@@ -379,9 +300,7 @@ fn check_export(e: &mut Errors, x: &ExportSpec, model: &ModelSpec) -> Option<Exp
     for (i, format) in x.formats.iter().enumerate() {
         let field = format!("export.formats[{i}]");
         formats.push(e.parse::<ExportFormat>(&field, format));
-        e.check(!x.formats[..i].contains(format), field, || {
-            format!("`{format}` is listed twice")
-        });
+        e.check(!x.formats[..i].contains(format), field, || format!("`{format}` is listed twice"));
     }
     if formats.contains(&Some(ExportFormat::Torchscript)) {
         if let Some(why) = not_torchscript(model) {
@@ -407,8 +326,7 @@ fn not_torchscript(model: &ModelSpec) -> Option<String> {
         return Some("model.sequential builds an nn.Sequential state dict".into());
     }
     let file = model.file.as_deref()?.to_ascii_lowercase();
-    file.ends_with(".safetensors")
-        .then(|| "model.file is a safetensors state dict".into())
+    file.ends_with(".safetensors").then(|| "model.file is a safetensors state dict".into())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,11 +10,7 @@ use crate::text::one_line;
 pub fn parse_toml(text: &str) -> Result<JobSpec, SpecErrors> {
     serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
         let location = e.inner().span().map(|span| line_column(text, span.start));
-        SpecErrors(vec![serde_field_error(
-            &path_string(e.path()),
-            e.inner().message(),
-            location,
-        )])
+        SpecErrors(vec![serde_field_error(&path_string(e.path()), e.inner().message(), location)])
     })
 }
 
@@ -24,8 +20,7 @@ pub fn parse_json(text: &str) -> Result<JobSpec, SpecErrors> {
     let spec = serde_path_to_error::deserialize(&mut de)
         .map_err(|e| SpecErrors(vec![json_field_error(&path_string(e.path()), e.inner())]))?;
     // Trailing text after the document belongs to no field.
-    de.end()
-        .map_err(|e| SpecErrors(vec![json_field_error("", &e)]))?;
+    de.end().map_err(|e| SpecErrors(vec![json_field_error("", &e)]))?;
     Ok(spec)
 }
 
@@ -34,10 +29,9 @@ fn json_field_error(table: &str, e: &serde_json::Error) -> FieldError {
     let location = (e.line() > 0).then(|| (e.line(), e.column()));
     let text = e.to_string();
     let message = match location {
-        Some((line, column)) => text
-            .strip_suffix(&format!(" at line {line} column {column}"))
-            .unwrap_or(&text)
-            .to_string(),
+        Some((line, column)) => {
+            text.strip_suffix(&format!(" at line {line} column {column}")).unwrap_or(&text).to_string()
+        }
         None => text,
     };
     serde_field_error(table, &message, location)
@@ -84,10 +78,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 fn floor_char_boundary(text: &str, offset: usize) -> usize {
-    (0..=offset.min(text.len()))
-        .rev()
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(0)
+    (0..=offset.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// serde names the Rust type it expected (`expected struct ModelSpec`); users wrote a table.

@@ -68,15 +68,9 @@ fn check_block_size(e: &mut Errors, at: &str, block: [i64; 2]) {
 
 fn check_m_by_n(e: &mut Errors, field: &str, [m, n]: [i64; 2], block: [i64; 2]) {
     if n < 1 {
-        e.push(
-            field,
-            format!("n (the group size) must be >= 1 (got [{m}, {n}])"),
-        );
+        e.push(field, format!("n (the group size) must be >= 1 (got [{m}, {n}])"));
     } else if m < 0 || m >= n {
-        e.push(
-            field,
-            format!("m zeros per group of n need 0 <= m < n; m >= n is rejected (got [{m}, {n}])"),
-        );
+        e.push(field, format!("m zeros per group of n need 0 <= m < n; m >= n is rejected (got [{m}, {n}])"));
     }
     e.check(block == [1, 1], field, || {
         format!("m_by_n cannot be combined with block_size {block:?}: use block_size = [1, 1]")
@@ -121,7 +115,10 @@ fn check_override(
         .filter_map(|(name, set)| set.then_some(name))
         .collect();
         e.check(settings.is_empty(), format!("{at}.skip"), || {
-            format!("skip = true leaves matching parameters unpruned, so {} would be ignored: remove one or the other", settings.join(", "))
+            format!(
+                "skip = true leaves matching parameters unpruned, so {} would be ignored: remove one or the other",
+                settings.join(", ")
+            )
         });
     }
     if let Some(schedule) = &o.schedule {
@@ -131,10 +128,8 @@ fn check_override(
     if let Some(b) = o.block_size {
         check_block_size(e, &format!("{at}.block_size"), b);
     }
-    let pooling = o
-        .block_pooling
-        .as_deref()
-        .map(|pooling| e.parse::<BlockPooling>(format!("{at}.block_pooling"), pooling));
+    let pooling =
+        o.block_pooling.as_deref().map(|pooling| e.parse::<BlockPooling>(format!("{at}.block_pooling"), pooling));
     if let Some(m_by_n) = o.m_by_n {
         check_m_by_n(e, &format!("{at}.m_by_n"), m_by_n, block);
     }
@@ -155,17 +150,10 @@ fn check_override(
         };
         OverrideRule::Prune {
             schedule: o.schedule.unwrap_or(top.schedule),
-            method: PruningMethod::resolve(
-                o.block_size.unwrap_or(top.block_size),
-                pooling,
-                o.m_by_n.or(top.m_by_n),
-            )?,
+            method: PruningMethod::resolve(o.block_size.unwrap_or(top.block_size), pooling, o.m_by_n.or(top.m_by_n))?,
         }
     };
-    Some(Override {
-        pattern: o.pattern.clone(),
-        rule,
-    })
+    Some(Override { pattern: o.pattern.clone(), rule })
 }
 
 /// The regex crate's error on one line. Its syntax errors echo the pattern with a caret under
@@ -173,10 +161,7 @@ fn check_override(
 /// cause is kept.
 fn regex_reason(err: &regex::Error) -> String {
     let text = err.to_string();
-    let cause = text
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix("error: "));
+    let cause = text.lines().rev().find_map(|l| l.trim().strip_prefix("error: "));
     match (text.starts_with("regex parse error:"), cause) {
         (true, Some(cause)) => format!("regex parse error: {cause}"),
         _ => one_line(&text),

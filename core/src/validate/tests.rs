@@ -86,9 +86,7 @@ fn assert_rejects(change: impl FnOnce(&mut JobSpec), field: &str, phrase: &str) 
     change(&mut spec);
     let errors = validate(&spec).expect_err("spec should be rejected").0;
     assert!(
-        errors
-            .iter()
-            .any(|e| e.field == field && e.reason.contains(phrase)),
+        errors.iter().any(|e| e.field == field && e.reason.contains(phrase)),
         "no error on {field} containing {phrase:?}; got {errors:#?}"
     );
 }
@@ -109,7 +107,8 @@ fn parse_error(text: &str) -> FieldError {
     errors.remove(0)
 }
 
-const MINIMAL: &str = "[model]\nfile = \"m.pt\"\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.5 }\n";
+const MINIMAL: &str =
+    "[model]\nfile = \"m.pt\"\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.5 }\n";
 
 // --- the spec's own example ---------------------------------------------------------------
 
@@ -148,25 +147,20 @@ fn minimal_spec_takes_defaults() {
 fn unknown_key_names_key_and_table() {
     let e = parse_error(&format!("{MINIMAL}[training]\nbacth_size = 3\n"));
     assert_eq!(e.field, "training.bacth_size");
-    assert!(
-        e.reason.contains("unknown field `bacth_size`") && e.reason.contains("line 6"),
-        "{e}"
-    );
+    assert!(e.reason.contains("unknown field `bacth_size`") && e.reason.contains("line 6"), "{e}");
 }
 
 #[test]
 fn unknown_key_inside_an_override_has_its_index() {
-    let text = format!("{MINIMAL}[[pruning.overrides]]\nmatch = \"a\"\n[[pruning.overrides]]\nmatch = \"b\"\nskp = true\n");
+    let text =
+        format!("{MINIMAL}[[pruning.overrides]]\nmatch = \"a\"\n[[pruning.overrides]]\nmatch = \"b\"\nskp = true\n");
     let e = parse_error(&text);
     assert_eq!(e.field, "pruning.overrides[1].skp");
 }
 
 #[test]
 fn unknown_key_inside_a_schedule_names_the_schedule() {
-    let text = MINIMAL.replace(
-        "target_sparsity = 0.5",
-        "target_sparsity = 0.5, frequncy = 3",
-    );
+    let text = MINIMAL.replace("target_sparsity = 0.5", "target_sparsity = 0.5, frequncy = 3");
     let e = parse_error(&text);
     assert_eq!(e.field, "pruning.schedule.frequncy");
 }
@@ -176,7 +170,10 @@ fn missing_key_names_the_key() {
     let e = parse_error("[model]\nfile = \"m.pt\"\n");
     assert_eq!(e.field, "pruning");
     assert!(e.reason.contains("missing field"), "{e}");
-    let text = MINIMAL.replace("kind = \"constant_sparsity\", target_sparsity = 0.5", "kind = \"polynomial_decay\", initial_sparsity = 0.1, final_sparsity = 0.5, begin_step = 0");
+    let text = MINIMAL.replace(
+        "kind = \"constant_sparsity\", target_sparsity = 0.5",
+        "kind = \"polynomial_decay\", initial_sparsity = 0.1, final_sparsity = 0.5, begin_step = 0",
+    );
     assert_eq!(parse_error(&text).field, "pruning.schedule.end_step");
 }
 
@@ -192,21 +189,14 @@ fn wrong_type_names_the_field() {
 fn type_errors_speak_of_tables_not_rust_types() {
     let e = parse_error("model = 3");
     assert_eq!(e.field, "model");
-    assert!(
-        e.reason
-            .starts_with("invalid type: integer `3`, expected a table (line 1"),
-        "{e}"
-    );
+    assert!(e.reason.starts_with("invalid type: integer `3`, expected a table (line 1"), "{e}");
 }
 
 #[test]
 fn syntax_error_is_one_line_with_location() {
     let e = parse_error("[model\nfile = 1");
     assert_eq!(e.field, "");
-    assert!(
-        !e.reason.contains('\n') && e.reason.contains("line 1"),
-        "{e}"
-    );
+    assert!(!e.reason.contains('\n') && e.reason.contains("line 1"), "{e}");
 }
 
 #[test]
@@ -215,12 +205,12 @@ fn json_errors_carry_paths() {
     value["pruning"]["overrides"][0]["sikp"] = true.into();
     let errors = parse_json(&value.to_string()).unwrap_err().0;
     assert_eq!(errors[0].field, "pruning.overrides[0].sikp");
-    let errors = parse_json("{\"model\": {}, \"pruning\": {\"schedule\": {\"kind\": \"constant_sparsity\", \"target_sparsity\": 0.5}}} x").unwrap_err().0;
-    assert!(
-        errors[0].reason.contains("trailing characters"),
-        "{:?}",
-        errors
-    );
+    let errors = parse_json(
+        "{\"model\": {}, \"pruning\": {\"schedule\": {\"kind\": \"constant_sparsity\", \"target_sparsity\": 0.5}}} x",
+    )
+    .unwrap_err()
+    .0;
+    assert!(errors[0].reason.contains("trailing characters"), "{:?}", errors);
     let errors = parse_json("{\"model\": {\"file\": 3}}").unwrap_err().0;
     assert_eq!(errors[0].field, "model.file");
     assert!(errors[0].reason.contains("(line 1, column"), "{:?}", errors);
@@ -230,25 +220,13 @@ fn json_errors_carry_paths() {
 
 #[test]
 fn model_needs_exactly_one_source() {
-    assert_rejects(
-        |s| s.model.file = None,
-        "model",
-        "one of model.file, model.blob, model.sequential must be set",
-    );
-    assert_rejects(
-        |s| s.model.blob = Some(BLOB.into()),
-        "model",
-        "found file and blob",
-    );
+    assert_rejects(|s| s.model.file = None, "model", "one of model.file, model.blob, model.sequential must be set");
+    assert_rejects(|s| s.model.blob = Some(BLOB.into()), "model", "found file and blob");
 }
 
 #[test]
 fn model_file_not_empty() {
-    assert_rejects(
-        |s| s.model.file = Some(String::new()),
-        "model.file",
-        "must not be empty",
-    );
+    assert_rejects(|s| s.model.file = Some(String::new()), "model.file", "must not be empty");
 }
 
 #[test]
@@ -274,11 +252,7 @@ fn blob_ids_are_checked() {
         "model.blob",
         "not a blob id",
     );
-    assert_rejects(
-        |s| s.data.as_mut().unwrap().file = None,
-        "data",
-        "one of data.file",
-    );
+    assert_rejects(|s| s.data.as_mut().unwrap().file = None, "data", "one of data.file");
     assert_rejects(
         |s| {
             let d = s.data.as_mut().unwrap();
@@ -312,11 +286,7 @@ fn sequential(layers: Vec<LayerSpec>) -> impl FnOnce(&mut JobSpec) {
 }
 
 fn linear(in_features: i64, out_features: i64) -> LayerSpec {
-    LayerSpec::Linear {
-        in_features,
-        out_features,
-        bias: true,
-    }
+    LayerSpec::Linear { in_features, out_features, bias: true }
 }
 
 #[test]
@@ -331,81 +301,38 @@ fn layer_sizes_at_least_one() {
         "model.sequential[2].in",
         "must be >= 1 (got 0)",
     );
-    assert_rejects(
-        sequential(vec![linear(4, -1)]),
-        "model.sequential[0].out",
-        ">= 1",
-    );
-    let conv = LayerSpec::Conv2d {
-        in_channels: 1,
-        out_channels: 2,
-        kernel: 0,
-        stride: 0,
-        padding: -1,
-        bias: true,
-    };
+    assert_rejects(sequential(vec![linear(4, -1)]), "model.sequential[0].out", ">= 1");
+    let conv = LayerSpec::Conv2d { in_channels: 1, out_channels: 2, kernel: 0, stride: 0, padding: -1, bias: true };
     for field in ["kernel", "stride"] {
-        assert_rejects(
-            sequential(vec![conv.clone()]),
-            &format!("model.sequential[0].{field}"),
-            ">= 1",
-        );
+        assert_rejects(sequential(vec![conv.clone()]), &format!("model.sequential[0].{field}"), ">= 1");
     }
-    assert_rejects(
-        sequential(vec![conv]),
-        "model.sequential[0].padding",
-        ">= 0",
-    );
-    assert_rejects(
-        sequential(vec![LayerSpec::Maxpool2d { kernel: 0 }]),
-        "model.sequential[0].kernel",
-        ">= 1",
-    );
+    assert_rejects(sequential(vec![conv]), "model.sequential[0].padding", ">= 0");
+    assert_rejects(sequential(vec![LayerSpec::Maxpool2d { kernel: 0 }]), "model.sequential[0].kernel", ">= 1");
 }
 
 #[test]
 fn layer_weights_have_a_size_limit() {
-    assert_rejects(
-        sequential(vec![linear(1 << 20, 1 << 20)]),
-        "model.sequential[0]",
-        "more than 2147483648 elements",
-    );
-    assert_rejects(
-        sequential(vec![linear(i64::MAX, 3)]),
-        "model.sequential[0]",
-        "more than",
-    );
+    assert_rejects(sequential(vec![linear(1 << 20, 1 << 20)]), "model.sequential[0]", "more than 2147483648 elements");
+    assert_rejects(sequential(vec![linear(i64::MAX, 3)]), "model.sequential[0]", "more than");
 }
 
 #[test]
 fn dropout_p_in_unit_interval() {
-    assert_rejects(
-        sequential(vec![LayerSpec::Dropout { p: 1.0 }]),
-        "model.sequential[0].p",
-        "[0, 1)",
-    );
-    assert_rejects(
-        sequential(vec![LayerSpec::Dropout { p: f64::NAN }]),
-        "model.sequential[0].p",
-        "[0, 1)",
-    );
+    assert_rejects(sequential(vec![LayerSpec::Dropout { p: 1.0 }]), "model.sequential[0].p", "[0, 1)");
+    assert_rejects(sequential(vec![LayerSpec::Dropout { p: f64::NAN }]), "model.sequential[0].p", "[0, 1)");
     assert_accepts(sequential(vec![LayerSpec::Dropout { p: 0.0 }]));
 }
 
 #[test]
 fn reshape_entries() {
-    assert_accepts(sequential(vec![LayerSpec::Reshape {
-        shape: vec![-1, 1, 8, 8],
-    }]));
+    assert_accepts(sequential(vec![LayerSpec::Reshape { shape: vec![-1, 1, 8, 8] }]));
     assert_rejects(
         sequential(vec![LayerSpec::Reshape { shape: vec![-1, 0] }]),
         "model.sequential[0].shape[1]",
         "or -1",
     );
     assert_rejects(
-        sequential(vec![LayerSpec::Reshape {
-            shape: vec![-1, -1],
-        }]),
+        sequential(vec![LayerSpec::Reshape { shape: vec![-1, -1] }]),
         "model.sequential[0].shape",
         "at most one dimension may be -1",
     );
@@ -420,20 +347,12 @@ fn reshape_entries() {
 
 #[test]
 fn data_needed_only_when_training() {
-    assert_rejects(
-        |s| s.data = None,
-        "data",
-        "training.epochs > 0 needs training data",
-    );
+    assert_rejects(|s| s.data = None, "data", "training.epochs > 0 needs training data");
     assert_accepts(|s| {
         s.data = None;
         s.training.epochs = 0;
     });
-    assert_rejects(
-        |s| s.data.as_mut().unwrap().builtin = Some("digits".into()),
-        "data",
-        "found file and builtin",
-    );
+    assert_rejects(|s| s.data.as_mut().unwrap().builtin = Some("digits".into()), "data", "found file and builtin");
 }
 
 #[test]
@@ -447,76 +366,30 @@ fn builtin_names() {
         }
     };
     assert_accepts(builtin("digits"));
-    assert_rejects(
-        builtin("mnist"),
-        "data.builtin",
-        "`mnist` is not one of: digits, synthetic",
-    );
+    assert_rejects(builtin("mnist"), "data.builtin", "`mnist` is not one of: digits, synthetic");
 }
 
-fn synthetic(
-    shape: Option<Vec<i64>>,
-    classes: Option<i64>,
-    samples: Option<i64>,
-) -> impl FnOnce(&mut JobSpec) {
+fn synthetic(shape: Option<Vec<i64>>, classes: Option<i64>, samples: Option<i64>) -> impl FnOnce(&mut JobSpec) {
     move |s| {
-        s.data = Some(DataSpec {
-            builtin: Some("synthetic".into()),
-            shape,
-            classes,
-            samples,
-            ..DataSpec::default()
-        });
+        s.data = Some(DataSpec { builtin: Some("synthetic".into()), shape, classes, samples, ..DataSpec::default() });
     }
 }
 
 #[test]
 fn synthetic_needs_its_parameters() {
     assert_accepts(synthetic(Some(vec![1, 28, 28]), Some(10), Some(1000)));
-    assert_rejects(
-        synthetic(None, Some(10), Some(10)),
-        "data.shape",
-        "needs a per-sample shape",
-    );
-    assert_rejects(
-        synthetic(Some(vec![4, 0]), Some(10), Some(10)),
-        "data.shape[1]",
-        ">= 1",
-    );
-    assert_rejects(
-        synthetic(Some(vec![4]), None, Some(10)),
-        "data.classes",
-        "needs classes",
-    );
-    assert_rejects(
-        synthetic(Some(vec![4]), Some(0), Some(10)),
-        "data.classes",
-        "between 1 and 1000000",
-    );
-    assert_rejects(
-        synthetic(Some(vec![4]), Some(2_000_000), Some(10)),
-        "data.classes",
-        "between 1 and 1000000",
-    );
-    assert_rejects(
-        synthetic(Some(vec![4]), Some(10), Some(0)),
-        "data.samples",
-        ">= 1",
-    );
+    assert_rejects(synthetic(None, Some(10), Some(10)), "data.shape", "needs a per-sample shape");
+    assert_rejects(synthetic(Some(vec![4, 0]), Some(10), Some(10)), "data.shape[1]", ">= 1");
+    assert_rejects(synthetic(Some(vec![4]), None, Some(10)), "data.classes", "needs classes");
+    assert_rejects(synthetic(Some(vec![4]), Some(0), Some(10)), "data.classes", "between 1 and 1000000");
+    assert_rejects(synthetic(Some(vec![4]), Some(2_000_000), Some(10)), "data.classes", "between 1 and 1000000");
+    assert_rejects(synthetic(Some(vec![4]), Some(10), Some(0)), "data.samples", ">= 1");
 }
 
 #[test]
 fn synthetic_size_limit() {
-    assert_rejects(
-        synthetic(Some(vec![1 << 20]), Some(10), Some(1 << 12)),
-        "data.samples",
-        "exceed the limit",
-    );
-    assert_rejects(
-        synthetic(Some(vec![i64::MAX, 2]), Some(10), Some(2)),
-        "data.samples",
-        "exceed the limit",
-    );
+    assert_rejects(synthetic(Some(vec![1 << 20]), Some(10), Some(1 << 12)), "data.samples", "exceed the limit");
+    assert_rejects(synthetic(Some(vec![i64::MAX, 2]), Some(10), Some(2)), "data.samples", "exceed the limit");
 }
 
 #[test]
@@ -530,57 +403,21 @@ fn synthetic_parameters_only_for_synthetic() {
 
 #[test]
 fn validation_split_range() {
-    assert_rejects(
-        |s| s.data.as_mut().unwrap().validation_split = 1.0,
-        "data.validation_split",
-        "[0, 1)",
-    );
-    assert_rejects(
-        |s| s.data.as_mut().unwrap().validation_split = f64::INFINITY,
-        "data.validation_split",
-        "[0, 1)",
-    );
+    assert_rejects(|s| s.data.as_mut().unwrap().validation_split = 1.0, "data.validation_split", "[0, 1)");
+    assert_rejects(|s| s.data.as_mut().unwrap().validation_split = f64::INFINITY, "data.validation_split", "[0, 1)");
 }
 
 // --- validation: training -----------------------------------------------------------------
 
 #[test]
 fn training_ranges() {
-    assert_rejects(
-        |s| s.training.epochs = -1,
-        "training.epochs",
-        "between 0 and 100000",
-    );
-    assert_rejects(
-        |s| s.training.epochs = 100_001,
-        "training.epochs",
-        "between 0 and 100000",
-    );
-    assert_rejects(
-        |s| s.training.batch_size = 0,
-        "training.batch_size",
-        "between 1 and 1048576",
-    );
-    assert_rejects(
-        |s| s.training.batch_size = (1 << 20) + 1,
-        "training.batch_size",
-        "between 1 and 1048576",
-    );
-    assert_rejects(
-        |s| s.training.checkpoint_every = 0,
-        "training.checkpoint_every",
-        ">= 1",
-    );
-    assert_rejects(
-        |s| s.training.threads = 257,
-        "training.threads",
-        "between 0 and 256",
-    );
-    assert_rejects(
-        |s| s.training.threads = -1,
-        "training.threads",
-        "between 0 and 256",
-    );
+    assert_rejects(|s| s.training.epochs = -1, "training.epochs", "between 0 and 100000");
+    assert_rejects(|s| s.training.epochs = 100_001, "training.epochs", "between 0 and 100000");
+    assert_rejects(|s| s.training.batch_size = 0, "training.batch_size", "between 1 and 1048576");
+    assert_rejects(|s| s.training.batch_size = (1 << 20) + 1, "training.batch_size", "between 1 and 1048576");
+    assert_rejects(|s| s.training.checkpoint_every = 0, "training.checkpoint_every", ">= 1");
+    assert_rejects(|s| s.training.threads = 257, "training.threads", "between 0 and 256");
+    assert_rejects(|s| s.training.threads = -1, "training.threads", "between 0 and 256");
 }
 
 #[test]
@@ -590,36 +427,16 @@ fn training_names() {
         "training.optimizer",
         "`rmsprop` is not one of: sgd, adam, adamw",
     );
-    assert_rejects(
-        |s| s.training.loss = "hinge".into(),
-        "training.loss",
-        "cross_entropy, mse",
-    );
+    assert_rejects(|s| s.training.loss = "hinge".into(), "training.loss", "cross_entropy, mse");
 }
 
 #[test]
 fn training_numbers() {
-    assert_rejects(
-        |s| s.training.learning_rate = 0.0,
-        "training.learning_rate",
-        "finite number > 0",
-    );
-    assert_rejects(
-        |s| s.training.learning_rate = f64::NAN,
-        "training.learning_rate",
-        "finite number > 0",
-    );
+    assert_rejects(|s| s.training.learning_rate = 0.0, "training.learning_rate", "finite number > 0");
+    assert_rejects(|s| s.training.learning_rate = f64::NAN, "training.learning_rate", "finite number > 0");
     assert_rejects(|s| s.training.momentum = 1.0, "training.momentum", "[0, 1)");
-    assert_rejects(
-        |s| s.training.weight_decay = -0.1,
-        "training.weight_decay",
-        "finite number >= 0",
-    );
-    assert_rejects(
-        |s| s.training.weight_decay = f64::INFINITY,
-        "training.weight_decay",
-        "finite number >= 0",
-    );
+    assert_rejects(|s| s.training.weight_decay = -0.1, "training.weight_decay", "finite number >= 0");
+    assert_rejects(|s| s.training.weight_decay = f64::INFINITY, "training.weight_decay", "finite number >= 0");
 }
 
 #[test]
@@ -627,51 +444,27 @@ fn devices() {
     for ok in ["cpu", "cuda", "cuda:0", "cuda:12", "auto"] {
         assert!(is_device(ok), "{ok}");
     }
-    for bad in [
-        "gpu",
-        "cuda:",
-        "cuda:-1",
-        "cuda:+1",
-        "cuda:x",
-        "cuda:99999999",
-        "CPU",
-    ] {
+    for bad in ["gpu", "cuda:", "cuda:-1", "cuda:+1", "cuda:x", "cuda:99999999", "CPU"] {
         assert!(!is_device(bad), "{bad}");
     }
-    assert_rejects(
-        |s| s.training.device = "gpu".into(),
-        "training.device",
-        "expected cpu, cuda, cuda:N",
-    );
+    assert_rejects(|s| s.training.device = "gpu".into(), "training.device", "expected cpu, cuda, cuda:N");
 }
 
 // --- validation: pruning ------------------------------------------------------------------
 
 #[test]
 fn schedule_errors_keep_tfmot_messages() {
-    assert_rejects(
-        |s| s.pruning.schedule = poly(0, -1, 100),
-        "pruning.schedule.end_step",
-        "end_step cannot be -1.",
-    );
+    assert_rejects(|s| s.pruning.schedule = poly(0, -1, 100), "pruning.schedule.end_step", "end_step cannot be -1.");
     assert_rejects(
         |s| s.pruning.schedule = poly(-5, 10, 100),
         "pruning.schedule.begin_step",
         "begin_step should be >= 0",
     );
-    assert_rejects(
-        |s| s.pruning.schedule = poly(0, 10, 0),
-        "pruning.schedule.frequency",
-        "frequency should be > 0",
-    );
+    assert_rejects(|s| s.pruning.schedule = poly(0, 10, 0), "pruning.schedule.frequency", "frequency should be > 0");
     assert_rejects(
         |s| {
-            s.pruning.schedule = Schedule::ConstantSparsity {
-                target_sparsity: 1.0,
-                begin_step: 0,
-                end_step: -1,
-                frequency: 1,
-            }
+            s.pruning.schedule =
+                Schedule::ConstantSparsity { target_sparsity: 1.0, begin_step: 0, end_step: -1, frequency: 1 }
         },
         "pruning.schedule.target_sparsity",
         "target_sparsity must be in range [0,1)",
@@ -700,42 +493,22 @@ fn power_must_not_be_negative() {
 
 #[test]
 fn block_size_entries() {
-    assert_rejects(
-        |s| s.pruning.block_size = [1, 0],
-        "pruning.block_size[1]",
-        ">= 1",
-    );
+    assert_rejects(|s| s.pruning.block_size = [1, 0], "pruning.block_size[1]", ">= 1");
     assert_accepts(|s| s.pruning.block_size = [1, 4]);
 }
 
 #[test]
 fn block_pooling_names() {
-    assert_rejects(
-        |s| s.pruning.block_pooling = "mean".into(),
-        "pruning.block_pooling",
-        "avg, max",
-    );
+    assert_rejects(|s| s.pruning.block_pooling = "mean".into(), "pruning.block_pooling", "avg, max");
 }
 
 #[test]
 fn m_by_n_rules() {
     assert_accepts(|s| s.pruning.m_by_n = Some([2, 4]));
     assert_accepts(|s| s.pruning.m_by_n = Some([0, 1]));
-    assert_rejects(
-        |s| s.pruning.m_by_n = Some([4, 4]),
-        "pruning.m_by_n",
-        "m >= n is rejected",
-    );
-    assert_rejects(
-        |s| s.pruning.m_by_n = Some([-1, 4]),
-        "pruning.m_by_n",
-        "0 <= m < n",
-    );
-    assert_rejects(
-        |s| s.pruning.m_by_n = Some([0, 0]),
-        "pruning.m_by_n",
-        "n (the group size) must be >= 1",
-    );
+    assert_rejects(|s| s.pruning.m_by_n = Some([4, 4]), "pruning.m_by_n", "m >= n is rejected");
+    assert_rejects(|s| s.pruning.m_by_n = Some([-1, 4]), "pruning.m_by_n", "0 <= m < n");
+    assert_rejects(|s| s.pruning.m_by_n = Some([0, 0]), "pruning.m_by_n", "n (the group size) must be >= 1");
     assert_rejects(
         |s| {
             s.pruning.m_by_n = Some([2, 4]);
@@ -748,11 +521,7 @@ fn m_by_n_rules() {
 
 #[test]
 fn scope_rules() {
-    assert_rejects(
-        |s| s.pruning.scope = "model".into(),
-        "pruning.scope",
-        "layer, global",
-    );
+    assert_rejects(|s| s.pruning.scope = "model".into(), "pruning.scope", "layer, global");
     assert_accepts(|s| s.pruning.scope = "global".into());
     assert_rejects(
         |s| {
@@ -774,16 +543,8 @@ fn scope_rules() {
 
 #[test]
 fn regexes_must_compile() {
-    assert_rejects(
-        |s| s.pruning.include = vec!["ok".into(), "(".into()],
-        "pruning.include[1]",
-        "unclosed group",
-    );
-    assert_rejects(
-        |s| s.pruning.exclude = vec!["[z-a]".into()],
-        "pruning.exclude[0]",
-        "regex parse error",
-    );
+    assert_rejects(|s| s.pruning.include = vec!["ok".into(), "(".into()], "pruning.include[1]", "unclosed group");
+    assert_rejects(|s| s.pruning.exclude = vec!["[z-a]".into()], "pruning.exclude[0]", "regex parse error");
     let mut spec = example();
     spec.pruning.include = vec!["(".into()];
     let reason = &validate(&spec).unwrap_err().0[0].reason;
@@ -795,84 +556,33 @@ fn with_override(o: OverrideSpec) -> impl FnOnce(&mut JobSpec) {
 }
 
 fn override_on(pattern: &str) -> OverrideSpec {
-    OverrideSpec {
-        pattern: pattern.into(),
-        ..OverrideSpec::default()
-    }
+    OverrideSpec { pattern: pattern.into(), ..OverrideSpec::default() }
 }
 
 #[test]
 fn override_match_must_compile() {
-    assert_rejects(
-        with_override(override_on("a(")),
-        "pruning.overrides[1].match",
-        "unclosed group",
-    );
+    assert_rejects(with_override(override_on("a(")), "pruning.overrides[1].match", "unclosed group");
 }
 
 #[test]
 fn override_skip_excludes_settings() {
-    let o = OverrideSpec {
-        skip: true,
-        block_size: Some([2, 2]),
-        m_by_n: Some([2, 4]),
-        ..override_on("x")
-    };
-    assert_rejects(
-        with_override(o),
-        "pruning.overrides[1].skip",
-        "block_size, m_by_n would be ignored",
-    );
+    let o = OverrideSpec { skip: true, block_size: Some([2, 2]), m_by_n: Some([2, 4]), ..override_on("x") };
+    assert_rejects(with_override(o), "pruning.overrides[1].skip", "block_size, m_by_n would be ignored");
 }
 
 #[test]
 fn override_settings_are_validated() {
-    let o = OverrideSpec {
-        schedule: Some(poly(10, 5, 1)),
-        ..override_on("x")
-    };
-    assert_rejects(
-        with_override(o),
-        "pruning.overrides[1].schedule.end_step",
-        "begin_step should be <= end_step",
-    );
-    let o = OverrideSpec {
-        block_size: Some([0, 1]),
-        ..override_on("x")
-    };
-    assert_rejects(
-        with_override(o),
-        "pruning.overrides[1].block_size[0]",
-        ">= 1",
-    );
-    let o = OverrideSpec {
-        block_pooling: Some("sum".into()),
-        ..override_on("x")
-    };
-    assert_rejects(
-        with_override(o),
-        "pruning.overrides[1].block_pooling",
-        "avg, max",
-    );
-    let o = OverrideSpec {
-        m_by_n: Some([5, 4]),
-        ..override_on("x")
-    };
+    let o = OverrideSpec { schedule: Some(poly(10, 5, 1)), ..override_on("x") };
+    assert_rejects(with_override(o), "pruning.overrides[1].schedule.end_step", "begin_step should be <= end_step");
+    let o = OverrideSpec { block_size: Some([0, 1]), ..override_on("x") };
+    assert_rejects(with_override(o), "pruning.overrides[1].block_size[0]", ">= 1");
+    let o = OverrideSpec { block_pooling: Some("sum".into()), ..override_on("x") };
+    assert_rejects(with_override(o), "pruning.overrides[1].block_pooling", "avg, max");
+    let o = OverrideSpec { m_by_n: Some([5, 4]), ..override_on("x") };
     assert_rejects(with_override(o), "pruning.overrides[1].m_by_n", "m >= n");
-    let o = OverrideSpec {
-        m_by_n: Some([2, 4]),
-        block_size: Some([1, 2]),
-        ..override_on("x")
-    };
-    assert_rejects(
-        with_override(o),
-        "pruning.overrides[1].m_by_n",
-        "cannot be combined with block_size",
-    );
-    let o = OverrideSpec {
-        block_size: Some([2, 2]),
-        ..override_on("x")
-    };
+    let o = OverrideSpec { m_by_n: Some([2, 4]), block_size: Some([1, 2]), ..override_on("x") };
+    assert_rejects(with_override(o), "pruning.overrides[1].m_by_n", "cannot be combined with block_size");
+    let o = OverrideSpec { block_size: Some([2, 2]), ..override_on("x") };
     assert_rejects(
         |s| {
             s.pruning.scope = "global".into();
@@ -887,16 +597,8 @@ fn override_settings_are_validated() {
 
 #[test]
 fn export_formats() {
-    assert_rejects(
-        |s| s.export.formats.clear(),
-        "export.formats",
-        "at least one of: safetensors, torchscript",
-    );
-    assert_rejects(
-        |s| s.export.formats = vec!["onnx".into()],
-        "export.formats[0]",
-        "`onnx` is not one of",
-    );
+    assert_rejects(|s| s.export.formats.clear(), "export.formats", "at least one of: safetensors, torchscript");
+    assert_rejects(|s| s.export.formats = vec!["onnx".into()], "export.formats[0]", "`onnx` is not one of");
     assert_rejects(
         |s| s.export.formats = vec!["safetensors".into(), "safetensors".into()],
         "export.formats[1]",
@@ -906,8 +608,7 @@ fn export_formats() {
 
 #[test]
 fn torchscript_export_needs_torchscript_input() {
-    let torchscript =
-        |s: &mut JobSpec| s.export.formats = vec!["safetensors".into(), "torchscript".into()];
+    let torchscript = |s: &mut JobSpec| s.export.formats = vec!["safetensors".into(), "torchscript".into()];
     assert_accepts(torchscript);
     assert_accepts(|s| {
         torchscript(s);
@@ -938,16 +639,8 @@ fn torchscript_export_needs_torchscript_input() {
 
 #[test]
 fn export_names() {
-    assert_rejects(
-        |s| s.export.compression = "lz4".into(),
-        "export.compression",
-        "expected one of none, gzip, zstd",
-    );
-    assert_rejects(
-        |s| s.export.sparse_format = "csr".into(),
-        "export.sparse_format",
-        "dense, bitmask",
-    );
+    assert_rejects(|s| s.export.compression = "lz4".into(), "export.compression", "expected one of none, gzip, zstd");
+    assert_rejects(|s| s.export.sparse_format = "csr".into(), "export.sparse_format", "dense, bitmask");
     assert_accepts(|s| {
         s.export.compression = "none".into();
         s.export.sparse_format = "bitmask".into();
@@ -957,11 +650,7 @@ fn export_names() {
 #[test]
 fn name_length() {
     assert_accepts(|s| s.name = Some("é".repeat(256)));
-    assert_rejects(
-        |s| s.name = Some("x".repeat(257)),
-        "name",
-        "at most 256 characters (got 257)",
-    );
+    assert_rejects(|s| s.name = Some("x".repeat(257)), "name", "at most 256 characters (got 257)");
 }
 
 // --- collection and display ---------------------------------------------------------------
@@ -987,10 +676,7 @@ fn collects_every_error() {
     );
     let text = errors.to_string();
     assert_eq!(text.lines().count(), 5);
-    assert!(
-        text.starts_with("training.batch_size: must be between 1 and"),
-        "{text}"
-    );
+    assert!(text.starts_with("training.batch_size: must be between 1 and"), "{text}");
 }
 
 #[test]
@@ -1011,13 +697,7 @@ fn validate_parses_into_the_typed_job() {
     assert_eq!(job.pruning.schedule, poly(0, 844, 100));
     assert_eq!(job.pruning.method, PruningMethod::ElementWise);
     assert_eq!(job.pruning.scope, Scope::Layer);
-    assert_eq!(
-        job.pruning.overrides,
-        [Override {
-            pattern: "^0\\.weight$".into(),
-            rule: OverrideRule::Skip
-        }]
-    );
+    assert_eq!(job.pruning.overrides, [Override { pattern: "^0\\.weight$".into(), rule: OverrideRule::Skip }]);
     assert_eq!(job.export.formats, [ExportFormat::Safetensors]);
     assert_eq!(job.export.compression, Compression::Zstd);
     assert_eq!(job.export.sparse_format, SparseFormat::Dense);
@@ -1032,48 +712,23 @@ fn methods_resolve_per_rule_with_inheritance() {
     spec.pruning.block_size = [2, 4];
     spec.pruning.block_pooling = "max".into();
     spec.pruning.overrides = vec![
-        OverrideSpec {
-            m_by_n: Some([2, 4]),
-            block_size: Some([1, 1]),
-            ..override_on("conv")
-        },
-        OverrideSpec {
-            block_pooling: Some("avg".into()),
-            ..override_on("fc")
-        },
-        OverrideSpec {
-            schedule: Some(poly(0, 10, 1)),
-            ..override_on("head")
-        },
-        OverrideSpec {
-            skip: true,
-            ..override_on("skip")
-        },
+        OverrideSpec { m_by_n: Some([2, 4]), block_size: Some([1, 1]), ..override_on("conv") },
+        OverrideSpec { block_pooling: Some("avg".into()), ..override_on("fc") },
+        OverrideSpec { schedule: Some(poly(0, 10, 1)), ..override_on("head") },
+        OverrideSpec { skip: true, ..override_on("skip") },
         override_on("rest"),
     ];
     let job = validate(&spec).unwrap();
     let top = spec.pruning.schedule;
-    let block = |pooling| PruningMethod::Block {
-        size: [2, 4],
-        pooling,
-    };
+    let block = |pooling| PruningMethod::Block { size: [2, 4], pooling };
     assert_eq!(job.pruning.method, block(BlockPooling::Max));
     let rules: Vec<OverrideRule> = job.pruning.overrides.into_iter().map(|o| o.rule).collect();
     assert_eq!(
         rules,
         [
-            OverrideRule::Prune {
-                schedule: top,
-                method: PruningMethod::MByN { m: 2, n: 4 }
-            },
-            OverrideRule::Prune {
-                schedule: top,
-                method: block(BlockPooling::Avg)
-            },
-            OverrideRule::Prune {
-                schedule: poly(0, 10, 1),
-                method: block(BlockPooling::Max)
-            },
+            OverrideRule::Prune { schedule: top, method: PruningMethod::MByN { m: 2, n: 4 } },
+            OverrideRule::Prune { schedule: top, method: block(BlockPooling::Avg) },
+            OverrideRule::Prune { schedule: poly(0, 10, 1), method: block(BlockPooling::Max) },
             OverrideRule::Skip,
             OverrideRule::Inherit,
         ]
@@ -1085,18 +740,12 @@ fn top_level_m_by_n_reaches_overrides_that_set_a_block() {
     // As the engine always did: an override's own block size does not undo an inherited m_by_n.
     let mut spec = example();
     spec.pruning.m_by_n = Some([1, 2]);
-    spec.pruning.overrides.push(OverrideSpec {
-        block_size: Some([2, 2]),
-        ..override_on("x")
-    });
+    spec.pruning.overrides.push(OverrideSpec { block_size: Some([2, 2]), ..override_on("x") });
     let job = validate(&spec).unwrap();
     assert_eq!(job.pruning.method, PruningMethod::MByN { m: 1, n: 2 });
     assert_eq!(
         job.pruning.overrides[1].rule,
-        OverrideRule::Prune {
-            schedule: spec.pruning.schedule,
-            method: PruningMethod::MByN { m: 1, n: 2 }
-        }
+        OverrideRule::Prune { schedule: spec.pruning.schedule, method: PruningMethod::MByN { m: 1, n: 2 } }
     );
 }
 
@@ -1113,14 +762,7 @@ fn devices_and_data_sources_are_typed() {
     assert_eq!(job.training.optimizer, Optimizer::Sgd);
     assert_eq!(job.pruning.scope, Scope::Global);
     assert_eq!(job.export.formats, [ExportFormat::Safetensors, ExportFormat::Torchscript]);
-    assert_eq!(
-        job.data.unwrap().source,
-        DataSource::Synthetic {
-            shape: vec![4],
-            classes: 3,
-            samples: 10
-        }
-    );
+    assert_eq!(job.data.unwrap().source, DataSource::Synthetic { shape: vec![4], classes: 3, samples: 10 });
     spec.training.epochs = 0;
     spec.data = None;
     assert_eq!(validate(&spec).unwrap().data, None);
@@ -1132,10 +774,7 @@ fn unknown_names_are_reported_with_every_other_error() {
     spec.training.loss = "hinge".into();
     spec.training.device = "tpu".into();
     spec.pruning.block_pooling = "sum".into();
-    spec.pruning.overrides.push(OverrideSpec {
-        block_pooling: Some("min".into()),
-        ..override_on("x")
-    });
+    spec.pruning.overrides.push(OverrideSpec { block_pooling: Some("min".into()), ..override_on("x") });
     spec.pruning.scope = "model".into();
     spec.export.formats = vec!["onnx".into()];
     spec.export.sparse_format = "csr".into();
@@ -1172,15 +811,9 @@ fn warns_about_schedules_with_their_field() {
         ..override_on("x")
     });
     let w = warnings(&spec, Some(1000));
+    assert!(w.iter().any(|w| w.starts_with("pruning.schedule: ") && w.contains("never applied")), "{w:?}");
     assert!(
-        w.iter()
-            .any(|w| w.starts_with("pruning.schedule: ") && w.contains("never applied")),
-        "{w:?}"
-    );
-    assert!(
-        w.iter()
-            .any(|w| w.starts_with("pruning.overrides[1].schedule: ")
-                && w.contains("pruning would do nothing")),
+        w.iter().any(|w| w.starts_with("pruning.overrides[1].schedule: ") && w.contains("pruning would do nothing")),
         "{w:?}"
     );
 }
@@ -1188,12 +821,8 @@ fn warns_about_schedules_with_their_field() {
 #[test]
 fn unknown_step_count_skips_step_warnings() {
     let mut spec = example();
-    spec.pruning.schedule = Schedule::ConstantSparsity {
-        target_sparsity: 0.5,
-        begin_step: 5000,
-        end_step: -1,
-        frequency: 100,
-    };
+    spec.pruning.schedule =
+        Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: 5000, end_step: -1, frequency: 100 };
     assert!(warnings(&spec, None).is_empty());
     assert!(!warnings(&spec, Some(10)).is_empty());
 }
@@ -1219,15 +848,9 @@ fn warns_about_overrides_that_set_nothing() {
         },
         Some(10_000),
     );
-    let overrides: Vec<&String> = w
-        .iter()
-        .filter(|w| w.starts_with("pruning.overrides"))
-        .collect();
+    let overrides: Vec<&String> = w.iter().filter(|w| w.starts_with("pruning.overrides")).collect();
     assert_eq!(overrides.len(), 1, "{w:?}");
-    assert!(
-        overrides[0].starts_with("pruning.overrides[1]: sets nothing"),
-        "{w:?}"
-    );
+    assert!(overrides[0].starts_with("pruning.overrides[1]: sets nothing"), "{w:?}");
 }
 
 #[test]

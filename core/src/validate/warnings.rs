@@ -15,7 +15,9 @@ pub fn warnings(spec: &JobSpec, total_steps: Option<i64>) -> Vec<String> {
         .overrides
         .iter()
         .enumerate()
-        .filter(|(_, o)| !o.skip && o.schedule.is_none() && o.block_size.is_none() && o.block_pooling.is_none() && o.m_by_n.is_none())
+        .filter(|(_, o)| {
+            !o.skip && o.schedule.is_none() && o.block_size.is_none() && o.block_pooling.is_none() && o.m_by_n.is_none()
+        })
         .map(|(i, o)| {
             format!(
                 "pruning.overrides[{i}]: sets nothing, so parameters matching `{}` get the top-level settings \
@@ -34,22 +36,14 @@ pub fn warnings(spec: &JobSpec, total_steps: Option<i64>) -> Vec<String> {
     }
     for (i, o) in p.overrides.iter().enumerate() {
         if let (Some(schedule), false, None) = (&o.schedule, o.skip, o.m_by_n) {
-            out.extend(schedule_warnings(
-                &format!("pruning.overrides[{i}].schedule"),
-                schedule,
-                total,
-            ));
+            out.extend(schedule_warnings(&format!("pruning.overrides[{i}].schedule"), schedule, total));
         }
     }
     out
 }
 
 fn schedule_warnings(at: &str, schedule: &Schedule, total_steps: i64) -> Vec<String> {
-    schedule
-        .warnings(total_steps)
-        .into_iter()
-        .map(|w| format!("{at}: {w}"))
-        .collect()
+    schedule.warnings(total_steps).into_iter().map(|w| format!("{at}: {w}")).collect()
 }
 
 /// Training steps in one epoch: `ceil(train_samples / batch_size)`, since the last partial

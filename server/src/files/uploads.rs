@@ -302,7 +302,12 @@ fn remove_stale_partials(tmp: &Path, max_age: Duration) {
     let Ok(entries) = std::fs::read_dir(tmp) else { return };
     for entry in entries.flatten() {
         let stale = entry.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX)
-            && entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age > max_age);
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > max_age);
         if stale {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => tracing::info!(path = %entry.path().display(), "removed a partial upload nobody resumed"),
@@ -376,7 +381,10 @@ mod tests {
         drop(up);
         assert!(matches!(store.begin("t", 3, "xyz", 0).await, Err(BlobError::InvalidChecksum(_))));
         assert!(matches!(store.begin("t", 3, &sha(data), 4).await, Err(BlobError::OffsetBeyondSize { .. })));
-        assert!(matches!(store.begin("t", 3, &sha(data), 2).await, Err(BlobError::ResumeBeyond { offset: 2, held: 0 })));
+        assert!(matches!(
+            store.begin("t", 3, &sha(data), 2).await,
+            Err(BlobError::ResumeBeyond { offset: 2, held: 0 })
+        ));
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "wrong bytes are not kept");
         // A short upload is kept: the rest may come later.
         let mut up = store.begin("t", 3, &sha(data), 0).await.unwrap();

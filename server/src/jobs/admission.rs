@@ -203,7 +203,8 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
     async fn admits_with_warnings_from_the_data_size() {
         let (db, dir) = db().await;
         let defaults = Defaults { threads: 3, max_attempts: 2 };
-        let job = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), parse_text(MLP).unwrap()).await.unwrap();
+        let job =
+            admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), parse_text(MLP).unwrap()).await.unwrap();
         // 1617 training samples / 32 = 51 steps per epoch, 102 in all: end_step 1000 is never reached.
         assert!(job.warnings.iter().any(|w| w.contains("102 training steps")), "{:?}", job.warnings);
         assert_eq!((job.threads, job.max_attempts), (3, 2));
@@ -220,7 +221,10 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
         assert!(e.to_string().contains("model.file: upload the file and pass model.blob"), "{e}");
         spec.model.file = None;
         spec.model.blob = Some(format!("sha256:{}", "a".repeat(64)));
-        assert_eq!(fields(admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), spec).await.unwrap_err()), ["model.blob"]);
+        assert_eq!(
+            fields(admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), spec).await.unwrap_err()),
+            ["model.blob"]
+        );
     }
 
     #[tokio::test]

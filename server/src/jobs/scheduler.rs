@@ -293,13 +293,7 @@ impl Scheduler {
         self.finish(job_id, JobState::Failed, Some(error), None).await;
     }
 
-    async fn finish(
-        &mut self,
-        job_id: &str,
-        state: JobState,
-        error: Option<&str>,
-        report: Option<&Report>,
-    ) {
+    async fn finish(&mut self, job_id: &str, state: JobState, error: Option<&str>, report: Option<&Report>) {
         match self.deps.db.finish_job(job_id, &[JobState::Running], state, error, report).await {
             Ok(true) => {
                 tracing::info!(job_id, %state, error, "job finished");

@@ -192,7 +192,10 @@ async fn a_worker_that_cannot_start_fails_its_job() {
         let job = db.job("job-a").await.unwrap().unwrap();
         if job.state == JobState::Failed {
             let error = job.error.unwrap();
-            assert!(error.starts_with("could not start a worker: spawning scripted worker: scripted launch failure"), "{error}");
+            assert!(
+                error.starts_with("could not start a worker: spawning scripted worker: scripted launch failure"),
+                "{error}"
+            );
             break;
         }
         tokio::time::timeout(WAIT, updates.recv()).await.expect("the job fails").ok();

@@ -36,7 +36,13 @@ impl Launcher for ScriptedLauncher {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (exited_tx, exited) = oneshot::channel();
-        let worker = ScriptedWorker { request: request.clone(), attempt, messages: messages_tx, control: control_rx, exited: exited_tx };
+        let worker = ScriptedWorker {
+            request: request.clone(),
+            attempt,
+            messages: messages_tx,
+            control: control_rx,
+            exited: exited_tx,
+        };
         self.launched.send(worker).map_err(|_| std::io::Error::other("the test stopped listening"))?;
         Ok(Worker { pid: Some(4242), control, messages, exited })
     }

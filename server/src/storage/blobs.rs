@@ -52,8 +52,10 @@ impl Db {
             .bind(tenant)
             .fetch_optional(pool)
             .await?;
-            row.map(|r| Ok(BlobRecord { id: r.text("id")?, size: narrow("blob size", r.int("size")?)?, path: r.text("path")? }))
-                .transpose()
+            row.map(|r| {
+                Ok(BlobRecord { id: r.text("id")?, size: narrow("blob size", r.int("size")?)?, path: r.text("path")? })
+            })
+            .transpose()
         })
     }
 }

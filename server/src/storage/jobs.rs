@@ -4,10 +4,9 @@
 //! scheduler and a concurrent CancelJob cannot overwrite each other: whoever changes the row
 //! first wins and the other sees `false`.
 
-
 pub use prune_core::domain::JobState;
-use prune_core::JobSpec;
 use prune_core::domain::{Report, TensorSparsity};
+use prune_core::JobSpec;
 use serde::de::DeserializeOwned;
 use sqlx::QueryBuilder;
 
@@ -387,17 +386,24 @@ mod tests {
         for id in ["job-a", "job-b", "job-c"] {
             assert!(db.insert_job(&new_job(id), 100).await.unwrap());
         }
-        let listed: Vec<String> = db.list_jobs("default", None, None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+        let listed: Vec<String> =
+            db.list_jobs("default", None, None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(listed, ["job-c", "job-b", "job-a"]);
-        let page: Vec<String> = db.list_jobs("default", None, Some("job-c"), 1).await.unwrap().into_iter().map(|j| j.id).collect();
+        let page: Vec<String> =
+            db.list_jobs("default", None, Some("job-c"), 1).await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(page, ["job-b"]);
 
         assert!(db.finish_job("job-a", &[JobState::Queued], JobState::Cancelled, None, None).await.unwrap());
         let first = db.claim_next_queued().await.unwrap().unwrap();
         assert_eq!((first.id.as_str(), first.state), ("job-b", JobState::Running));
         assert!(first.started_ms.is_some());
-        let running: Vec<String> =
-            db.list_jobs("default", Some(JobState::Running), None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+        let running: Vec<String> = db
+            .list_jobs("default", Some(JobState::Running), None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
         assert_eq!(running, ["job-b"]);
         assert_eq!(db.claim_next_queued().await.unwrap().unwrap().id, "job-c");
         assert!(db.claim_next_queued().await.unwrap().is_none());

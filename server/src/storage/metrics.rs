@@ -1,8 +1,8 @@
 //! `metrics`: the time series of a job.
 
-use prune_core::domain::MetricPoint;
 use super::rows::Columns;
 use super::{Db, Result};
+use prune_core::domain::MetricPoint;
 
 impl Db {
     /// One transaction per batch (one engine `Metrics` event). Non-finite values are dropped:

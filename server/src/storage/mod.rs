@@ -110,7 +110,6 @@ enum Pool {
     Sqlite(SqlitePool),
 }
 
-
 /// The backends a database URL can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {

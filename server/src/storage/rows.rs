@@ -76,6 +76,9 @@ mod tests {
         assert!(narrow::<u32>("attempts", i64::from(u32::MAX) + 1).is_err());
         assert!(narrow::<u64>("bytes", -5).is_err());
         assert_eq!(bigint("bytes", 7).unwrap(), 7);
-        assert_eq!(bigint("bytes", u64::MAX).unwrap_err().to_string(), format!("bytes: {} does not fit BIGINT", u64::MAX));
+        assert_eq!(
+            bigint("bytes", u64::MAX).unwrap_err().to_string(),
+            format!("bytes: {} does not fit BIGINT", u64::MAX)
+        );
     }
 }

@@ -56,7 +56,8 @@ async fn postgres_migrations_declare_the_sqlite_schema_with_bigint_integers() {
     .await
     .unwrap();
     for table in &names {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA table_info({table})"))).fetch_all(pool).await.unwrap();
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(format!("PRAGMA table_info({table})"))).fetch_all(pool).await.unwrap();
         let columns = rows
             .iter()
             .map(|r| {
@@ -109,11 +110,8 @@ async fn postgres_migrations_declare_the_sqlite_schema_with_bigint_integers() {
 fn parse_postgres<'a>(files: impl Iterator<Item = &'a str>) -> (Tables, Indexes) {
     let mut tables = Tables::new();
     let mut indexes = Indexes::new();
-    let sql: String = files
-        .flat_map(|f| f.lines())
-        .map(|line| line.split("--").next().unwrap())
-        .collect::<Vec<_>>()
-        .join(" ");
+    let sql: String =
+        files.flat_map(|f| f.lines()).map(|line| line.split("--").next().unwrap()).collect::<Vec<_>>().join(" ");
     for statement in sql.split(';') {
         let words: Vec<&str> = statement.split_whitespace().collect();
         let statement = words.join(" ");

@@ -11,8 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::Status;
 
-use crate::storage::{Db, JobRecord, JobState};
 use crate::api::views;
+use crate::storage::{Db, JobRecord, JobState};
 
 /// Bytes per data message.
 pub const CHUNK: usize = 256 * 1024;

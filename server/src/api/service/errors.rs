@@ -2,8 +2,8 @@
 
 use tonic::Status;
 
-use crate::jobs::admission::AdmissionError;
 use crate::files::uploads::BlobError;
+use crate::jobs::admission::AdmissionError;
 use crate::storage::StorageError;
 
 /// Server-side failures are logged here, where their detail is; the client gets the message.

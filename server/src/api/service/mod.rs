@@ -14,15 +14,15 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::jobs::admission::{self, Defaults};
 use crate::api::auth::{tenant, Tenant};
-use crate::files::uploads::{BlobId, BlobStore};
+use crate::api::views;
 use crate::config::LimitArgs;
+use crate::files::uploads::{BlobId, BlobStore};
+use crate::jobs::admission::{self, Defaults};
 use crate::jobs::ids::is_job_id;
 use crate::jobs::live::Live;
 use crate::jobs::scheduler::SchedulerHandle;
 use crate::storage::{BlobRecord, Db, JobRecord, JobState};
-use crate::api::views;
 
 pub use errors::job_not_found;
 

@@ -9,9 +9,9 @@ use tonic::Status;
 
 use super::Service;
 use crate::api::auth::Tenant;
+use crate::api::views;
 use crate::jobs::live::{JobUpdate, LiveEvent};
 use crate::storage::now_ms;
-use crate::api::views;
 
 /// A few events of slack between the job and a slow client; beyond that the broadcast's own
 /// buffer takes over, and a client that falls behind that gets a fresh snapshot instead.
