@@ -131,7 +131,7 @@ fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 }
 
 fn sha256_file(path: &Path) -> String {
-    sha256_hex(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    prune_core::files::sha256_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A safetensors state dict of one 2048x1024 f32 matrix and a bias: an 8 MiB artifact.

@@ -19,11 +19,11 @@ use tokio::io::AsyncWriteExt;
 use tonic::{Code, Status};
 
 use crate::error::{ClientError, Result};
-use crate::fsutil::write_atomically;
 use crate::retry::Backoff;
 use crate::types::ArtifactInfo;
 use crate::upload::digest_file;
 use crate::Client;
+use prune_core::files::write_atomically;
 
 /// The outcome of [`Client::download_to`].
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -131,10 +131,7 @@ fn spec_lines(path: &std::path::Path, errors: &SpecErrors) -> String {
         .join("\n")
 }
 
-/// Joins the lines of a message with "; " so that each error is one line on stderr.
-pub(crate) fn one_line(text: &str) -> String {
-    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
-}
+pub(crate) use prune_core::text::one_line;
 
 /// The cause chain of a transport error as one line: tonic's own message is just
 /// "transport error"; the useful part ("Connection refused") is in its sources.

@@ -8,7 +8,6 @@ mod auth;
 mod client;
 pub mod download;
 pub mod error;
-mod fsutil;
 pub mod jobfile;
 mod retry;
 pub mod tensorboard;

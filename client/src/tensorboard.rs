@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 
-use crate::fsutil::write_atomically;
 use crate::types::MetricRecord;
+use prune_core::files::write_atomically;
 
 /// The version string TensorBoard expects in the first record of every event file.
 pub const FILE_VERSION: &str = "brain.Event:2";

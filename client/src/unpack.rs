@@ -8,7 +8,7 @@ use prune_core::{bitmask, compress};
 use serde::Serialize;
 
 use crate::error::{ClientError, Result};
-use crate::fsutil::write_atomically;
+use prune_core::files::write_atomically;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Unpacked {

@@ -9,6 +9,7 @@ pub mod bitmask;
 pub mod compress;
 pub mod datasets;
 pub mod domain;
+pub mod files;
 pub mod job;
 pub mod mask;
 pub mod method;

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prune_core::files::write_atomically;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
@@ -82,7 +83,15 @@ pub fn write(dir: &Path, saved: &Saved) -> Result<Written, EngineError> {
         HashMap::from([("prune_checkpoint".to_string(), serde_json::to_string(&meta).expect("meta serialises"))]);
     let bytes = tensors::write(&named, metadata)?;
     let path = dir.join(format!("step-{:010}.ckpt", saved.state.step));
-    write_file(&path, &bytes, injected_disk_full()).map_err(err)?;
+    let disk_full = injected_disk_full();
+    write_atomically(&path, |f| {
+        if disk_full {
+            f.write_all(&bytes[..bytes.len() / 2])?;
+            return Err(std::io::Error::from_raw_os_error(ENOSPC));
+        }
+        f.write_all(&bytes)
+    })
+    .map_err(err)?;
     prune_old(dir);
     Ok(Written { path, sha256: hex::encode(Sha256::digest(&bytes)), bytes: bytes.len() as u64 })
 }
@@ -105,36 +114,6 @@ fn injected_disk_full() -> bool {
 
 /// ENOSPC on Linux: what `write(2)` reports on a full disk.
 const ENOSPC: i32 = 28;
-
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new, never half.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_file(path, bytes, false)
-}
-
-/// [`write_atomically`]; `disk_full` (the test hook) fails it halfway through the temp file.
-fn write_file(path: &Path, bytes: &[u8], disk_full: bool) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        if disk_full {
-            f.write_all(&bytes[..bytes.len() / 2])?;
-            return Err(std::io::Error::from_raw_os_error(ENOSPC));
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
 
 fn prune_old(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else { return };
@@ -175,8 +154,4 @@ pub fn read(path: &Path) -> Result<Saved, EngineError> {
     };
     let optim = by_name.into_iter().filter(|(n, _)| n.starts_with("optim.")).collect();
     Ok(Saved { state: meta.state, params, masks, optim, script })
-}
-
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    Ok(hex::encode(Sha256::digest(fs::read(path)?)))
 }

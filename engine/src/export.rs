@@ -3,16 +3,17 @@
 pub use prune_core::domain::{ArtifactFile, Report, TensorReport};
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use prune_core::bitmask;
 use prune_core::compress;
+use prune_core::files::write_atomically;
 use prune_core::job::Export;
 use prune_core::options::{ExportFormat, SparseFormat};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-use crate::checkpoint::write_atomically;
 use crate::job::Output;
 use crate::model::{Model, NamedParams};
 use crate::{tensors, EngineError};
@@ -59,7 +60,7 @@ pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> 
         };
         let bytes = compress::compress(&raw, compression).map_err(io)?;
         let path = dir.join(format!("{file}{}", compression.extension()));
-        write_atomically(&path, &bytes).map_err(io)?;
+        write_atomically(&path, |f| f.write_all(&bytes)).map_err(io)?;
         artifacts.push(ArtifactFile {
             format: format.as_str().to_string(),
             key: out.key(&path),

@@ -104,12 +104,7 @@ pub fn open(url: &str) -> Result<Box<dyn FileStore>> {
     }
 }
 
-/// Lowercase hex sha256 of a local file, streamed.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
-}
+pub use prune_core::files::sha256_file;
 
 #[cfg(test)]
 mod tests {

@@ -13,7 +13,7 @@ use crate::storage::{now_ms, Db, JobRecord, NewJob, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
-    #[error("{}", one_line(.0))]
+    #[error("{}", joined(.0))]
     Spec(SpecErrors),
     /// The tenant's queue is full: RESOURCE_EXHAUSTED.
     #[error("{tenant} already has {max_queued} jobs QUEUED, the most this server queues per tenant: wait for some to start or cancel some")]
@@ -23,7 +23,7 @@ pub enum AdmissionError {
 }
 
 /// `field: reason; field: reason`: gRPC status messages are best kept to one line.
-fn one_line(errors: &SpecErrors) -> String {
+fn joined(errors: &SpecErrors) -> String {
     errors.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 

@@ -1,18 +1,21 @@
-//! Small file-system helpers shared by the commands that write results.
+//! File helpers every crate that writes results uses: atomic replacement and streamed sha256.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
 
-/// Writes `path` through a temporary file in the same directory, then renames it into place, so
-/// that a reader (or an interrupted run) never sees a half-written result.
+use sha2::{Digest, Sha256};
+
+/// Writes `path` through a temporary file in the same directory, fsyncs it, renames it into
+/// place and fsyncs the directory, so that a reader (or a crash) sees the old file or the new
+/// one, never half of one. `write` fills the temporary file; if it fails, nothing is left.
 pub fn write_atomically(path: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".prunectl-").suffix(".tmp");
+    builder.prefix(".prune-").suffix(".tmp");
     // Temporary files are private (0600) by default; a result file should be as readable as
     // any file the user writes.
     #[cfg(unix)]
@@ -21,7 +24,14 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&mut File) -> io::Result
     write(tmp.as_file_mut())?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    File::open(dir)?.sync_all()
+}
+
+/// Lowercase hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -37,14 +47,19 @@ mod tests {
         write_atomically(&path, |f| f.write_all(b"new")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(sha256_file(&path).unwrap(), "11507a0e2f5e69d5dfa40a62a1bd7b6ee57e6bcd85c67c9b8431b36fff21c437");
     }
 
     #[test]
-    fn a_failed_write_keeps_the_old_file() {
+    fn a_failed_write_leaves_the_old_file_and_no_temporary() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.bin");
         std::fs::write(&path, b"old").unwrap();
-        let err = write_atomically(&path, |_| Err(io::Error::other("boom"))).unwrap_err();
+        let err = write_atomically(&path, |f| {
+            f.write_all(b"ha")?;
+            Err(io::Error::other("boom"))
+        })
+        .unwrap_err();
         assert_eq!(err.to_string(), "boom");
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
