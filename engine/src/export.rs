@@ -14,7 +14,7 @@ use prune_core::options::{ExportFormat, SparseFormat};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
-use crate::job::Output;
+use crate::inputs::Output;
 use crate::model::{Model, NamedParams};
 use crate::{tensors, EngineError};
 

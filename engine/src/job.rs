@@ -1,76 +1,11 @@
 //! The entry point the worker calls: load, train with masking, export.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
-
-pub use prune_core::domain::{JobOutcome, StopReason};
+pub use crate::inputs::{JobInputs, JobOutcome, Output, StopFlag, StopReason};
 use prune_core::text::one_line;
 use prune_core::validate::validate;
 use prune_core::{Job, JobSpec};
 
 use crate::{EngineError, EventSink};
-
-/// Local files for a job: the worker resolves blob ids and store keys to local paths first.
-#[derive(Debug, Clone)]
-pub struct JobInputs {
-    /// `model.file` / `model.blob`: TorchScript `.pt` or a safetensors state dict.
-    pub model_file: Option<PathBuf>,
-    /// `model.weights`: initial safetensors weights for a `sequential` model.
-    pub weights_file: Option<PathBuf>,
-    /// `data.file` / `data.blob`: safetensors with `x` and `y`.
-    pub data_file: Option<PathBuf>,
-    /// Where this job's checkpoints go.
-    pub checkpoints: Output,
-    /// Where the finished artifacts go.
-    pub artifacts: Output,
-    /// Resume from this checkpoint instead of starting fresh.
-    pub resume_from: Option<PathBuf>,
-    /// libtorch intra-op threads (results depend on it: a resumed job must use the same).
-    pub threads: usize,
-}
-
-/// A local directory for files the engine writes, and the file-store key prefix they are known
-/// by (`checkpoints/<job>/`): the engine names what it wrote by key, never by local path.
-#[derive(Debug, Clone)]
-pub struct Output {
-    pub dir: PathBuf,
-    pub key_prefix: String,
-}
-
-impl Output {
-    /// The store key of a file the engine wrote into `dir`.
-    pub fn key(&self, path: &Path) -> String {
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-        format!("{}{name}", self.key_prefix)
-    }
-
-    /// The local path of a key under this output (the inverse of [`Output::key`]).
-    pub fn path(&self, key: &str) -> Option<PathBuf> {
-        key.strip_prefix(&self.key_prefix).filter(|name| !name.contains('/')).map(|name| self.dir.join(name))
-    }
-}
-
-/// Set from another thread (signal handler, stdin reader) to stop the job between steps.
-#[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicU8>);
-
-impl StopFlag {
-    pub fn request(&self, reason: StopReason) {
-        let v = match reason {
-            StopReason::Cancel => 1,
-            StopReason::Checkpoint => 2,
-        };
-        self.0.store(v, Ordering::SeqCst);
-    }
-    pub fn requested(&self) -> Option<StopReason> {
-        match self.0.load(Ordering::SeqCst) {
-            1 => Some(StopReason::Cancel),
-            2 => Some(StopReason::Checkpoint),
-            _ => None,
-        }
-    }
-}
 
 /// Runs a job document to the end (or until `stop`), reporting through `sink`: parses it into
 /// the typed [`Job`] first (the server has validated it on admission, so an error here means a

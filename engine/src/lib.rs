@@ -7,6 +7,7 @@ pub mod data;
 pub mod device;
 pub mod events;
 pub mod export;
+pub mod inputs;
 pub mod job;
 pub mod masking;
 pub mod model;

@@ -14,7 +14,7 @@ use crate::checkpoint::{self, Saved, TrainState};
 use crate::data::{self, Dataset};
 use crate::events::{Event, EventSink, MetricPoint, TensorSparsity};
 use crate::export::{self, Report};
-use crate::job::{JobInputs, JobOutcome, StopFlag, StopReason};
+use crate::inputs::{JobInputs, JobOutcome, StopFlag, StopReason};
 use crate::masking::{select_targets, Masks};
 use crate::model::{Model, Script};
 use crate::optim::Optimizer;
