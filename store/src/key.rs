@@ -32,9 +32,12 @@ impl Key {
         }
     }
 
-    /// A content-addressed upload: `blobs/<sha256 hex>`.
-    pub fn blob(sha256_hex: &str) -> Self {
-        Key(format!("blobs/{sha256_hex}"))
+    /// A content-addressed upload: `blobs/<sha256 hex>`; anything but hex digits is refused.
+    pub fn blob(sha256_hex: &str) -> Result<Self, KeyError> {
+        if sha256_hex.is_empty() || !sha256_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(KeyError { key: format!("blobs/{sha256_hex}"), reason: "not a hex digest" });
+        }
+        Ok(Key(format!("blobs/{sha256_hex}")))
     }
     /// The prefix of a job's checkpoints (ends with `/`).
     pub fn checkpoints_prefix(job_id: &str) -> String {
@@ -68,7 +71,8 @@ mod tests {
         for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a/", "a\\b"] {
             assert!(Key::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(Key::blob("ff").as_str(), "blobs/ff");
+        assert_eq!(Key::blob("ff").unwrap().as_str(), "blobs/ff");
+        assert!(Key::blob("../etc").is_err() && Key::blob("").is_err());
         assert!(Key::parse(format!("{}step-1.ckpt", Key::checkpoints_prefix("job-1"))).is_ok());
     }
 }

@@ -34,7 +34,8 @@ pub fn resolve(
         let Some(id) = id else { return Ok(None) };
         let hex =
             id.strip_prefix("sha256:").ok_or_else(|| EngineError::Spec(format!("{field}: not a blob id: {id}")))?;
-        fetch(store, &Key::blob(hex), scratch).map(Some)
+        let key = Key::blob(hex).map_err(|e| EngineError::Spec(format!("{field}: {e}")))?;
+        fetch(store, &key, scratch).map(Some)
     };
     let inputs = &request.inputs;
     let checkpoints = output(store, scratch, &inputs.checkpoint_prefix)?;

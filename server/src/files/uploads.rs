@@ -105,7 +105,7 @@ impl BlobStore {
 
     /// The blob's key in the file store (whether or not it exists).
     pub fn key(id: &BlobId) -> Key {
-        Key::blob(id.hex())
+        Key::blob(id.hex()).expect("a BlobId holds 64 hex digits")
     }
 
     pub fn store(&self) -> &Arc<dyn FileStore> {

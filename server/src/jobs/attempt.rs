@@ -59,7 +59,7 @@ impl AttemptHandle {
     }
 }
 
-/// What recording an attempt needs from the server.
+/// What the scheduler and the recording of attempts need from the server.
 #[derive(Debug, Clone)]
 pub struct Deps {
     pub db: Db,
@@ -67,17 +67,18 @@ pub struct Deps {
     pub store: Arc<dyn FileStore>,
 }
 
-/// Records what `worker` reports for `job_id`; `on_end` is called once, after the worker is gone
-/// and everything it reported is recorded.
+/// Records what `worker` (attempt `attempt` of `job_id`) reports; `on_end` is called once, after
+/// the worker is gone and everything it reported is recorded.
 pub fn follow(
     deps: &Deps,
     job_id: &str,
+    attempt: u32,
     worker: Worker,
     on_end: impl FnOnce(AttemptEnd) + Send + 'static,
 ) -> AttemptHandle {
     let Worker { pid, control, mut messages, exited } = worker;
     let mut recorder = Recorder::new(deps.clone(), job_id.to_string());
-    let span = tracing::info_span!("job", id = %job_id, pid);
+    let span = tracing::info_span!("job", id = %job_id, attempt, pid);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             tracing::info!("worker started");

@@ -196,7 +196,7 @@ impl Scheduler {
             let _ = tx.send(Msg::Ended { job_id, attempt, end });
         };
         let handle = match self.launcher.launch(&request, attempt) {
-            Ok(worker) => attempt::follow(deps, &job.id, worker, on_end),
+            Ok(worker) => attempt::follow(deps, &job.id, attempt, worker, on_end),
             Err(e) => {
                 let error = format!("spawning {}: {e}", self.launcher.describe());
                 self.log_attempt(&job.id, attempt, AttemptOutcome::Failed, Some(&error)).await;
