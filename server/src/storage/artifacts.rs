@@ -69,12 +69,12 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{db, new_job};
+    use super::super::test_support::new_job;
     use super::*;
 
-    #[tokio::test]
-    async fn round_trip() {
-        let (db, _dir) = db().await;
+    on_both_backends!(round_trip);
+
+    async fn round_trip(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         let a = ArtifactRecord {
             format: "safetensors".into(),

@@ -62,12 +62,11 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::db;
     use super::*;
 
-    #[tokio::test]
-    async fn insert_is_idempotent_and_blobs_are_seen_by_their_uploaders_only() {
-        let (db, _dir) = db().await;
+    on_both_backends!(insert_is_idempotent_and_blobs_are_seen_by_their_uploaders_only);
+
+    async fn insert_is_idempotent_and_blobs_are_seen_by_their_uploaders_only(db: Db) {
         let blob = BlobRecord { id: "sha256:ab".into(), size: 3, path: "blobs/ab".into() };
         db.insert_blob("alice", &blob).await.unwrap();
         db.insert_blob("alice", &blob).await.unwrap();

@@ -32,7 +32,7 @@ impl Db {
             .bind(bytes)
             .bind(now_ms())
             .execute(pool)
-            .await?
+            .await?;
         });
         Ok(())
     }
@@ -63,12 +63,12 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{db, new_job};
+    use super::super::test_support::new_job;
     use super::*;
 
-    #[tokio::test]
-    async fn latest_first_and_replaced_on_redo() {
-        let (db, _dir) = db().await;
+    on_both_backends!(latest_first_and_replaced_on_redo);
+
+    async fn latest_first_and_replaced_on_redo(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         let at = |step: i64, sha: &str| CheckpointRecord {
             step,

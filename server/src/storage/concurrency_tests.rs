@@ -1,22 +1,27 @@
 //! The two read-modify-writes that must hold under concurrent callers on any backend: the
 //! per-tenant queue limit (`insert_job`) and the job claim (`claim_next_queued`). The callers
 //! run on a multi-threaded runtime and share one pool, as CreateJob handlers and the scheduler
-//! do.
+//! do. Each test runs on SQLite (one writer at a time) and on PostgreSQL (the tenant's advisory
+//! lock; `FOR UPDATE SKIP LOCKED`), where the races are real.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::Barrier;
 
-use super::test_support::{db, new_job};
-use super::{JobState, NewJob};
+use super::test_support::new_job;
+use super::{Db, JobState, NewJob};
 
 const WRITERS: usize = 50;
 const LIMIT: u32 = 10;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_creates_never_exceed_the_queue_limit() {
-    let (db, _dir) = db().await;
+on_both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    concurrent_creates_never_exceed_the_queue_limit,
+    concurrent_claimers_take_each_queued_job_exactly_once,
+);
+
+async fn concurrent_creates_never_exceed_the_queue_limit(db: Db) {
     // Another tenant's queue is full: it must not count against alice's.
     for i in 0..LIMIT {
         let job = NewJob { tenant: "bob".into(), ..new_job(&format!("job-bob-{i:02}")) };
@@ -46,11 +51,9 @@ async fn concurrent_creates_never_exceed_the_queue_limit() {
     assert_eq!(db.list_jobs("bob", None, None, 1000).await.unwrap().len(), LIMIT as usize);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_claimers_take_each_queued_job_exactly_once() {
+async fn concurrent_claimers_take_each_queued_job_exactly_once(db: Db) {
     const JOBS: usize = 40;
     const CLAIMERS: usize = 12;
-    let (db, _dir) = db().await;
     let mut expected = HashSet::new();
     for i in 0..JOBS {
         let id = format!("job-{i:03}");

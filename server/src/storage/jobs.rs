@@ -232,7 +232,7 @@ impl Db {
                 .bind(total_steps)
                 .bind(id)
                 .execute(pool)
-                .await?
+                .await?;
         });
         Ok(())
     }
@@ -251,7 +251,7 @@ impl Db {
             .bind(&sparsity)
             .bind(id)
             .execute(pool)
-            .await?
+            .await?;
         });
         Ok(())
     }
@@ -300,7 +300,7 @@ impl Db {
             .bind(id)
             .bind(i64::from(attempt))
             .execute(pool)
-            .await?
+            .await?;
         });
         Ok(())
     }
@@ -377,12 +377,17 @@ fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{db, new_job};
+    use super::super::test_support::new_job;
     use super::*;
 
-    #[tokio::test]
-    async fn claims_in_submission_order_and_lists_newest_first() {
-        let (db, _dir) = db().await;
+    on_both_backends!(
+        claims_in_submission_order_and_lists_newest_first,
+        tenants_see_only_their_jobs_and_queue_up_to_their_limit,
+        transitions_are_conditional,
+        attempts_and_progress,
+    );
+
+    async fn claims_in_submission_order_and_lists_newest_first(db: Db) {
         for id in ["job-a", "job-b", "job-c"] {
             assert!(db.insert_job(&new_job(id), 100).await.unwrap());
         }
@@ -409,9 +414,7 @@ mod tests {
         assert!(db.claim_next_queued().await.unwrap().is_none());
     }
 
-    #[tokio::test]
-    async fn tenants_see_only_their_jobs_and_queue_up_to_their_limit() {
-        let (db, _dir) = db().await;
+    async fn tenants_see_only_their_jobs_and_queue_up_to_their_limit(db: Db) {
         let job = |id: &str, tenant: &str| NewJob { tenant: tenant.to_string(), ..new_job(id) };
         assert!(db.insert_job(&job("job-a", "alice"), 2).await.unwrap());
         assert!(db.insert_job(&job("job-b", "alice"), 2).await.unwrap());
@@ -430,9 +433,7 @@ mod tests {
         assert!(db.insert_job(&job("job-c", "alice"), 2).await.unwrap());
     }
 
-    #[tokio::test]
-    async fn transitions_are_conditional() {
-        let (db, _dir) = db().await;
+    async fn transitions_are_conditional(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         assert!(!db.finish_job("job-a", &[JobState::Running], JobState::Succeeded, None, None).await.unwrap());
         assert!(db
@@ -449,9 +450,7 @@ mod tests {
         assert!(db.job("job-zzz").await.unwrap().is_none());
     }
 
-    #[tokio::test]
-    async fn attempts_and_progress() {
-        let (db, _dir) = db().await;
+    async fn attempts_and_progress(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         assert_eq!(db.start_attempt("job-a", None).await.unwrap(), 1);
         db.finish_attempt("job-a", 1, AttemptOutcome::Crashed, Some("killed")).await.unwrap();

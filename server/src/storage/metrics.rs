@@ -50,16 +50,16 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{db, new_job};
+    use super::super::test_support::new_job;
     use super::*;
+
+    on_both_backends!(batches_upsert_and_filter_by_literal_prefix);
 
     fn point(step: i64, name: &str, value: f64) -> MetricPoint {
         MetricPoint { step, name: name.into(), value }
     }
 
-    #[tokio::test]
-    async fn batches_upsert_and_filter_by_literal_prefix() {
-        let (db, _dir) = db().await;
+    async fn batches_upsert_and_filter_by_literal_prefix(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
         db.insert_metrics(
             "job-a",

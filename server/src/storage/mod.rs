@@ -1,16 +1,16 @@
 //! The repository: every read and write of the service's state goes through [`Db`].
 //!
-//! [`Db`] is one interface over one database backend, chosen by URL in [`Db::connect`]. Today
-//! that is SQLite (`sqlite://PATH`); PostgreSQL (`postgres://...`) is answered with
-//! [`StorageError::UnsupportedBackend`] until its module exists. How to add a backend is in
-//! `docs/architecture.md`; in short, what is portable and what is not:
+//! [`Db`] is one interface over one database backend, chosen by URL in [`Db::connect`]: SQLite
+//! (`sqlite://PATH`, `sqlite.rs`) or PostgreSQL (`postgres://...`, `postgres.rs`). How the two
+//! differ and how to add a backend is in `docs/architecture.md`; in short, what is portable and
+//! what is not:
 //!
 //! * **Written once** (in `jobs.rs`, `blobs.rs`, ...): the SQL that means the same on SQLite and
 //!   PostgreSQL: `$n` placeholders, `ON CONFLICT ... DO UPDATE/NOTHING` upserts, `RETURNING`,
 //!   `COALESCE`, `substr`/`length`, and the dynamic queries built with [`sqlx::QueryBuilder`]
 //!   (it writes each backend's placeholders). [`with_pool!`] compiles such code once per
 //!   backend, against the backend's typed pool, so sqlx still type-checks every bind and read.
-//! * **Per backend** (`sqlite.rs`, and the prepared `postgres.rs`): connecting (SQLite's WAL,
+//! * **Per backend** (`sqlite.rs`, `postgres.rs`): connecting (SQLite's WAL,
 //!   `synchronous`, busy timeout, foreign keys), the migrations folder (`migrations/sqlite/`,
 //!   `migrations/postgres/`), how a write transaction takes its lock (SQLite `BEGIN IMMEDIATE`,
 //!   PostgreSQL an advisory lock), and the job claim (PostgreSQL adds `FOR UPDATE SKIP LOCKED`,
@@ -25,24 +25,32 @@
 //! only (SQLite's WAL, `synchronous` and busy timeout would become hand-written PRAGMAs per
 //! connection), decodes through a reduced set of types checked at run time, and would still need
 //! per-backend SQL for the claim and the queue lock; a trait object would make each backend
-//! re-implement every method even where the SQL is the same. With the enum, adding PostgreSQL
-//! is a `Pool` variant, its arms in [`with_pool!`], `Db::connect` and `Db::close`, and one module.
+//! re-implement every method even where the SQL is the same. With the enum, PostgreSQL was a
+//! `Pool` variant, its arms in [`with_pool!`], `Db::connect` and `Db::close`, and one module.
+//!
+//! The storage tests run on both backends (`on_both_backends!`): SQLite in a temporary
+//! directory, PostgreSQL in a throwaway server the test binary starts (`pg_support.rs`).
 
 /// `with_pool!(db, |pool, backend| body)` runs `body` once per backend variant of `db`'s pool,
-/// with `pool` the typed pool (`&SqlitePool`, ...) and `backend` an alias of the backend's module
-/// (`sqlite`, ...) for the per-backend items (SQL constants, write transactions). The body is
+/// with `pool` the typed pool (`&SqlitePool`, `&PgPool`) and `backend` an alias of the backend's
+/// module (`sqlite`, `postgres`) for the per-backend items (SQL constants, write transactions). The body is
 /// written once and compiled (type-checked) once per backend. For `storage`'s child modules
 /// (the paths are relative to them); defined before them so they see it.
 macro_rules! with_pool {
     ($db:expr, |$pool:ident| $body:expr) => {
         match &$db.pool {
             super::Pool::Sqlite($pool) => $body,
+            super::Pool::Postgres($pool) => $body,
         }
     };
     ($db:expr, |$pool:ident, $backend:ident| $body:expr) => {
         match &$db.pool {
             super::Pool::Sqlite($pool) => {
                 use super::sqlite as $backend;
+                $body
+            }
+            super::Pool::Postgres($pool) => {
+                use super::postgres as $backend;
                 $body
             }
         }
@@ -58,6 +66,41 @@ macro_rules! job_columns {
     };
 }
 
+/// `on_both_backends!(test_a, test_b)` in a test module whose `async fn test_a(db: Db)` are
+/// storage tests: generates `sqlite::test_a` and `postgres::test_a`, each a `#[tokio::test]`
+/// that runs `test_a` on a fresh database of its backend (a SQLite file in a temporary
+/// directory; a database of its own on the test binary's PostgreSQL server, `pg_support.rs`).
+/// A first `#[tokio::test(...)]` replaces the default test attribute (e.g. a multi-threaded
+/// runtime). `cargo test postgres::` runs the PostgreSQL half.
+#[cfg(test)]
+macro_rules! on_both_backends {
+    (#[$test:meta] $($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[$test]
+                async fn $name() {
+                    let test_db = $crate::storage::test_support::TestDb::sqlite().await;
+                    super::$name(test_db.db.clone()).await;
+                    test_db.db.close().await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[$test]
+                async fn $name() {
+                    let test_db = $crate::storage::test_support::TestDb::postgres().await;
+                    super::$name(test_db.db.clone()).await;
+                    test_db.db.close().await;
+                }
+            )+
+        }
+    };
+    ($($name:ident),+ $(,)?) => {
+        on_both_backends!(#[tokio::test] $($name),+);
+    };
+}
+
 mod artifacts;
 mod blobs;
 mod checkpoints;
@@ -70,12 +113,14 @@ mod sqlite;
 #[cfg(test)]
 mod concurrency_tests;
 #[cfg(test)]
+pub(crate) mod pg_support;
+#[cfg(test)]
 mod schema_tests;
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 
 pub use artifacts::ArtifactRecord;
 pub use blobs::BlobRecord;
@@ -108,6 +153,7 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 enum Pool {
     Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
 /// The backends a database URL can name.
@@ -126,7 +172,7 @@ impl Backend {
             "postgres" | "postgresql" => Ok(Backend::Postgres),
             _ => Err(StorageError::UnsupportedBackend {
                 scheme: scheme.chars().take(32).collect(),
-                reason: "expected sqlite://PATH (postgres:// is planned)",
+                reason: "expected sqlite://PATH or postgres://[USER[:PASSWORD]@]HOST[:PORT]/DATABASE",
             }),
         }
     }
@@ -146,26 +192,48 @@ impl Db {
     }
 
     /// Connects to the database `url` names and applies pending migrations: `sqlite://PATH`
-    /// (created if missing). `postgres://...` is refused with
-    /// [`StorageError::UnsupportedBackend`] until the PostgreSQL backend is built.
+    /// (created if missing) or `postgres://...` (the database must exist; its tables are
+    /// created). Errors never contain the URL (it may hold a password): see [`masked_url`].
     pub async fn connect(url: &str) -> Result<Self> {
         match Backend::of_url(url)? {
             Backend::Sqlite => {
                 let pool = sqlite::connect(sqlite::options_for_url(url)?).await?;
                 Ok(Db { pool: Pool::Sqlite(pool) })
             }
-            Backend::Postgres => Err(StorageError::UnsupportedBackend {
-                scheme: "postgres".to_string(),
-                reason: "the PostgreSQL backend is not built yet; use sqlite://PATH",
-            }),
+            Backend::Postgres => {
+                let pool = postgres::connect(postgres::options_for_url(url)?).await?;
+                Ok(Db { pool: Pool::Postgres(pool) })
+            }
         }
     }
 
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(pool) => pool.close().await,
+            Pool::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// `url` fit for logs and error messages: the password of `scheme://user:password@host...` is
+/// replaced by `***` (`postgres://user:***@host:port/db`); a URL without one is unchanged.
+/// Query parameters are dropped too (`?password=...` is also a way to give one).
+pub fn masked_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (rest, query) = rest.split_once('?').map_or((rest, ""), |(before, _)| (before, "?***"));
+    // The authority ends at the first `/`; a password may contain `@`, so the last `@` in the
+    // authority separates the user information from the host.
+    let (authority, path) = rest.find('/').map_or((rest, ""), |at| rest.split_at(at));
+    let masked = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    format!("{scheme}://{masked}{path}{query}")
 }
 
 /// Milliseconds since the Unix epoch: the unit of every timestamp column.
@@ -182,6 +250,24 @@ pub(crate) mod test_support {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("prune.db")).await.unwrap();
         (db, dir)
+    }
+
+    /// A fresh migrated database of one backend, and what keeps it alive (`on_both_backends!`).
+    pub struct TestDb {
+        pub db: Db,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    impl TestDb {
+        pub async fn sqlite() -> Self {
+            let (db, dir) = db().await;
+            TestDb { db, _dir: Some(dir) }
+        }
+
+        /// A database of its own on the test binary's PostgreSQL server (started on first use).
+        pub async fn postgres() -> Self {
+            TestDb { db: super::pg_support::db().await, _dir: None }
+        }
     }
 
     pub fn new_job(id: &str) -> NewJob {
@@ -216,12 +302,41 @@ mod tests {
         assert!(db.job("job-a").await.unwrap().is_some());
         db.close().await;
 
-        for url in ["postgres://user:secret@host/prune", "postgresql://host/prune", "mysql://host/db", "prune.db"] {
+        // PostgreSQL: tables created on first connect, found again on the next (`postgresql:`
+        // is the same scheme).
+        let url = pg_support::create_database().await;
+        let db = Db::connect(&url).await.unwrap();
+        assert!(matches!(db.pool, Pool::Postgres(_)));
+        assert!(db.insert_job(&new_job("job-a"), 10).await.unwrap());
+        db.close().await;
+        let db = Db::connect(&url.replacen("postgres:", "postgresql:", 1)).await.unwrap();
+        assert!(db.job("job-a").await.unwrap().is_some());
+        db.close().await;
+
+        for url in ["mysql://user:secret@host/db", "prune.db"] {
             let err = Db::connect(url).await.unwrap_err();
             assert!(matches!(err, StorageError::UnsupportedBackend { .. }), "{url}: {err}");
             assert!(!err.to_string().contains("secret"), "the error must not echo the URL: {err}");
         }
-        let err = Db::connect("postgres://host/prune").await.unwrap_err().to_string();
-        assert!(err.contains("not built yet"), "{err}");
+        // Nothing listens on port 1: the probe connection fails at once, with the reason.
+        let err = Db::connect("postgres://user:secret@127.0.0.1:1/prune").await.unwrap_err();
+        assert!(matches!(err, StorageError::Sqlx(_)), "{err}");
+        assert!(!err.to_string().contains("secret"), "the error must not echo the URL: {err}");
+    }
+
+    #[test]
+    fn urls_are_masked_for_messages() {
+        let cases = [
+            ("postgres://user:secret@db.example:5432/prune", "postgres://user:***@db.example:5432/prune"),
+            ("postgresql://user:p@ss@host/prune", "postgresql://user:***@host/prune"),
+            ("postgres://user@host/prune", "postgres://user@host/prune"),
+            ("postgres://host:5433/prune?sslmode=require&password=secret", "postgres://host:5433/prune?***"),
+            ("postgres://:secret@host", "postgres://:***@host"),
+            ("sqlite:///var/lib/prune/prune.db", "sqlite:///var/lib/prune/prune.db"),
+            ("prune.db", "prune.db"),
+        ];
+        for (url, masked) in cases {
+            assert_eq!(masked_url(url), masked, "{url}");
+        }
     }
 }

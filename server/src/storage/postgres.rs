@@ -1,49 +1,86 @@
-//! The PostgreSQL backend, prepared but not built: this build has no PostgreSQL driver (sqlx's
-//! `postgres` feature is off) and [`super::Db::connect`] refuses `postgres://` URLs. The next
-//! issue turns this module into the counterpart of `sqlite.rs`:
+//! The PostgreSQL backend (`postgres://...`): what of the storage layer is PostgreSQL's own,
+//! the counterpart of `sqlite.rs`.
 //!
-//! 1. `sqlx` feature `postgres`; `Pool::Postgres(PgPool)` and its arm in `with_pool!`.
-//! 2. `MIGRATOR = sqlx::migrate!("../migrations/postgres")` (every integer column `BIGINT`,
-//!    so the shared code's `i64` binds and reads type-check against `INT8`).
-//! 3. `connect(PgConnectOptions)`: no pragmas; pool size from configuration.
-//! 4. `begin_queue_write`: `BEGIN` (READ COMMITTED) then [`LOCK_TENANT_QUEUE`], a
-//!    transaction-scoped advisory lock on the tenant. Under READ COMMITTED two concurrent
-//!    `INSERT ... SELECT ... WHERE (SELECT COUNT(*) ...) < limit` would both count the same
-//!    snapshot and both insert; the lock makes one tenant's CreateJobs take turns (other
-//!    tenants are not blocked) and is released at COMMIT/ROLLBACK. SERIALIZABLE would also be
-//!    correct but turns the race into serialization failures that the caller must retry.
-//! 5. [`CLAIM_NEXT_QUEUED`]: the subquery locks the row it picks with `FOR UPDATE SKIP LOCKED`.
-//!    Without it, two claimers pick the same oldest job; the second blocks on the first's row
-//!    lock, re-checks `state = QUEUED` after it commits, updates nothing and returns no job
-//!    although others are queued. With it, the second skips the locked row and takes the next.
-//!    (The pattern of River's `JobGetAvailable` and Oban's fetch, for one job.)
-//! 6. Run the storage tests against a PostgreSQL URL as well (`concurrency_tests.rs` is the one
-//!    that matters: queue limit and claim under concurrent callers).
+//! * Connecting: sqlx's options from the URL (host, port, user, password, database, `sslmode`,
+//!   ...), no pragmas; one probe connection first so that an unreachable server or a refused
+//!   login is reported with its reason at once (the pool itself would retry a refused
+//!   connection until its acquire timeout and then say only "pool timed out").
+//! * Migrations: `migrations/postgres/` (every integer column `BIGINT`, so the shared code's
+//!   `i64` binds and reads type-check against `INT8`).
+//! * Locking: transactions run at READ COMMITTED. [`begin_queue_write`] takes
+//!   [`LOCK_TENANT_QUEUE`], a transaction-scoped advisory lock on the tenant: under READ
+//!   COMMITTED two concurrent `INSERT ... SELECT ... WHERE (SELECT COUNT(*) ...) < limit` would
+//!   both count the same snapshot and both insert; the lock makes one tenant's CreateJobs take
+//!   turns (other tenants are not blocked) and is released at COMMIT/ROLLBACK. SERIALIZABLE
+//!   would also be correct but turns the race into serialization failures that the caller
+//!   must retry.
+//! * The claim: [`CLAIM_NEXT_QUEUED`]'s subquery locks the row it picks with
+//!   `FOR UPDATE SKIP LOCKED`. Without it, two claimers pick the same oldest job; the second
+//!   blocks on the first's row lock, re-checks `state = QUEUED` after it commits, updates
+//!   nothing and returns no job although others are queued. With it, the second skips the
+//!   locked row and takes the next. (The pattern of River's `JobGetAvailable` and Oban's fetch,
+//!   for one job.)
 //!
-//! ```ignore
-//! pub(super) async fn begin_queue_write(pool: &PgPool, tenant: &str) -> Result<Transaction<'static, Postgres>> {
-//!     let mut tx = pool.begin().await?;
-//!     sqlx::query(LOCK_TENANT_QUEUE).bind(tenant).execute(&mut *tx).await?;
-//!     Ok(tx)
-//! }
-//! ```
+//! Measured against PostgreSQL 15 before the backend was wired in (psql, typed prepared
+//! statements as sqlx sends them): 50 concurrent inserts of one tenant with limit 10 queued 14
+//! jobs without [`LOCK_TENANT_QUEUE`] and exactly 10 with it. `concurrency_tests.rs` now runs
+//! both properties through [`super::Db`] on this backend and on SQLite.
 //!
-//! Checked by hand against PostgreSQL 15 (psql, typed prepared statements as sqlx sends them):
-//! `migrations/postgres/` applies and leaves only TEXT, BIGINT and DOUBLE PRECISION columns;
-//! 50 concurrent `INSERT_JOB_UNDER_LIMIT`s of one tenant with limit 10 queued 14 jobs without
-//! [`LOCK_TENANT_QUEUE`] and exactly 10 with it; 12 concurrent claimers running
-//! [`CLAIM_NEXT_QUEUED`] took 34 queued jobs, each exactly once.
-//!
-//! The SQL below uses the same parameters, in the same order, as the SQLite items, so the
-//! shared code binds them once for both.
+//! The items here are the backend contract the shared code uses through `with_pool!`:
+//! [`MIGRATOR`], [`begin_queue_write`], [`CLAIM_NEXT_QUEUED`], with the same parameters, in
+//! the same order, as the SQLite items, so the shared code binds them once for both.
 
-// Not used until the backend exists; kept compiled so the SQL travels with the code it serves.
-#![allow(dead_code)]
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Transaction};
+
+use super::Result;
+
+/// The schema, embedded at build time.
+pub(super) static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Connections per server process. The scheduler, the API handlers and the metrics writer
+/// share them; PostgreSQL's default `max_connections` (100) leaves room for several servers.
+const MAX_CONNECTIONS: u32 = 16;
+/// How long a caller waits for a free connection (or for a new one to be opened).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `postgres://[user[:password]@]host[:port]/database[?sslmode=...]`, as sqlx parses it.
+pub(super) fn options_for_url(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?)
+}
+
+/// Checks that the server answers and accepts the login (one connection, closed again), then
+/// opens the pool and applies migrations. Concurrent servers migrating the same database are
+/// serialised by sqlx's own advisory lock.
+pub(super) async fn connect(options: PgConnectOptions) -> Result<PgPool> {
+    let probe = options.connect().await?;
+    probe.close().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
 
 /// After `BEGIN`: serialises the queue-limit check of one tenant (`$1`) until the transaction
 /// ends. The prefix keeps the key apart from other uses of advisory locks (up to a 64-bit hash
 /// collision, which would only make two tenants take turns).
 pub(super) const LOCK_TENANT_QUEUE: &str = "SELECT pg_advisory_xact_lock(hashtextextended('prune.queue:' || $1, 0))";
+
+/// A transaction for the per-tenant queue limit's count-and-insert: `BEGIN` (READ COMMITTED)
+/// then [`LOCK_TENANT_QUEUE`] on `tenant`, so no other CreateJob of the same tenant can count
+/// or insert until this one commits or rolls back.
+pub(super) async fn begin_queue_write(pool: &PgPool, tenant: &str) -> Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(LOCK_TENANT_QUEUE).bind(tenant).execute(&mut *tx).await?;
+    Ok(tx)
+}
 
 /// QUEUED -> RUNNING for the oldest queued job that no other claimer holds. `$1` RUNNING,
 /// `$2` now (ms), `$3` QUEUED (as in `sqlite::CLAIM_NEXT_QUEUED`).

@@ -6,11 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use sqlx::migrate::Migrator;
 use sqlx::Row;
 
-use super::sqlite;
 use super::test_support::db;
 use super::Pool;
-
-static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");
+use super::{pg_support, postgres, sqlite};
 
 /// SHA-384 of each SQLite migration as released: sqlx refuses to open a database whose applied
 /// migration's file changed, so these must never change. A schema change is a new file.
@@ -30,7 +28,7 @@ fn released_sqlite_migrations_are_unchanged() {
 #[test]
 fn both_backends_have_the_same_migration_versions() {
     let versions = |m: &Migrator| m.iter().map(|m| (m.version, m.description.to_string())).collect::<Vec<_>>();
-    assert_eq!(versions(&sqlite::MIGRATOR), versions(&POSTGRES));
+    assert_eq!(versions(&sqlite::MIGRATOR), versions(&postgres::MIGRATOR));
 }
 
 /// A column as the schema means it: portable type, and whether NULL is allowed.
@@ -47,7 +45,7 @@ type Indexes = BTreeMap<String, (String, Vec<String>)>;
 #[tokio::test]
 async fn postgres_migrations_declare_the_sqlite_schema_with_bigint_integers() {
     let (db, _dir) = db().await;
-    let Pool::Sqlite(pool) = &db.pool;
+    let Pool::Sqlite(pool) = &db.pool else { unreachable!("test_support::db is SQLite") };
     let mut sqlite_tables = Tables::new();
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name <> '_sqlx_migrations'",
@@ -91,7 +89,7 @@ async fn postgres_migrations_declare_the_sqlite_schema_with_bigint_integers() {
     }
     db.close().await;
 
-    let (pg_tables, pg_indexes) = parse_postgres(POSTGRES.iter().map(|m| m.sql.as_str()));
+    let (pg_tables, pg_indexes) = parse_postgres(postgres::MIGRATOR.iter().map(|m| m.sql.as_str()));
     for (table, columns) in &pg_tables {
         for (name, column) in columns {
             assert!(
@@ -103,6 +101,41 @@ async fn postgres_migrations_declare_the_sqlite_schema_with_bigint_integers() {
     }
     assert_eq!(pg_tables, sqlite_tables);
     assert_eq!(pg_indexes, sqlite_indexes);
+}
+
+/// The parser above against the real thing: migrated PostgreSQL 15 has exactly the tables and
+/// columns (types, nullability) the migrations were read as declaring, and the indexes.
+#[tokio::test]
+async fn postgres_migrations_apply_on_postgres_as_parsed() {
+    let db = pg_support::db().await;
+    let Pool::Postgres(pool) = &db.pool else { unreachable!("pg_support::db is PostgreSQL") };
+    let rows = sqlx::query(
+        "SELECT table_name::TEXT AS t, column_name::TEXT AS c, upper(data_type::TEXT) AS ty, \
+         is_nullable::TEXT = 'NO' AS not_null FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut tables = Tables::new();
+    for r in &rows {
+        let column = Column { ty: r.get("ty"), not_null: r.get("not_null") };
+        tables.entry(r.get("t")).or_default().insert(r.get("c"), column);
+    }
+    let index_names: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT indexname::TEXT FROM pg_indexes WHERE schemaname = 'public' AND indexname NOT LIKE '%_pkey' \
+         AND tablename <> '_sqlx_migrations'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    db.close().await;
+
+    let (parsed_tables, parsed_indexes) = parse_postgres(postgres::MIGRATOR.iter().map(|m| m.sql.as_str()));
+    assert_eq!(tables, parsed_tables);
+    assert_eq!(index_names, parsed_indexes.into_keys().collect());
 }
 
 /// The tables and indexes the PostgreSQL migrations create: enough of a parser for the
