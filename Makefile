@@ -8,8 +8,11 @@ ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
 all: build
 
+# The libtorch virtualenv, and PostgreSQL's binaries for the storage tests (installed with
+# apt-get when initdb is missing).
 setup:
 	@scripts/setup-venv.sh >/dev/null
+	@scripts/setup-postgres.sh
 
 build: setup
 	@$(ENV) cargo build --workspace --bins --tests
