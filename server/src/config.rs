@@ -18,9 +18,13 @@ pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the bound address is printed on stdout).
     #[arg(long, env = "PRUNE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Holds the SQLite database, blobs, checkpoints and artifacts.
+    /// Holds the SQLite database (unless --database names another), blobs, checkpoints and artifacts.
     #[arg(long, env = "PRUNE_DATA_DIR", default_value = "./var")]
     pub data_dir: PathBuf,
+    /// The database: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`
+    /// (the database must exist; its tables are created). Default: `<data-dir>/prune.db`.
+    #[arg(long = "database", env = "PRUNE_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    pub database: Option<String>,
     /// Jobs that run at the same time (each in its own worker process).
     #[arg(long, env = "PRUNE_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
@@ -146,6 +150,13 @@ mod tests {
         assert_eq!((limits.max_upload_bytes, limits.max_spec_bytes), (8 << 30, 1 << 20));
         assert_eq!((limits.max_queued_per_tenant, limits.max_message_bytes), (1000, 4 << 20));
         assert!(cli.serve.security.tokens.is_none() && !cli.serve.security.insecure);
+    }
+
+    #[test]
+    fn database_flag() {
+        assert!(Cli::parse_from(["prune-server"]).serve.database.is_none(), "default: <data-dir>/prune.db");
+        let cli = Cli::parse_from(["prune-server", "--database", "postgres://prune@db/prune"]);
+        assert_eq!(cli.serve.database.as_deref(), Some("postgres://prune@db/prune"));
     }
 
     #[test]

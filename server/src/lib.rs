@@ -37,7 +37,7 @@ use crate::jobs::attempt::Deps;
 use crate::jobs::live::Live;
 use crate::jobs::scheduler::{self, SchedulerConfig};
 use crate::launch::process::ProcessLauncher;
-use crate::storage::{Db, StorageError};
+use crate::storage::{masked_url, Db, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -45,6 +45,9 @@ pub enum ServeError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The database could not be opened at start-up; `url` has its password masked.
+    #[error("database {url}: {reason}")]
+    Database { url: String, reason: String },
     #[error("locating the server binary (prune-worker is found next to it): {0}")]
     Exe(std::io::Error),
     #[error("worker binary {path} not found: build it (`cargo build -p prune-worker`) or pass --worker-bin")]
@@ -97,7 +100,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if !worker_bin.is_file() {
         return Err(ServeError::WorkerBin { path: worker_bin });
     }
-    let db = Db::open(&data_dir.database()).await?;
+    let db = match &args.database {
+        Some(url) => Db::connect(url).await,
+        None => Db::open(&data_dir.database()).await,
+    }
+    .map_err(|e| ServeError::Database {
+        url: args.database.as_deref().map_or_else(|| format!("sqlite://{}", data_dir.database().display()), masked_url),
+        reason: prune_core::text::one_line(&e.to_string()),
+    })?;
     // Today's store is the data directory itself; keys are paths relative to it.
     let store: Arc<dyn FileStore> = Arc::new(LocalStore::new(data_dir.root().to_path_buf()));
     let blobs = BlobStore::new(store.clone(), data_dir.blobs_tmp());

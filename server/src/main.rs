@@ -17,6 +17,10 @@ fn main() -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(prune_server::serve(cli.serve)).context("prune-server")?;
+    // An error (at start-up: configuration, data directory, database, port) is one line on stderr.
+    if let Err(e) = runtime.block_on(prune_server::serve(cli.serve)) {
+        eprintln!("prune-server: {}", prune_core::text::one_line(&e.to_string()));
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
