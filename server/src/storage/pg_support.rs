@@ -156,7 +156,9 @@ fn is_root() -> bool {
 /// `program`, through `runuser -u postgres --` when the tests run as root.
 fn command(program: &Path, as_postgres: bool) -> Command {
     if as_postgres {
-        let mut cmd = Command::new("runuser");
+        // In /usr/sbin, which a non-login root shell's PATH may lack.
+        let runuser = ["/usr/sbin/runuser", "/sbin/runuser"].into_iter().find(|p| Path::new(p).is_file());
+        let mut cmd = Command::new(runuser.unwrap_or("runuser"));
         // The postgres user may not be able to read the test's working directory.
         cmd.args(["-u", OS_USER, "--"]).arg(program).current_dir("/");
         cmd
@@ -166,7 +168,8 @@ fn command(program: &Path, as_postgres: bool) -> Command {
 }
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let Output { status, stdout, stderr } = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+    let Output { status, stdout, stderr } =
+        cmd.output().map_err(|e| format!("{what} ({}): {e}", cmd.get_program().to_string_lossy()))?;
     if status.success() {
         Ok(())
     } else {
