@@ -8,8 +8,10 @@ ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
 all: build
 
+# The libtorch venv, and s3s-fs (a loopback S3 server for the S3 file-store tests).
 setup:
 	@scripts/setup-venv.sh >/dev/null
+	@scripts/setup-s3s.sh
 
 build: setup
 	@$(ENV) cargo build --workspace --bins --tests
