@@ -17,6 +17,10 @@ fn main() -> anyhow::Result<ExitCode> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(prune_server::serve(cli.serve)).context("prune-server")?;
+    if let Err(e) = runtime.block_on(prune_server::serve(cli.serve)) {
+        // One line, for the operator and for supervisors that keep only the last line.
+        eprintln!("prune-server: {}", prune_core::text::one_line(&e.to_string()));
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
