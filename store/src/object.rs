@@ -246,14 +246,10 @@ impl FileStore for ObjectStoreS3 {
         let location = self.location(prefix)?;
         self.block_on(async {
             let locations = self.inner.list(Some(&location)).map_ok(|meta| meta.location).boxed();
-            self.inner
-                .delete_stream(locations)
-                .try_for_each(|_| async { Ok(()) })
-                .await
-                .or_else(|e| match e {
-                    object_store::Error::NotFound { .. } => Ok(()),
-                    e => Err(e),
-                })
+            self.inner.delete_stream(locations).try_for_each(|_| async { Ok(()) }).await.or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(()),
+                e => Err(e),
+            })
         })
         .map_err(|e| store_error(prefix, e))
     }

@@ -60,12 +60,7 @@ impl S3sServer {
                     break; // exited: the port was taken, try another
                 }
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return S3sServer {
-                        child,
-                        endpoint: format!("http://{addr}"),
-                        bucket: bucket.to_string(),
-                        log,
-                    };
+                    return S3sServer { child, endpoint: format!("http://{addr}"), bucket: bucket.to_string(), log };
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }

@@ -57,8 +57,7 @@ fn put_open_size_delete_fetch() {
     assert!(matches!(store.size(&k), Err(StoreError::NotFound { .. })));
 
     // delete_all removes what is under the prefix, and only that.
-    for name in ["checkpoints/job-1/step-10.ckpt", "checkpoints/job-1/step-20.ckpt", "checkpoints/job-10/step-1.ckpt"]
-    {
+    for name in ["checkpoints/job-1/step-10.ckpt", "checkpoints/job-1/step-20.ckpt", "checkpoints/job-10/step-1.ckpt"] {
         store.put(&key(name), &src).unwrap();
     }
     store.delete_all(&key("checkpoints/job-1")).unwrap();
@@ -67,7 +66,10 @@ fn put_open_size_delete_fetch() {
     assert!(matches!(store.size(&key("checkpoints/job-1/step-20.ckpt")), Err(StoreError::NotFound { .. })));
     assert_eq!(store.size(&key("checkpoints/job-10/step-1.ckpt")).unwrap(), 11);
     // Another prefix in the same bucket sees none of it.
-    assert!(matches!(self::store(&s3, "node/b").size(&key("checkpoints/job-10/step-1.ckpt")), Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        self::store(&s3, "node/b").size(&key("checkpoints/job-10/step-1.ckpt")),
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 #[test]
