@@ -2,7 +2,7 @@
 # Installs (once) s3s-fs 0.14.1, a small S3-compatible server over a directory, into a cache;
 # the S3 file-store tests start it on a loopback port (prune_store::s3s). Prints nothing when it
 # is already there. The binary: $PRUNE_S3S_ROOT/bin/s3s-fs (default ~/.cache/prune/s3s-fs).
-# Building it takes a few minutes (measured: see docs/architecture.md, "A new file store").
+# Building it takes about 5 minutes on 2 cores (docs/architecture.md, "A new file store").
 set -euo pipefail
 ROOT="${PRUNE_S3S_ROOT:-$HOME/.cache/prune/s3s-fs}"
 VERSION=0.14.1
