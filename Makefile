@@ -8,11 +8,12 @@ ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
 all: build
 
-# The libtorch virtualenv, and PostgreSQL's binaries for the storage tests (installed with
-# apt-get when initdb is missing).
+# The libtorch virtualenv, PostgreSQL's binaries for the storage tests (installed with apt-get
+# when initdb is missing) and s3s-fs (a loopback S3 server for the S3 file-store tests).
 setup:
 	@scripts/setup-venv.sh >/dev/null
 	@scripts/setup-postgres.sh
+	@scripts/setup-s3s.sh
 
 build: setup
 	@$(ENV) cargo build --workspace --bins --tests

@@ -101,6 +101,11 @@ impl Server {
 
     /// [`Server::start`] with the server binary at `path` (tools outside `target/<profile>/deps`).
     pub async fn start_with(path: &Path, data_dir: &Path, args: &[&str]) -> Server {
+        Server::start_with_env(path, data_dir, args, &[]).await
+    }
+
+    /// [`Server::start_with`] with extra environment variables (the server's workers inherit them).
+    pub async fn start_with_env(path: &Path, data_dir: &Path, args: &[&str], env: &[(String, String)]) -> Server {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("server log");
         // A loopback port of its own, unless the test chooses the address.
@@ -111,6 +116,7 @@ impl Server {
             .arg(data_dir)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -54,6 +54,8 @@ impl Client {
         let bad_address = |reason: String| ClientError::BadAddress { addr: addr.clone(), reason };
         let mut endpoint = Endpoint::from_shared(addr.clone()).map_err(|e| bad_address(error_chain(&e)))?;
         if addr.starts_with("https://") {
+            // Several rustls providers are compiled in where prune-store is: choose ring.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let tls = match &options.ca_cert {
                 Some(path) => {
                     let pem = std::fs::read(path).map_err(|e| ClientError::io(path, e))?;

@@ -25,6 +25,11 @@ pub struct ServeArgs {
     /// (the database must exist; its tables are created). Default: `<data-dir>/prune.db`.
     #[arg(long = "database", env = "PRUNE_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     pub database: Option<String>,
+    /// Where blobs, checkpoints and artifacts live: `file:///DIR` or `s3://bucket/prefix` (an
+    /// S3-compatible store; endpoint, region and credentials from the `AWS_*` variables, which
+    /// workers inherit). Default: the data directory.
+    #[arg(long = "store", env = "PRUNE_STORE_URL", value_name = "URL")]
+    pub store: Option<String>,
     /// Jobs that run at the same time (each in its own worker process).
     #[arg(long, env = "PRUNE_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: u32,
@@ -150,6 +155,9 @@ mod tests {
         assert_eq!((limits.max_upload_bytes, limits.max_spec_bytes), (8 << 30, 1 << 20));
         assert_eq!((limits.max_queued_per_tenant, limits.max_message_bytes), (1000, 4 << 20));
         assert!(cli.serve.security.tokens.is_none() && !cli.serve.security.insecure);
+        assert!(cli.serve.store.is_none(), "the data directory is the store");
+        let cli = Cli::parse_from(["prune-server", "--store", "s3://bucket/prefix"]);
+        assert_eq!(cli.serve.store.as_deref(), Some("s3://bucket/prefix"));
     }
 
     #[test]

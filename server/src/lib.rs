@@ -65,6 +65,8 @@ pub enum ServeError {
     TlsFile { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
     #[error("TLS with --tls-cert {cert} and --tls-key {key}: {reason}")]
     Tls { cert: std::path::PathBuf, key: std::path::PathBuf, reason: String },
+    #[error("{0}")]
+    Store(prune_store::StoreError),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("server reflection: {0}")]
@@ -108,8 +110,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         url: args.database.as_deref().map_or_else(|| format!("sqlite://{}", data_dir.database().display()), masked_url),
         reason: prune_core::text::one_line(&e.to_string()),
     })?;
-    // Today's store is the data directory itself; keys are paths relative to it.
-    let store: Arc<dyn FileStore> = Arc::new(LocalStore::new(data_dir.root().to_path_buf()));
+    // The data directory itself (keys are paths relative to it) unless --store names another.
+    let store: Arc<dyn FileStore> = match &args.store {
+        None => Arc::new(LocalStore::new(data_dir.root().to_path_buf())),
+        Some(url) => Arc::from(prune_store::open(url).map_err(ServeError::Store)?),
+    };
+    let probe = store.clone();
+    tokio::task::spawn_blocking(move || probe.probe())
+        .await
+        .map_err(|e| ServeError::Store(prune_store::StoreError::Url { url: store.url(), reason: e.to_string() }))?
+        .map_err(ServeError::Store)?;
     let blobs = BlobStore::new(store.clone(), data_dir.blobs_tmp());
     let live = Live::default();
     let launcher = ProcessLauncher { worker_bin, store_url: store.url(), scratch: data_dir.scratch() };

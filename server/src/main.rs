@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    // tonic's TLS takes rustls' process-wide provider; object_store (prune-store) compiles in
+    // aws-lc-rs next to ring, so it has to be chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     // An error (at start-up: configuration, data directory, database, port) is one line on stderr.
     if let Err(e) = runtime.block_on(prune_server::serve(cli.serve)) {

@@ -8,6 +8,8 @@
 
 mod key;
 mod local;
+mod object;
+pub mod s3s;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 pub use key::{Key, KeyError};
 pub use local::LocalStore;
+pub use object::ObjectStoreS3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -68,6 +71,12 @@ pub trait FileStore: Send + Sync + std::fmt::Debug {
     /// Removes every object under `prefix/` (a job's checkpoints); none there is not an error.
     fn delete_all(&self, prefix: &Key) -> Result<()>;
 
+    /// A cheap request that fails when the store cannot be used (unreachable, no such bucket,
+    /// refused credentials); the server calls it at start-up.
+    fn probe(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The object as a local file: in place for a local store, else copied to `scratch`.
     fn fetch(&self, key: &Key, scratch: &Path) -> Result<PathBuf> {
         if let Some(path) = self.local_path(key) {
@@ -93,13 +102,15 @@ pub trait FileStore: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Opens the store a URL names: `file:///abs/dir` or a plain directory path.
+/// Opens the store a URL names: `file:///abs/dir`, a plain directory path, or
+/// `s3://bucket/prefix` (an S3-compatible object store configured by the `AWS_*` variables).
 pub fn open(url: &str) -> Result<Box<dyn FileStore>> {
     let bad = |reason: &str| StoreError::Url { url: url.to_string(), reason: reason.to_string() };
     match url.split_once("://") {
         Some(("file", path)) if path.starts_with('/') => Ok(Box::new(LocalStore::new(PathBuf::from(path)))),
         Some(("file", _)) => Err(bad("a file:// URL needs an absolute path (file:///var/prune)")),
-        Some((scheme, _)) => Err(bad(&format!("unsupported scheme `{scheme}` (this build has: file)"))),
+        Some(("s3", _)) => Ok(Box::new(ObjectStoreS3::from_url(url)?)),
+        Some((scheme, _)) => Err(bad(&format!("unsupported scheme `{scheme}` (this build has: file, s3)"))),
         None => Ok(Box::new(LocalStore::new(PathBuf::from(url)))),
     }
 }
@@ -114,7 +125,11 @@ mod tests {
     fn urls_name_the_backend() {
         let store = open("file:///var/prune").unwrap();
         assert_eq!(store.url(), "file:///var/prune");
-        assert!(open("s3://bucket/prefix").unwrap_err().to_string().contains("unsupported scheme `s3`"));
+        assert_eq!(open("s3://bucket/some/prefix/").unwrap().url(), "s3://bucket/some/prefix");
+        assert_eq!(open("s3://bucket").unwrap().url(), "s3://bucket");
+        assert!(open("s3:///prefix").unwrap_err().to_string().contains("no bucket"));
+        assert!(open("s3://bucket/a/../b").unwrap_err().to_string().contains("prefix"));
+        assert!(open("gs://bucket").unwrap_err().to_string().contains("unsupported scheme `gs`"));
         assert!(open("file://relative").unwrap_err().to_string().contains("absolute path"));
     }
 }
