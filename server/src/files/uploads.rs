@@ -286,7 +286,15 @@ impl Upload {
                         published?
                     }
                     // The claim is released only after the put (it lives in `target`).
-                    Target::Partial { path, _claim } => store.put(&key, &path)?,
+                    Target::Partial { path, _claim } => {
+                        store.put(&key, &path)?;
+                        // A local store renamed it; a remote one copied it, and the copy is done.
+                        if let Err(e) = std::fs::remove_file(&path) {
+                            if e.kind() != std::io::ErrorKind::NotFound {
+                                tracing::warn!(path = %path.display(), "removing an uploaded partial file: {e}");
+                            }
+                        }
+                    }
                 }
                 Ok(())
             }
