@@ -2,6 +2,8 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use prune_core::files::write_atomically;
+
 use crate::{FileStore, Key, Result, StoreError};
 
 /// A directory on this machine (the data directory, or a shared file system several nodes
@@ -43,19 +45,8 @@ impl FileStore for LocalStore {
         let dir = dest.parent().expect("keys are relative to the root");
         fs::create_dir_all(dir).map_err(io)?;
         if fs::rename(src, &dest).is_err() {
-            // Another file system: copy next to the destination, then rename into place.
-            let tmp = dir.join(format!(
-                ".{}.{}.put",
-                dest.file_name().unwrap_or_default().to_string_lossy(),
-                std::process::id()
-            ));
-            let copied = fs::copy(src, &tmp)
-                .and_then(|_| fs::File::open(&tmp)?.sync_all())
-                .and_then(|()| fs::rename(&tmp, &dest));
-            if let Err(e) = copied {
-                let _ = fs::remove_file(&tmp);
-                return Err(io(e));
-            }
+            // Another file system: copy through a temporary file next to the destination.
+            return write_atomically(&dest, |out| std::io::copy(&mut fs::File::open(src)?, out).map(drop)).map_err(io);
         }
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
