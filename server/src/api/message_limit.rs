@@ -17,7 +17,7 @@ pub fn resource_exhausted_for_oversized<B>(mut response: Response<B>) -> Respons
         let message = headers
             .get("grpc-message")
             .and_then(|m| m.to_str().ok())
-            .map(|m| percent_decoded(m))
+            .map(percent_decoded)
             .unwrap_or_else(|| "message length too large".to_string());
         let status = status::quota(Reason::MessageTooLarge, message, "grpc-message-size");
         if let Err(e) = status.add_header(headers) {
