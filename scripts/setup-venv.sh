@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # Creates (once) the cached Python virtualenv that provides libtorch 2.13.0 for tch 0.26,
-# plus the few Python packages the tests use to check artifacts with plain PyTorch.
-# Idempotent: a completed venv is marked with a stamp file and reused by later runs and CI.
+# plus the few Python packages the tests use: plain PyTorch checks of artifacts, and a grpcio
+# client (grpcio-tools to generate stubs from proto/, grpcio-status for the error details) that
+# drives the API as an outside user would.
+# Idempotent: each completed step is marked with a stamp file and reused by later runs and CI.
 set -euo pipefail
 VENV="${PRUNE_VENV:-$HOME/.cache/prune/venv-torch-2.13.0}"
 STAMP="$VENV/.prune-ready-v1"
-if [ -f "$STAMP" ]; then
-  echo "$VENV"
-  exit 0
+GRPC_STAMP="$VENV/.prune-grpc-v1"
+PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
+if [ ! -f "$STAMP" ]; then
+  PY="${PYTHON:-python3}"
+  echo "setting up $VENV (torch 2.13.0 from PyPI, a few GB, once)" >&2
+  rm -rf "$VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
+  "${PIP[@]}" torch==2.13.0 safetensors numpy >&2
+  "$VENV/bin/python" -c 'import torch, safetensors; assert torch.__version__.startswith("2.13.0"), torch.__version__' >&2
+  touch "$STAMP"
 fi
-PY="${PYTHON:-python3}"
-echo "setting up $VENV (torch 2.13.0 from PyPI, a few GB, once)" >&2
-rm -rf "$VENV"
-mkdir -p "$(dirname "$VENV")"
-"$PY" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
-"$VENV/bin/pip" install --quiet --disable-pip-version-check \
-  torch==2.13.0 safetensors numpy >&2
-"$VENV/bin/python" -c 'import torch, safetensors; assert torch.__version__.startswith("2.13.0"), torch.__version__' >&2
-touch "$STAMP"
+if [ ! -f "$GRPC_STAMP" ]; then
+  echo "adding grpcio, grpcio-tools and grpcio-status to $VENV (once)" >&2
+  "${PIP[@]}" grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-status==1.85.3 >&2 \
+    || "${PIP[@]}" grpcio grpcio-tools grpcio-status >&2
+  "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_status; from google.rpc import error_details_pb2' >&2
+  touch "$GRPC_STAMP"
+fi
 echo "$VENV"

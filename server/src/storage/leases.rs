@@ -75,9 +75,9 @@ impl Db {
 
     /// Takes the next job for `node` with a lease of `lease`: RUNNING jobs whose lease ran out
     /// (resumed first, oldest first), then QUEUED ones in fair order: the tenant with the fewest
-    /// RUNNING jobs first (round-robin, so one tenant's thousand queued jobs cannot starve
-    /// another's one; between equals, the tenant waiting longest), then within the tenant
-    /// higher priority, then submission order; a tenant with
+    /// RUNNING jobs first, then the one served least recently (round-robin, so one tenant's
+    /// thousand queued jobs cannot starve another's one), then the one waiting longest; within
+    /// the tenant higher priority, then submission order; a tenant with
     /// `max_running_per_tenant` jobs RUNNING waits. `None`: nothing to run. Concurrent claimers
     /// never get the same job (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: the write lock).
     pub async fn claim_next_fair(

@@ -152,6 +152,19 @@ mod fair {
         // Alternating while both have jobs; bob's priority 5 job before his older one.
         assert_eq!(order, ["job-a0", "job-b1", "job-a1", "job-b0", "job-a2", "job-a3", "job-a4"]);
 
+        // One slot: dave's 3 queued jobs were first, one ran; erin's later job goes next, before
+        // dave's other two (the tenant served least recently).
+        for id in ["job-d0", "job-d1", "job-d2"] {
+            assert!(db.insert_job(&job(id, "dave", 0), 100).await.unwrap());
+        }
+        let d0 = db.claim_next_fair("node-a", LONG, 10).await.unwrap().unwrap();
+        assert_eq!(d0.job.id, "job-d0");
+        let end = JobEnd { state: JobState::Succeeded, error: None, report: None, artifacts: &[] };
+        db.finish_attempt_job(Fence { job_id: "job-d0", attempt: d0.attempt }, &end).await.unwrap();
+        assert!(db.insert_job(&job("job-e0", "erin", 0), 100).await.unwrap());
+        assert_eq!(db.claim_next_fair("node-a", LONG, 10).await.unwrap().unwrap().job.id, "job-e0");
+        assert_eq!(db.claim_next_fair("node-a", LONG, 10).await.unwrap().unwrap().job.id, "job-d1");
+
         // A per-tenant limit: carol may run 1 at a time.
         for id in ["job-c0", "job-c1"] {
             assert!(db.insert_job(&job(id, "carol", 0), 100).await.unwrap());

@@ -99,13 +99,15 @@ pub(super) async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Po
 pub(super) const CLAIM_NEXT: &str = concat!(
     "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2), attempts = attempts + 1, ",
     "lease_owner = $4, lease_expires_ms = $5 ",
-    "WHERE id = (SELECT q.id FROM jobs q WHERE ",
-    "(q.state = $1 AND COALESCE(q.lease_expires_ms, 0) < $2) ",
-    "OR (q.state = $3 AND (SELECT COUNT(*) FROM jobs r WHERE r.tenant = q.tenant AND r.state = $1) < $6) ",
-    "ORDER BY CASE WHEN q.state = $1 THEN 0 ELSE 1 END, ",
-    "(SELECT COUNT(*) FROM jobs r WHERE r.tenant = q.tenant AND r.state = $1), ",
-    "(SELECT MIN(o.id) FROM jobs o WHERE o.tenant = q.tenant AND o.state = $3), q.priority DESC, q.id ",
-    "LIMIT 1 FOR UPDATE SKIP LOCKED) ",
+    "WHERE id = (SELECT q.id FROM jobs q JOIN (",
+    // Per tenant with work waiting: jobs RUNNING, the last start, the oldest QUEUED job.
+    "SELECT tenant, SUM(CASE WHEN state = $1 THEN 1 ELSE 0 END) AS running, ",
+    "COALESCE(MAX(started_ms), 0) AS last_start, MIN(CASE WHEN state = $3 THEN id END) AS oldest ",
+    "FROM jobs WHERE tenant IN (SELECT tenant FROM jobs WHERE state IN ($1, $3)) GROUP BY tenant",
+    ") t ON t.tenant = q.tenant WHERE ",
+    "(q.state = $1 AND COALESCE(q.lease_expires_ms, 0) < $2) OR (q.state = $3 AND t.running < $6) ",
+    "ORDER BY CASE WHEN q.state = $1 THEN 0 ELSE 1 END, t.running, t.last_start, t.oldest, q.priority DESC, q.id ",
+    "LIMIT 1 FOR UPDATE OF q SKIP LOCKED) ",
     "AND (state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2)) ",
     "RETURNING ",
     job_columns!()
