@@ -103,7 +103,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         return Err(ServeError::WorkerBin { path: worker_bin });
     }
     let db = match &args.database {
-        Some(url) => Db::connect(url).await,
+        Some(url) => Db::connect_with_lease(url, args.lease()).await,
         None => Db::open(&data_dir.database()).await,
     }
     .map_err(|e| ServeError::Database {

@@ -173,3 +173,31 @@ mod fair {
         assert!(db.claim_next_fair("node-a", LONG, 1).await.unwrap().is_none(), "carol is at her limit");
     }
 }
+
+/// A node stopped inside a transaction (SIGSTOP, a frozen VM) must not hide its jobs from
+/// takeover: PostgreSQL ends its idle-in-transaction session, and the row lock with it.
+#[tokio::test]
+async fn a_session_stopped_inside_a_transaction_releases_its_locks() {
+    let url = super::super::pg_support::create_database().await;
+    let stopped = Db::connect_with_lease(&url, Duration::from_secs(1)).await.unwrap();
+    let other = Db::connect_with_lease(&url, Duration::from_secs(1)).await.unwrap();
+    assert!(stopped.insert_job(&new_job("job-a"), 100).await.unwrap());
+    let claim = stopped.claim_next("node-a", Duration::ZERO).await.unwrap().unwrap();
+    let super::super::Pool::Postgres(pool) = &stopped.pool else { unreachable!("a PostgreSQL Db") };
+    // The fence's row lock, in a transaction that its client never finishes.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(FENCE).bind("job-a").bind(i64::from(claim.attempt)).bind("RUNNING").execute(&mut *tx).await.unwrap();
+    assert!(other.claim_next("node-b", LONG).await.unwrap().is_none(), "the locked row is skipped");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let taken = loop {
+        if let Some(c) = other.claim_next("node-b", LONG).await.unwrap() {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stopped session still holds the job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((taken.job.id.as_str(), taken.attempt), ("job-a", 2));
+    assert!(tx.commit().await.is_err(), "the server ended the stopped session");
+    stopped.close().await;
+    other.close().await;
+}

@@ -189,6 +189,9 @@ impl Backend {
     }
 }
 
+/// The lease `Db::connect` assumes (the server's `--lease-secs` default).
+const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A cheap-to-clone handle on the connection pool.
 #[derive(Debug, Clone)]
 pub struct Db {
@@ -206,13 +209,21 @@ impl Db {
     /// (created if missing) or `postgres://...` (the database must exist; its tables are
     /// created). Errors never contain the URL (it may hold a password): see [`masked_url`].
     pub async fn connect(url: &str) -> Result<Self> {
+        Db::connect_with_lease(url, DEFAULT_LEASE).await
+    }
+
+    /// [`Db::connect`] for a node holding job leases of `lease`: a PostgreSQL session left idle
+    /// inside a transaction is ended by the server after half the lease (at most 10 s), so a
+    /// paused node's row locks cannot keep its jobs from being taken over.
+    pub async fn connect_with_lease(url: &str, lease: std::time::Duration) -> Result<Self> {
         match Backend::of_url(url)? {
             Backend::Sqlite => {
                 let pool = sqlite::connect(sqlite::options_for_url(url)?).await?;
                 Ok(Db { pool: Pool::Sqlite(pool) })
             }
             Backend::Postgres => {
-                let pool = postgres::connect(postgres::options_for_url(url)?).await?;
+                let idle = (lease / 2).clamp(std::time::Duration::from_millis(500), std::time::Duration::from_secs(10));
+                let pool = postgres::connect(postgres::options_for_url(url)?, idle).await?;
                 Ok(Db { pool: Pool::Postgres(pool) })
             }
         }

@@ -57,7 +57,15 @@ pub(super) fn options_for_url(url: &str) -> Result<PgConnectOptions> {
 /// Checks that the server answers and accepts the login (one connection, closed again), then
 /// opens the pool and applies migrations. Concurrent servers migrating the same database are
 /// serialised by sqlx's own advisory lock.
-pub(super) async fn connect(options: PgConnectOptions) -> Result<PgPool> {
+///
+/// Every session gets `idle_in_transaction_session_timeout = idle_in_transaction`: a node that
+/// stops inside a transaction (paused, frozen, cut off) must not keep the job rows it locked,
+/// or no other node could claim them (`SKIP LOCKED` skips them) and its leases could never be
+/// taken over. PostgreSQL ends such a session, and with it the locks, after this long; the
+/// service's own transactions never wait on the client between statements.
+pub(super) async fn connect(options: PgConnectOptions, idle_in_transaction: Duration) -> Result<PgPool> {
+    let options =
+        options.options([("idle_in_transaction_session_timeout", idle_in_transaction.as_millis().max(1).to_string())]);
     let probe = options.connect().await?;
     probe.close().await?;
     let pool = PgPoolOptions::new()
