@@ -231,6 +231,72 @@ async fn quick_job_status_list_metrics_tensorboard() {
     assert!(values.iter().any(|v| v.tag == "sparsity/0.weight" && v.simple_value == Some(0.5)));
 }
 
+/// Labels, filters, logs, delete and server info through `prunectl`.
+#[tokio::test(flavor = "multi_thread")]
+async fn labels_filters_logs_delete_and_info() {
+    let h = Harness::start().await;
+    let job_file = example("constant_quick.toml");
+    let job = path(&job_file);
+    let labelled =
+        h.ok(&["submit", job, "--label", "team=vision", "--label", "run=a1", "--priority", "5", "--json"]).await;
+    let labelled = labelled.json()["id"].as_str().unwrap().to_string();
+    let other =
+        h.ok(&["submit", job, "--label", "team=audio", "--json"]).await.json()["id"].as_str().unwrap().to_string();
+    let run = h.ok(&["watch", &labelled]).await;
+    assert!(run.status.success());
+    h.ok(&["watch", &other]).await;
+
+    let ids = |run: Run| -> Vec<String> {
+        run.json().as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(h.ok(&["list", "--label", "team=vision", "--json"]).await), [labelled.clone()]);
+    assert_eq!(
+        ids(h.ok(&["list", "--label", "team=vision", "--state", "running", "--json"]).await),
+        Vec::<String>::new()
+    );
+    let both = ids(h.ok(&["list", "--filter", "state = SUCCEEDED", "--json"]).await);
+    assert_eq!(both, [other.clone(), labelled.clone()]);
+    let status = h.ok(&["status", &labelled, "--json"]).await.json();
+    assert_eq!(status["labels"]["team"], "vision");
+    assert_eq!(status["priority"], 5);
+    assert_eq!(status["attempt_history"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(status["attempt_history"][0]["outcome"], "succeeded", "{status}");
+    let bad = h.prunectl(&["list", "--filter", "colour = red"]).await;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stderr.contains("unknown field `colour`") && bad.stderr.contains("[FILTER_INVALID]"), "{}", bad.stderr);
+
+    let logs = h.ok(&["logs", &labelled, "--json"]).await;
+    for line in logs.json_lines() {
+        assert_eq!(line["attempt"], 1, "{line}");
+        assert!(line["text"].is_string(), "{line}");
+    }
+
+    let info = h.ok(&["info", "--json"]).await.json();
+    assert_eq!(info["api_version"], "pruning.v1");
+    assert!(info["data_dir_bytes"].as_u64().unwrap() > 0, "{info}");
+    assert_eq!(info["workers"], 2);
+
+    let deleted = h.ok(&["delete", &other, "--json"]).await.json();
+    assert_eq!(deleted["deleted"], true);
+    let gone = h.prunectl(&["status", &other]).await;
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(gone.stderr.contains("not found") && gone.stderr.contains("[JOB_NOT_FOUND]"), "{}", gone.stderr);
+    assert!(!h.server.data_dir.join("artifacts").join(&other).exists(), "the deleted job's artifacts are gone");
+    // A running job cannot be deleted.
+    let long =
+        std::fs::read_to_string(example("constant_quick.toml")).unwrap().replace("epochs = 2 ", "epochs = 2000 ");
+    std::fs::write(h.file("long.toml"), long).unwrap();
+    let running = h.submit(&h.file("long.toml")).await;
+    let refused = h.prunectl(&["delete", &running]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused.stderr.contains("cancel it first") && refused.stderr.contains("[JOB_ACTIVE]"),
+        "{}",
+        refused.stderr
+    );
+    h.ok(&["cancel", &running]).await;
+}
+
 /// Every example job file (but the TorchScript one, which needs a model file: see below) runs
 /// to SUCCEEDED.
 #[tokio::test(flavor = "multi_thread")]

@@ -19,7 +19,9 @@ mod watch;
 pub use client::{new_request_id, Client, ConnectOptions, SubmitOptions, DEFAULT_TIMEOUT};
 pub use download::DownloadOutcome;
 pub use error::{ClientError, Result};
-pub use types::{ArtifactInfo, JobInfo, JobState, MetricRecord, Progress, Report, TensorSparsity, WatchEvent};
+pub use types::{
+    ArtifactInfo, AttemptInfo, JobInfo, JobState, MetricRecord, Progress, Report, TensorSparsity, WatchEvent,
+};
 pub use upload::Uploaded;
 
 /// Where `prunectl` looks for the server when neither `--addr` nor `PRUNE_ADDR` is given.

@@ -66,6 +66,40 @@ pub struct JobInfo {
     pub started_unix_ms: Option<i64>,
     pub finished_unix_ms: Option<i64>,
     pub artifacts: Vec<ArtifactInfo>,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub priority: i32,
+    /// The node running the job (or that ran its last attempt); `None` before the first.
+    pub node: Option<String>,
+    /// Every attempt so far, first first.
+    pub attempt_history: Vec<AttemptInfo>,
+}
+
+/// One attempt (worker process) of a job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptInfo {
+    pub number: u32,
+    pub node: String,
+    /// The checkpoint step it resumed from; `None`: from scratch.
+    pub resumed_step: Option<i64>,
+    /// `None` while it runs; else succeeded, failed, crashed, interrupted, cancelled, superseded.
+    pub outcome: Option<String>,
+    pub error: Option<String>,
+    pub started_unix_ms: i64,
+    pub finished_unix_ms: Option<i64>,
+}
+
+impl From<pb::AttemptInfo> for AttemptInfo {
+    fn from(a: pb::AttemptInfo) -> Self {
+        AttemptInfo {
+            number: a.number,
+            node: a.node,
+            resumed_step: a.resumed_step,
+            outcome: Some(a.outcome).filter(|o| !o.is_empty()),
+            error: Some(a.error).filter(|e| !e.is_empty()),
+            started_unix_ms: a.started_unix_ms,
+            finished_unix_ms: Some(a.finished_unix_ms).filter(|&t| t > 0),
+        }
+    }
 }
 
 impl JobInfo {
@@ -100,6 +134,10 @@ impl TryFrom<pb::Job> for JobInfo {
             started_unix_ms: Some(j.started_unix_ms).filter(|&t| t > 0),
             finished_unix_ms: Some(j.finished_unix_ms).filter(|&t| t > 0),
             artifacts: j.artifacts.into_iter().map(Into::into).collect(),
+            labels: j.labels.into_iter().collect(),
+            priority: j.priority,
+            node: Some(j.node).filter(|n| !n.is_empty()),
+            attempt_history: j.attempt_history.into_iter().map(Into::into).collect(),
         })
     }
 }

@@ -49,6 +49,21 @@ fn describe(job: &JobInfo) -> String {
     for a in &job.artifacts {
         rows.push(("artifact", format!("{} ({}, {}, {})", a.format, a.sparse_format, a.compression, bytes(a.size))));
     }
+    if !job.labels.is_empty() {
+        let labels: Vec<String> = job.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        rows.push(("labels", labels.join(", ")));
+    }
+    if let Some(node) = &job.node {
+        rows.push(("node", node.clone()));
+    }
+    if job.attempt_history.len() > 1 {
+        for a in &job.attempt_history {
+            let from = a.resumed_step.map_or_else(|| "from scratch".to_string(), |s| format!("from step {s}"));
+            let outcome = a.outcome.as_deref().unwrap_or("running");
+            let error = a.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+            rows.push(("attempt", format!("{} on {} {from}, {outcome}{error}", a.number, a.node)));
+        }
+    }
     if let Some(error) = &job.error {
         rows.push(("error", error.clone()));
     }
