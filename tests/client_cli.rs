@@ -249,7 +249,7 @@ async fn labels_filters_logs_delete_and_info() {
     let ids = |run: Run| -> Vec<String> {
         run.json().as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(ids(h.ok(&["list", "--label", "team=vision", "--json"]).await), [labelled.clone()]);
+    assert_eq!(ids(h.ok(&["list", "--label", "team=vision", "--json"]).await), std::slice::from_ref(&labelled));
     assert_eq!(
         ids(h.ok(&["list", "--label", "team=vision", "--state", "running", "--json"]).await),
         Vec::<String>::new()

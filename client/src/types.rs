@@ -182,7 +182,7 @@ impl From<pb::Progress> for Progress {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum WatchEvent {
     /// The whole job: first on every (re)connection, then at every state change.
-    Job(JobInfo),
+    Job(Box<JobInfo>),
     Progress(Progress),
     /// The stream broke (e.g. the server restarts); the watch resumes after `retry_in_ms`.
     Reconnecting {

@@ -75,7 +75,7 @@ async fn watch_once(
             Some(Event::Job(job)) => {
                 let job = JobInfo::try_from(job)?;
                 let terminal = job.state.is_terminal();
-                (WatchEvent::Job(job), terminal)
+                (WatchEvent::Job(Box::new(job)), terminal)
             }
             Some(Event::Progress(progress)) => (WatchEvent::Progress(progress.into()), false),
             None => continue,

@@ -49,7 +49,7 @@ async fn last_job(client: &Client, renderer: &mut Renderer, id: &str) -> Result<
         let event = event?;
         renderer.event(&event)?;
         if let WatchEvent::Job(job) = event {
-            last = Some(job);
+            last = Some(*job);
         }
     }
     last.filter(|j| j.state.is_terminal()).ok_or_else(|| anyhow!("the watch of job {id} ended before the job did"))
