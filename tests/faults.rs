@@ -377,7 +377,9 @@ async fn disk_full_while_checkpointing_fails_the_job_cleanly() {
     eprintln!("disk full: {} attempt(s), error: {}", job.attempts, job.error);
 
     // Only the first checkpoint is there, whole and as recorded; no temporary file is left.
-    let checkpoint_dir = dir.join("checkpoints").join(&created.id);
+    // Each attempt writes under its own prefix; this job had one.
+    assert_eq!(job.attempts, 1);
+    let checkpoint_dir = dir.join("checkpoints").join(&created.id).join("attempt-1");
     let files = files_in(&checkpoint_dir);
     assert_eq!(
         files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),

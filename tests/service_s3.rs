@@ -67,6 +67,8 @@ async fn one_shot_job_on_s3_matches_the_file_store() {
     let artifacts = files(&in_bucket.join("artifacts").join(&job.id));
     assert!(!artifacts.is_empty(), "no artifact in the bucket: {:?}", files(&in_bucket));
     assert!(files(&server.data_dir.join("artifacts")).is_empty(), "artifacts written to the data dir");
+    let staged = files(&server.data_dir.join("scratch").join("artifacts"));
+    assert!(staged.is_empty(), "the worker's staged artifacts outlive it: {staged:?}");
     // A resumed download reads from an offset.
     let (_, tail) = download(&mut client, &job.id, "", 100).await.expect("download from 100");
     assert_eq!(tail, data[100..]);

@@ -30,9 +30,18 @@ pub struct ServeArgs {
     /// workers inherit). Default: the data directory.
     #[arg(long = "store", env = "PRUNE_STORE_URL", value_name = "URL")]
     pub store: Option<String>,
-    /// Jobs that run at the same time (each in its own worker process).
-    #[arg(long, env = "PRUNE_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Jobs this node runs at the same time (each in its own worker process); 0: an API-only
+    /// node that accepts and answers for jobs but runs none.
+    #[arg(long, env = "PRUNE_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1024))]
     pub workers: u32,
+    /// This node's name in job leases and attempts (default: host name and process id).
+    /// Restarting a node under the same name releases its old leases at once.
+    #[arg(long, env = "PRUNE_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+    /// How long a node holds a job without renewing (renewed every third of it, at most every
+    /// second): after a node dies, its jobs are taken over once this has passed.
+    #[arg(long, env = "PRUNE_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_secs: u64,
     /// libtorch threads of a job whose spec does not set `training.threads`.
     #[arg(long, env = "PRUNE_THREADS_PER_JOB", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads_per_job: u32,
@@ -88,6 +97,40 @@ pub struct LimitArgs {
 impl ServeArgs {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+
+    /// `--node-id`, or `HOSTNAME-PID`.
+    pub fn node_id(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()))
+    }
+}
+
+/// 1 to 128 characters of letters, digits and `.-_:` (it appears in logs and job views).
+fn parse_node_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("expected 1 to 128 letters, digits, `.`, `-`, `_` or `:`".to_string())
+    }
+}
+
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).into_owned();
+    if rc == 0 && !name.is_empty() {
+        name
+    } else {
+        "node".to_string()
     }
 }
 
@@ -158,6 +201,20 @@ mod tests {
         assert!(cli.serve.store.is_none(), "the data directory is the store");
         let cli = Cli::parse_from(["prune-server", "--store", "s3://bucket/prefix"]);
         assert_eq!(cli.serve.store.as_deref(), Some("s3://bucket/prefix"));
+    }
+
+    #[test]
+    fn node_flags() {
+        let cli = Cli::parse_from(["prune-server"]);
+        assert_eq!(cli.serve.lease(), Duration::from_secs(30));
+        let id = cli.serve.node_id();
+        assert!(id.ends_with(&format!("-{}", std::process::id())), "{id}");
+        assert!(parse_node_id(&id).is_ok(), "the default is a valid id: {id}");
+        let cli = Cli::parse_from(["prune-server", "--node-id", "node-2", "--lease-secs", "3", "--workers", "0"]);
+        assert_eq!((cli.serve.node_id(), cli.serve.lease_secs, cli.serve.workers), ("node-2".into(), 3, 0));
+        for bad in [&["--node-id", ""][..], &["--node-id", "a b"], &["--lease-secs", "0"]] {
+            assert!(Cli::try_parse_from(["prune-server"].iter().chain(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

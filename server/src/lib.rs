@@ -131,7 +131,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         TcpListener::bind(args.listen).await.map_err(|source| ServeError::Listen { addr: args.listen, source })?;
     let addr = listener.local_addr().map_err(|source| ServeError::Listen { addr: args.listen, source })?;
 
-    let scheduler_config = SchedulerConfig { workers: args.workers as usize, shutdown_grace: args.shutdown_grace() };
+    let node = args.node_id();
+    let scheduler_config = SchedulerConfig {
+        workers: args.workers as usize,
+        shutdown_grace: args.shutdown_grace(),
+        node: node.clone(),
+        lease: args.lease(),
+        // A SQLite database is this node's alone: whatever it left running is its own.
+        release_all_at_start: db.is_sqlite(),
+    };
     let (scheduler, scheduler_task) = scheduler::start(deps, Arc::new(launcher), scheduler_config);
     let service = Service::new(Shared {
         db: db.clone(),
@@ -170,7 +178,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!(
         %addr,
         data_dir = %data_dir.root().display(),
+        node,
         workers = args.workers,
+        lease_secs = args.lease_secs,
         tls = args.security.tls_cert.is_some(),
         tokens = tenants,
         "serving"

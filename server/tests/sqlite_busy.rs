@@ -1,17 +1,18 @@
 //! SQLite under concurrent writers: while another connection holds the write lock (as a second
 //! writer, a backup or an operator's `sqlite3` shell might), the server's writes wait for it
 //! (`busy_timeout`) instead of failing with SQLITE_BUSY, and none of them is lost. That includes
-//! the writes that take the lock up front (`insert_job`'s `BEGIN IMMEDIATE`) and the one-statement
-//! job claim.
+//! the writes that take the lock up front (`insert_job`'s `BEGIN IMMEDIATE`, the fenced writes
+//! and the claim).
 
 use std::time::{Duration, Instant};
 
 use prune_core::domain::MetricPoint;
-use prune_server::storage::{CheckpointRecord, Db, JobState, NewJob, StorageError};
+use prune_server::storage::{CheckpointRecord, Db, Fence, JobState, NewJob, StorageError};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Row, SqliteConnection};
 
 const JOB: &str = "job-busy";
+const FENCE: Fence = Fence { job_id: JOB, attempt: 1 };
 /// Long enough that every writer below runs into the lock; well below the Db's busy timeout.
 const HOLD: Duration = Duration::from_millis(1500);
 const WRITERS: usize = 32;
@@ -30,10 +31,11 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
 
     // A raw connection of its own, outside the Db's pool.
     let mut raw = SqliteConnectOptions::new().filename(&path).connect().await.expect("raw connection");
-    // The job row the foreign keys need (only the columns of the first migration).
+    // The job row the foreign keys need, RUNNING as attempt 1 under a lease no claim breaks.
     sqlx::query(
         "INSERT INTO jobs (id, name, state, spec_json, warnings_json, attempts, max_attempts, threads, \
-         step, total_steps, epoch, created_ms) VALUES ($1, 'busy', 'RUNNING', '{}', '[]', 1, 1, 1, 0, 0, 0, 0)",
+         step, total_steps, epoch, created_ms, lease_owner, lease_expires_ms) \
+         VALUES ($1, 'busy', 'RUNNING', '{}', '[]', 1, 1, 1, 0, 0, 0, 0, 'node-raw', 9000000000000000)",
     )
     .bind(JOB)
     .execute(&mut raw)
@@ -57,7 +59,7 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
                     let points: Vec<MetricPoint> = (0..POINTS)
                         .map(|p| MetricPoint { name: format!("w{w}/p{p}"), step: b as i64, value: (w * p) as f64 })
                         .collect();
-                    db.insert_metrics(JOB, &points).await?;
+                    db.insert_metrics(FENCE, &points).await?;
                 }
                 let checkpoint = CheckpointRecord {
                     step: w as i64,
@@ -66,7 +68,7 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
                     sha256: "0".repeat(64),
                     bytes: 1,
                 };
-                db.insert_checkpoint(JOB, &checkpoint).await?;
+                db.insert_checkpoint(FENCE, &checkpoint).await?;
                 let job = NewJob {
                     id: format!("job-w{w:02}"),
                     tenant: "default".into(),
@@ -78,7 +80,9 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
                     created_ms: 0,
                 };
                 assert!(db.insert_job(&job, WRITERS as u32).await?, "writer {w}: under the queue limit");
-                assert!(db.claim_next_queued().await?.is_some(), "writer {w}: its job or another is queued");
+                let node = format!("node-{w}");
+                let claim = db.claim_next(&node, Duration::from_secs(600)).await?;
+                assert!(claim.is_some_and(|c| c.job.id != JOB), "writer {w}: its job or another is queued");
                 Ok::<Instant, StorageError>(Instant::now())
             })
         })

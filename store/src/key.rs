@@ -47,6 +47,16 @@ impl Key {
     pub fn artifacts_prefix(job_id: &str) -> String {
         format!("artifacts/{job_id}/")
     }
+    /// Where attempt `attempt` of a job writes its checkpoints: each attempt has its own keys,
+    /// so the objects of a superseded attempt can be removed without touching another's.
+    pub fn attempt_checkpoints_prefix(job_id: &str, attempt: u32) -> String {
+        format!("{}attempt-{attempt}/", Key::checkpoints_prefix(job_id))
+    }
+    /// Where attempt `attempt` of a job writes its artifacts (see `attempt_checkpoints_prefix`);
+    /// only those of the attempt that committed the job are ever served.
+    pub fn attempt_artifacts_prefix(job_id: &str, attempt: u32) -> String {
+        format!("{}attempt-{attempt}/", Key::artifacts_prefix(job_id))
+    }
 
     pub fn as_str(&self) -> &str {
         &self.0

@@ -5,11 +5,16 @@ use prune_proto as pb;
 
 use crate::api::convert::spec_to_proto;
 use crate::jobs::live::{LiveJob, Progress};
-use crate::storage::{ArtifactRecord, JobRecord, JobState};
+use crate::storage::{ArtifactRecord, AttemptRecord, JobRecord, JobState};
 
 /// The job as stored, overlaid with the running attempt's live progress (fresher than the
 /// row, which is written only every few seconds).
-pub fn job(record: &JobRecord, live: Option<&LiveJob>, artifacts: &[ArtifactRecord]) -> pb::Job {
+pub fn job(
+    record: &JobRecord,
+    live: Option<&LiveJob>,
+    artifacts: &[ArtifactRecord],
+    attempts: &[AttemptRecord],
+) -> pb::Job {
     let running = record.state == JobState::Running;
     let live = live.filter(|_| running);
     let progress = live.and_then(|l| l.progress.as_ref());
@@ -36,6 +41,8 @@ pub fn job(record: &JobRecord, live: Option<&LiveJob>, artifacts: &[ArtifactReco
         threads: record.threads,
         artifacts: artifacts.iter().map(artifact).collect(),
         eta_seconds: None,
+        node: record.node.clone().unwrap_or_default(),
+        attempt_history: attempts.iter().map(attempt).collect(),
     };
     if let Some(p) = progress {
         job.step = p.step;
@@ -47,6 +54,18 @@ pub fn job(record: &JobRecord, live: Option<&LiveJob>, artifacts: &[ArtifactReco
         job.eta_seconds = p.eta_seconds;
     }
     job
+}
+
+fn attempt(a: &AttemptRecord) -> pb::AttemptInfo {
+    pb::AttemptInfo {
+        number: a.number,
+        node: a.node.clone(),
+        resumed_step: a.resumed_step,
+        outcome: a.outcome.clone().unwrap_or_default(),
+        error: a.error.clone().unwrap_or_default(),
+        started_unix_ms: a.started_ms,
+        finished_unix_ms: a.finished_ms.unwrap_or(0),
+    }
 }
 
 pub fn progress(p: &Progress) -> pb::Progress {

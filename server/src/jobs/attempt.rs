@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use prune_core::domain::{Event, JobOutcome, StopReason};
 use prune_core::worker_protocol::{Command, WorkerMessage};
-use prune_store::FileStore;
+use prune_store::{FileStore, Key};
 use tokio::sync::mpsc;
 
 use crate::jobs::live::{self, Live};
 use crate::launch::{Control, Worker};
-use crate::storage::{CheckpointRecord, Db, ProgressUpdate};
+use crate::storage::{CheckpointRecord, Db, Fence, ProgressUpdate, StorageError};
 
 /// How often running progress is written to the job row (it is in memory in between).
 const PROGRESS_TO_DB_EVERY: Duration = Duration::from_secs(2);
@@ -68,7 +68,9 @@ pub struct Deps {
 }
 
 /// Records what `worker` (attempt `attempt` of `job_id`) reports; `on_end` is called once, after
-/// the worker is gone and everything it reported is recorded.
+/// the worker is gone and everything it reported is recorded. Every write is fenced by the
+/// attempt number: once one is rejected (the job was taken over or ended) the worker is killed
+/// and what it reports afterwards is dropped, its checkpoint objects removed from the store.
 pub fn follow(
     deps: &Deps,
     job_id: &str,
@@ -77,7 +79,7 @@ pub fn follow(
     on_end: impl FnOnce(AttemptEnd) + Send + 'static,
 ) -> AttemptHandle {
     let Worker { pid, control, mut messages, exited } = worker;
-    let mut recorder = Recorder::new(deps.clone(), job_id.to_string());
+    let mut recorder = Recorder::new(deps.clone(), job_id.to_string(), attempt, control.clone());
     let span = tracing::info_span!("job", id = %job_id, attempt, pid);
     tokio::spawn(tracing::Instrument::instrument(
         async move {
@@ -109,29 +111,58 @@ pub fn follow(
 struct Recorder {
     deps: Deps,
     job_id: String,
+    attempt: u32,
+    control: mpsc::UnboundedSender<Control>,
+    /// Set once a write was rejected: the attempt is no longer the job's current one.
+    superseded: bool,
     /// Progress not yet written to the job row.
     pending: Option<ProgressUpdate>,
     last_write: Option<Instant>,
 }
 
 impl Recorder {
-    fn new(deps: Deps, job_id: String) -> Self {
-        Recorder { deps, job_id, pending: None, last_write: None }
+    fn new(deps: Deps, job_id: String, attempt: u32, control: mpsc::UnboundedSender<Control>) -> Self {
+        Recorder { deps, job_id, attempt, control, superseded: false, pending: None, last_write: None }
+    }
+
+    fn fence(&self) -> Fence<'_> {
+        Fence { job_id: &self.job_id, attempt: self.attempt }
     }
 
     async fn record(&mut self, event: Event) {
-        if let Err(e) = self.try_record(event).await {
+        if self.superseded {
+            if let Event::Checkpoint { key, .. } = event {
+                remove_object(&self.deps.store, key);
+            }
+            return;
+        }
+        let checkpoint_key = match &event {
+            Event::Checkpoint { key, .. } => Some(key.clone()),
+            _ => None,
+        };
+        match self.try_record(event).await {
+            Ok(()) => {}
+            Err(e @ StorageError::NotCurrent { .. }) => {
+                tracing::warn!("{e}: stopping the worker");
+                self.superseded = true;
+                self.pending = None;
+                let _ = self.control.send(Control::Kill);
+                if let Some(key) = checkpoint_key {
+                    remove_object(&self.deps.store, key);
+                }
+            }
             // Losing a metrics batch is bad but not worth killing a healthy job over.
-            tracing::error!("recording a worker event: {e}");
+            Err(e) => tracing::error!("recording a worker event: {e}"),
         }
     }
 
     async fn try_record(&mut self, event: Event) -> crate::storage::Result<()> {
         let db = &self.deps.db;
+        let fence = Fence { job_id: &self.job_id, attempt: self.attempt };
         match event {
             Event::Started { total_steps, start_step, .. } => {
                 tracing::info!(total_steps, start_step, "job started");
-                db.set_total_steps(&self.job_id, total_steps).await?;
+                db.set_total_steps(fence, total_steps).await?;
                 self.deps.live.state_changed(&self.job_id);
             }
             Event::Progress { step, total_steps, epoch, loss, accuracy, sparsity } => {
@@ -149,10 +180,10 @@ impl Recorder {
                     self.flush_progress_inner().await?;
                 }
             }
-            Event::Metrics { points } => db.insert_metrics(&self.job_id, &points).await?,
+            Event::Metrics { points } => db.insert_metrics(fence, &points).await?,
             Event::Checkpoint { key, step, epoch, sha256, bytes } => {
                 tracing::info!(step, %key, "checkpoint written");
-                db.insert_checkpoint(&self.job_id, &CheckpointRecord { step, epoch, path: key, sha256, bytes }).await?;
+                db.insert_checkpoint(fence, &CheckpointRecord { step, epoch, path: key, sha256, bytes }).await?;
                 self.flush_progress_inner().await?;
             }
         }
@@ -161,16 +192,32 @@ impl Recorder {
 
     /// Writes the latest progress to the job row, if any is pending.
     async fn flush_progress(&mut self) {
-        if let Err(e) = self.flush_progress_inner().await {
-            tracing::error!("recording progress: {e}");
+        match self.flush_progress_inner().await {
+            Ok(()) | Err(StorageError::NotCurrent { .. }) => {}
+            Err(e) => tracing::error!("recording progress: {e}"),
         }
     }
 
     async fn flush_progress_inner(&mut self) -> crate::storage::Result<()> {
         if let Some(p) = self.pending.take() {
-            self.deps.db.update_progress(&self.job_id, &p).await?;
+            self.deps.db.update_progress(self.fence(), &p).await?;
             self.last_write = Some(Instant::now());
         }
         Ok(())
     }
+}
+
+/// Removes an object a superseded attempt wrote (in the background; a failure is logged, and
+/// the job's prefix is removed when the job ends anyway).
+pub fn remove_object(store: &Arc<dyn FileStore>, key: String) {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let removed = Key::parse(key.as_str())
+            .map_err(|e| e.to_string())
+            .and_then(|k| store.delete(&k).map_err(|e| e.to_string()));
+        match removed {
+            Ok(()) => tracing::info!(key, "removed an object of a superseded attempt"),
+            Err(e) => tracing::warn!(key, "removing an object of a superseded attempt: {e}"),
+        }
+    });
 }

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod attempt;
+pub mod heartbeat;
 pub mod ids;
 pub mod live;
 pub mod prepare;

@@ -15,11 +15,17 @@ pub struct Prepared {
     pub resumed: Option<CheckpointRecord>,
 }
 
-pub async fn prepare(db: &Db, store: &Arc<dyn FileStore>, job: &JobRecord) -> Result<Prepared, StorageError> {
+/// Attempt `attempt` writes under keys of its own (`Key::attempt_*_prefix`).
+pub async fn prepare(
+    db: &Db,
+    store: &Arc<dyn FileStore>,
+    job: &JobRecord,
+    attempt: u32,
+) -> Result<Prepared, StorageError> {
     let resumed = latest_good_checkpoint(db, store, &job.id).await?;
     let inputs = WorkerInputs {
-        checkpoint_prefix: Key::checkpoints_prefix(&job.id),
-        artifact_prefix: Key::artifacts_prefix(&job.id),
+        checkpoint_prefix: Key::attempt_checkpoints_prefix(&job.id, attempt),
+        artifact_prefix: Key::attempt_artifacts_prefix(&job.id, attempt),
         resume_from: resumed.as_ref().map(|c| c.path.clone()),
         threads: job.threads as usize,
     };
@@ -54,7 +60,8 @@ async fn latest_good_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::test_support::{db, new_job};
+    use crate::storage::test_support::{claim, db, new_job};
+    use crate::storage::Fence;
     use sha2::{Digest, Sha256};
 
     #[tokio::test]
@@ -63,6 +70,7 @@ mod tests {
         let local = prune_store::LocalStore::new(tmp.path().join("data"));
         let store: Arc<dyn FileStore> = Arc::new(local.clone());
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
+        let fence = Fence { job_id: "job-a", attempt: claim(&db, "job-a").await };
         let dir = local.root().join(Key::checkpoints_prefix("job-a"));
         std::fs::create_dir_all(&dir).unwrap();
         let record = |step: i64, content: &[u8], recorded: &[u8]| {
@@ -81,12 +89,13 @@ mod tests {
         let gone = record(30, b"thirty", b"thirty");
         std::fs::remove_file(local.root().join(&gone.path)).unwrap();
         for c in [&good, &torn, &gone] {
-            db.insert_checkpoint("job-a", c).await.unwrap();
+            db.insert_checkpoint(fence, c).await.unwrap();
         }
         assert_eq!(latest_good_checkpoint(&db, &store, "job-a").await.unwrap(), Some(good));
         assert_eq!(latest_good_checkpoint(&db, &store, "job-b").await.unwrap(), None);
-        let prepared = prepare(&db, &store, &db.job("job-a").await.unwrap().unwrap()).await.unwrap();
+        let prepared = prepare(&db, &store, &db.job("job-a").await.unwrap().unwrap(), 2).await.unwrap();
         assert_eq!(prepared.request.inputs.resume_from.as_deref(), Some("checkpoints/job-a/step-10"));
-        assert_eq!(prepared.request.inputs.artifact_prefix, "artifacts/job-a/");
+        assert_eq!(prepared.request.inputs.artifact_prefix, "artifacts/job-a/attempt-2/");
+        assert_eq!(prepared.request.inputs.checkpoint_prefix, "checkpoints/job-a/attempt-2/");
     }
 }

@@ -1,14 +1,19 @@
-//! The scheduler: one loop that owns the running attempts.
+//! The scheduler: one loop that owns this node's running attempts.
 //!
-//! It starts jobs in submission order up to `--workers` at a time (jobs a previous server left
-//! RUNNING first), decides what an attempt's end means (success, failure, retry from the last
-//! good checkpoint), kills the workers of cancelled jobs and, at shutdown, asks every worker
-//! for a checkpoint. Cancellation is state: CancelJob marks the row CANCELLED itself and only
-//! tells the loop so that it kills the worker; every transition here is conditional on the
-//! row still being RUNNING, so a cancel always wins.
+//! Nodes share one database. The loop claims jobs up to `--workers` at a time ([`Db::claim_next`]:
+//! RUNNING jobs whose lease ran out first, then QUEUED ones in submission order), decides what an
+//! attempt's end means (success, failure, a retry from the last good checkpoint) and, at
+//! shutdown, asks every worker for a checkpoint and hands the jobs over. Its [`heartbeat`]
+//! renews the leases, stops workers whose lease is lost, and wakes the loop now and then so
+//! that jobs queued on other nodes, or given up by them, are found.
+//!
+//! Cancellation is state: CancelJob marks the row CANCELLED itself (on any node); the owner's
+//! worker is killed when the loop is told (same node) or the next renewal misses the job.
+//! Every write of an attempt is fenced by its number ([`Fence`]), so a cancel or a takeover
+//! always wins over an attempt that has not noticed yet.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prune_core::domain::{JobOutcome, Report, StopReason};
@@ -17,18 +22,28 @@ use prune_store::Key;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::jobs::attempt::{self, AttemptEnd, AttemptHandle, Deps};
+use crate::jobs::heartbeat;
 use crate::jobs::prepare::{self, Prepared};
 use crate::launch::Launcher;
-use crate::storage::{ArtifactRecord, AttemptOutcome, JobRecord, JobState, StorageError};
+use crate::storage::{ArtifactRecord, AttemptOutcome, Claim, Db, Fence, JobEnd, JobRecord, JobState, StorageError};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
+    /// Jobs this node runs at once; 0: an API-only node that runs none.
     pub workers: usize,
     pub shutdown_grace: Duration,
+    /// This node's name in leases and attempts.
+    pub node: String,
+    /// How long a claim or renewal holds a job; a node that cannot renew stops its workers
+    /// before it runs out.
+    pub lease: Duration,
+    /// At start-up, release every node's leases, not only this node's: a SQLite database is
+    /// one node's.
+    pub release_all_at_start: bool,
 }
 
 enum Msg {
-    /// A job was queued: fill free slots.
+    /// A job was queued, or may be claimable (the heartbeat's poll): fill free slots.
     Wake,
     /// The job's row is CANCELLED now: kill its worker, if any.
     Cancelled(String),
@@ -57,39 +72,49 @@ impl SchedulerHandle {
     }
 
     /// Stops starting jobs, asks running workers for a checkpoint (killing those that take
-    /// longer than the grace period) and returns when all have exited. Their jobs stay RUNNING,
-    /// to be resumed at the next start.
+    /// longer than the grace period), hands their jobs over (their leases are released, so
+    /// another node resumes them at once) and returns when all have exited.
     pub async fn shutdown(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Shutdown(done)).is_ok() {
             let _ = wait.await;
         }
     }
+
+    pub(crate) fn wake(&self) {
+        let _ = self.tx.send(Msg::Wake);
+    }
 }
 
-/// Starts the loop on the current runtime.
+/// Starts the loop (and its heartbeat) on the current runtime.
 pub fn start(
     deps: Deps,
     launcher: Arc<dyn Launcher>,
     config: SchedulerConfig,
 ) -> (SchedulerHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let scheduler = Scheduler {
-        deps,
-        launcher,
-        config,
-        tx: tx.clone(),
-        running: HashMap::new(),
-        resume: VecDeque::new(),
-        shutdown: None,
-    };
-    (SchedulerHandle { tx }, tokio::spawn(scheduler.run(rx)))
+    let handle = SchedulerHandle { tx: tx.clone() };
+    let running = Registry::default();
+    let heartbeat =
+        heartbeat::start(deps.db.clone(), config.node.clone(), config.lease, running.clone(), handle.clone());
+    let scheduler = Scheduler { deps, launcher, config, tx, running, shutdown: None };
+    let task = tokio::spawn(async move {
+        scheduler.run(rx).await;
+        heartbeat.abort();
+    });
+    (handle, task)
 }
 
-struct Running {
-    attempt: u32,
-    handle: AttemptHandle,
+/// One running attempt of this node.
+#[derive(Debug, Clone)]
+pub(crate) struct Running {
+    pub attempt: u32,
+    pub handle: AttemptHandle,
 }
+
+/// This node's running attempts by job id, shared with the heartbeat (which kills the workers
+/// of leases it lost without waiting for the loop).
+pub(crate) type Registry = Arc<Mutex<HashMap<String, Running>>>;
 
 struct Scheduler {
     deps: Deps,
@@ -97,24 +122,20 @@ struct Scheduler {
     config: SchedulerConfig,
     /// For the attempts' end callbacks and the grace timer.
     tx: mpsc::UnboundedSender<Msg>,
-    running: HashMap<String, Running>,
-    /// Jobs a previous server left RUNNING, oldest first: they get slots before QUEUED jobs.
-    resume: VecDeque<String>,
+    running: Registry,
     /// Set once shutting down: who to tell when the last worker has exited.
     shutdown: Option<Vec<oneshot::Sender<()>>>,
 }
 
 impl Scheduler {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        if let Err(e) = self.recover().await {
-            tracing::error!("recovering running jobs: {e}");
-        }
+        self.recover().await;
         self.fill_slots().await;
         while let Some(msg) = rx.recv().await {
             match msg {
                 Msg::Wake => {}
                 Msg::Cancelled(job_id) => {
-                    if let Some(running) = self.running.get(&job_id) {
+                    if let Some(running) = self.running().get(&job_id) {
                         tracing::info!(job_id, "cancelled: killing its worker");
                         running.handle.kill();
                     }
@@ -122,7 +143,7 @@ impl Scheduler {
                 Msg::Ended { job_id, attempt, end } => self.ended(job_id, attempt, end).await,
                 Msg::Shutdown(done) => self.begin_shutdown(done),
                 Msg::GraceExpired => {
-                    for (job_id, running) in &self.running {
+                    for (job_id, running) in self.running().iter() {
                         tracing::warn!(job_id, "no checkpoint within the grace period: killing the worker");
                         running.handle.kill();
                     }
@@ -130,7 +151,7 @@ impl Scheduler {
             }
             if self.shutdown.is_none() {
                 self.fill_slots().await;
-            } else if self.running.is_empty() {
+            } else if self.running().is_empty() {
                 break;
             }
         }
@@ -140,54 +161,58 @@ impl Scheduler {
         tracing::info!("scheduler stopped");
     }
 
-    /// Attempts left open by a server that died are over; their jobs resume first.
-    async fn recover(&mut self) -> Result<(), StorageError> {
-        self.deps.db.interrupt_open_attempts().await?;
-        self.resume = self.deps.db.job_ids_in_state(JobState::Running).await?.into();
-        if !self.resume.is_empty() {
-            tracing::info!(jobs = ?self.resume, "resuming jobs left running");
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn db(&self) -> &Db {
+        &self.deps.db
+    }
+
+    /// Attempts this node left open when it died are over, and its leases are released: their
+    /// jobs resume at once (here or on another node) rather than when the lease runs out.
+    async fn recover(&mut self) {
+        let node = (!self.config.release_all_at_start).then_some(self.config.node.as_str());
+        match self.db().release_node_leases(node).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "released the leases of jobs left running; they resume"),
+            Err(e) => tracing::error!("releasing the leases of jobs left running: {e}"),
         }
-        Ok(())
     }
 
     async fn fill_slots(&mut self) {
-        while self.running.len() < self.config.workers {
-            match self.next_job().await {
-                Ok(Some(job)) => self.launch(job).await,
+        while self.running().len() < self.config.workers {
+            match self.db().claim_next(&self.config.node, self.config.lease).await {
+                Ok(Some(claim)) => self.launch(claim).await,
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::error!("picking the next job: {e}");
+                    tracing::error!("claiming the next job: {e}");
                     break;
                 }
             }
         }
     }
 
-    async fn next_job(&mut self) -> Result<Option<JobRecord>, StorageError> {
-        while let Some(job_id) = self.resume.pop_front() {
-            // Cancelled while it waited for a slot: nothing to resume.
-            if let Some(job) = self.deps.db.job(&job_id).await?.filter(|j| j.state == JobState::Running) {
-                return Ok(Some(job));
-            }
-        }
-        self.deps.db.claim_next_queued().await
-    }
-
-    /// Starts a worker for a RUNNING job; a job that cannot even start FAILS.
-    async fn launch(&mut self, job: JobRecord) {
-        let job_id = job.id.clone();
-        if let Err(e) = self.try_launch(job).await {
+    /// Starts a worker for a claimed job; a job that cannot even start FAILS.
+    async fn launch(&mut self, claim: Claim) {
+        let (job_id, attempt) = (claim.job.id.clone(), claim.attempt);
+        if let Err(e) = self.try_launch(claim).await {
             tracing::error!(job_id, "could not start the job: {e}");
-            self.fail(&job_id, &format!("could not start a worker: {e}")).await;
+            let error = format!("could not start a worker: {e}");
+            self.log_attempt(&job_id, attempt, AttemptOutcome::Failed, Some(&error)).await;
+            self.finish(&job_id, attempt, JobState::Failed, Some(&error), None, &[]).await;
         }
     }
 
-    async fn try_launch(&mut self, job: JobRecord) -> Result<(), LaunchError> {
+    async fn try_launch(&mut self, Claim { job, attempt }: Claim) -> Result<(), LaunchError> {
         let deps = &self.deps;
-        let Prepared { request, resumed } = prepare::prepare(&deps.db, &deps.store, &job).await?;
-        let attempt = deps.db.start_attempt(&job.id, resumed.as_ref().map(|c| c.step)).await?;
+        let fence = Fence { job_id: &job.id, attempt };
+        let Prepared { request, resumed } = prepare::prepare(&deps.db, &deps.store, &job, attempt).await?;
         match &resumed {
-            Some(c) => tracing::info!(job_id = job.id, attempt, step = c.step, "starting attempt from a checkpoint"),
+            Some(c) => {
+                deps.db.set_resumed_step(fence, c.step).await?;
+                tracing::info!(job_id = job.id, attempt, step = c.step, "starting attempt from a checkpoint");
+            }
             None => tracing::info!(job_id = job.id, attempt, "starting attempt"),
         }
         let tx = self.tx.clone();
@@ -195,52 +220,58 @@ impl Scheduler {
         let on_end = move |end| {
             let _ = tx.send(Msg::Ended { job_id, attempt, end });
         };
-        let handle = match self.launcher.launch(&request, attempt) {
-            Ok(worker) => attempt::follow(deps, &job.id, attempt, worker, on_end),
-            Err(e) => {
-                let error = format!("spawning {}: {e}", self.launcher.describe());
-                self.log_attempt(&job.id, attempt, AttemptOutcome::Failed, Some(&error)).await;
-                return Err(LaunchError::Spawn(error));
-            }
-        };
+        let worker = self
+            .launcher
+            .launch(&request, attempt)
+            .map_err(|e| LaunchError::Spawn(format!("spawning {}: {e}", self.launcher.describe())))?;
+        let handle = attempt::follow(deps, &job.id, attempt, worker, on_end);
         deps.live.attempt_started(&job.id, handle.pid);
-        self.running.insert(job.id, Running { attempt, handle });
+        self.running().insert(job.id, Running { attempt, handle });
         Ok(())
     }
 
     async fn ended(&mut self, job_id: String, attempt: u32, end: AttemptEnd) {
-        if self.running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
-            self.running.remove(&job_id);
+        {
+            let mut running = self.running();
+            if running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
+                running.remove(&job_id);
+            }
         }
         self.deps.live.attempt_ended(&job_id);
-        let job = match self.deps.db.job(&job_id).await {
+        let job = match self.db().job(&job_id).await {
             Ok(Some(job)) => job,
             Ok(None) => return tracing::error!(job_id, "an attempt ended for a job that does not exist"),
-            Err(e) => return tracing::error!(job_id, "attempt ended, but reading the job failed: {e}"),
+            // The lease runs out; the job resumes wherever it is claimed next.
+            Err(e) => return tracing::error!(job_id, attempt, "attempt ended, but reading the job failed: {e}"),
         };
+        if job.attempts != attempt {
+            // Taken over: the claim marked this attempt superseded; nothing of it is recorded.
+            tracing::warn!(job_id, attempt, current = job.attempts, "a superseded attempt ended");
+            self.discard_outcome(&end);
+            return;
+        }
         if job.state != JobState::Running {
             // Cancelled while it ran; the row already says so.
             self.log_attempt(&job_id, attempt, AttemptOutcome::Cancelled, None).await;
+            self.discard_outcome(&end);
             self.remove_checkpoints(&job_id);
             self.deps.live.state_changed(&job_id);
             return;
         }
         match end {
-            AttemptEnd::Finished(outcome) => {
-                self.log_attempt(&job_id, attempt, AttemptOutcome::Succeeded, None).await;
-                self.succeed(&job_id, outcome).await;
-            }
+            AttemptEnd::Finished(outcome) => self.succeed(&job_id, attempt, outcome).await,
             AttemptEnd::Failed(error) => {
                 self.log_attempt(&job_id, attempt, AttemptOutcome::Failed, Some(&error)).await;
-                self.fail(&job_id, &error).await;
+                self.finish(&job_id, attempt, JobState::Failed, Some(&error), None, &[]).await;
             }
             AttemptEnd::Stopped(StopReason::Cancel) => {
                 self.log_attempt(&job_id, attempt, AttemptOutcome::Cancelled, None).await;
-                self.finish(&job_id, JobState::Cancelled, None, None).await;
+                self.finish(&job_id, attempt, JobState::Cancelled, None, None, &[]).await;
             }
             AttemptEnd::Stopped(StopReason::Checkpoint) | AttemptEnd::Crashed(_) if self.shutdown.is_some() => {
-                tracing::info!(job_id, "stopped for shutdown; it resumes at the next start");
+                tracing::info!(job_id, "stopped for shutdown; handing the job over");
                 self.log_attempt(&job_id, attempt, AttemptOutcome::Interrupted, None).await;
+                self.release(&job_id, attempt).await;
             }
             AttemptEnd::Stopped(StopReason::Checkpoint) => {
                 let reason = "worker stopped without being asked to".to_string();
@@ -250,11 +281,12 @@ impl Scheduler {
         }
     }
 
-    /// Retries from the last good checkpoint while crashes stay below `max_attempts`.
+    /// Retries from the last good checkpoint while crashes stay below `max_attempts`: the
+    /// lease is released and the job claimed again (most likely by this node, at once).
     async fn crashed(&mut self, job: JobRecord, attempt: u32, reason: String) {
         tracing::warn!(job_id = job.id, attempt, "attempt crashed: {reason}");
         self.log_attempt(&job.id, attempt, AttemptOutcome::Crashed, Some(&reason)).await;
-        let crashes = match self.deps.db.count_attempts(&job.id, AttemptOutcome::Crashed).await {
+        let crashes = match self.db().count_attempts(&job.id, AttemptOutcome::Crashed).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(job_id = job.id, "counting attempts: {e}");
@@ -262,14 +294,22 @@ impl Scheduler {
             }
         };
         if crashes < job.max_attempts {
-            self.launch(job).await;
+            self.release(&job.id, attempt).await;
         } else {
             let error = format!("gave up after {crashes} failed attempts; last: {reason}");
-            self.fail(&job.id, &error).await;
+            self.finish(&job.id, attempt, JobState::Failed, Some(&error), None, &[]).await;
         }
     }
 
-    async fn succeed(&mut self, job_id: &str, outcome: JobOutcome) {
+    async fn release(&self, job_id: &str, attempt: u32) {
+        match self.db().release_lease(Fence { job_id, attempt }).await {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(job_id, attempt, "the job had been taken over or ended already"),
+            Err(e) => tracing::error!(job_id, attempt, "releasing the lease (it runs out instead): {e}"),
+        }
+    }
+
+    async fn succeed(&mut self, job_id: &str, attempt: u32, outcome: JobOutcome) {
         let artifacts: Vec<ArtifactRecord> = outcome
             .artifacts
             .iter()
@@ -282,49 +322,86 @@ impl Scheduler {
                 sparse_format: a.sparse_format.clone(),
             })
             .collect();
-        if let Err(e) = self.deps.db.insert_artifacts(job_id, &artifacts).await {
-            tracing::error!(job_id, "recording artifacts: {e}");
-            return self.fail(job_id, &format!("recording the artifacts: {e}")).await;
+        self.log_attempt(job_id, attempt, AttemptOutcome::Succeeded, None).await;
+        if self.finish(job_id, attempt, JobState::Succeeded, None, Some(&outcome.report), &artifacts).await {
+            self.remove_other_attempts_artifacts(job_id, attempt);
+        } else {
+            self.discard_outcome(&AttemptEnd::Finished(outcome));
         }
-        self.finish(job_id, JobState::Succeeded, None, Some(&outcome.report)).await;
     }
 
-    async fn fail(&mut self, job_id: &str, error: &str) {
-        self.finish(job_id, JobState::Failed, Some(error), None).await;
-    }
-
-    async fn finish(&mut self, job_id: &str, state: JobState, error: Option<&str>, report: Option<&Report>) {
-        match self.deps.db.finish_job(job_id, &[JobState::Running], state, error, report).await {
-            Ok(true) => {
+    /// Ends the job as attempt `attempt` decided; `false` when nothing was recorded (the
+    /// attempt was superseded or the job had ended).
+    async fn finish(
+        &mut self,
+        job_id: &str,
+        attempt: u32,
+        state: JobState,
+        error: Option<&str>,
+        report: Option<&Report>,
+        artifacts: &[ArtifactRecord],
+    ) -> bool {
+        let end = JobEnd { state, error, report, artifacts };
+        let recorded = match self.db().finish_attempt_job(Fence { job_id, attempt }, &end).await {
+            Ok(()) => {
                 tracing::info!(job_id, %state, error, "job finished");
                 if matches!(state, JobState::Succeeded | JobState::Cancelled) {
                     self.remove_checkpoints(job_id);
                 }
+                true
             }
-            Ok(false) => tracing::info!(job_id, "job was no longer running (cancelled)"),
-            Err(e) => tracing::error!(job_id, "recording the job's end ({state}): {e}"),
-        }
+            Err(StorageError::NotCurrent { .. }) => {
+                tracing::info!(job_id, attempt, "the job was no longer this attempt's (cancelled or taken over)");
+                false
+            }
+            Err(e) => {
+                tracing::error!(job_id, "recording the job's end ({state}): {e}");
+                false
+            }
+        };
         self.deps.live.state_changed(job_id);
+        recorded
+    }
+
+    /// An attempt whose end was not recorded leaves nothing behind in the store.
+    fn discard_outcome(&self, end: &AttemptEnd) {
+        if let AttemptEnd::Finished(outcome) = end {
+            for artifact in &outcome.artifacts {
+                attempt::remove_object(&self.deps.store, artifact.key.clone());
+            }
+        }
     }
 
     /// A job that SUCCEEDED (its artifact is what remains) or was CANCELLED needs its checkpoints
     /// no more; a FAILED job keeps them for inspection.
     fn remove_checkpoints(&self, job_id: &str) {
+        self.remove_prefixes(job_id, vec![Key::checkpoints_prefix(job_id)]);
+    }
+
+    /// Artifacts other attempts of a committed job wrote (superseded ones whose node could not
+    /// clean up: it died, or was cut off) are collected once the job has its one artifact set.
+    fn remove_other_attempts_artifacts(&self, job_id: &str, committed: u32) {
+        let others = (1..committed).map(|a| Key::attempt_artifacts_prefix(job_id, a)).collect();
+        self.remove_prefixes(job_id, others);
+    }
+
+    fn remove_prefixes(&self, job_id: &str, prefixes: Vec<String>) {
         let store = self.deps.store.clone();
         let job_id = job_id.to_string();
         tokio::task::spawn_blocking(move || {
-            let prefix = Key::checkpoints_prefix(&job_id);
-            let removed = Key::parse(prefix.trim_end_matches('/'))
-                .map_err(|e| e.to_string())
-                .and_then(|prefix| store.delete_all(&prefix).map_err(|e| e.to_string()));
-            if let Err(e) = removed {
-                tracing::warn!(job_id, "removing the checkpoints: {e}");
+            for prefix in prefixes {
+                let removed = Key::parse(prefix.trim_end_matches('/'))
+                    .map_err(|e| e.to_string())
+                    .and_then(|prefix| store.delete_all(&prefix).map_err(|e| e.to_string()));
+                if let Err(e) = removed {
+                    tracing::warn!(job_id, prefix, "removing: {e}");
+                }
             }
         });
     }
 
     async fn log_attempt(&self, job_id: &str, attempt: u32, outcome: AttemptOutcome, error: Option<&str>) {
-        if let Err(e) = self.deps.db.finish_attempt(job_id, attempt, outcome, error).await {
+        if let Err(e) = self.db().finish_attempt(job_id, attempt, outcome, error).await {
             tracing::error!(job_id, attempt, "recording the attempt's end: {e}");
         }
     }
@@ -335,10 +412,12 @@ impl Scheduler {
         if waiters.len() > 1 {
             return;
         }
-        tracing::info!(running = self.running.len(), "shutting down: asking workers for a checkpoint");
-        for running in self.running.values() {
+        let running = self.running();
+        tracing::info!(running = running.len(), "shutting down: asking workers for a checkpoint");
+        for running in running.values() {
             running.handle.send(Command::Checkpoint);
         }
+        drop(running);
         let tx = self.tx.clone();
         let grace = self.config.shutdown_grace;
         tokio::spawn(async move {

@@ -18,6 +18,16 @@ use crate::storage::Db;
 /// Long enough for a loaded CI machine; a wait that ends here is a failure, not a sleep.
 const WAIT: Duration = Duration::from_secs(20);
 
+fn config(workers: usize) -> SchedulerConfig {
+    SchedulerConfig {
+        workers,
+        shutdown_grace: Duration::from_secs(30),
+        node: "node-a".into(),
+        lease: Duration::from_secs(60),
+        release_all_at_start: false,
+    }
+}
+
 struct Harness {
     db: Db,
     store_root: std::path::PathBuf,
@@ -38,7 +48,7 @@ async fn harness(workers: usize, jobs: &[&str]) -> Harness {
     let updates = live.subscribe();
     let deps = Deps { db: db.clone(), live, store };
     let (launcher, launched) = ScriptedLauncher::new();
-    let config = SchedulerConfig { workers, shutdown_grace: Duration::from_secs(30) };
+    let config = config(workers);
     let (scheduler, _task) = start(deps, Arc::new(launcher), config);
     Harness { db, store_root, launched, scheduler, updates, _tmp: tmp }
 }
@@ -86,7 +96,7 @@ fn finished(job_id: &str) -> WorkerMessage {
     };
     let artifact = ArtifactFile {
         format: "safetensors".into(),
-        key: format!("artifacts/{job_id}/model.safetensors"),
+        key: format!("artifacts/{job_id}/attempt-1/model.safetensors"),
         compression: "none".into(),
         sparse_format: "dense".into(),
         bytes: 3,
@@ -100,14 +110,14 @@ async fn a_finished_attempt_succeeds_with_its_artifacts_and_report() {
     let mut h = harness(1, &["job-a"]).await;
     let worker = h.next_worker().await;
     assert_eq!((worker.request.job_id.as_str(), worker.attempt), ("job-a", 1));
-    assert_eq!(worker.request.inputs.checkpoint_prefix, "checkpoints/job-a/");
+    assert_eq!(worker.request.inputs.checkpoint_prefix, "checkpoints/job-a/attempt-1/");
     assert_eq!(worker.request.inputs.resume_from, None);
     worker.report(finished("job-a"));
     worker.exit("");
     let job = h.job_in("job-a", JobState::Succeeded).await;
     assert_eq!(job.report.unwrap().steps, 7);
     let artifacts = h.db.artifacts("job-a").await.unwrap();
-    assert_eq!(artifacts[0].path, "artifacts/job-a/model.safetensors");
+    assert_eq!(artifacts[0].path, "artifacts/job-a/attempt-1/model.safetensors");
     assert_eq!(h.db.count_attempts("job-a", AttemptOutcome::Succeeded).await.unwrap(), 1);
 }
 
@@ -171,7 +181,11 @@ async fn shutdown_asks_for_a_checkpoint_and_leaves_the_job_to_resume() {
     worker.exit("");
     tokio::time::timeout(WAIT, shutdown).await.expect("shutdown returns once the worker is gone").unwrap();
     let job = h.db.job("job-a").await.unwrap().unwrap();
-    assert_eq!(job.state, JobState::Running, "resumed at the next start");
+    assert_eq!(job.state, JobState::Running, "resumed by whichever node claims it next");
+    assert_eq!(job.node.as_deref(), Some("node-a"));
+    // Handed over: the lease is released, so another node claims it at once.
+    let claim = h.db.claim_next("node-b", Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!((claim.job.id.as_str(), claim.attempt), ("job-a", 2));
     assert_eq!(h.db.count_attempts("job-a", AttemptOutcome::Interrupted).await.unwrap(), 1);
     assert_eq!(h.db.checkpoints_latest_first("job-a").await.unwrap()[0].step, 20);
 }
@@ -184,7 +198,7 @@ async fn a_worker_that_cannot_start_fails_its_job() {
     let mut updates = live.subscribe();
     let (launcher, _launched) = ScriptedLauncher::new();
     launcher.fail_next_launch();
-    let config = SchedulerConfig { workers: 1, shutdown_grace: Duration::from_secs(30) };
+    let config = config(1);
     let (scheduler, _task) = start(Deps { db: db.clone(), live, store }, Arc::new(launcher), config);
     assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
     scheduler.job_queued();
@@ -212,4 +226,53 @@ async fn slots_limit_the_running_jobs_and_free_up_in_order() {
     first.exit("");
     let second = h.next_worker().await;
     assert_eq!(second.request.job_id, "job-b");
+}
+
+#[tokio::test]
+async fn a_superseded_attempt_is_stopped_and_leaves_nothing_behind() {
+    let mut h = harness(1, &["job-a"]).await;
+    let mut worker = h.next_worker().await;
+    worker.report(h.checkpoint("checkpoints/job-a/attempt-1/step-10.ckpt", 10, b"ten"));
+    // node-a is cut off; its lease runs out and node-b takes the job over.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.db.checkpoints_latest_first("job-a").await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the checkpoint is recorded");
+        tokio::task::yield_now().await;
+    }
+    assert!(h.db.release_lease(Fence { job_id: "job-a", attempt: 1 }).await.unwrap());
+    let takeover = h.db.claim_next("node-b", Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(takeover.attempt, 2);
+    // The old attempt's next write is rejected: its worker is killed, its object removed.
+    let late = h.checkpoint("checkpoints/job-a/attempt-1/step-20.ckpt", 20, b"twenty");
+    worker.report(late);
+    assert_eq!(worker.next_control().await, Control::Kill);
+    worker.report(finished("job-a"));
+    worker.exit("worker killed by signal 9");
+    let gone = |key: &str| !h.store_root.join(key).exists();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(gone("checkpoints/job-a/attempt-1/step-20.ckpt") && gone("artifacts/job-a/attempt-1/model.safetensors")) {
+        assert!(tokio::time::Instant::now() < deadline, "the superseded attempt's objects are removed");
+        tokio::task::yield_now().await;
+    }
+    let job = h.db.job("job-a").await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts, job.node.as_deref()), (JobState::Running, 2, Some("node-b")));
+    assert!(h.db.artifacts("job-a").await.unwrap().is_empty());
+    assert_eq!(h.db.checkpoints_latest_first("job-a").await.unwrap().len(), 1, "the late checkpoint was fenced off");
+    let attempts = h.db.attempts("job-a").await.unwrap();
+    assert_eq!(attempts[0].outcome.as_deref(), Some("superseded"));
+}
+
+#[tokio::test]
+async fn a_cancel_on_another_node_reaches_the_worker_through_the_heartbeat() {
+    let mut h = harness(1, &["job-a"]).await;
+    let mut worker = h.next_worker().await;
+    // Another node's CancelJob: the row changes; this node's loop is not told.
+    assert!(h.db.finish_job("job-a", &[JobState::Running], JobState::Cancelled, None, None).await.unwrap());
+    let control = tokio::time::timeout(WAIT, worker.next_control()).await.expect("killed within a few renewals");
+    assert_eq!(control, Control::Kill);
+    worker.exit("worker killed by signal 9");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.db.count_attempts("job-a", AttemptOutcome::Cancelled).await.unwrap() == 0 {
+        tokio::time::timeout_at(deadline, h.updates.recv()).await.expect("the attempt's end is recorded").ok();
+    }
 }

@@ -73,9 +73,24 @@ impl Launcher for ProcessLauncher {
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (exited_tx, exited) = oneshot::channel();
         let process = WorkerProcess { child, stdin, control: control_rx };
+        // Where the worker stages its outputs before putting them in a remote store (a local
+        // store is written in place, and these do not exist): gone with the attempt.
+        let staging: Vec<PathBuf> = [&request.inputs.checkpoint_prefix, &request.inputs.artifact_prefix]
+            .into_iter()
+            .filter(|prefix| !prefix.is_empty() && !prefix.split('/').any(|part| part == ".."))
+            .map(|prefix| self.scratch.join(prefix.trim_end_matches('/')))
+            .collect();
         tokio::spawn(
             async move {
                 let status = process.run(line, stdout, messages_tx).await;
+                for dir in staging {
+                    match tokio::fs::remove_dir_all(&dir).await {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            tracing::warn!("removing the worker's staging dir {}: {e}", dir.display())
+                        }
+                        _ => {}
+                    }
+                }
                 // The log pipe closes with the process; its last line may explain a crash.
                 let _ = logger.await;
                 let _ = exited_tx.send(crash_reason(status, &last_log.lock().expect("log lock")));

@@ -1,6 +1,6 @@
 //! `artifacts`: the exported files of SUCCEEDED jobs.
 
-use super::rows::{bigint, narrow, Columns};
+use super::rows::{narrow, Columns};
 use super::{Db, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,9 +14,18 @@ pub struct ArtifactRecord {
     pub sparse_format: String,
 }
 
+/// One artifact row (`$1` job .. `$7` sparse format); a job's artifacts are written once, by
+/// the attempt that commits the job (`Db::finish_attempt_job`).
+pub(super) const INSERT_ARTIFACT: &str = "INSERT INTO artifacts (job_id, format, path, sha256, bytes, compression, \
+     sparse_format) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, format) DO UPDATE SET \
+     path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
+     compression = excluded.compression, sparse_format = excluded.sparse_format";
+
 impl Db {
+    #[cfg(test)]
     pub async fn insert_artifacts(&self, job_id: &str, artifacts: &[ArtifactRecord]) -> Result<()> {
-        let sizes = artifacts.iter().map(|a| bigint("artifact bytes", a.bytes)).collect::<Result<Vec<_>>>()?;
+        let sizes =
+            artifacts.iter().map(|a| super::rows::bigint("artifact bytes", a.bytes)).collect::<Result<Vec<_>>>()?;
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             for (a, bytes) in artifacts.iter().zip(&sizes) {

@@ -1,5 +1,6 @@
 //! `checkpoints`: what the engine reported writing, so a resume can pick the latest good one.
 
+use super::leases::{fence, Fence};
 use super::rows::{bigint, narrow, Columns};
 use super::{now_ms, Db, Result};
 
@@ -15,24 +16,28 @@ pub struct CheckpointRecord {
 
 impl Db {
     /// A checkpoint at a step already recorded (a resumed attempt redoing steps) replaces it.
-    pub async fn insert_checkpoint(&self, job_id: &str, c: &CheckpointRecord) -> Result<()> {
+    /// Fenced: `NotCurrent` (nothing written) once the attempt is superseded or the job ended.
+    pub async fn insert_checkpoint(&self, fence: Fence<'_>, c: &CheckpointRecord) -> Result<()> {
         let bytes = bigint("checkpoint bytes", c.bytes)?;
-        with_pool!(self, |pool| {
+        with_pool!(self, |pool, backend| {
+            let mut tx = backend::begin_write(pool).await?;
+            fence!(tx, fence);
             sqlx::query(
                 "INSERT INTO checkpoints (job_id, step, epoch, path, sha256, bytes, created_ms) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, step) DO UPDATE SET \
                  epoch = excluded.epoch, path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
                  created_ms = excluded.created_ms",
             )
-            .bind(job_id)
+            .bind(fence.job_id)
             .bind(c.step)
             .bind(c.epoch)
             .bind(&c.path)
             .bind(&c.sha256)
             .bind(bytes)
             .bind(now_ms())
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
         });
         Ok(())
     }
@@ -63,13 +68,14 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::new_job;
+    use super::super::test_support::{claim, new_job};
     use super::*;
 
     on_both_backends!(latest_first_and_replaced_on_redo);
 
     async fn latest_first_and_replaced_on_redo(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
+        let fence = Fence { job_id: "job-a", attempt: claim(&db, "job-a").await };
         let at = |step: i64, sha: &str| CheckpointRecord {
             step,
             epoch: step / 10,
@@ -78,7 +84,7 @@ mod tests {
             bytes: 9,
         };
         for c in [at(10, "a"), at(30, "b"), at(20, "c"), at(30, "d")] {
-            db.insert_checkpoint("job-a", &c).await.unwrap();
+            db.insert_checkpoint(fence, &c).await.unwrap();
         }
         let steps: Vec<(i64, String)> =
             db.checkpoints_latest_first("job-a").await.unwrap().into_iter().map(|c| (c.step, c.sha256)).collect();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::Barrier;
 
 use super::test_support::new_job;
-use super::{Db, JobState, NewJob};
+use super::{Claim, Db, JobState, NewJob};
 
 const WRITERS: usize = 50;
 const LIMIT: u32 = 10;
@@ -74,12 +74,15 @@ async fn concurrent_claimers_take_each_queued_job_exactly_once(db: Db) {
 
         let start = Arc::new(Barrier::new(CLAIMERS));
         let claimers: Vec<_> = (0..CLAIMERS)
-            .map(|_| {
+            .map(|claimer| {
                 let (db, start) = (db.clone(), start.clone());
                 tokio::spawn(async move {
                     start.wait().await;
                     let mut mine = Vec::new();
-                    while let Some(job) = db.claim_next_queued().await.expect("claim") {
+                    let node = format!("node-{claimer}");
+                    let lease = std::time::Duration::from_secs(600);
+                    while let Some(Claim { job, attempt }) = db.claim_next(&node, lease).await.expect("claim") {
+                        assert_eq!(attempt, 1);
                         assert_eq!(job.state, JobState::Running, "the claim returns the job as claimed");
                         assert!(job.started_ms.is_some());
                         mine.push(job.id);

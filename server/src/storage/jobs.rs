@@ -10,7 +10,9 @@ use prune_core::JobSpec;
 use serde::de::DeserializeOwned;
 use sqlx::QueryBuilder;
 
-use super::rows::{narrow, Columns};
+use super::artifacts::{ArtifactRecord, INSERT_ARTIFACT};
+use super::leases::{fence, Fence};
+use super::rows::{bigint, narrow, Columns};
 use super::{now_ms, Db, Result, StorageError};
 
 /// How one attempt (one worker process) ended.
@@ -24,6 +26,8 @@ pub enum AttemptOutcome {
     /// Stopped by a server shutdown (or the server died); the job resumes at the next start.
     Interrupted,
     Cancelled,
+    /// Its lease ran out and another attempt took the job over (node died, partitioned, paused).
+    Superseded,
 }
 
 impl AttemptOutcome {
@@ -34,6 +38,7 @@ impl AttemptOutcome {
             AttemptOutcome::Crashed => "crashed",
             AttemptOutcome::Interrupted => "interrupted",
             AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Superseded => "superseded",
         }
     }
 }
@@ -62,6 +67,17 @@ pub struct JobRecord {
     pub created_ms: i64,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// The node holding the lease of a RUNNING job, else the one that ran its last attempt.
+    pub node: Option<String>,
+}
+
+/// How the current attempt ends its job ([`Db::finish_attempt_job`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JobEnd<'a> {
+    pub state: JobState,
+    pub error: Option<&'a str>,
+    pub report: Option<&'a Report>,
+    pub artifacts: &'a [ArtifactRecord],
 }
 
 /// What CreateJob inserts.
@@ -178,23 +194,6 @@ impl Db {
         })
     }
 
-    /// QUEUED -> RUNNING for the oldest queued job, returned as it is after the claim; `None`
-    /// when the queue is empty. One statement that picks and takes the job (the backend's
-    /// `CLAIM_NEXT_QUEUED`), so concurrent claimers never get the same job, and a job cancelled
-    /// meanwhile is simply not picked.
-    pub async fn claim_next_queued(&self) -> Result<Option<JobRecord>> {
-        with_pool!(self, |pool, backend| {
-            sqlx::query(backend::CLAIM_NEXT_QUEUED)
-                .bind(JobState::Running.as_str())
-                .bind(now_ms())
-                .bind(JobState::Queued.as_str())
-                .fetch_optional(pool)
-                .await?
-                .map(|row| job_from_row(&row))
-                .transpose()
-        })
-    }
-
     /// Moves a job from `from` to the terminal state `to`; `false` if it was not in `from`.
     pub async fn finish_job(
         &self,
@@ -226,61 +225,89 @@ impl Db {
         })
     }
 
-    pub async fn set_total_steps(&self, id: &str, total_steps: i64) -> Result<()> {
-        with_pool!(self, |pool| {
-            sqlx::query("UPDATE jobs SET total_steps = $1 WHERE id = $2")
+    /// Fenced: `NotCurrent` once the attempt is superseded or the job ended.
+    pub async fn set_total_steps(&self, fence: Fence<'_>, total_steps: i64) -> Result<()> {
+        let updated = with_pool!(self, |pool| {
+            sqlx::query("UPDATE jobs SET total_steps = $1 WHERE id = $2 AND attempts = $3 AND state = $4")
                 .bind(total_steps)
-                .bind(id)
+                .bind(fence.job_id)
+                .bind(i64::from(fence.attempt))
+                .bind(JobState::Running.as_str())
                 .execute(pool)
-                .await?;
+                .await?
+                .rows_affected()
         });
-        Ok(())
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(fence.rejected())
+        }
     }
 
-    pub async fn update_progress(&self, id: &str, p: &ProgressUpdate) -> Result<()> {
+    /// Fenced: `NotCurrent` once the attempt is superseded or the job ended.
+    pub async fn update_progress(&self, fence: Fence<'_>, p: &ProgressUpdate) -> Result<()> {
         let sparsity = serde_json::to_string(&p.sparsity).expect("sparsity serialises");
-        with_pool!(self, |pool| {
+        let updated = with_pool!(self, |pool| {
             sqlx::query(
                 "UPDATE jobs SET step = $1, epoch = $2, loss = COALESCE($3, loss), accuracy = COALESCE($4, accuracy), \
-                 sparsity_json = $5 WHERE id = $6",
+                 sparsity_json = $5 WHERE id = $6 AND attempts = $7 AND state = $8",
             )
             .bind(p.step)
             .bind(p.epoch)
             .bind(p.loss.filter(|v| v.is_finite()))
             .bind(p.accuracy.filter(|v| v.is_finite()))
             .bind(&sparsity)
-            .bind(id)
+            .bind(fence.job_id)
+            .bind(i64::from(fence.attempt))
+            .bind(JobState::Running.as_str())
             .execute(pool)
-            .await?;
+            .await?
+            .rows_affected()
         });
-        Ok(())
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(fence.rejected())
+        }
     }
 
-    /// Records a new attempt and counts it on the job; returns its number.
-    ///
-    /// The transaction writes first: on SQLite, a read-then-write transaction that loses the
-    /// race for the write lock fails at once with SQLITE_BUSY_SNAPSHOT (the busy timeout does
-    /// not apply), which under load failed a job at launch. On PostgreSQL the UPDATE's row lock
-    /// orders concurrent starts of the same job.
-    pub async fn start_attempt(&self, id: &str, resumed_step: Option<i64>) -> Result<u32> {
-        let number: i64 = with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let number: i64 =
-                sqlx::query_scalar("UPDATE jobs SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
+    /// Ends the job as its current attempt `fence` decided (SUCCEEDED with its artifacts,
+    /// FAILED, CANCELLED), in one transaction that first checks the attempt is still current:
+    /// a superseded attempt commits nothing (`NotCurrent`), so a job has exactly one committed
+    /// set of artifacts.
+    pub async fn finish_attempt_job(&self, fence: Fence<'_>, end: &JobEnd<'_>) -> Result<()> {
+        debug_assert!(end.state.is_terminal());
+        let report = end.report.map(|r| serde_json::to_string(r).expect("report serialises"));
+        let sizes = end.artifacts.iter().map(|a| bigint("artifact bytes", a.bytes)).collect::<Result<Vec<_>>>()?;
+        with_pool!(self, |pool, backend| {
+            let mut tx = backend::begin_write(pool).await?;
+            fence!(tx, fence);
+            for (a, bytes) in end.artifacts.iter().zip(&sizes) {
+                sqlx::query(INSERT_ARTIFACT)
+                    .bind(fence.job_id)
+                    .bind(&a.format)
+                    .bind(&a.path)
+                    .bind(&a.sha256)
+                    .bind(*bytes)
+                    .bind(&a.compression)
+                    .bind(&a.sparse_format)
+                    .execute(&mut *tx)
                     .await?;
-            sqlx::query("INSERT INTO attempts (job_id, attempt, resumed_step, started_ms) VALUES ($1, $2, $3, $4)")
-                .bind(id)
-                .bind(number)
-                .bind(resumed_step)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+            }
+            sqlx::query(
+                "UPDATE jobs SET state = $1, error = $2, report_json = COALESCE($3, report_json), finished_ms = $4, \
+                 lease_expires_ms = NULL WHERE id = $5",
+            )
+            .bind(end.state.as_str())
+            .bind(end.error)
+            .bind(report)
+            .bind(now_ms())
+            .bind(fence.job_id)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
-            number
         });
-        narrow("attempt number", number)
+        Ok(())
     }
 
     pub async fn finish_attempt(
@@ -292,7 +319,8 @@ impl Db {
     ) -> Result<()> {
         with_pool!(self, |pool| {
             sqlx::query(
-                "UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE job_id = $4 AND attempt = $5",
+                "UPDATE attempts SET outcome = $1, error = $2, finished_ms = $3 WHERE job_id = $4 AND attempt = $5 \
+                 AND outcome IS NULL",
             )
             .bind(outcome.as_str())
             .bind(error)
@@ -303,18 +331,6 @@ impl Db {
             .await?;
         });
         Ok(())
-    }
-
-    /// At start-up: attempts still open belong to a server that died; mark them interrupted.
-    pub async fn interrupt_open_attempts(&self) -> Result<u64> {
-        Ok(with_pool!(self, |pool| {
-            sqlx::query("UPDATE attempts SET outcome = $1, finished_ms = $2 WHERE outcome IS NULL")
-                .bind(AttemptOutcome::Interrupted.as_str())
-                .bind(now_ms())
-                .execute(pool)
-                .await?
-                .rows_affected()
-        }))
     }
 
     /// Attempts of a job that ended with `outcome`.
@@ -367,6 +383,7 @@ pub(super) fn job_from_row(row: &impl Columns) -> Result<JobRecord> {
         created_ms: row.int("created_ms")?,
         started_ms: row.int_opt("started_ms")?,
         finished_ms: row.int_opt("finished_ms")?,
+        node: row.text_opt("lease_owner")?,
         id,
     })
 }
@@ -377,8 +394,10 @@ fn parse_json<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::new_job;
+    use super::super::test_support::{claim, new_job};
     use super::*;
+
+    const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
     on_both_backends!(
         claims_in_submission_order_and_lists_newest_first,
@@ -399,8 +418,9 @@ mod tests {
         assert_eq!(page, ["job-b"]);
 
         assert!(db.finish_job("job-a", &[JobState::Queued], JobState::Cancelled, None, None).await.unwrap());
-        let first = db.claim_next_queued().await.unwrap().unwrap();
+        let first = db.claim_next("node-a", LEASE).await.unwrap().unwrap().job;
         assert_eq!((first.id.as_str(), first.state), ("job-b", JobState::Running));
+        assert_eq!((first.attempts, first.node.as_deref()), (1, Some("node-a")));
         assert!(first.started_ms.is_some());
         let running: Vec<String> = db
             .list_jobs("default", Some(JobState::Running), None, 10)
@@ -410,8 +430,8 @@ mod tests {
             .map(|j| j.id)
             .collect();
         assert_eq!(running, ["job-b"]);
-        assert_eq!(db.claim_next_queued().await.unwrap().unwrap().id, "job-c");
-        assert!(db.claim_next_queued().await.unwrap().is_none());
+        assert_eq!(db.claim_next("node-b", LEASE).await.unwrap().unwrap().job.id, "job-c");
+        assert!(db.claim_next("node-a", LEASE).await.unwrap().is_none());
     }
 
     async fn tenants_see_only_their_jobs_and_queue_up_to_their_limit(db: Db) {
@@ -429,7 +449,7 @@ mod tests {
         assert_eq!(ids(db.list_jobs("bob", None, None, 10).await.unwrap()), ["job-d"]);
 
         // Only QUEUED jobs count: once one runs, another may queue.
-        db.claim_next_queued().await.unwrap().unwrap();
+        db.claim_next("node-a", LEASE).await.unwrap().unwrap();
         assert!(db.insert_job(&job("job-c", "alice"), 2).await.unwrap());
     }
 
@@ -452,12 +472,20 @@ mod tests {
 
     async fn attempts_and_progress(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
-        assert_eq!(db.start_attempt("job-a", None).await.unwrap(), 1);
+        let first = Fence { job_id: "job-a", attempt: claim(&db, "job-a").await };
+        assert_eq!(first.attempt, 1);
         db.finish_attempt("job-a", 1, AttemptOutcome::Crashed, Some("killed")).await.unwrap();
-        assert_eq!(db.start_attempt("job-a", Some(100)).await.unwrap(), 2);
-        assert_eq!(db.interrupt_open_attempts().await.unwrap(), 1);
+        assert!(db.release_lease(first).await.unwrap());
+        let second = Fence { job_id: "job-a", attempt: claim(&db, "job-a").await };
+        assert_eq!(second.attempt, 2);
+        db.set_resumed_step(second, 100).await.unwrap();
+        assert_eq!(db.release_node_leases(Some("node-test")).await.unwrap(), 1);
         assert_eq!(db.count_attempts("job-a", AttemptOutcome::Crashed).await.unwrap(), 1);
         assert_eq!(db.count_attempts("job-a", AttemptOutcome::Interrupted).await.unwrap(), 1);
+        let attempts = db.attempts("job-a").await.unwrap();
+        assert_eq!(attempts.len(), 2);
+        assert_eq!((attempts[1].node.as_str(), attempts[1].resumed_step), ("node-test", Some(100)));
+        assert_eq!(attempts[0].error.as_deref(), Some("killed"));
 
         let update = ProgressUpdate {
             step: 7,
@@ -466,12 +494,14 @@ mod tests {
             accuracy: Some(0.5),
             sparsity: vec![TensorSparsity { name: "0.weight".into(), sparsity: 0.25 }],
         };
-        db.update_progress("job-a", &update).await.unwrap();
-        db.set_total_steps("job-a", 100).await.unwrap();
+        db.update_progress(second, &update).await.unwrap();
+        db.set_total_steps(second, 100).await.unwrap();
         let job = db.job("job-a").await.unwrap().unwrap();
         assert_eq!((job.attempts, job.step, job.epoch, job.total_steps), (2, 7, 1, 100));
         assert_eq!((job.loss, job.accuracy), (None, Some(0.5)));
         assert_eq!(job.sparsity, update.sparsity);
         assert_eq!(job.warnings, ["a warning"]);
+        // The first attempt is fenced off.
+        assert!(matches!(db.update_progress(first, &update).await, Err(StorageError::NotCurrent { .. })));
     }
 }

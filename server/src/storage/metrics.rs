@@ -1,5 +1,6 @@
 //! `metrics`: the time series of a job.
 
+use super::leases::{fence, Fence};
 use super::rows::Columns;
 use super::{Db, Result};
 use prune_core::domain::MetricPoint;
@@ -7,9 +8,12 @@ use prune_core::domain::MetricPoint;
 impl Db {
     /// One transaction per batch (one engine `Metrics` event). Non-finite values are dropped:
     /// SQL has no NaN, and a diverged loss is visible in the job's state anyway.
-    pub async fn insert_metrics(&self, job_id: &str, points: &[MetricPoint]) -> Result<()> {
-        with_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
+    /// Fenced: `NotCurrent` (nothing written) once the attempt is superseded or the job ended.
+    pub async fn insert_metrics(&self, fence: Fence<'_>, points: &[MetricPoint]) -> Result<()> {
+        let job_id = fence.job_id;
+        with_pool!(self, |pool, backend| {
+            let mut tx = backend::begin_write(pool).await?;
+            fence!(tx, fence);
             for p in points.iter().filter(|p| p.value.is_finite()) {
                 sqlx::query(
                     "INSERT INTO metrics (job_id, name, step, value) VALUES ($1, $2, $3, $4) \
@@ -50,7 +54,7 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::new_job;
+    use super::super::test_support::{claim, new_job};
     use super::*;
 
     on_both_backends!(batches_upsert_and_filter_by_literal_prefix);
@@ -61,13 +65,14 @@ mod tests {
 
     async fn batches_upsert_and_filter_by_literal_prefix(db: Db) {
         assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
+        let fence = Fence { job_id: "job-a", attempt: claim(&db, "job-a").await };
         db.insert_metrics(
-            "job-a",
+            fence,
             &[point(1, "loss", 2.0), point(1, "sparsity/0.weight", 0.5), point(1, "val_loss", f64::NAN)],
         )
         .await
         .unwrap();
-        db.insert_metrics("job-a", &[point(1, "loss", 2.5), point(2, "loss", 1.0), point(2, "sparsityX", 0.1)])
+        db.insert_metrics(fence, &[point(1, "loss", 2.5), point(2, "loss", 1.0), point(2, "sparsityX", 0.1)])
             .await
             .unwrap();
         assert_eq!(db.metrics("job-a", "").await.unwrap().len(), 4);

@@ -62,7 +62,8 @@ macro_rules! with_pool {
 macro_rules! job_columns {
     () => {
         "id, tenant, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
-         step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms"
+         step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms, \
+         lease_owner"
     };
 }
 
@@ -105,6 +106,7 @@ mod artifacts;
 mod blobs;
 mod checkpoints;
 mod jobs;
+mod leases;
 mod metrics;
 mod postgres;
 mod rows;
@@ -127,7 +129,8 @@ use sqlx::{PgPool, SqlitePool};
 pub use artifacts::ArtifactRecord;
 pub use blobs::BlobRecord;
 pub use checkpoints::CheckpointRecord;
-pub use jobs::{AttemptOutcome, JobRecord, JobState, NewJob, ProgressUpdate};
+pub use jobs::{AttemptOutcome, JobEnd, JobRecord, JobState, NewJob, ProgressUpdate};
+pub use leases::{AttemptRecord, Claim, Fence};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -142,6 +145,10 @@ pub enum StorageError {
     /// A row the service wrote itself no longer parses: a bug or a hand-edited database.
     #[error("corrupt {what} of job {job_id}: {reason}")]
     Corrupt { job_id: String, what: &'static str, reason: String },
+    /// A write of an attempt that is no longer its job's current one: another node took the job
+    /// over (the attempt's lease ran out) or the job ended (cancelled). Nothing was written.
+    #[error("attempt {attempt} of job {job_id} is no longer current (taken over or ended): write rejected")]
+    NotCurrent { job_id: String, attempt: u32 },
     /// An integer does not fit where it goes: a column read into a narrower Rust type, or a
     /// Rust value too large for a 64-bit column.
     #[error("{what}: {value} does not fit {target}")]
@@ -209,6 +216,11 @@ impl Db {
         }
     }
 
+    /// SQLite serves one node; PostgreSQL may serve many.
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self.pool, Pool::Sqlite(_))
+    }
+
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(pool) => pool.close().await,
@@ -270,6 +282,14 @@ pub(crate) mod test_support {
         pub async fn postgres() -> Self {
             TestDb { db: super::pg_support::db().await, _dir: None }
         }
+    }
+
+    /// Claims the next job on `db` for a test node, which must be `id`; returns the attempt.
+    pub async fn claim(db: &Db, id: &str) -> u32 {
+        let claim =
+            db.claim_next("node-test", std::time::Duration::from_secs(60)).await.unwrap().expect("a job to claim");
+        assert_eq!(claim.job.id, id, "claimed another job");
+        claim.attempt
     }
 
     pub fn new_job(id: &str) -> NewJob {

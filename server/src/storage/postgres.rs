@@ -14,7 +14,7 @@
 //!   turns (other tenants are not blocked) and is released at COMMIT/ROLLBACK. SERIALIZABLE
 //!   would also be correct but turns the race into serialization failures that the caller
 //!   must retry.
-//! * The claim: [`CLAIM_NEXT_QUEUED`]'s subquery locks the row it picks with
+//! * The claim: [`CLAIM_NEXT`]'s subquery locks the row it picks with
 //!   `FOR UPDATE SKIP LOCKED`. Without it, two claimers pick the same oldest job; the second
 //!   blocks on the first's row lock, re-checks `state = QUEUED` after it commits, updates
 //!   nothing and returns no job although others are queued. With it, the second skips the
@@ -28,7 +28,7 @@
 //! `SKIP LOCKED` taken out, its PostgreSQL half fails (11 queued; a claim empty with 30 queued).
 //!
 //! The items here are the backend contract the shared code uses through `with_pool!`:
-//! [`MIGRATOR`], [`begin_queue_write`], [`CLAIM_NEXT_QUEUED`], with the same parameters, in
+//! [`MIGRATOR`], [`begin_queue_write`], [`begin_write`], [`CLAIM_NEXT`], with the same parameters, in
 //! the same order, as the SQLite items, so the shared code binds them once for both.
 
 use std::str::FromStr;
@@ -83,12 +83,22 @@ pub(super) async fn begin_queue_write(pool: &PgPool, tenant: &str) -> Result<Tra
     Ok(tx)
 }
 
-/// QUEUED -> RUNNING for the oldest queued job that no other claimer holds. `$1` RUNNING,
-/// `$2` now (ms), `$3` QUEUED (as in `sqlite::CLAIM_NEXT_QUEUED`).
-pub(super) const CLAIM_NEXT_QUEUED: &str = concat!(
-    "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2) ",
-    "WHERE id = (SELECT id FROM jobs WHERE state = $3 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) ",
-    "AND state = $3 ",
+/// A transaction that writes: `BEGIN` (READ COMMITTED; row locks order the writers).
+pub(super) async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    Ok(pool.begin().await?)
+}
+
+/// The claim (see `leases.rs`): the oldest RUNNING job whose lease expired or was released,
+/// else the oldest QUEUED one, that no other claimer holds, becomes RUNNING under a new
+/// attempt with `$4`'s lease until `$5`. `$1` RUNNING, `$2` now (ms), `$3` QUEUED (as in
+/// `sqlite::CLAIM_NEXT`). The outer condition repeats the inner one: a row changed between the
+/// pick and the lock is re-checked by READ COMMITTED's update and then not taken.
+pub(super) const CLAIM_NEXT: &str = concat!(
+    "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2), attempts = attempts + 1, ",
+    "lease_owner = $4, lease_expires_ms = $5 ",
+    "WHERE id = (SELECT id FROM jobs WHERE state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2) ",
+    "ORDER BY CASE WHEN state = $1 THEN 0 ELSE 1 END, id LIMIT 1 FOR UPDATE SKIP LOCKED) ",
+    "AND (state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2)) ",
     "RETURNING ",
     job_columns!()
 );

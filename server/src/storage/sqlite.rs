@@ -9,7 +9,7 @@
 //!   waits for it (busy timeout), so single-statement read-modify-writes are atomic.
 //!
 //! The items here are the backend contract the shared code uses through `with_pool!`:
-//! [`MIGRATOR`], [`begin_queue_write`], [`CLAIM_NEXT_QUEUED`]. `postgres.rs` has their
+//! [`MIGRATOR`], [`begin_queue_write`], [`begin_write`], [`CLAIM_NEXT`]. `postgres.rs` has their
 //! PostgreSQL counterparts.
 
 use std::path::Path;
@@ -62,13 +62,20 @@ pub(super) async fn begin_queue_write(pool: &SqlitePool, _tenant: &str) -> Resul
     Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
 }
 
-/// QUEUED -> RUNNING for the oldest queued job, in one statement: the subquery picks the job
-/// and the update takes it under the same write lock, so two claimers never get the same job
-/// and a claim never comes back empty while a job is queued. `$1` RUNNING, `$2` now (ms),
-/// `$3` QUEUED.
-pub(super) const CLAIM_NEXT_QUEUED: &str = concat!(
-    "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2) ",
-    "WHERE id = (SELECT id FROM jobs WHERE state = $3 ORDER BY id LIMIT 1) AND state = $3 ",
+/// A transaction that writes: `BEGIN IMMEDIATE`, the write lock first (see the module doc).
+pub(super) async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static, Sqlite>> {
+    Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+}
+
+/// The claim (see `leases.rs`) in one statement: the subquery picks the oldest RUNNING job
+/// whose lease expired or was released, else the oldest QUEUED one, and the update takes it
+/// under the same write lock, so two claimers never get the same job. `$1` RUNNING, `$2` now
+/// (ms), `$3` QUEUED, `$4` the node, `$5` the lease's end.
+pub(super) const CLAIM_NEXT: &str = concat!(
+    "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2), attempts = attempts + 1, ",
+    "lease_owner = $4, lease_expires_ms = $5 ",
+    "WHERE id = (SELECT id FROM jobs WHERE state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2) ",
+    "ORDER BY CASE WHEN state = $1 THEN 0 ELSE 1 END, id LIMIT 1) ",
     "RETURNING ",
     job_columns!()
 );

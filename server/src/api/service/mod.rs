@@ -69,7 +69,8 @@ impl Service {
     async fn view(&self, record: &JobRecord) -> Result<pb::Job, Status> {
         let artifacts =
             if record.state == JobState::Succeeded { self.shared.db.artifacts(&record.id).await? } else { Vec::new() };
-        Ok(views::job(record, self.shared.live.get(&record.id).as_ref(), &artifacts))
+        let attempts = if record.attempts > 0 { self.shared.db.attempts(&record.id).await? } else { Vec::new() };
+        Ok(views::job(record, self.shared.live.get(&record.id).as_ref(), &artifacts, &attempts))
     }
 
     async fn job(&self, tenant: &Tenant, id: &str) -> Result<pb::Job, Status> {

@@ -2,6 +2,8 @@
 
 use prune_proto as pb;
 use prune_proto::job_event::Event;
+use std::time::Duration;
+
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -12,6 +14,10 @@ use crate::api::auth::Tenant;
 use crate::api::views;
 use crate::jobs::live::{JobUpdate, LiveEvent};
 use crate::storage::now_ms;
+
+/// How often a watcher re-reads a job that runs on another node (its progress reaches this
+/// node only through the database, where the owner writes it every few seconds).
+const POLL_REMOTE: Duration = Duration::from_secs(1);
 
 /// A few events of slack between the job and a slow client; beyond that the broadcast's own
 /// buffer takes over, and a client that falls behind that gets a fresh snapshot instead.
@@ -49,13 +55,38 @@ async fn forward(
     tx: mpsc::Sender<Result<pb::JobEvent, Status>>,
 ) {
     let done = is_terminal(&first);
+    let mut seen = Seen::of(&first);
     if tx.send(event(Event::Job(first))).await.is_err() || done {
         return;
     }
     let shutdown = service.shared.shutdown.clone();
+    let mut poll = tokio::time::interval(POLL_REMOTE);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let update = tokio::select! {
             update = updates.recv() => update,
+            _ = poll.tick() => {
+                // Running here: the live updates say everything. Elsewhere (another node runs
+                // it, or it waits in the queue), the row is the news.
+                if service.shared.live.get(&job_id).is_some() {
+                    continue;
+                }
+                match service.job(&tenant, &job_id).await {
+                    Ok(job) if Seen::of(&job) != seen => {
+                        seen = Seen::of(&job);
+                        let done = is_terminal(&job);
+                        if tx.send(event(Event::Job(job))).await.is_err() || done {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                continue;
+            }
             () = tx.closed() => return,
             () = shutdown.cancelled() => {
                 let _ = tx.send(Err(Status::unavailable("server shutting down: watch again to resume"))).await;
@@ -69,6 +100,7 @@ async fn forward(
             Ok(JobUpdate { event: LiveEvent::StateChanged, .. }) | Err(broadcast::error::RecvError::Lagged(_)) => {
                 match service.job(&tenant, &job_id).await {
                     Ok(job) => {
+                        seen = Seen::of(&job);
                         let done = is_terminal(&job);
                         if tx.send(event(Event::Job(job))).await.is_err() || done {
                             return;
@@ -82,6 +114,28 @@ async fn forward(
         };
         if tx.send(message).await.is_err() {
             return;
+        }
+    }
+}
+
+/// What of a job a remote watcher is told about when it changes.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    state: i32,
+    step: i64,
+    total_steps: i64,
+    attempts: u32,
+    node: String,
+}
+
+impl Seen {
+    fn of(job: &pb::Job) -> Self {
+        Seen {
+            state: job.state,
+            step: job.step,
+            total_steps: job.total_steps,
+            attempts: job.attempts,
+            node: job.node.clone(),
         }
     }
 }

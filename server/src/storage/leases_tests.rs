@@ -1,0 +1,134 @@
+//! Leases and fencing on both backends: takeover after expiry, renewals, and the fence that
+//! rejects every write of a superseded attempt.
+
+use std::time::Duration;
+
+use prune_core::domain::MetricPoint;
+
+use super::super::test_support::new_job;
+use super::*;
+use crate::storage::{ArtifactRecord, CheckpointRecord, JobEnd, ProgressUpdate};
+
+on_both_backends!(
+    an_expired_lease_is_taken_over_and_the_old_attempt_is_fenced,
+    renewals_report_what_the_node_no_longer_holds,
+    released_and_expired_jobs_resume_before_queued_ones,
+    a_node_restart_releases_only_its_own_leases,
+);
+
+const LONG: Duration = Duration::from_secs(600);
+
+fn artifact(path: &str) -> ArtifactRecord {
+    ArtifactRecord {
+        format: "safetensors".into(),
+        path: path.into(),
+        sha256: "ab".into(),
+        bytes: 3,
+        compression: "none".into(),
+        sparse_format: "dense".into(),
+    }
+}
+
+async fn an_expired_lease_is_taken_over_and_the_old_attempt_is_fenced(db: Db) {
+    assert!(db.insert_job(&new_job("job-a"), 100).await.unwrap());
+    let Claim { attempt, .. } = db.claim_next("node-a", Duration::ZERO).await.unwrap().unwrap();
+    let old = Fence { job_id: "job-a", attempt };
+    // A zero lease is already over at the next claim (its clock has moved by at least 1 ms).
+    let mut claim = None;
+    while claim.is_none() {
+        claim = db.claim_next("node-b", LONG).await.unwrap();
+    }
+    let Claim { job, attempt } = claim.unwrap();
+    assert_eq!((job.id.as_str(), attempt, job.node.as_deref()), ("job-a", 2, Some("node-b")));
+    let new = Fence { job_id: "job-a", attempt };
+
+    // Every kind of write of the old attempt is rejected and changes nothing.
+    let progress = ProgressUpdate { step: 99, epoch: 9, loss: None, accuracy: None, sparsity: vec![] };
+    let checkpoint = CheckpointRecord { step: 5, epoch: 0, path: "k".into(), sha256: "s".into(), bytes: 1 };
+    let points = [MetricPoint { step: 1, name: "loss".into(), value: 1.0 }];
+    let artifacts = [artifact("artifacts/job-a/attempt-1/model.safetensors")];
+    let success = JobEnd { state: JobState::Succeeded, error: None, report: None, artifacts: &artifacts };
+    let rejected = |r: Result<()>| matches!(r, Err(StorageError::NotCurrent { attempt: 1, .. }));
+    assert!(rejected(db.update_progress(old, &progress).await));
+    assert!(rejected(db.set_total_steps(old, 5).await));
+    assert!(rejected(db.insert_checkpoint(old, &checkpoint).await));
+    assert!(rejected(db.insert_metrics(old, &points).await));
+    assert!(rejected(db.finish_attempt_job(old, &success).await));
+    assert!(!db.release_lease(old).await.unwrap());
+    let job = db.job("job-a").await.unwrap().unwrap();
+    assert_eq!((job.state, job.step, job.total_steps), (JobState::Running, 0, 0));
+    assert!(db.checkpoints_latest_first("job-a").await.unwrap().is_empty());
+    assert!(db.metrics("job-a", "").await.unwrap().is_empty());
+    assert!(db.artifacts("job-a").await.unwrap().is_empty());
+    let attempts = db.attempts("job-a").await.unwrap();
+    assert_eq!(attempts[0].outcome.as_deref(), Some("superseded"));
+    assert!(attempts[0].error.as_deref().unwrap().contains("node-b"), "{:?}", attempts[0].error);
+    assert_eq!((attempts[1].node.as_str(), attempts[1].outcome.as_deref()), ("node-b", None));
+    // The old node's late bookkeeping cannot overwrite the outcome either.
+    db.finish_attempt("job-a", 1, AttemptOutcome::Crashed, Some("late")).await.unwrap();
+    assert_eq!(db.attempts("job-a").await.unwrap()[0].outcome.as_deref(), Some("superseded"));
+
+    // The current attempt commits exactly one set of artifacts, and only once.
+    let artifacts = [artifact("artifacts/job-a/attempt-2/model.safetensors")];
+    let success = JobEnd { artifacts: &artifacts, ..success };
+    db.insert_checkpoint(new, &checkpoint).await.unwrap();
+    db.finish_attempt_job(new, &success).await.unwrap();
+    assert!(rejected_any(db.finish_attempt_job(new, &success).await), "the job has ended");
+    let job = db.job("job-a").await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    let committed = db.artifacts("job-a").await.unwrap();
+    assert_eq!(committed.len(), 1);
+    assert_eq!(committed[0].path, "artifacts/job-a/attempt-2/model.safetensors");
+}
+
+fn rejected_any(r: Result<()>) -> bool {
+    matches!(r, Err(StorageError::NotCurrent { .. }))
+}
+
+async fn renewals_report_what_the_node_no_longer_holds(db: Db) {
+    for id in ["job-a", "job-b", "job-c"] {
+        assert!(db.insert_job(&new_job(id), 100).await.unwrap());
+    }
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let c = db.claim_next("node-a", LONG).await.unwrap().unwrap();
+        mine.push((c.job.id, c.attempt));
+    }
+    assert_eq!(db.renew_leases("node-a", &mine, LONG).await.unwrap(), mine);
+    assert!(db.renew_leases("node-b", &mine, LONG).await.unwrap().is_empty(), "not node-b's");
+    // job-a is cancelled; job-b is taken over (its lease released, another node claims it).
+    assert!(db.finish_job("job-a", &[JobState::Running], JobState::Cancelled, None, None).await.unwrap());
+    assert!(db.release_lease(Fence { job_id: "job-b", attempt: 1 }).await.unwrap());
+    assert_eq!(db.claim_next("node-b", LONG).await.unwrap().unwrap().job.id, "job-b");
+    assert_eq!(db.renew_leases("node-a", &mine, LONG).await.unwrap(), [("job-c".to_string(), 1)]);
+    // A renewal extends the lease: nobody can claim job-c now.
+    assert!(db.claim_next("node-b", LONG).await.unwrap().is_none());
+    assert!(db.renew_leases("node-a", &[], LONG).await.unwrap().is_empty());
+}
+
+async fn released_and_expired_jobs_resume_before_queued_ones(db: Db) {
+    for id in ["job-a", "job-b", "job-c"] {
+        assert!(db.insert_job(&new_job(id), 100).await.unwrap());
+    }
+    assert_eq!(db.claim_next("node-a", LONG).await.unwrap().unwrap().job.id, "job-a");
+    assert_eq!(db.claim_next("node-a", LONG).await.unwrap().unwrap().job.id, "job-b");
+    assert!(db.release_lease(Fence { job_id: "job-b", attempt: 1 }).await.unwrap());
+    let resumed = db.claim_next("node-b", LONG).await.unwrap().unwrap();
+    assert_eq!((resumed.job.id.as_str(), resumed.attempt), ("job-b", 2), "before the queued job-c");
+    assert_eq!(db.claim_next("node-b", LONG).await.unwrap().unwrap().job.id, "job-c");
+}
+
+async fn a_node_restart_releases_only_its_own_leases(db: Db) {
+    for id in ["job-a", "job-b"] {
+        assert!(db.insert_job(&new_job(id), 100).await.unwrap());
+    }
+    db.claim_next("node-a", LONG).await.unwrap().unwrap();
+    db.claim_next("node-b", LONG).await.unwrap().unwrap();
+    assert_eq!(db.release_node_leases(Some("node-a")).await.unwrap(), 1);
+    let c = db.claim_next("node-c", LONG).await.unwrap().unwrap();
+    assert_eq!((c.job.id.as_str(), c.attempt), ("job-a", 2));
+    let attempts = db.attempts("job-a").await.unwrap();
+    assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
+    assert!(db.claim_next("node-c", LONG).await.unwrap().is_none(), "node-b's lease holds");
+    assert_eq!(db.release_node_leases(None).await.unwrap(), 2, "SQLite: every node's");
+}
