@@ -12,8 +12,12 @@ cd "$(dirname "$0")/.."
 BIN=target/debug
 LEASE_SECS=${LEASE_SECS:-3}
 S3S="${PRUNE_S3S_ROOT:-$HOME/.cache/prune/s3s-fs}/bin/s3s-fs"
-if command -v initdb >/dev/null 2>&1; then PGBIN=$(dirname "$(command -v initdb)"); else PGBIN=/usr/lib/postgresql/15/bin; fi
-[ -x "$PGBIN/initdb" ] || { echo "initdb not found: run make setup" >&2; exit 1; }
+# PostgreSQL's server binaries and psql: Debian's postgresql-15 (scripts/setup-postgres.sh), else PATH.
+PGBIN=/usr/lib/postgresql/15/bin
+if [ ! -x "$PGBIN/psql" ] && command -v initdb >/dev/null 2>&1; then PGBIN=$(dirname "$(command -v initdb)"); fi
+for tool in initdb pg_ctl psql; do
+  [ -x "$PGBIN/$tool" ] || { echo "$tool not found in $PGBIN: run make setup" >&2; exit 1; }
+done
 [ -x "$S3S" ] || { echo "$S3S not found: run make setup" >&2; exit 1; }
 
 work=$(mktemp -d)
@@ -71,7 +75,7 @@ store="s3://prune-demo/cluster"
 set -m
 addrs=()
 for k in 0 1 2; do
-  "$BIN/prune-server" --listen 127.0.0.1:0 --data-dir "$work/node-$k" --database "$database" --store "$store" \
+  RUST_LOG=info "$BIN/prune-server" --listen 127.0.0.1:0 --data-dir "$work/node-$k" --database "$database" --store "$store" \
     --node-id "node-$k" --lease-secs "$LEASE_SECS" --workers 1 >"$work/node-$k.out" 2>"$work/node-$k.log" &
   node_pids[k]=$!
   if ! wait_for 60 grep -q 'listening on' "$work/node-$k.out"; then
@@ -95,31 +99,38 @@ running_node() {
   done
   return 1
 }
-checkpoints() { psql -d prune -At -c "SELECT count(*) FROM checkpoints WHERE job_id = '$id'"; }
 attempts() {
   psql -d prune -c "SELECT * FROM attempts WHERE job_id = '$id' ORDER BY attempt"
 }
-wait_for 120 running_node >/dev/null || { echo "the job never ran"; "$BIN/prunectl" status "$id"; exit 1; }
-wait_for 300 test "$(checkpoints)" -gt 0 || { echo "no checkpoint"; "$BIN/prunectl" status "$id"; exit 1; }
-victim=$(running_node)
+# The digits job trains for about a second here: watch the nodes' logs every 10 ms for the first
+# checkpoint (`checkpoint written`), which also names the node that wrote it.
+victim=
+deadline=$((SECONDS + 300))
+until [ -n "$victim" ]; do
+  log=$(grep -l 'checkpoint written' "$work"/node-[0-9].log 2>/dev/null | head -1 || true)
+  if [ -n "$log" ]; then victim=${log##*node-}; victim=${victim%.log}; break; fi
+  [ "$SECONDS" -lt "$deadline" ] || { echo "no checkpoint within 300 s"; "$BIN/prunectl" status "$id"; exit 1; }
+  sleep 0.01
+done
 
-echo
-echo "=== before: node-$victim runs the job and has written a checkpoint ==="
-"$BIN/prunectl" status "$id"
-attempts
-
-echo
-echo "=== kill -9 of node-$victim's process group (pid ${node_pids[victim]}), data dir deleted ==="
 workers=$(pgrep -P "${node_pids[victim]}" || true)
 kill -KILL -- "-${node_pids[victim]}"
 for w in $workers; do kill -KILL -- "-$w" 2>/dev/null || true; done
 wait "${node_pids[victim]}" 2>/dev/null || true
+killed_at=$SECONDS
+echo
+echo "=== node-$victim wrote the job's first checkpoint: kill -9 of its process group (server pid" \
+     "${node_pids[victim]}, worker ${workers:-none}), data dir deleted ==="
 node_pids[victim]=
 rm -rf "$work/node-$victim"
-killed_at=$SECONDS
+grep 'checkpoint written' "$work/node-$victim.log" | tail -1 | sed 's/^.*checkpoint written/last checkpoint written:/'
+echo
+echo "=== before: the job as the kill left it (its lease still held by node-$victim) ==="
 # Ask a surviving node from now on.
 for k in 0 1 2; do [ -n "${node_pids[k]}" ] && { export PRUNE_ADDR="http://${addrs[k]}"; break; }; done
-echo "asking node-$k ($PRUNE_ADDR) from now on"
+"$BIN/prunectl" status "$id"
+attempts
+echo "(asking node-$k, $PRUNE_ADDR, from now on)"
 wait_for $((20 * LEASE_SECS + 60)) running_node >/dev/null || { echo "nobody took the job over"; attempts; exit 1; }
 echo "taken over by node-$(running_node) $((SECONDS - killed_at)) s after the kill"
 "$BIN/prunectl" watch "$id"
