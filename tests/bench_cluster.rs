@@ -6,12 +6,13 @@
 //!   first CreateJob to the last job's end). Every node runs its workers on the same machine:
 //!   past the machine's cores (2 in CI) more nodes add no throughput, they only share it;
 //! * claim latency p50/p99: a job's `created_unix_ms` to its first attempt's `started_unix_ms`
-//!   (issue 12's `attempt_history`);
+//!   (issue 12's `attempt_history`), one job at a time on an idle cluster, and for the burst of
+//!   `--jobs` (where it includes the wait for a free worker);
 //! * bytes moved through the store per job (s3s-fs's read+write bytes from /proc/<pid>/io,
 //!   halved: a PUT is read from the socket and written to a file, a GET the other way round)
 //!   against the artifact's size;
-//! * PostgreSQL transactions per second with no job (the nodes' heartbeats and polling), from
-//!   `pg_stat_database.xact_commit` over `--idle-secs`;
+//! * PostgreSQL statements per second with no job (the nodes' heartbeats and polling), from
+//!   `pg_stat_statements` (loaded for the benchmark) over `--idle-secs`;
 //! * takeover time after `kill -9` of the node running a job, over `--kills` kills: kill to the
 //!   new attempt's start, and kill to its first progress past the resumed step.
 //!
@@ -107,32 +108,62 @@ async fn any_client(cluster: &Cluster, except: Option<usize>) -> Client {
     panic!("no node answers")
 }
 
-async fn xact_commit(cluster: &Cluster) -> i64 {
+/// Statements the nodes ran on their database so far (pg_stat_statements, which counts each
+/// statement as it completes), the sampling queries left out.
+async fn statements(cluster: &Cluster) -> i64 {
     let mut db = cluster.db().await;
-    let row = sqlx::query("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-        .fetch_one(&mut db)
-        .await
-        .expect("pg_stat_database");
+    let row = sqlx::query(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid \
+         WHERE d.datname = current_database() AND s.query NOT ILIKE '%pg_stat_statements%'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("pg_stat_statements");
     row.get::<i64, _>(0)
 }
 
-/// Transactions per second on the nodes' database over `window`, nothing else running.
-async fn idle_tps(cluster: &Cluster, window: Duration) -> f64 {
-    // Statistics reach pg_stat_database within about a second (PostgreSQL 15 flushes them at
-    // most once a second per backend): measure between two samples taken past such a flush.
-    let settle = Duration::from_millis(1500);
-    tokio::time::sleep(settle).await;
-    let before = xact_commit(cluster).await;
+/// Statements per second on the nodes' database over `window` with no job: heartbeats and polls.
+async fn idle_statements_per_s(cluster: &Cluster, window: Duration) -> f64 {
+    let before = statements(cluster).await;
     tokio::time::sleep(window).await;
-    let after = xact_commit(cluster).await;
-    // Our own two sampling transactions.
-    (after - before - 1).max(0) as f64 / window.as_secs_f64()
+    let after = statements(cluster).await;
+    (after - before).max(0) as f64 / window.as_secs_f64()
+}
+
+/// Claim latency with a free worker: `n` jobs one after the other, each created once the one
+/// before has ended.
+async fn idle_claims(cluster: &Cluster, n: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut client = cluster.client(i % cluster.running().len()).await;
+        let id = create_toml(&mut client, &quick_job(&format!("idle-{i}"))).await.expect("CreateJob").id;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let view = loop {
+            let view = fetch_view(cluster, &id).await.expect("GetJob");
+            if is_done(&view) {
+                break view;
+            }
+            assert!(Instant::now() < deadline, "{id} not done within 120 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if let Some(first) = view.attempt_history.first() {
+            out.push((first.started_unix_ms - view.created_unix_ms) as f64);
+        }
+    }
+    out
+}
+
+fn is_done(view: &JobNodes) -> bool {
+    matches!(view.state(), pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
 }
 
 struct Throughput {
     nodes: usize,
     jobs_per_s: f64,
+    /// Under load: includes the wait for a free worker.
     claim_ms: Vec<f64>,
+    /// One job at a time on an idle cluster.
+    idle_claim_ms: Vec<f64>,
     store_bytes_per_job: f64,
     artifact_bytes: f64,
     idle_tps: f64,
@@ -140,8 +171,9 @@ struct Throughput {
 }
 
 async fn throughput(nodes: usize, args: &Args) -> Throughput {
-    let cluster = Cluster::start(&vec![1; nodes], args.lease_secs).await;
-    let idle_tps = idle_tps(&cluster, args.idle).await;
+    let cluster = Cluster::start_with(&vec![1; nodes], args.lease_secs, true).await;
+    let idle_tps = idle_statements_per_s(&cluster, args.idle).await;
+    let idle_claim_ms = idle_claims(&cluster, args.jobs.min(10)).await;
     let io_before = io_bytes(cluster.s3.pid());
     let started = Instant::now();
     let mut ids = Vec::new();
@@ -185,6 +217,7 @@ async fn throughput(nodes: usize, args: &Args) -> Throughput {
         nodes,
         jobs_per_s: n / elapsed.as_secs_f64(),
         claim_ms,
+        idle_claim_ms,
         store_bytes_per_job: moved as f64 / 2.0 / n,
         artifact_bytes: artifact_bytes as f64 / n,
         idle_tps,
@@ -270,11 +303,12 @@ async fn main() {
     for nodes in 1..=args.nodes {
         let run = throughput(nodes, &args).await;
         println!(
-            "{} node(s): {:.2} jobs/s ({} failed); claim latency {}; store traffic {:.0} KiB/job vs artifact {:.1} KiB; \
-             idle PostgreSQL {:.1} transactions/s",
+            "{} node(s): {:.2} jobs/s ({} failed); claim latency idle {}, under load {}; store traffic {:.0} KiB/job \
+             vs artifact {:.1} KiB; idle PostgreSQL {:.1} statements/s",
             run.nodes,
             run.jobs_per_s,
             run.failed,
+            p50_p99(run.idle_claim_ms.clone()),
             p50_p99(run.claim_ms.clone()),
             run.store_bytes_per_job / 1024.0,
             run.artifact_bytes / 1024.0,
@@ -312,7 +346,7 @@ async fn main() {
         .iter()
         .map(|r| {
             format!(
-                "{{\"nodes\":{},\"jobs_per_s\":{:.3},\"store_bytes_per_job\":{:.0},\"artifact_bytes\":{:.0},\"idle_tps\":{:.2}}}",
+                "{{\"nodes\":{},\"jobs_per_s\":{:.3},\"store_bytes_per_job\":{:.0},\"artifact_bytes\":{:.0},\"idle_statements_per_s\":{:.2}}}",
                 r.nodes, r.jobs_per_s, r.store_bytes_per_job, r.artifact_bytes, r.idle_tps
             )
         })

@@ -65,10 +65,28 @@ pub fn cluster_flags_supported() -> bool {
 impl Cluster {
     /// PostgreSQL, S3 and one node per entry of `workers` (its `--workers`), named `node-0`...
     pub async fn start(workers: &[u32], lease_secs: u64) -> Cluster {
+        Cluster::start_with(workers, lease_secs, false).await
+    }
+
+    /// [`Cluster::start`]; with `statement_stats`, PostgreSQL loads `pg_stat_statements` (one
+    /// restart before the nodes start) and the nodes' database has the extension.
+    pub async fn start_with(workers: &[u32], lease_secs: u64, statement_stats: bool) -> Cluster {
         binary("prune-worker"); // the nodes run it: it must be as fresh as the server
         let tmp = tempfile::Builder::new().prefix("prune-cluster-").tempdir().expect("temporary dir");
         let pg = tokio::task::spawn_blocking(PgServer::start).await.unwrap().unwrap_or_else(|e| panic!("{e}"));
         let database_url = pg.create_database("prune").await.unwrap_or_else(|e| panic!("{e}"));
+        if statement_stats {
+            let mut db = PgConnection::connect(&database_url).await.expect("connecting to PostgreSQL");
+            sqlx::query("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+                .execute(&mut db)
+                .await
+                .expect("ALTER SYSTEM");
+            db.close().await.ok();
+            pg.stop().and_then(|()| pg.start_again()).unwrap_or_else(|e| panic!("{e}"));
+            let mut db = PgConnection::connect(&database_url).await.expect("connecting to PostgreSQL");
+            sqlx::query("CREATE EXTENSION pg_stat_statements").execute(&mut db).await.expect("pg_stat_statements");
+            db.close().await.ok();
+        }
         let s3 = S3sServer::start(&tmp.path().join("s3"), BUCKET);
         let mut cluster = Cluster { nodes: Vec::new(), s3, pg, database_url, lease_secs, tmp };
         for (k, &w) in workers.iter().enumerate() {
