@@ -6,7 +6,7 @@
 //!   first CreateJob to the last job's end). Every node runs its workers on the same machine:
 //!   past the machine's cores (2 in CI) more nodes add no throughput, they only share it;
 //! * claim latency p50/p99: a job's `created_unix_ms` to its first attempt's `started_unix_ms`
-//!   (issue 12's `attempt_history`), one job at a time on an idle cluster, and for the burst of
+//!   (`Job.attempt_history`), one job at a time on an idle cluster, and for the burst of
 //!   `--jobs` (where it includes the wait for a free worker);
 //! * bytes moved through the store per job (s3s-fs's read+write bytes from /proc/<pid>/io,
 //!   halved: a PUT is read from the socket and written to a file, a GET the other way round)
@@ -22,7 +22,7 @@
 use std::time::{Duration, Instant};
 
 use prune_proto as pb;
-use prune_tests::cluster::{job_nodes, Cluster, JobNodes};
+use prune_tests::cluster::Cluster;
 use prune_tests::{create_toml, digits_mlp, is_terminal, Client};
 use sqlx::Row;
 
@@ -89,10 +89,11 @@ fn io_bytes(pid: Option<u32>) -> u64 {
         .sum()
 }
 
-async fn fetch_view(cluster: &Cluster, id: &str) -> Option<JobNodes> {
+/// GetJob on the first node that answers.
+async fn fetch_view(cluster: &Cluster, id: &str) -> Option<pb::Job> {
     for k in cluster.running() {
-        if let Ok(view) = job_nodes(cluster.node(k).server.channel().await, id).await {
-            return Some(view);
+        if let Ok(view) = cluster.client(k).await.get_job(pb::GetJobRequest { id: id.into() }).await {
+            return Some(view.into_inner());
         }
     }
     None
@@ -153,7 +154,7 @@ async fn idle_claims(cluster: &Cluster, n: usize) -> Vec<f64> {
     out
 }
 
-fn is_done(view: &JobNodes) -> bool {
+fn is_done(view: &pb::Job) -> bool {
     matches!(view.state(), pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
 }
 
@@ -296,9 +297,6 @@ async fn main() {
         "prune-bench-cluster: {cores} cores, lease {} s, {} quick jobs per run, {} kills",
         args.lease_secs, args.jobs, args.kills
     );
-    if !prune_tests::cluster::cluster_flags_supported() {
-        println!("note: this prune-server has no --node-id/--lease-secs (issue 12): no takeovers, no attempt history");
-    }
     let mut runs = Vec::new();
     for nodes in 1..=args.nodes {
         let run = throughput(nodes, &args).await;

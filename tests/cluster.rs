@@ -51,25 +51,22 @@ async fn any_client(cluster: &Cluster, except: Option<usize>) -> (usize, Client)
     panic!("no node answers\n{}", cluster.logs());
 }
 
-/// Issue 12's view of the job, from node `k`.
-async fn nodes_view(cluster: &Cluster, k: usize, id: &str) -> JobNodes {
-    job_nodes(cluster.node(k).server.channel().await, id).await.expect("GetJob")
+/// The job as node `k` sees it.
+async fn nodes_view(cluster: &Cluster, k: usize, id: &str) -> pb::Job {
+    get(&mut cluster.client(k).await, id).await
 }
 
-/// Waits until the job RUNS; returns the node running it (the job's `node`, or without it the
-/// node whose server is the parent of the job's worker).
+/// Waits until the job RUNS; returns the node running it (the job's `node`), after checking that
+/// the job's worker is a child of that node's server.
 async fn runner(cluster: &Cluster, id: &str) -> usize {
     poll(&format!("{id} running on a node"), JOB_TIMEOUT, || async move {
-        let (k, mut client) = any_client(cluster, None).await;
+        let (_, mut client) = any_client(cluster, None).await;
         let job = get(&mut client, id).await;
         assert!(!is_terminal(&job), "{id} ended before it could be acted on: {job:?}");
-        if state(&job) != pb::JobState::Running {
-            return None;
-        }
-        if let Some(k) = node_index(&nodes_view(cluster, k, id).await.node) {
-            return Some(k);
-        }
-        (job.worker_pid != 0).then(|| cluster.node_of_worker(job.worker_pid)).flatten()
+        let k = node_index(&job.node).filter(|_| state(&job) == pb::JobState::Running)?;
+        // The owner knows its worker's pid: a child of its server (unless not started yet).
+        let pid = get(&mut cluster.client(k).await, id).await.worker_pid;
+        cluster.node(k).server.workers().contains(&pid).then_some(k)
     })
     .await
 }
@@ -109,7 +106,7 @@ impl Rng {
 
 /// Issue 12's attempt history, once the job is over: every attempt finished, on a known node,
 /// and the last one has the job's outcome.
-fn check_history(view: &JobNodes, names: &[String]) {
+fn check_history(view: &pb::Job, names: &[String]) {
     assert!(!view.attempt_history.is_empty(), "{}: no attempt_history: {view:?}", view.id);
     for (i, attempt) in view.attempt_history.iter().enumerate() {
         assert_eq!(attempt.number as usize, i + 1, "{view:?}");
@@ -316,17 +313,26 @@ async fn database_and_store_outages_mid_job_lose_and_duplicate_nothing() {
     let (_, mut client) = any_client(&cluster, None).await;
     for id in &ids {
         let (job, _) = wait_terminal(&mut client, id, JOB_TIMEOUT).await;
+        eprintln!("{id}: {:?} {:?} attempts {:?}", state(&job), job.error, job.attempt_history);
         match state(&job) {
             pb::JobState::Succeeded => {
                 let rows = cluster.artifact_rows(id).await;
                 assert_eq!(rows.len(), job.artifacts.len(), "{rows:?}");
                 let (info, data) = download(&mut client, id, "", 0).await.expect("download");
                 assert_eq!(info.sha256, sha256_hex(&data));
+                // One set of artifact objects: what other attempts left is collected.
+                let committed: BTreeSet<String> = rows.into_iter().map(|(_, path)| path).collect();
+                let (c, committed) = (&cluster, &committed);
+                poll(&format!("{id}: only the committed artifact objects"), Duration::from_secs(30), || async move {
+                    (c.artifact_objects(id).into_iter().collect::<BTreeSet<_>>() == *committed).then_some(())
+                })
+                .await;
             }
             pb::JobState::Failed => assert!(!job.error.trim().is_empty(), "{id} FAILED without a reason"),
             other => panic!("{id} ended {other:?}"),
         }
-        eprintln!("{id}: {:?} {} (attempts {})", state(&job), job.error, job.attempts);
+        let last = job.attempt_history.last().expect("an attempt");
+        assert!(!last.outcome.is_empty() && job.attempt_history.iter().all(|a| !a.outcome.is_empty()), "{job:?}");
     }
     for k in cluster.running() {
         let mut listed = list_ids(&mut cluster.client(k).await).await;

@@ -5,14 +5,9 @@
 //! can be killed whole (`kill -9` of its group and its workers' groups) or partitioned (SIGSTOP
 //! of its server process only). PostgreSQL and S3 can be stopped and started again mid-test on
 //! the same port and data. Nothing sleeps to synchronise: waits poll with a deadline.
-//!
-//! `pruning.v1.Job` fields `node` (22) and `attempt_history` (23) are read with a decoder of
-//! their own ([`JobNodes`], [`job_nodes`]), so that the harness builds whether or not the proto
-//! already has them.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use prune_proto as pb;
@@ -44,22 +39,6 @@ pub struct Cluster {
     pub database_url: String,
     pub lease_secs: u64,
     tmp: TempDir,
-}
-
-/// Whether this prune-server has issue 12's flags (`--node-id`, `--lease-secs`); without them
-/// nodes start without those flags (a plain shared-database cluster).
-pub fn cluster_flags_supported() -> bool {
-    static SUPPORTED: OnceLock<bool> = OnceLock::new();
-    *SUPPORTED.get_or_init(|| {
-        let help =
-            std::process::Command::new(binary("prune-server")).arg("--help").output().expect("prune-server --help");
-        let help = String::from_utf8_lossy(&help.stdout);
-        let supported = help.contains("--node-id") && help.contains("--lease-secs");
-        if !supported {
-            eprintln!("cluster harness: prune-server has no --node-id/--lease-secs: nodes start without them");
-        }
-        supported
-    })
 }
 
 impl Cluster {
@@ -105,17 +84,18 @@ impl Cluster {
         let data_dir = self.tmp.path().join(&name);
         let store = self.store_url();
         let (lease, workers_arg) = (self.lease_secs.to_string(), workers.to_string());
-        let mut args = vec![
+        let args = [
             "--database",
             self.database_url.as_str(),
             "--store",
             store.as_str(),
             "--workers",
             workers_arg.as_str(),
+            "--node-id",
+            name.as_str(),
+            "--lease-secs",
+            lease.as_str(),
         ];
-        if cluster_flags_supported() {
-            args.extend(["--node-id", name.as_str(), "--lease-secs", lease.as_str()]);
-        }
         let server = Server::start_with_options(&binary("prune-server"), &data_dir, &args, &self.s3.env(), true).await;
         self.nodes[k] = Some(Node { name, workers, server });
         self.nodes[k].as_ref().unwrap()
@@ -286,60 +266,4 @@ where
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// `pruning.v1.AttemptInfo` (issue 12): one attempt of a job.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AttemptInfo {
-    #[prost(uint32, tag = "1")]
-    pub number: u32,
-    #[prost(string, tag = "2")]
-    pub node: String,
-    #[prost(int64, optional, tag = "3")]
-    pub resumed_step: Option<i64>,
-    /// "" while running; succeeded | failed | crashed | interrupted | cancelled | superseded.
-    #[prost(string, tag = "4")]
-    pub outcome: String,
-    #[prost(string, tag = "5")]
-    pub error: String,
-    #[prost(int64, tag = "6")]
-    pub started_unix_ms: i64,
-    #[prost(int64, tag = "7")]
-    pub finished_unix_ms: i64,
-}
-
-/// The part of `pruning.v1.Job` the cluster tests read, with issue 12's fields.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct JobNodes {
-    #[prost(string, tag = "1")]
-    pub id: String,
-    #[prost(int32, tag = "3")]
-    pub state: i32,
-    #[prost(uint32, tag = "5")]
-    pub attempts: u32,
-    #[prost(int64, tag = "7")]
-    pub step: i64,
-    #[prost(int64, tag = "10")]
-    pub created_unix_ms: i64,
-    /// The node holding the job's lease while RUNNING, else the node of its last attempt.
-    #[prost(string, tag = "22")]
-    pub node: String,
-    #[prost(message, repeated, tag = "23")]
-    pub attempt_history: Vec<AttemptInfo>,
-}
-
-impl JobNodes {
-    pub fn state(&self) -> pb::JobState {
-        pb::JobState::try_from(self.state).expect("known state")
-    }
-}
-
-/// GetJob, decoded as [`JobNodes`].
-pub async fn job_nodes(channel: tonic::transport::Channel, id: &str) -> Result<JobNodes, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let codec = tonic_prost::ProstCodec::<pb::GetJobRequest, JobNodes>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/pruning.v1.PruningService/GetJob");
-    let request = tonic::Request::new(pb::GetJobRequest { id: id.into() });
-    Ok(grpc.unary(request, path, codec).await?.into_inner())
 }
