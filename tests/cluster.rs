@@ -2,7 +2,8 @@
 //! (the harness: `cluster_support.rs`). Jobs submitted anywhere run once and are seen from
 //! every node; a node killed with `kill -9` (its whole process group, its data dir deleted) is
 //! taken over after its lease from the newest checkpoint, to the same artifact as an
-//! uninterrupted run; a partitioned node (SIGSTOP past its lease) is superseded and fenced;
+//! uninterrupted run; a node sent SIGTERM hands its job over at once (well before its lease);
+//! a partitioned node (SIGSTOP past its lease) is superseded and fenced;
 //! PostgreSQL and S3 outages mid-job lose and duplicate nothing; a cancel on any node stops the
 //! worker on the owning node; a `--workers 0` node serves but runs nothing.
 //!
@@ -211,6 +212,35 @@ async fn a_node_killed_mid_job_is_taken_over_to_the_same_artifact() {
 }
 
 #[tokio::test]
+async fn sigterm_hands_a_job_over_at_once() {
+    // A lease far longer than the test's patience: only a released lease lets another node in.
+    let mut cluster = Cluster::start(&[1, 1], 60).await;
+    let job = create_toml(&mut cluster.client(0).await, &medium_job("handover")).await.expect("CreateJob");
+    let leaving = runner(&cluster, &job.id).await;
+    let staying = 1 - leaving;
+    let mut client = cluster.client(staying).await;
+    let checkpoint = cluster.wait_checkpoint(&mut client, &job.id, EVERY, JOB_TIMEOUT).await;
+    let asked = Instant::now();
+    let code = cluster.terminate(leaving, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "prune-server's exit after SIGTERM");
+    let (c, id) = (&cluster, job.id.as_str());
+    // The resumed step is known once the new worker has loaded the checkpoint.
+    let view = poll("the job resumed on the other node", Duration::from_secs(20), || async move {
+        let view = nodes_view(c, staying, id).await;
+        view.attempt_history.get(1).is_some_and(|a| a.resumed_step.is_some() || !a.outcome.is_empty()).then_some(view)
+    })
+    .await;
+    eprintln!("handed over {:?} after SIGTERM: {:?}", asked.elapsed(), view.attempt_history);
+    let (first, second) = (&view.attempt_history[0], &view.attempt_history[1]);
+    assert_eq!(first.node, format!("node-{leaving}"));
+    assert_eq!(first.outcome, "interrupted", "{view:?}");
+    assert_eq!(second.node, format!("node-{staying}"));
+    assert!(second.resumed_step.is_some_and(|s| s >= checkpoint), "{view:?}");
+    let (job, _) = wait_terminal(&mut client, &job.id, JOB_TIMEOUT).await;
+    assert_eq!(state(&job), pb::JobState::Succeeded, "{}\n{}", job.error, cluster.logs());
+}
+
+#[tokio::test]
 async fn a_partitioned_node_is_superseded_and_its_writes_rejected() {
     let cluster = Cluster::start(&[1, 1, 1], LEASE_SECS).await;
     let job = create_toml(&mut cluster.client(1).await, &medium_job("partition")).await.expect("CreateJob");
@@ -244,6 +274,12 @@ async fn a_partitioned_node_is_superseded_and_its_writes_rejected() {
     let old_workers = &old_workers;
     poll("the superseded worker killed", Duration::from_secs(30), || async move {
         old_workers.iter().all(|&pid| !process_alive(pid)).then_some(())
+    })
+    .await;
+    // What its worker reported while the server was stopped is read on SIGCONT and rejected.
+    let healed = &cluster.node(cut).server;
+    poll("the healed node's writes rejected", Duration::from_secs(20), || async move {
+        healed.log().contains("write rejected").then_some(())
     })
     .await;
     // The healed node answers again, with the same outcome.

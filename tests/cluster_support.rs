@@ -129,6 +129,12 @@ impl Cluster {
         workers
     }
 
+    /// SIGTERM to node `k`'s server; waits for its exit (its data dir stays). Returns the exit code.
+    pub async fn terminate(&mut self, k: usize, within: Duration) -> Option<i32> {
+        let node = self.nodes[k].take().unwrap_or_else(|| panic!("node-{k} is not running"));
+        node.server.terminate(within).await
+    }
+
     /// SIGSTOP of node `k`'s server process only: its workers run on, it neither renews its
     /// leases nor answers (a partition). [`Cluster::heal`] sends SIGCONT.
     pub fn partition(&self, k: usize) {
