@@ -14,7 +14,8 @@
 //! * PostgreSQL statements per second with no job (the nodes' heartbeats and polling), from
 //!   `pg_stat_statements` (loaded for the benchmark) over `--idle-secs`;
 //! * takeover time after `kill -9` of the node running a job, over `--kills` kills: kill to the
-//!   new attempt's start, and kill to its first progress past the resumed step.
+//!   new attempt's start (its `started_unix_ms`), and kill to its first live progress past the
+//!   resumed step (a WatchJob on the node that took it over).
 //!
 //! Usage: `target/debug/prune-bench-cluster [--jobs 12] [--kills 20] [--lease-secs 2]
 //! [--idle-secs 5] [--nodes 3]`.
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use prune_proto as pb;
 use prune_tests::cluster::Cluster;
-use prune_tests::{create_toml, digits_mlp, is_terminal, Client};
+use prune_tests::{create_toml, digits_mlp, is_terminal, watch_until, Client};
 use sqlx::Row;
 
 struct Args {
@@ -255,29 +256,40 @@ async fn one_takeover(cluster: &mut Cluster, i: usize, lease: u64) -> Result<(f6
     let killed_unix_ms = unix_ms();
     cluster.kill9(victim).await;
     let deadline = Instant::now() + Duration::from_secs(30 * lease + 60);
-    let mut new_attempt = None;
-    let result = loop {
+    // The new attempt, once its worker has loaded the checkpoint (its resumed step is known then).
+    let taken = loop {
         if Instant::now() > deadline {
             break Err(format!("{id}: no takeover within {:?} of the kill", deadline - killed));
         }
         if let Some(view) = fetch_view(cluster, &id).await {
-            if new_attempt.is_none() && view.attempt_history.len() > attempts_before {
-                let attempt = view.attempt_history.last().unwrap();
-                new_attempt = Some(((attempt.started_unix_ms - killed_unix_ms) as f64, attempt.resumed_step));
-            }
-            if let Some((started_ms, resumed)) = new_attempt {
-                if view.step > resumed.unwrap_or(0) {
-                    break Ok((started_ms, killed.elapsed().as_secs_f64() * 1000.0));
+            if let Some(attempt) = view.attempt_history.get(attempts_before) {
+                let node = attempt.node.strip_prefix("node-").and_then(|k| k.parse::<usize>().ok());
+                match (attempt.resumed_step, node) {
+                    (Some(resumed), Some(k)) => break Ok((attempt.started_unix_ms - killed_unix_ms, resumed, k)),
+                    _ if !attempt.outcome.is_empty() => break Err(format!("{id}: attempt ended at once: {view:?}")),
+                    _ => {}
                 }
-            }
-            if view.state() != pb::JobState::Running && view.state() != pb::JobState::Queued {
-                break match new_attempt {
-                    Some((started_ms, _)) => Ok((started_ms, killed.elapsed().as_secs_f64() * 1000.0)),
-                    None => Err(format!("{id} ended without a new attempt: {view:?}")),
-                };
+            } else if is_done(&view) {
+                break Err(format!("{id} ended without a new attempt: {view:?}"));
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Then its first live progress past that step, watched on the node that runs it.
+    let result = match taken {
+        Ok((started_ms, resumed, k)) => {
+            let mut owner = cluster.client(k).await;
+            let (job, _) = watch_until(&mut owner, &id, Duration::from_secs(60), |job, progress| {
+                is_terminal(job) || progress.is_some_and(|p| p.step > resumed)
+            })
+            .await;
+            if is_terminal(&job) && pb::JobState::try_from(job.state) != Ok(pb::JobState::Succeeded) {
+                Err(format!("{id} ended {:?}: {}", job.state, job.error))
+            } else {
+                Ok((started_ms as f64, killed.elapsed().as_secs_f64() * 1000.0))
+            }
+        }
+        Err(e) => Err(e),
     };
     // Free the cluster for the next round, and bring the killed node back.
     let _ = any_client(cluster, None).await.cancel_job(pb::CancelJobRequest { id }).await;
