@@ -79,6 +79,54 @@ async fn upload_resumes_after_the_server_is_killed_mid_stream() {
     assert!(has.exists && has.size == data.len() as u64, "{has:?}");
 }
 
+/// Two nodes sharing a file store: node A is killed mid-upload and its data dir deleted; the
+/// client resumes on node B from the last segment A saved in the store, and the blob B stores is
+/// byte-identical.
+#[tokio::test(flavor = "multi_thread")]
+async fn upload_killed_on_one_node_resumes_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("shared-store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let store = format!("file://{}", store_dir.display());
+    let args = ["--store", store.as_str(), "--upload-segment-bytes", "1048576"];
+    let data = noise((64 * MIB) as usize);
+    let sha = sha256_hex(&data);
+    let file = tmp.path().join("model.bin");
+    std::fs::write(&file, &data).unwrap();
+
+    let node_a = Server::start(&tmp.path().join("a"), &args).await;
+    let client = LibClient::connect(&node_a.addr, None).await.unwrap();
+    let upload = tokio::spawn({
+        let file = file.clone();
+        async move { client.upload_file(&file).await }
+    });
+    // Kill node A once it has saved at least 8 segments in the shared store.
+    let segments = store_dir.join("uploads").join(hex::encode("default")).join(&sha);
+    let saved = || std::fs::read_dir(&segments).map_or(0, |d| d.count());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while saved() < 8 {
+        assert!(tokio::time::Instant::now() < deadline, "node A never saved 8 segments");
+        assert!(!upload.is_finished(), "the upload ended before node A could be killed: {:?}", upload.await);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    node_a.kill9().await;
+    upload.abort();
+    std::fs::remove_dir_all(tmp.path().join("a")).unwrap();
+
+    let node_b = Server::start(&tmp.path().join("b"), &args).await;
+    let mut raw = node_b.client().await;
+    let has = raw.has_blob(pb::HasBlobRequest { id: format!("sha256:{sha}") }).await.unwrap().into_inner();
+    assert!(!has.exists && has.uploaded >= 8 * MIB, "{has:?}");
+    let client = LibClient::connect(&node_b.addr, None).await.unwrap();
+    let uploaded = client.upload_file(&file).await.expect("the upload finishes on node B");
+    assert_eq!(uploaded.id, format!("sha256:{sha}"));
+    assert!(uploaded.resumed_from >= 8 * MIB, "resumed from {}", uploaded.resumed_from);
+    let stored = std::fs::read(store_dir.join("blobs").join(&sha)).unwrap();
+    assert_eq!(sha256_hex(&stored), sha, "the stored blob is the file");
+    assert!(node_b.log().contains("resuming an upload saved in the store by another node"));
+    assert!(!segments.exists(), "the saved segments are removed once the blob is stored");
+}
+
 /// HasBlob reports a partial upload's size only to its tenant's own uploads; a resume
 /// beyond it is refused, and a resume with wrong earlier bytes fails the checksum.
 #[tokio::test(flavor = "multi_thread")]

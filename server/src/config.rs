@@ -82,6 +82,11 @@ pub struct LimitArgs {
     /// Largest blob an upload may announce, in bytes.
     #[arg(long, env = "PRUNE_MAX_UPLOAD_BYTES", default_value_t = 8 << 30)]
     pub max_upload_bytes: u64,
+    /// How often a resumable upload in progress is saved to the store, in bytes, so that
+    /// another node can resume it if this one dies (what arrived since is sent again).
+    #[arg(long, env = "PRUNE_UPLOAD_SEGMENT_BYTES", default_value_t = crate::files::uploads::DEFAULT_SEGMENT_BYTES,
+          value_parser = clap::value_parser!(u64).range(64 << 10..=1 << 30))]
+    pub upload_segment_bytes: u64,
     /// Largest job spec (TOML/JSON text, or encoded JobSpec message), in bytes.
     #[arg(long, env = "PRUNE_MAX_SPEC_BYTES", default_value_t = 1 << 20)]
     pub max_spec_bytes: usize,

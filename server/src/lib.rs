@@ -120,7 +120,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .await
         .map_err(|e| ServeError::Store(prune_store::StoreError::Url { url: store.url(), reason: e.to_string() }))?
         .map_err(ServeError::Store)?;
-    let blobs = BlobStore::new(store.clone(), data_dir.blobs_tmp());
+    let blobs =
+        BlobStore::new(store.clone(), data_dir.blobs_tmp()).with_segment_bytes(args.limits.upload_segment_bytes);
     let live = Live::default();
     let launcher = ProcessLauncher { worker_bin, store_url: store.url(), scratch: data_dir.scratch() };
     let deps = Deps { db: db.clone(), live: live.clone(), store };

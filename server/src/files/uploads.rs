@@ -4,6 +4,12 @@
 //! An upload goes to a temporary file of this node, is hashed as it arrives, and becomes visible
 //! only after its size and checksum are verified and it is fsynced and published in the store
 //! (a rename on a local store): a blob that exists is always complete and correct.
+//!
+//! Nodes share the store, not their disks: so that an upload cut off on one node (client gone,
+//! node killed) continues on another, a resumable upload also saves what it received in the
+//! store, one segment (`--upload-segment-bytes`) at a time, as `uploads/<tenant>/<sha256>/<n>`.
+//! HasBlob's `uploaded` is the longer of this node's partial file and the saved segments; a
+//! resume on a node without the partial file first rebuilds it from the segments.
 
 use std::collections::HashSet;
 use std::io::{Read, Seek, SeekFrom};
@@ -83,6 +89,87 @@ pub struct BlobStore {
     tmp: PathBuf,
     /// Partial files being written right now: one writer each.
     writing: Arc<Mutex<HashSet<PathBuf>>>,
+    /// Bytes per saved segment of a resumable upload.
+    segment: u64,
+}
+
+/// The default of `--upload-segment-bytes`: a lost node costs at most this much re-sent.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// Where a tenant's resumable upload of one blob saves its segments in the store.
+#[derive(Debug, Clone)]
+struct Segments {
+    store: Arc<dyn FileStore>,
+    /// `uploads/<hex of the tenant>/<sha256>`: tenants' names may hold any character.
+    prefix: String,
+    size: u64,
+}
+
+impl Segments {
+    fn key(&self, index: u64) -> Key {
+        Key::parse(format!("{}/{index:08}", self.prefix)).expect("hex and digits make a valid key")
+    }
+
+    /// Bytes saved from the start: whole segments, then at most one shorter, in order.
+    fn saved(&self) -> u64 {
+        let mut total = 0;
+        for index in 0.. {
+            match self.store.size(&self.key(index)) {
+                Ok(n) => {
+                    total += n;
+                    if n < self.size {
+                        break;
+                    }
+                }
+                Err(StoreError::NotFound { .. }) => break,
+                Err(e) => {
+                    tracing::warn!(prefix = self.prefix, "reading a saved upload segment: {e}");
+                    break;
+                }
+            }
+        }
+        total
+    }
+
+    /// Saves bytes `[index * size, index * size + len)` of `partial` as segment `index`.
+    fn save(&self, partial: &Path, tmp: &Path, index: u64, len: u64) -> Result<(), BlobError> {
+        let mut from = std::fs::File::open(partial)?;
+        from.seek(SeekFrom::Start(index * self.size))?;
+        let mut staged = tempfile::Builder::new().prefix("upload-segment-").tempfile_in(tmp)?;
+        let copied = std::io::copy(&mut from.take(len), staged.as_file_mut())?;
+        if copied != len {
+            return Err(BlobError::Io(std::io::Error::other(format!("segment {index}: read {copied} of {len} bytes"))));
+        }
+        let staged = staged.into_temp_path();
+        self.store.put(&self.key(index), &staged)?;
+        Ok(())
+    }
+
+    /// Writes the first `len` saved bytes into `partial` (created), for a resume on this node.
+    fn restore(&self, partial: &Path, len: u64) -> Result<(), BlobError> {
+        let mut out = std::fs::File::create(partial)?;
+        let mut left = len;
+        let mut index = 0;
+        while left > 0 {
+            let take = left.min(self.size);
+            let copied = std::io::copy(&mut self.store.open(&self.key(index), 0)?.take(take), &mut out)?;
+            if copied != take {
+                return Err(BlobError::ResumeBeyond { offset: len, held: len - left + copied });
+            }
+            left -= take;
+            index += 1;
+        }
+        out.sync_all()?;
+        Ok(())
+    }
+
+    fn remove(&self) {
+        if let Err(e) =
+            Key::parse(self.prefix.as_str()).map_err(StoreError::from).and_then(|k| self.store.delete_all(&k))
+        {
+            tracing::warn!(prefix = self.prefix, "removing saved upload segments: {e}");
+        }
+    }
 }
 
 /// Interrupted uploads are kept in `tmp` as `resume-<sha256>-<tenant>` for a resume.
@@ -100,7 +187,18 @@ impl BlobStore {
     pub fn new(store: Arc<dyn FileStore>, tmp: PathBuf) -> Self {
         remove_abandoned_uploads(&tmp);
         remove_stale_partials(&tmp, PARTIAL_MAX_AGE);
-        BlobStore { store, tmp, writing: Arc::default() }
+        BlobStore { store, tmp, writing: Arc::default(), segment: DEFAULT_SEGMENT_BYTES }
+    }
+
+    /// Saves resumable uploads in the store every `bytes` (at least 1).
+    pub fn with_segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment = bytes.max(1);
+        self
+    }
+
+    fn segments(&self, tenant: &str, sha256: &str) -> Segments {
+        let prefix = format!("uploads/{}/{sha256}", hex::encode(tenant.as_bytes()));
+        Segments { store: self.store.clone(), prefix, size: self.segment }
     }
 
     /// The blob's key in the file store (whether or not it exists).
@@ -117,12 +215,16 @@ impl BlobStore {
         self.tmp.join(format!("{PARTIAL_PREFIX}{sha256}-{tenant}"))
     }
 
-    /// Bytes of `tenant`'s interrupted upload of `sha256` kept for a resume (0: none).
-    pub fn partial_len(&self, tenant: &str, sha256: &str) -> u64 {
+    /// Bytes of `tenant`'s interrupted upload of `sha256` kept for a resume (0: none): in this
+    /// node's partial file or saved in the store by any node, whichever holds more.
+    pub async fn partial_len(&self, tenant: &str, sha256: &str) -> u64 {
         if !is_sha256_hex(sha256) {
             return 0;
         }
-        std::fs::metadata(self.partial_path(tenant, sha256)).map_or(0, |m| m.len())
+        let local = std::fs::metadata(self.partial_path(tenant, sha256)).map_or(0, |m| m.len());
+        let segments = self.segments(tenant, sha256);
+        let saved = tokio::task::spawn_blocking(move || segments.saved()).await.unwrap_or(0);
+        local.max(saved)
     }
 
     /// Starts `tenant`'s upload of `size` bytes that must hash to `sha256` (lowercase hex), or
@@ -141,18 +243,31 @@ impl BlobStore {
             // over gets a private file (not resumable); a resume would race the first.
             return if offset == 0 { self.begin_private(size, sha256) } else { Err(BlobError::Busy) };
         };
+        let segments = self.segments(tenant, sha256);
         let (file, hasher) = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || open_partial(&path, offset)).await.map_err(std::io::Error::other)??
+            let (path, segments) = (path.clone(), segments.clone());
+            tokio::task::spawn_blocking(move || {
+                // Begun on another node (or this node lost its partial file): rebuild it from
+                // the segments saved in the store.
+                let local = std::fs::metadata(&path).map_or(0, |m| m.len());
+                if offset > local && segments.saved() >= offset {
+                    segments.restore(&path, offset)?;
+                    tracing::info!(offset, "resuming an upload saved in the store by another node");
+                }
+                open_partial(&path, offset)
+            })
+            .await
+            .map_err(std::io::Error::other)??
         };
         Ok(Upload {
             file: tokio::fs::File::from_std(file),
-            target: Target::Partial { path, _claim: claim },
+            target: Target::Partial { path, _claim: claim, segments, saved: offset - offset % self.segment },
             hasher,
             written: offset,
             expected_size: size,
             expected_sha256: sha256.to_string(),
             store: self.store.clone(),
+            tmp: self.tmp.clone(),
         })
     }
 
@@ -167,6 +282,7 @@ impl BlobStore {
             expected_size: size,
             expected_sha256: sha256.to_string(),
             store: self.store.clone(),
+            tmp: self.tmp.clone(),
         })
     }
 }
@@ -218,8 +334,9 @@ impl Drop for Claim {
 enum Target {
     /// Deleted when the upload is dropped unfinished.
     Private(TempPath),
-    /// Kept when the upload breaks off, so that it can be resumed.
-    Partial { path: PathBuf, _claim: Claim },
+    /// Kept when the upload breaks off, so that it can be resumed; saved in the store up to
+    /// `saved` bytes (a multiple of the segment size), so that another node can resume it too.
+    Partial { path: PathBuf, _claim: Claim, segments: Segments, saved: u64 },
 }
 
 /// An upload in progress. Dropped unfinished, a resumable upload keeps what it received; a
@@ -234,6 +351,7 @@ pub struct Upload {
     expected_size: u64,
     expected_sha256: String,
     store: Arc<dyn FileStore>,
+    tmp: PathBuf,
 }
 
 impl Upload {
@@ -248,13 +366,50 @@ impl Upload {
         // tokio hands the write to a blocking thread and returns; flushing waits for it, so that
         // what a resume finds in the partial file is everything acknowledged so far.
         self.file.flush().await?;
+        self.save_segments(false).await
+    }
+
+    /// Saves the segments completed so far in the store (with `tail`, the last incomplete one
+    /// too: the upload is breaking off).
+    async fn save_segments(&mut self, tail: bool) -> Result<(), BlobError> {
+        let written = self.written;
+        let Target::Partial { path, segments, saved, .. } = &mut self.target else { return Ok(()) };
+        let complete = written - written % segments.size;
+        let until = if tail { written } else { complete };
+        if until <= *saved || (tail && written == *saved) {
+            return Ok(());
+        }
+        let (from, path, segments_c, tmp) = (*saved, path.clone(), segments.clone(), self.tmp.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut at = from;
+            while at < until {
+                let index = at / segments_c.size;
+                let len = ((index + 1) * segments_c.size).min(until) - index * segments_c.size;
+                segments_c.save(&path, &tmp, index, len)?;
+                at = index * segments_c.size + len;
+            }
+            Ok::<_, BlobError>(())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        *saved = complete;
         Ok(())
     }
 
-    /// Removes a partial file whose content is known to be wrong.
+    /// The client broke off: what arrived is kept here and saved in the store, so that the
+    /// upload resumes on any node.
+    pub async fn suspend(mut self) {
+        if let Err(e) = self.save_segments(true).await {
+            tracing::warn!("saving an interrupted upload in the store: {e}");
+        }
+    }
+
+    /// Removes a partial file (and its saved segments) whose content is known to be wrong.
     fn discard(&self) {
-        if let Target::Partial { path, .. } = &self.target {
+        if let Target::Partial { path, segments, .. } = &self.target {
             let _ = std::fs::remove_file(path);
+            let segments = segments.clone();
+            tokio::task::spawn_blocking(move || segments.remove());
         }
     }
 
@@ -262,7 +417,10 @@ impl Upload {
     /// a blob the store already has replaces it with identical bytes.
     pub async fn finish(mut self) -> Result<(BlobId, u64, Key), BlobError> {
         if self.written != self.expected_size {
-            // Kept (if resumable): the rest may still come.
+            // Kept (if resumable, here and in the store): the rest may still come, to any node.
+            if let Err(e) = self.save_segments(true).await {
+                tracing::warn!("saving an interrupted upload in the store: {e}");
+            }
             return Err(BlobError::Truncated { expected: self.expected_size, got: self.written });
         }
         let got = hex::encode(self.hasher.finalize_reset());
@@ -286,8 +444,9 @@ impl Upload {
                         published?
                     }
                     // The claim is released only after the put (it lives in `target`).
-                    Target::Partial { path, _claim } => {
+                    Target::Partial { path, _claim, segments, .. } => {
                         store.put(&key, &path)?;
+                        segments.remove();
                         // A local store renamed it; a remote one copied it, and the copy is done.
                         if let Err(e) = std::fs::remove_file(&path) {
                             if e.kind() != std::io::ErrorKind::NotFound {
@@ -398,8 +557,47 @@ mod tests {
         let mut up = store.begin("t", 3, &sha(data), 0).await.unwrap();
         up.write(b"ab").await.unwrap();
         assert!(matches!(up.finish().await, Err(BlobError::Truncated { expected: 3, got: 2 })));
-        assert_eq!(store.partial_len("t", &sha(data)), 2);
+        assert_eq!(store.partial_len("t", &sha(data)).await, 2);
         assert!(BlobId::parse("sha256:ABC").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_upload_cut_off_on_one_node_resumes_on_another() {
+        // Two nodes: their own scratch (tmp) directories, one shared store.
+        let dir = tempfile::tempdir().unwrap();
+        let shared = local(&dir.path().join("store"));
+        let node_a = BlobStore::new(shared.clone(), dir.path().join("a")).with_segment_bytes(4);
+        let node_b = BlobStore::new(shared.clone(), dir.path().join("b")).with_segment_bytes(4);
+        for tmp in ["a", "b"] {
+            std::fs::create_dir_all(dir.path().join(tmp)).unwrap();
+        }
+        let data = b"twenty-two bytes: done";
+        let (hex, size) = (sha(data), data.len() as u64);
+
+        // Node A dies after 10 bytes (no chance to save the tail): two whole segments survive.
+        let mut up = node_a.begin("alice", size, &hex, 0).await.unwrap();
+        up.write(&data[..10]).await.unwrap();
+        drop(up);
+        assert_eq!(node_b.partial_len("alice", &hex).await, 8);
+        assert_eq!(node_b.partial_len("bob", &hex).await, 0, "per tenant");
+        assert!(matches!(node_b.begin("alice", size, &hex, 9).await, Err(BlobError::ResumeBeyond { .. })));
+
+        // Node B resumes at 8; this time the client breaks off and the tail is saved too.
+        let mut up = node_b.begin("alice", size, &hex, 8).await.unwrap();
+        up.write(&data[8..15]).await.unwrap();
+        up.suspend().await;
+        std::fs::remove_dir_all(dir.path().join("b")).unwrap(); // and node B's disk is lost
+        std::fs::create_dir_all(dir.path().join("b")).unwrap();
+        assert_eq!(node_a.partial_len("alice", &hex).await, 15);
+
+        // Back on node A (its own partial holds 10 bytes; the store has 15): finished there.
+        let mut up = node_a.begin("alice", size, &hex, 15).await.unwrap();
+        up.write(&data[15..]).await.unwrap();
+        let (id, _, key) = up.finish().await.unwrap();
+        assert_eq!(id.hex(), hex);
+        assert_eq!(std::fs::read(shared.local_path(&key).unwrap()).unwrap(), data);
+        assert!(!dir.path().join("store").join("uploads").join(hex::encode("alice")).join(&hex).exists());
+        assert_eq!(node_b.partial_len("alice", &hex).await, 0);
     }
 
     #[tokio::test]
@@ -410,8 +608,8 @@ mod tests {
         let mut up = store.begin("alice", data.len() as u64, &hex, 0).await.unwrap();
         up.write(&data[..9]).await.unwrap();
         drop(up); // the connection broke
-        assert_eq!(store.partial_len("alice", &hex), 9);
-        assert_eq!(store.partial_len("bob", &hex), 0, "partial uploads are per tenant");
+        assert_eq!(store.partial_len("alice", &hex).await, 9);
+        assert_eq!(store.partial_len("bob", &hex).await, 0, "partial uploads are per tenant");
 
         // A server restart keeps it; a resume beyond what is held is refused.
         let store = BlobStore::new(local(dir.path()), dir.path().join("tmp"));
@@ -430,7 +628,7 @@ mod tests {
         let (id, size, key) = up.finish().await.unwrap();
         assert_eq!((id.hex(), size), (hex.as_str(), data.len() as u64));
         assert_eq!(std::fs::read(store.store().local_path(&key).unwrap()).unwrap(), data);
-        assert_eq!(store.partial_len("alice", &hex), 0, "the partial file became the blob");
+        assert_eq!(store.partial_len("alice", &hex).await, 0, "the partial file became the blob");
 
         // A resume with wrong bytes before the break fails the checksum and is dropped.
         let other = b"another blob";
@@ -440,7 +638,7 @@ mod tests {
         let mut up = store.begin("alice", other.len() as u64, &sha(other), 4).await.unwrap();
         up.write(&other[4..]).await.unwrap();
         assert!(matches!(up.finish().await, Err(BlobError::ChecksumMismatch { .. })));
-        assert_eq!(store.partial_len("alice", &sha(other)), 0);
+        assert_eq!(store.partial_len("alice", &sha(other)).await, 0);
     }
 
     #[tokio::test]

@@ -322,16 +322,24 @@ impl Scheduler {
                 sparse_format: a.sparse_format.clone(),
             })
             .collect();
-        self.log_attempt(job_id, attempt, AttemptOutcome::Succeeded, None).await;
-        if self.finish(job_id, attempt, JobState::Succeeded, None, Some(&outcome.report), &artifacts).await {
-            self.remove_other_attempts_artifacts(job_id, attempt);
-        } else {
-            self.discard_outcome(&AttemptEnd::Finished(outcome));
+        match self.finish(job_id, attempt, JobState::Succeeded, None, Some(&outcome.report), &artifacts).await {
+            Recorded::Yes => {
+                self.log_attempt(job_id, attempt, AttemptOutcome::Succeeded, None).await;
+                self.remove_other_attempts_artifacts(job_id, attempt);
+            }
+            recorded => {
+                if recorded == Recorded::NotCurrent {
+                    // Cancelled meanwhile (a superseded attempt's outcome is set already).
+                    self.log_attempt(job_id, attempt, AttemptOutcome::Cancelled, None).await;
+                }
+                self.discard_outcome(&AttemptEnd::Finished(outcome));
+            }
         }
     }
 
-    /// Ends the job as attempt `attempt` decided; `false` when nothing was recorded (the
-    /// attempt was superseded or the job had ended).
+    /// Ends the job as attempt `attempt` decided. Not recorded when the attempt was superseded
+    /// or the job had ended (`NotCurrent`), or the database failed (then the lease runs out and
+    /// the job is claimed again).
     async fn finish(
         &mut self,
         job_id: &str,
@@ -340,7 +348,7 @@ impl Scheduler {
         error: Option<&str>,
         report: Option<&Report>,
         artifacts: &[ArtifactRecord],
-    ) -> bool {
+    ) -> Recorded {
         let end = JobEnd { state, error, report, artifacts };
         let recorded = match self.db().finish_attempt_job(Fence { job_id, attempt }, &end).await {
             Ok(()) => {
@@ -348,15 +356,15 @@ impl Scheduler {
                 if matches!(state, JobState::Succeeded | JobState::Cancelled) {
                     self.remove_checkpoints(job_id);
                 }
-                true
+                Recorded::Yes
             }
             Err(StorageError::NotCurrent { .. }) => {
                 tracing::info!(job_id, attempt, "the job was no longer this attempt's (cancelled or taken over)");
-                false
+                Recorded::NotCurrent
             }
             Err(e) => {
                 tracing::error!(job_id, "recording the job's end ({state}): {e}");
-                false
+                Recorded::Failed
             }
         };
         self.deps.live.state_changed(job_id);
@@ -425,6 +433,14 @@ impl Scheduler {
             let _ = tx.send(Msg::GraceExpired);
         });
     }
+}
+
+/// Whether [`Scheduler::finish`] recorded the job's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Yes,
+    NotCurrent,
+    Failed,
 }
 
 #[derive(Debug, thiserror::Error)]

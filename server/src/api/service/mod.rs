@@ -111,7 +111,16 @@ impl PruningService for Service {
         // Accept `sha256:<hex>` and upper case too: clients print ids, not bare digests.
         let sha256 = header.sha256.trim_start_matches("sha256:").to_ascii_lowercase();
         let mut upload = self.shared.blobs.begin(tenant.as_str(), header.size, &sha256, header.offset).await?;
-        while let Some(message) = stream.message().await? {
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    // Broken off: keep what arrived where any node can resume it.
+                    upload.suspend().await;
+                    return Err(status);
+                }
+            };
             match message.part {
                 Some(Part::Data(data)) => upload.write(&data).await?,
                 Some(Part::Header(_)) => {
@@ -141,7 +150,7 @@ impl PruningService for Service {
             Some(blob) => pb::HasBlobResponse { exists: true, size: blob.size, uploaded: blob.size },
             None => {
                 let hex = BlobId::parse(&id)?.hex().to_string();
-                let uploaded = self.shared.blobs.partial_len(tenant.as_str(), &hex);
+                let uploaded = self.shared.blobs.partial_len(tenant.as_str(), &hex).await;
                 pb::HasBlobResponse { exists: false, size: 0, uploaded }
             }
         };
