@@ -78,7 +78,7 @@ for k in 0 1 2; do
   RUST_LOG=info "$BIN/prune-server" --listen 127.0.0.1:0 --data-dir "$work/node-$k" --database "$database" --store "$store" \
     --node-id "node-$k" --lease-secs "$LEASE_SECS" --workers 1 >"$work/node-$k.out" 2>"$work/node-$k.log" &
   node_pids[k]=$!
-  if ! wait_for 60 grep -q 'listening on' "$work/node-$k.out"; then
+  if ! wait_for 60 grep -qs 'listening on' "$work/node-$k.out"; then
     echo "node-$k did not start:"; cat "$work/node-$k.log"; exit 1
   fi
   addrs[k]=$(grep -m1 'listening on' "$work/node-$k.out" | awk '{print $3}')
