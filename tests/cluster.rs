@@ -253,11 +253,16 @@ async fn a_partitioned_node_is_superseded_and_its_writes_rejected() {
     cluster.partition(cut);
     let cut_name = format!("node-{cut}");
     let (c, id, cut_name) = (&cluster, job.id.as_str(), cut_name.as_str());
-    let taken = poll("a takeover of the partitioned node's job", TAKEOVER_TIMEOUT, || async move {
+    let takeover = poll("a takeover of the partitioned node's job", 2 * TAKEOVER_TIMEOUT, || async move {
         let view = nodes_view(c, other, id).await;
         view.attempt_history.iter().any(|a| a.node != cut_name).then_some(view)
-    })
-    .await;
+    });
+    let Ok(taken) = tokio::time::timeout(TAKEOVER_TIMEOUT, takeover).await else {
+        panic!(
+            "no takeover of {id} within {TAKEOVER_TIMEOUT:?} of node-{cut}'s SIGSTOP; the database's sessions:\n{}",
+            c.pg_activity().await
+        );
+    };
     cluster.heal(cut);
     eprintln!("taken over: {taken:?}");
 
@@ -301,6 +306,61 @@ async fn a_partitioned_node_is_superseded_and_its_writes_rejected() {
     assert!(!objects.is_empty());
     let (info, data) = download(&mut client, &job.id, "", 0).await.expect("download");
     assert_eq!(info.sha256, sha256_hex(&data));
+}
+
+/// A node paused (SIGSTOP, a long GC or VM pause, a frozen host) in the middle of one of its
+/// fenced transactions keeps that transaction open: its session holds the job row's lock. The
+/// job must still be taken over after the lease. Made deterministic: the test holds the metrics
+/// and checkpoints tables until the owner's next fenced write waits on them (its fence, the job
+/// row's lock, already taken), pauses the owner, then lets the write through: the session is left
+/// idle in its transaction, as when a pause lands between two statements.
+#[tokio::test]
+#[ignore = "fails on main c01b1bf/5b7bea0: claims use FOR UPDATE SKIP LOCKED and the paused node's open \
+            transaction holds the job row's lock, so nothing takes the job over while the node stays paused \
+            (fix: idle_in_transaction_session_timeout below the lease on the nodes' connections)"]
+async fn a_node_paused_inside_a_transaction_is_still_taken_over() {
+    use sqlx::{Connection, Row};
+    let cluster = Cluster::start(&[1, 1], LEASE_SECS).await;
+    let job = create_toml(&mut cluster.client(0).await, &medium_job("paused")).await.expect("CreateJob");
+    let owner = runner(&cluster, &job.id).await;
+    let other = 1 - owner;
+    let mut client = cluster.client(other).await;
+    cluster.wait_checkpoint(&mut client, &job.id, EVERY, JOB_TIMEOUT).await;
+
+    let mut blocker = cluster.db().await;
+    let mut hold = blocker.begin().await.expect("BEGIN");
+    sqlx::query("LOCK TABLE metrics, checkpoints IN EXCLUSIVE MODE").execute(&mut *hold).await.expect("LOCK TABLE");
+    let c = &cluster;
+    let stuck = poll("the owner's fenced write waiting on the held tables", Duration::from_secs(30), || async move {
+        let mut db = c.db().await;
+        let row = sqlx::query(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND (query LIKE 'INSERT INTO metrics%' OR query LIKE 'INSERT INTO checkpoints%')",
+        )
+        .fetch_one(&mut db)
+        .await
+        .expect("pg_stat_activity");
+        (row.get::<i64, _>(0) > 0).then_some(())
+    });
+    stuck.await;
+    cluster.partition(owner);
+    hold.rollback().await.expect("ROLLBACK");
+    blocker.close().await.ok();
+
+    let (c, id) = (&cluster, job.id.as_str());
+    let takeover = poll("a takeover", 2 * TAKEOVER_TIMEOUT, || async move {
+        let view = nodes_view(c, other, id).await;
+        (view.attempt_history.len() > 1).then_some(view)
+    });
+    let taken = tokio::time::timeout(TAKEOVER_TIMEOUT, takeover).await;
+    let activity = cluster.pg_activity().await;
+    cluster.heal(owner);
+    let taken = taken.unwrap_or_else(|_| {
+        panic!("no takeover of {id} within {TAKEOVER_TIMEOUT:?} of pausing node-{owner}; sessions:\n{activity}")
+    });
+    assert_eq!(taken.attempt_history.last().unwrap().node, format!("node-{other}"), "{taken:?}");
+    let (job, _) = wait_terminal(&mut client, &job.id, JOB_TIMEOUT).await;
+    assert_eq!(state(&job), pb::JobState::Succeeded, "{}\n{}", job.error, cluster.logs());
 }
 
 #[tokio::test]

@@ -225,6 +225,24 @@ impl Cluster {
         rows.iter().map(|r| (r.get("format"), r.get("path"))).collect()
     }
 
+    /// The nodes' PostgreSQL sessions (state, transaction age, query) and the locks they hold,
+    /// for failure messages.
+    pub async fn pg_activity(&self) -> String {
+        let mut db = self.db().await;
+        let rows = sqlx::query(
+            "SELECT a.pid::text || ' ' || coalesce(a.state, '') || ' xact ' || coalesce((now() - a.xact_start)::text, '-') \
+             || ' port ' || coalesce(a.client_port::text, '') || ' locks [' || coalesce((SELECT string_agg(l.locktype \
+             || ' ' || l.mode || ' ' || coalesce(l.relation::regclass::text, ''), ', ') FROM pg_locks l \
+             WHERE l.pid = a.pid AND l.granted AND l.locktype <> 'virtualxid'), '') || '] ' || left(coalesce(a.query, ''), 300) \
+             FROM pg_stat_activity a WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() ORDER BY a.pid",
+        )
+        .fetch_all(&mut db)
+        .await
+        .expect("pg_stat_activity");
+        db.close().await.ok();
+        rows.iter().map(|r| r.get::<String, _>(0)).collect::<Vec<_>>().join("\n")
+    }
+
     /// Node logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
