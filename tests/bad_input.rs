@@ -842,6 +842,7 @@ async fn submit(client: &mut Client, input: &Input) -> Result<Option<pb::Job>, t
         Input::Spec(spec) => client
             .create_job(pb::CreateJobRequest {
                 source: Some(pb::create_job_request::Source::Spec(spec.as_ref().clone())),
+                ..Default::default()
             })
             .await
             .map(|r| Some(r.into_inner())),

@@ -25,7 +25,11 @@ fn one_shot_with(blob: &str, compression: &str) -> pb::JobSpec {
 
 async fn create(client: &mut Client, spec: pb::JobSpec) -> pb::Job {
     let source = pb::create_job_request::Source::Spec(spec);
-    client.create_job(pb::CreateJobRequest { source: Some(source) }).await.expect("CreateJob").into_inner()
+    client
+        .create_job(pb::CreateJobRequest { source: Some(source), ..Default::default() })
+        .await
+        .expect("CreateJob")
+        .into_inner()
 }
 
 async fn get(client: &mut Client, id: &str) -> pb::Job {

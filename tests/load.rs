@@ -345,7 +345,7 @@ async fn run_job(client: &mut Client, shared: &Shared, index: usize, local: &mut
     let t0 = Instant::now();
     let source = pb::create_job_request::Source::Spec(spec(&shared.blob, index, target));
     let created = client
-        .create_job(pb::CreateJobRequest { source: Some(source) })
+        .create_job(pb::CreateJobRequest { source: Some(source), ..Default::default() })
         .await
         .map_err(|s| format!("job #{index}: CreateJob: {s}"))?
         .into_inner();
@@ -466,7 +466,7 @@ async fn list_states(client: &mut Client) -> Result<BTreeMap<String, usize>, Str
     let mut token = String::new();
     loop {
         let page = client
-            .list_jobs(pb::ListJobsRequest { page_size: 1000, page_token: token.clone(), state: 0 })
+            .list_jobs(pb::ListJobsRequest { page_size: 1000, page_token: token.clone(), ..Default::default() })
             .await
             .map_err(|s| format!("ListJobs: {s}"))?
             .into_inner();

@@ -66,7 +66,7 @@ async fn upload(client: &mut Rpc, data: &[u8]) -> Result<String, Status> {
 
 async fn create(client: &mut Rpc, toml: String) -> Result<pb::Job, Status> {
     let source = pb::create_job_request::Source::SpecToml(toml);
-    Ok(client.create_job(pb::CreateJobRequest { source: Some(source) }).await?.into_inner())
+    Ok(client.create_job(pb::CreateJobRequest { source: Some(source), ..Default::default() }).await?.into_inner())
 }
 
 fn one_shot(blob: &str) -> String {
@@ -351,7 +351,7 @@ async fn tls_with_tokens() {
     let port = server.addr.rsplit(':').next().unwrap();
     let https = format!("https://localhost:{port}");
 
-    let trusted = ConnectOptions { token: Some(ALICE.into()), ca_cert: Some(certs.join("ca.pem")) };
+    let trusted = ConnectOptions { token: Some(ALICE.into()), ca_cert: Some(certs.join("ca.pem")), timeout: None };
     let client = LibClient::connect_with(&https, &trusted).await.expect("TLS with the right CA");
     assert!(client.list_jobs().await.unwrap().is_empty());
     let model = tmp.path().join("model.safetensors");
@@ -360,7 +360,8 @@ async fn tls_with_tokens() {
     assert_eq!(uploaded.id, format!("sha256:{}", sha256_hex(&mlp_state_dict())));
 
     // The wrong CA, or plain text to a TLS port: no service.
-    let untrusted = ConnectOptions { token: Some(ALICE.into()), ca_cert: Some(certs.join("other-ca.pem")) };
+    let untrusted =
+        ConnectOptions { token: Some(ALICE.into()), ca_cert: Some(certs.join("other-ca.pem")), timeout: None };
     let wrong_ca = match LibClient::connect_with(&https, &untrusted).await {
         Ok(client) => client.list_jobs().await.map(drop),
         Err(e) => Err(e),
@@ -373,7 +374,7 @@ async fn tls_with_tokens() {
     assert!(plain.is_err(), "plain text to a TLS port must fail");
 
     // Over TLS, the token still decides: none is UNAUTHENTICATED.
-    let anonymous = ConnectOptions { token: None, ca_cert: Some(certs.join("ca.pem")) };
+    let anonymous = ConnectOptions { token: None, ca_cert: Some(certs.join("ca.pem")), timeout: None };
     match LibClient::connect_with(&https, &anonymous).await.unwrap().list_jobs().await {
         Err(ClientError::Rpc(status)) => assert_eq!(status.code(), Code::Unauthenticated),
         other => panic!("expected UNAUTHENTICATED, got {other:?}"),

@@ -25,7 +25,7 @@ fn long_job(name: &str) -> String {
 
 async fn create(client: &mut Client, spec: pb::JobSpec) -> Result<pb::Job, tonic::Status> {
     let source = pb::create_job_request::Source::Spec(spec);
-    Ok(client.create_job(pb::CreateJobRequest { source: Some(source) }).await?.into_inner())
+    Ok(client.create_job(pb::CreateJobRequest { source: Some(source), ..Default::default() }).await?.into_inner())
 }
 
 async fn get(client: &mut Client, id: &str) -> pb::Job {
@@ -129,7 +129,11 @@ async fn one_shot_job_on_an_uploaded_state_dict() {
     assert!(report.tensors.iter().any(|t| t.name == "0.weight" && t.pruned));
     assert!(report.dense_bytes > 0 && !report.json.is_empty());
     let metrics = client
-        .get_metrics(pb::GetMetricsRequest { job_id: job.id.clone(), name_prefix: "sparsity/".into() })
+        .get_metrics(pb::GetMetricsRequest {
+            job_id: job.id.clone(),
+            name_prefix: "sparsity/".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -183,14 +187,20 @@ async fn training_job_reports_progress_and_metrics() {
     assert_eq!(watched.jobs.first().unwrap().id, created.id);
     assert_eq!(state(watched.jobs.last().unwrap()), pb::JobState::Succeeded);
 
-    let all =
-        client.get_metrics(pb::GetMetricsRequest { job_id: job.id.clone(), name_prefix: String::new() }).await.unwrap();
+    let all = client
+        .get_metrics(pb::GetMetricsRequest { job_id: job.id.clone(), name_prefix: String::new(), ..Default::default() })
+        .await
+        .unwrap();
     let names: std::collections::BTreeSet<String> = all.into_inner().points.into_iter().map(|p| p.name).collect();
     for name in ["sparsity/0.weight", "sparsity/2.weight", "loss"] {
         assert!(names.contains(name), "{name} missing from {names:?}");
     }
     let sparsity = client
-        .get_metrics(pb::GetMetricsRequest { job_id: job.id.clone(), name_prefix: "sparsity/0.weight".into() })
+        .get_metrics(pb::GetMetricsRequest {
+            job_id: job.id.clone(),
+            name_prefix: "sparsity/0.weight".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -392,7 +402,7 @@ async fn invalid_specs_are_rejected_naming_the_field() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status}");
         assert!(status.message().contains(field), "expected {field:?} in {:?}", status.message());
     }
-    let none = client.create_job(pb::CreateJobRequest { source: None }).await.unwrap_err();
+    let none = client.create_job(pb::CreateJobRequest { source: None, ..Default::default() }).await.unwrap_err();
     assert_eq!(none.code(), Code::InvalidArgument);
 
     // Nothing was queued.

@@ -16,7 +16,11 @@ const PREFIX: &str = "cluster/a";
 
 async fn create(client: &mut Client, spec: pb::JobSpec) -> pb::Job {
     let source = pb::create_job_request::Source::Spec(spec);
-    client.create_job(pb::CreateJobRequest { source: Some(source) }).await.expect("CreateJob").into_inner()
+    client
+        .create_job(pb::CreateJobRequest { source: Some(source), ..Default::default() })
+        .await
+        .expect("CreateJob")
+        .into_inner()
 }
 
 async fn start_on_s3(tmp: &TempDir, s3: &S3sServer) -> Server {

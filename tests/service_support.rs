@@ -305,7 +305,7 @@ pub async fn upload(client: &mut Client, data: &[u8]) -> Result<String, tonic::S
 
 pub async fn create_toml(client: &mut Client, toml: &str) -> Result<pb::Job, tonic::Status> {
     let source = pb::create_job_request::Source::SpecToml(toml.to_string());
-    Ok(client.create_job(pb::CreateJobRequest { source: Some(source) }).await?.into_inner())
+    Ok(client.create_job(pb::CreateJobRequest { source: Some(source), ..Default::default() }).await?.into_inner())
 }
 
 pub fn state(job: &pb::Job) -> pb::JobState {

@@ -12,6 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::auth::BearerToken;
 use crate::error::{error_chain, ClientError, Result};
+use crate::retry::Backoff;
 use crate::types::{JobInfo, MetricRecord, Report};
 
 type Rpc = PruningServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -22,11 +23,37 @@ const MAX_REPLY_BYTES: usize = 64 << 20;
 /// Jobs fetched per `ListJobs` page.
 const LIST_PAGE_SIZE: u32 = 500;
 
+/// Retries of a CreateJob the server answered UNAVAILABLE.
+const MAX_SUBMIT_RETRIES: u32 = 10;
+/// The default deadline of a unary call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A connection to a prune server. Cheap to clone: clones share the connection.
 #[derive(Debug, Clone)]
 pub struct Client {
     rpc: Rpc,
     addr: String,
+    /// Deadline of each unary call (streams have none: a watch may last hours).
+    timeout: Duration,
+}
+
+/// What comes with a job besides its spec.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub priority: i32,
+    /// The idempotency key; `None`: a fresh one per submission.
+    pub request_id: Option<String>,
+}
+
+/// A random request id (128 bits, hex).
+pub fn new_request_id() -> String {
+    use sha2::{Digest, Sha256};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let seed = format!("{}:{}:{}", now.as_nanos(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    hex::encode(&Sha256::digest(seed.as_bytes())[..16])
 }
 
 /// How to reach the server beyond its address.
@@ -37,6 +64,8 @@ pub struct ConnectOptions {
     /// PEM certificate(s) of the authority that signed the server's TLS certificate, for a
     /// `https://` address; without it the system's trusted roots are used.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// Deadline of each unary call; `None`: [`DEFAULT_TIMEOUT`].
+    pub timeout: Option<Duration>,
 }
 
 impl Client {
@@ -77,7 +106,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Connect { addr: addr.clone(), reason: error_chain(&e) })?;
         let rpc = PruningServiceClient::with_interceptor(channel, auth).max_decoding_message_size(MAX_REPLY_BYTES);
-        Ok(Client { rpc, addr })
+        Ok(Client { rpc, addr, timeout: options.timeout.unwrap_or(DEFAULT_TIMEOUT) })
     }
 
     /// The server address, as connected to.
@@ -103,9 +132,44 @@ impl Client {
     /// JSON): it is serialised by the same serde types the server parses it with, so every field
     /// arrives exactly as written, without a second hand-written mapping to keep in step.
     pub async fn submit(&self, spec: &JobSpec) -> Result<JobInfo> {
+        self.submit_with(spec, &SubmitOptions::default()).await
+    }
+
+    /// [`Client::submit`] with labels and a priority. The request carries an idempotency key
+    /// (a fresh request id unless `options` gives one), so it is retried safely while the
+    /// server is UNAVAILABLE (restarting, a node going away): a retry returns the job the first
+    /// try made instead of making a second.
+    pub async fn submit_with(&self, spec: &JobSpec, options: &SubmitOptions) -> Result<JobInfo> {
         let json = serde_json::to_string(spec).expect("a JobSpec always serialises");
-        let request = pb::CreateJobRequest { source: Some(pb::create_job_request::Source::SpecToml(json)) };
-        self.rpc().create_job(request).await?.into_inner().try_into()
+        let request = pb::CreateJobRequest {
+            source: Some(pb::create_job_request::Source::SpecToml(json)),
+            request_id: options.request_id.clone().unwrap_or_else(new_request_id),
+            labels: options.labels.clone().into_iter().collect(),
+            priority: options.priority,
+            validate_only: false,
+        };
+        let mut backoff = Backoff::new();
+        loop {
+            match self.rpc().create_job(self.deadline(request.clone())).await {
+                Ok(reply) => return reply.into_inner().try_into(),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    let error = ClientError::from(status);
+                    let Some(delay) = error.retry_delay().or_else(|| backoff.next_delay()) else { return Err(error) };
+                    if backoff.attempt() > MAX_SUBMIT_RETRIES {
+                        return Err(error);
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+    }
+
+    /// A unary call's request with the client's deadline (`grpc-timeout`).
+    fn deadline<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        request
     }
 
     pub async fn get_job(&self, id: &str) -> Result<JobInfo> {
@@ -114,11 +178,23 @@ impl Client {
 
     /// Every job, newest first.
     pub async fn list_jobs(&self) -> Result<Vec<JobInfo>> {
+        self.list_jobs_filtered("").await
+    }
+
+    /// The jobs that pass an AIP-160 `filter` (e.g. `labels.team = "vision" AND state =
+    /// RUNNING`; empty: all), newest first, without their specs.
+    pub async fn list_jobs_filtered(&self, filter: &str) -> Result<Vec<JobInfo>> {
         let mut jobs: Vec<JobInfo> = Vec::new();
         let mut page_token = String::new();
         loop {
-            let request = pb::ListJobsRequest { page_size: LIST_PAGE_SIZE, page_token, state: 0 };
-            let page = self.rpc().list_jobs(request).await?.into_inner();
+            let request = pb::ListJobsRequest {
+                page_size: LIST_PAGE_SIZE,
+                page_token,
+                state: 0,
+                filter: filter.to_string(),
+                view: pb::JobView::Basic.into(),
+            };
+            let page = self.rpc().list_jobs(self.deadline(request)).await?.into_inner();
             for job in page.jobs {
                 jobs.push(job.try_into()?);
             }
@@ -140,12 +216,41 @@ impl Client {
     /// The job's recorded time series, ordered by name then step. `name_prefix` (e.g.
     /// `sparsity/`) keeps only the matching series.
     pub async fn metrics(&self, job_id: &str, name_prefix: Option<&str>) -> Result<Vec<MetricRecord>> {
-        let request = pb::GetMetricsRequest {
-            job_id: job_id.to_string(),
-            name_prefix: name_prefix.unwrap_or_default().to_string(),
-        };
-        let reply = self.rpc().get_metrics(request).await?.into_inner();
-        Ok(reply.points.into_iter().map(Into::into).collect())
+        let mut points = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let request = pb::GetMetricsRequest {
+                job_id: job_id.to_string(),
+                name_prefix: name_prefix.unwrap_or_default().to_string(),
+                page_size: 0,
+                page_token,
+            };
+            let reply = self.rpc().get_metrics(self.deadline(request)).await?.into_inner();
+            points.extend(reply.points.into_iter().map(MetricRecord::from));
+            if reply.next_page_token.is_empty() {
+                return Ok(points);
+            }
+            page_token = reply.next_page_token;
+        }
+    }
+
+    /// Deletes a finished job with its metrics, logs and files; a queued or running job is
+    /// refused (cancel it first).
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        self.rpc().delete_job(self.deadline(pb::DeleteJobRequest { id: id.to_string() })).await?;
+        Ok(())
+    }
+
+    /// The job's worker log lines (every attempt, in order); with `follow`, the stream stays
+    /// open until the job ends.
+    pub async fn logs(&self, job_id: &str, follow: bool) -> Result<tonic::Streaming<pb::LogLine>> {
+        let request = pb::StreamJobLogsRequest { job_id: job_id.to_string(), follow, after_attempt: 0, after_line: 0 };
+        Ok(self.rpc().stream_job_logs(request).await?.into_inner())
+    }
+
+    /// What the server is and allows.
+    pub async fn server_info(&self) -> Result<pb::ServerInfo> {
+        Ok(self.rpc().get_server_info(self.deadline(pb::GetServerInfoRequest {})).await?.into_inner())
     }
 
     /// What a SUCCEEDED job pruned and the sizes of its artifacts.

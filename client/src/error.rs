@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use prune_core::validate::SpecErrors;
 use tonic::{Code, Status};
+use tonic_types::StatusExt;
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
@@ -66,6 +67,22 @@ impl ClientError {
         }
     }
 
+    /// The server's `google.rpc.ErrorInfo.reason` (e.g. `SPEC_INVALID`, `QUEUE_FULL`), when it sent one.
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            ClientError::Rpc(status) => status.get_error_details().error_info().map(|i| i.reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// How long the server asked to wait before retrying (`google.rpc.RetryInfo`).
+    pub fn retry_delay(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Rpc(status) => status.get_error_details().retry_info().and_then(|r| r.retry_delay),
+            _ => None,
+        }
+    }
+
     /// Whether retrying the same call later may succeed: the server is restarting or the
     /// connection broke. Statuses the server itself chose (not found, invalid, ...) are final.
     pub fn is_transient(&self) -> bool {
@@ -87,6 +104,38 @@ impl ClientError {
 /// failed precondition) carry the server's own sentence, e.g. "job job-x not found"; transport
 /// and auth errors get a prefix saying what kind of failure it is.
 fn describe_status(status: &Status) -> String {
+    let mut out = describe_message(status);
+    // The structured details, where the message alone does not say them.
+    let details = status.get_error_details();
+    if let Some(quota) = details.quota_failure() {
+        let subjects: Vec<&str> = quota.violations.iter().map(|v| v.subject.as_str()).collect();
+        if !subjects.is_empty() {
+            let _ = write!(out, " (limit: {})", subjects.join(", "));
+        }
+    }
+    if let Some(delay) = details.retry_info().and_then(|r| r.retry_delay) {
+        let _ = write!(out, " (retry after {:.1} s)", delay.as_secs_f64());
+    }
+    if let Some(info) = details.error_info() {
+        let _ = write!(out, " [{}]", info.reason);
+    }
+    out
+}
+
+/// One line per field violation of an INVALID_ARGUMENT (`google.rpc.BadRequest`), for callers
+/// that show them apart (the message already lists them on one line).
+pub fn field_violations(error: &ClientError) -> Vec<(String, String)> {
+    match error {
+        ClientError::Rpc(status) => status
+            .get_error_details()
+            .bad_request()
+            .map(|b| b.field_violations.iter().map(|v| (v.field.clone(), v.description.clone())).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn describe_message(status: &Status) -> String {
     let msg = one_line(status.message());
     let prefix = match status.code() {
         Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists | Code::OutOfRange

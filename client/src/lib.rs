@@ -16,7 +16,7 @@ pub mod unpack;
 pub mod upload;
 mod watch;
 
-pub use client::{Client, ConnectOptions};
+pub use client::{new_request_id, Client, ConnectOptions, SubmitOptions, DEFAULT_TIMEOUT};
 pub use download::DownloadOutcome;
 pub use error::{ClientError, Result};
 pub use types::{ArtifactInfo, JobInfo, JobState, MetricRecord, Progress, Report, TensorSparsity, WatchEvent};

@@ -126,6 +126,12 @@ pub struct TrainingSpec {
     /// Extension: libtorch intra-op threads for this job (0 = the server's default). Recorded
     /// with the job so that a resumed attempt computes with the same thread count.
     pub threads: i64,
+    /// Extension: wall-clock seconds the job may run, from its first start (0 = no limit).
+    /// Beyond it the worker writes a last checkpoint and the job FAILS, saying so.
+    pub max_runtime_secs: i64,
+    /// Extension: worker crashes this job survives (0 = the server's --max-attempts, which is
+    /// also the most it may ask for).
+    pub max_attempts: i64,
 }
 
 impl Default for TrainingSpec {
@@ -142,6 +148,8 @@ impl Default for TrainingSpec {
             device: "cpu".into(),
             checkpoint_every: 100,
             threads: 0,
+            max_runtime_secs: 0,
+            max_attempts: 0,
         }
     }
 }

@@ -24,3 +24,10 @@ pub fn resolve(spec: DeviceSpec) -> Result<Device, EngineError> {
         }
     }
 }
+
+/// The devices a job can ask for on this machine: `cpu`, then `cuda:0`, `cuda:1`, ...
+pub fn available() -> Vec<String> {
+    let mut devices = vec!["cpu".to_string()];
+    devices.extend((0..tch::Cuda::device_count()).map(|i| format!("cuda:{i}")));
+    devices
+}

@@ -48,6 +48,16 @@ pub struct ServeArgs {
     /// Worker crashes a job survives: after this many attempts it FAILS.
     #[arg(long, env = "PRUNE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
+    /// Jobs one tenant may have RUNNING at once across the cluster (0: no limit). Queued jobs
+    /// start round-robin across tenants either way.
+    #[arg(long, env = "PRUNE_MAX_RUNNING_PER_TENANT", default_value_t = 0)]
+    pub max_running_per_tenant: u32,
+    /// Finished jobs older than this many days are deleted with their files (0: kept).
+    #[arg(long, env = "PRUNE_RETENTION_DAYS", default_value_t = 0)]
+    pub retention_days: u32,
+    /// Blobs no job references are deleted this many hours after their upload (0: kept).
+    #[arg(long, env = "PRUNE_BLOB_GRACE_HOURS", default_value_t = 168)]
+    pub blob_grace_hours: u64,
     /// The worker binary that runs job attempts (default: `prune-worker` next to this binary).
     #[arg(long, env = "PRUNE_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
@@ -102,6 +112,14 @@ pub struct LimitArgs {
 impl ServeArgs {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn retention(&self) -> Option<Duration> {
+        (self.retention_days > 0).then(|| Duration::from_secs(u64::from(self.retention_days) * 24 * 3600))
+    }
+
+    pub fn blob_grace(&self) -> Option<Duration> {
+        (self.blob_grace_hours > 0).then(|| Duration::from_secs(self.blob_grace_hours * 3600))
     }
 
     pub fn lease(&self) -> Duration {

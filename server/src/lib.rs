@@ -123,8 +123,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let blobs =
         BlobStore::new(store.clone(), data_dir.blobs_tmp()).with_segment_bytes(args.limits.upload_segment_bytes);
     let live = Live::default();
+    let devices = Arc::default();
+    api::service::probe_devices(worker_bin.clone(), Arc::clone(&devices));
     let launcher = ProcessLauncher { worker_bin, store_url: store.url(), scratch: data_dir.scratch() };
-    let deps = Deps { db: db.clone(), live: live.clone(), store };
+    let deps = Deps { db: db.clone(), live: live.clone(), store: store.clone() };
     let shutdown = CancellationToken::new();
     shutdown::cancel_on_signal(shutdown.clone()).map_err(ServeError::Signals)?;
 
@@ -140,6 +142,19 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         lease: args.lease(),
         // A SQLite database is this node's alone: whatever it left running is its own.
         release_all_at_start: db.is_sqlite(),
+        max_running_per_tenant: args.max_running_per_tenant,
+    };
+    jobs::retention::start(db.clone(), store.clone(), args.retention(), args.blob_grace(), shutdown.clone());
+    let facts = api::service::Facts {
+        node: node.clone(),
+        database: if db.is_sqlite() { "sqlite" } else { "postgres" },
+        store: store.url(),
+        data_dir: data_dir.root().to_path_buf(),
+        workers: args.workers,
+        max_attempts: args.max_attempts,
+        max_running_per_tenant: args.max_running_per_tenant,
+        retention_days: args.retention_days,
+        devices,
     };
     let (scheduler, scheduler_task) = scheduler::start(deps, Arc::new(launcher), scheduler_config);
     let service = Service::new(Shared {
@@ -150,6 +165,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         defaults: Defaults { threads: args.threads_per_job, max_attempts: args.max_attempts },
         limits: args.limits,
         shutdown: shutdown.clone(),
+        facts,
     });
     let tenants = tokens.as_ref().map_or(0, Tokens::len);
     // Only the pruning service authenticates: health checks and reflection stay open.

@@ -78,6 +78,9 @@ async fn concurrent_writers_wait_out_a_held_write_lock_and_lose_nothing() {
                     max_attempts: 1,
                     threads: 1,
                     created_ms: 0,
+                    request: None,
+                    priority: 0,
+                    labels: Default::default(),
                 };
                 assert!(db.insert_job(&job, WRITERS as u32).await?, "writer {w}: under the queue limit");
                 let node = format!("node-{w}");

@@ -1,4 +1,5 @@
-//! `prune-worker --store URL --scratch DIR`: runs one attempt of one job with libtorch.
+//! `prune-worker --store URL --scratch DIR`: runs one attempt of one job with libtorch
+//! (`prune-worker --devices` lists the devices jobs can use on this machine).
 //!
 //! A job runs in its own process so that a libtorch abort, a segfault or an OOM kill ends that
 //! attempt only, never the server or the other jobs; and only this binary links libtorch. The
@@ -62,7 +63,16 @@ fn parse_args() -> Result<Args, WorkerError> {
     })
 }
 
+/// `prune-worker --devices`: the devices jobs can use here, one per line (GetServerInfo).
+const DEVICES_FLAG: &str = "--devices";
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(DEVICES_FLAG) {
+        for device in prune_engine::device::available() {
+            println!("{device}");
+        }
+        return ExitCode::SUCCESS;
+    }
     // First of all, before anything can block: die with the server.
     if let Err(e) = die_with_parent() {
         eprintln!("worker: {e}");

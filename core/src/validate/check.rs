@@ -272,6 +272,8 @@ fn check_training(e: &mut Errors, t: &TrainingSpec) -> Option<Training> {
     let device = e.parse::<Device>("training.device", &t.device);
     e.at_least("training.checkpoint_every", t.checkpoint_every, 1);
     e.within("training.threads", t.threads, 0, MAX_THREADS);
+    e.within("training.max_runtime_secs", t.max_runtime_secs, 0, 366 * 24 * 3600);
+    e.within("training.max_attempts", t.max_attempts, 0, 100);
     Some(Training {
         epochs: t.epochs,
         batch_size: t.batch_size,

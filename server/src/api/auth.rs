@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tonic::service::Interceptor;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
+
+use crate::api::status::{self, Reason};
 
 /// The owner of jobs and blobs: a name from the tokens file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,17 +138,25 @@ impl Authenticator {
         let Some(tokens) = &self.tokens else {
             return Ok(self.default.clone());
         };
-        let header = request
-            .metadata()
-            .get("authorization")
-            .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <token>`"))?;
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            status::error(Code::Unauthenticated, Reason::Unauthenticated, "missing `authorization: Bearer <token>`")
+        })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
             .map(str::trim)
-            .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))?;
-        tokens.tenant(token).cloned().ok_or_else(|| Status::unauthenticated("unknown token"))
+            .ok_or_else(|| {
+                status::error(
+                    Code::Unauthenticated,
+                    Reason::Unauthenticated,
+                    "the authorization header must be `Bearer <token>`",
+                )
+            })?;
+        tokens
+            .tenant(token)
+            .cloned()
+            .ok_or_else(|| status::error(Code::Unauthenticated, Reason::Unauthenticated, "unknown token"))
     }
 }
 
@@ -161,7 +171,7 @@ impl Interceptor for Authenticator {
 /// The caller's tenant, as the interceptor found it.
 pub fn tenant<T>(request: &Request<T>) -> Result<Tenant, Status> {
     // Missing only if the service were mounted without the interceptor: a bug, not the caller's.
-    request.extensions().get::<Tenant>().cloned().ok_or_else(|| Status::internal("request was not authenticated"))
+    request.extensions().get::<Tenant>().cloned().ok_or_else(|| status::internal("request was not authenticated"))
 }
 
 #[cfg(test)]

@@ -168,6 +168,8 @@ fn training_from_proto(t: pb::TrainingSpec) -> TrainingSpec {
         device: t.device.unwrap_or(d.device),
         checkpoint_every: t.checkpoint_every.unwrap_or(d.checkpoint_every),
         threads: t.threads.unwrap_or(d.threads),
+        max_runtime_secs: t.max_runtime_secs.unwrap_or(d.max_runtime_secs),
+        max_attempts: t.max_attempts.unwrap_or(d.max_attempts),
     }
 }
 
@@ -352,6 +354,8 @@ fn training_to_proto(t: &TrainingSpec) -> pb::TrainingSpec {
         device: Some(t.device.clone()),
         checkpoint_every: Some(t.checkpoint_every),
         threads: Some(t.threads),
+        max_runtime_secs: Some(t.max_runtime_secs),
+        max_attempts: Some(t.max_attempts),
     }
 }
 

@@ -2,7 +2,9 @@
 //! OUT_OF_RANGE. This response mapper rewrites exactly that status, so every client (grpcio,
 //! grpc-go, ...) sees the code the gRPC spec gives for it.
 
-use tonic::codegen::http::{HeaderValue, Response};
+use tonic::codegen::http::Response;
+
+use crate::api::status::{self, Reason};
 
 /// tonic's message for an oversized message, as it appears (percent-encoded) in `grpc-message`.
 const TOO_LARGE: &str = "message%20length%20too%20large";
@@ -12,9 +14,38 @@ pub fn resource_exhausted_for_oversized<B>(mut response: Response<B>) -> Respons
     let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
     let oversized = headers.get("grpc-message").and_then(|m| m.to_str().ok()).is_some_and(|m| m.contains(TOO_LARGE));
     if out_of_range && oversized {
-        headers.insert("grpc-status", HeaderValue::from_static("8"));
+        let message = headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .map(percent_decoded)
+            .unwrap_or_else(|| "message length too large".to_string());
+        let status = status::quota(Reason::MessageTooLarge, message, "grpc-message-size");
+        if let Err(e) = status.add_header(headers) {
+            tracing::warn!("rewriting an oversized message's status: {e}");
+        }
     }
     response
+}
+
+/// `grpc-message` is percent-encoded (gRPC's HTTP/2 mapping).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod convert;
+pub mod filter;
 pub mod message_limit;
 pub mod service;
+pub mod status;
 pub mod views;

@@ -43,6 +43,8 @@ pub fn job(
         eta_seconds: None,
         node: record.node.clone().unwrap_or_default(),
         attempt_history: attempts.iter().map(attempt).collect(),
+        labels: record.labels.clone().into_iter().collect(),
+        priority: record.priority as i32,
     };
     if let Some(p) = progress {
         job.step = p.step;

@@ -1,6 +1,7 @@
 //! CreateJob's checks: everything that can be wrong with a job is reported before anything is
 //! queued, each problem as `field: reason`.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 
 use prune_core::validate::{self, FieldError, SpecErrors};
@@ -9,7 +10,8 @@ use prune_core::JobSpec;
 use crate::api::auth::Tenant;
 use crate::files::uploads::{BlobId, BlobStore};
 use crate::jobs::ids::new_job_id;
-use crate::storage::{now_ms, Db, JobRecord, NewJob, StorageError};
+use crate::storage::{now_ms, Db, JobRecord, NewJob, RequestKey, StorageError, Submitted};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
@@ -18,8 +20,112 @@ pub enum AdmissionError {
     /// The tenant's queue is full: RESOURCE_EXHAUSTED.
     #[error("{tenant} already has {max_queued} jobs QUEUED, the most this server queues per tenant: wait for some to start or cancel some")]
     QueueFull { tenant: String, max_queued: u32 },
+    /// The request id named an earlier, different request: ALREADY_EXISTS.
+    #[error("request_id was used before for a different request (job {job_id}): use a new request id per job")]
+    RequestIdReused { job_id: String },
+    /// A request field other than the spec (labels, request id, priority).
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// A CreateJob request, parsed: the spec and what comes with it.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub spec: JobSpec,
+    pub request_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub priority: i32,
+    pub validate_only: bool,
+}
+
+impl From<JobSpec> for Submission {
+    fn from(spec: JobSpec) -> Self {
+        Submission { spec, ..Submission::default() }
+    }
+}
+
+/// What CreateJob did.
+#[derive(Debug)]
+pub enum Admitted {
+    Queued(JobRecord),
+    /// A retry of a request that already made this job.
+    Existing(JobRecord),
+    /// `validate_only`: the spec as it would run (every default filled in) and its warnings.
+    Validated {
+        spec: JobSpec,
+        warnings: Vec<String>,
+    },
+}
+
+impl Admitted {
+    /// The job, unless only validated.
+    pub fn record(&self) -> Option<&JobRecord> {
+        match self {
+            Admitted::Queued(r) | Admitted::Existing(r) => Some(r),
+            Admitted::Validated { .. } => None,
+        }
+    }
+}
+
+const MAX_LABELS: usize = 64;
+const MAX_REQUEST_ID: usize = 128;
+const MAX_PRIORITY: i32 = 1000;
+
+/// Labels as Kubernetes and GCP allow them (lowercase keys, short values), so that they can be
+/// copied from one to the other.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), AdmissionError> {
+    let invalid = |field: String, reason: &str| Err(AdmissionError::Invalid { field, reason: reason.to_string() });
+    if labels.len() > MAX_LABELS {
+        return invalid("labels".into(), "at most 64 labels");
+    }
+    for (key, value) in labels {
+        let key_ok = (1..=63).contains(&key.len())
+            && key.starts_with(|c: char| c.is_ascii_lowercase())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+        if !key_ok {
+            return invalid(
+                format!("labels.{key}"),
+                "keys are 1-63 characters: lowercase letters, digits, `-_./`, starting with a letter",
+            );
+        }
+        let value_ok =
+            value.len() <= 63 && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !value_ok {
+            return invalid(format!("labels.{key}"), "values are at most 63 letters, digits, `-`, `_` or `.`");
+        }
+    }
+    Ok(())
+}
+
+fn check_request(submission: &Submission) -> Result<(), AdmissionError> {
+    if let Some(id) = &submission.request_id {
+        let ok = !id.is_empty()
+            && id.len() <= MAX_REQUEST_ID
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if !ok {
+            return Err(AdmissionError::Invalid {
+                field: "request_id".into(),
+                reason: format!("at most {MAX_REQUEST_ID} letters, digits, `-`, `_`, `.` or `:`"),
+            });
+        }
+    }
+    if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&submission.priority) {
+        return Err(AdmissionError::Invalid {
+            field: "priority".into(),
+            reason: format!("must be between -{MAX_PRIORITY} and {MAX_PRIORITY} (got {})", submission.priority),
+        });
+    }
+    check_labels(&submission.labels)
+}
+
+/// What a request asked for, as a digest: a retry (same request id) must ask for the same.
+fn fingerprint(spec_json: &str, submission: &Submission) -> String {
+    let asked = serde_json::json!({ "spec": spec_json, "labels": submission.labels, "priority": submission.priority });
+    hex::encode(Sha256::digest(asked.to_string().as_bytes()))
 }
 
 /// `field: reason; field: reason`: gRPC status messages are best kept to one line.
@@ -50,43 +156,67 @@ pub struct Queue<'a> {
     pub max_queued: u32,
 }
 
-/// Checks `spec` completely and queues it.
+/// Checks the submission completely and queues it (or, for a retry, finds the job it made).
 pub async fn admit(
     db: &Db,
     blobs: &BlobStore,
     defaults: Defaults,
     queue: Queue<'_>,
-    spec: JobSpec,
-) -> Result<JobRecord, AdmissionError> {
+    submission: impl Into<Submission>,
+) -> Result<Admitted, AdmissionError> {
+    let submission = submission.into();
+    let spec = &submission.spec;
     let tenant = queue.tenant.as_str();
-    let mut errors = client_side_paths(&spec);
-    if let Err(SpecErrors(invalid)) = validate::validate(&spec) {
+    let mut errors = client_side_paths(spec);
+    if let Err(SpecErrors(invalid)) = validate::validate(spec) {
         errors.extend(invalid);
     }
     if errors.is_empty() {
-        errors.extend(missing_blobs(db, tenant, &spec).await?);
+        errors.extend(missing_blobs(db, tenant, spec).await?);
     }
     if !errors.is_empty() {
         return Err(AdmissionError::Spec(SpecErrors(errors)));
     }
-    let total_steps = total_steps(db, blobs, tenant, &spec).await;
-    let warnings = validate::warnings(&spec, total_steps);
+    check_request(&submission)?;
+    let total_steps = total_steps(db, blobs, tenant, spec).await;
+    let warnings = validate::warnings(spec, total_steps);
+    if submission.validate_only {
+        return Ok(Admitted::Validated { spec: submission.spec, warnings });
+    }
     let threads = if spec.training.threads > 0 { spec.training.threads as u32 } else { defaults.threads };
+    // A job may ask for fewer attempts than the server allows, never more.
+    let max_attempts = match u32::try_from(spec.training.max_attempts) {
+        Ok(n) if n > 0 => n.min(defaults.max_attempts),
+        _ => defaults.max_attempts,
+    };
+    let spec_json = serde_json::to_string(spec).expect("specs serialise");
+    let request = submission.request_id.clone().map(|id| RequestKey { id, hash: fingerprint(&spec_json, &submission) });
     let job = NewJob {
         id: new_job_id(),
         tenant: tenant.to_string(),
         name: spec.name.clone().unwrap_or_default(),
-        spec_json: serde_json::to_string(&spec).expect("specs serialise"),
+        spec_json,
         warnings,
-        max_attempts: defaults.max_attempts,
+        max_attempts,
         threads,
         created_ms: now_ms(),
+        request,
+        priority: i64::from(submission.priority),
+        labels: submission.labels.clone(),
     };
-    if !db.insert_job(&job, queue.max_queued).await? {
-        return Err(AdmissionError::QueueFull { tenant: tenant.to_string(), max_queued: queue.max_queued });
-    }
-    let record = db.job(&job.id).await?;
-    Ok(record.expect("the job was just inserted"))
+    let id = match db.submit_job(&job, queue.max_queued).await? {
+        Submitted::Queued => job.id,
+        Submitted::QueueFull => {
+            return Err(AdmissionError::QueueFull { tenant: tenant.to_string(), max_queued: queue.max_queued })
+        }
+        Submitted::Existing(id) => {
+            let record = db.job(&id).await?.expect("the job the request made exists");
+            return Ok(Admitted::Existing(record));
+        }
+        Submitted::RequestIdReused(job_id) => return Err(AdmissionError::RequestIdReused { job_id }),
+    };
+    let record = db.job(&id).await?;
+    Ok(Admitted::Queued(record.expect("the job was just inserted")))
 }
 
 /// `file` fields name paths on the client's machine; over gRPC the content must be uploaded.
@@ -203,8 +333,9 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
     async fn admits_with_warnings_from_the_data_size() {
         let (db, dir) = db().await;
         let defaults = Defaults { threads: 3, max_attempts: 2 };
-        let job =
+        let admitted =
             admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), parse_text(MLP).unwrap()).await.unwrap();
+        let Admitted::Queued(job) = admitted else { panic!("{admitted:?}") };
         // 1617 training samples / 32 = 51 steps per epoch, 102 in all: end_step 1000 is never reached.
         assert!(job.warnings.iter().any(|w| w.contains("102 training steps")), "{:?}", job.warnings);
         assert_eq!((job.threads, job.max_attempts), (3, 2));
@@ -237,6 +368,46 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
         let e = admit(&db, &store(dir.path()), defaults, one, parse_text(MLP).unwrap()).await.unwrap_err();
         assert!(matches!(e, AdmissionError::QueueFull { max_queued: 1, .. }), "{e}");
         assert!(e.to_string().starts_with("alice already has 1 jobs QUEUED"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_request_id_makes_one_job_and_names_a_different_request() {
+        let (db, dir) = db().await;
+        let defaults = Defaults { threads: 1, max_attempts: 3 };
+        let alice = Tenant::new("alice");
+        let submission = |name: &str| {
+            let mut spec = parse_text(MLP).unwrap();
+            spec.name = Some(name.into());
+            spec.training.max_attempts = 9;
+            Submission {
+                spec,
+                request_id: Some("req-1".into()),
+                labels: [("team".to_string(), "vision".to_string())].into(),
+                ..Submission::default()
+            }
+        };
+        let first = admit(&db, &store(dir.path()), defaults, queue(&alice), submission("a")).await.unwrap();
+        let Admitted::Queued(job) = first else { panic!("{first:?}") };
+        assert_eq!(job.max_attempts, 3, "capped at the server's");
+        assert_eq!(job.labels["team"], "vision");
+        let again = admit(&db, &store(dir.path()), defaults, queue(&alice), submission("a")).await.unwrap();
+        assert!(matches!(&again, Admitted::Existing(r) if r.id == job.id), "{again:?}");
+        let other = admit(&db, &store(dir.path()), defaults, queue(&alice), submission("b")).await.unwrap_err();
+        assert!(matches!(&other, AdmissionError::RequestIdReused { job_id } if *job_id == job.id), "{other}");
+        // Another tenant's request ids are its own.
+        let bob = Tenant::new("bob");
+        assert!(matches!(
+            admit(&db, &store(dir.path()), defaults, queue(&bob), submission("b")).await,
+            Ok(Admitted::Queued(_))
+        ));
+        let mut bad = submission("c");
+        bad.labels.insert("Team".into(), "x".into());
+        bad.request_id = Some("req-2".into());
+        let e = admit(&db, &store(dir.path()), defaults, queue(&alice), bad).await.unwrap_err();
+        assert!(matches!(&e, AdmissionError::Invalid { field, .. } if field == "labels.Team"), "{e}");
+        let only = Submission { validate_only: true, ..submission("d") };
+        let validated = admit(&db, &store(dir.path()), defaults, queue(&alice), only).await.unwrap();
+        assert!(matches!(validated, Admitted::Validated { .. }));
     }
 
     #[test]

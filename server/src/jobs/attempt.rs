@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::jobs::live::{self, Live};
 use crate::launch::{Control, Worker};
-use crate::storage::{CheckpointRecord, Db, Fence, ProgressUpdate, StorageError};
+use crate::storage::{now_ms, CheckpointRecord, Db, Fence, LogLine, ProgressUpdate, StorageError};
 
 /// How often running progress is written to the job row (it is in memory in between).
 const PROGRESS_TO_DB_EVERY: Duration = Duration::from_secs(2);
@@ -78,7 +78,8 @@ pub fn follow(
     worker: Worker,
     on_end: impl FnOnce(AttemptEnd) + Send + 'static,
 ) -> AttemptHandle {
-    let Worker { pid, control, mut messages, exited } = worker;
+    let Worker { pid, control, mut messages, exited, logs } = worker;
+    let log_recorder = tokio::spawn(record_logs(deps.db.clone(), job_id.to_string(), attempt, logs));
     let mut recorder = Recorder::new(deps.clone(), job_id.to_string(), attempt, control.clone());
     let span = tracing::info_span!("job", id = %job_id, attempt, pid);
     tokio::spawn(tracing::Instrument::instrument(
@@ -93,6 +94,8 @@ pub fn follow(
             }
             let crash = exited.await.unwrap_or_else(|_| "the launcher lost the worker".to_string());
             recorder.flush_progress().await;
+            // Every line is stored before the end is known: a log read after it is complete.
+            let _ = log_recorder.await;
             let end = match terminal {
                 Some(WorkerMessage::Finished(outcome)) => AttemptEnd::Finished(outcome),
                 Some(WorkerMessage::Failed { error }) => AttemptEnd::Failed(error),
@@ -105,6 +108,53 @@ pub fn follow(
         span,
     ));
     AttemptHandle { pid, control }
+}
+
+/// Lines stored per attempt; beyond it one line says the rest was dropped.
+const MAX_LOG_LINES: i64 = 20_000;
+/// Lines per insert (a batch is also written when the worker pauses).
+const LOG_BATCH: usize = 200;
+
+/// Stores the worker's log lines in batches (numbered from 1) until its log ends.
+async fn record_logs(db: Db, job_id: String, attempt: u32, mut logs: mpsc::UnboundedReceiver<String>) {
+    let mut line_no = 0i64;
+    let mut batch = Vec::new();
+    loop {
+        let open = match logs.recv().await {
+            Some(text) => {
+                line_no += 1;
+                if line_no <= MAX_LOG_LINES {
+                    batch.push(LogLine { attempt, line_no, unix_ms: now_ms(), text });
+                } else if line_no == MAX_LOG_LINES + 1 {
+                    let text = format!("(log truncated: only the first {MAX_LOG_LINES} lines of an attempt are kept)");
+                    batch.push(LogLine { attempt, line_no, unix_ms: now_ms(), text });
+                }
+                // Take what else is already there, up to a batch.
+                while batch.len() < LOG_BATCH {
+                    match logs.try_recv() {
+                        Ok(text) => {
+                            line_no += 1;
+                            if line_no <= MAX_LOG_LINES {
+                                batch.push(LogLine { attempt, line_no, unix_ms: now_ms(), text });
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                true
+            }
+            None => false,
+        };
+        if !batch.is_empty() {
+            if let Err(e) = db.insert_logs(&job_id, &batch).await {
+                tracing::warn!(job_id, attempt, "storing {} log line(s): {e}", batch.len());
+            }
+            batch.clear();
+        }
+        if !open {
+            return;
+        }
+    }
 }
 
 /// Turns engine events into database rows and live progress.

@@ -7,4 +7,5 @@ pub mod heartbeat;
 pub mod ids;
 pub mod live;
 pub mod prepare;
+pub mod retention;
 pub mod scheduler;

@@ -12,7 +12,7 @@
 //! Every write of an attempt is fenced by its number ([`Fence`]), so a cancel or a takeover
 //! always wins over an attempt that has not noticed yet.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct SchedulerConfig {
     /// At start-up, release every node's leases, not only this node's: a SQLite database is
     /// one node's.
     pub release_all_at_start: bool,
+    /// Jobs one tenant may have RUNNING at once (0: no limit).
+    pub max_running_per_tenant: u32,
 }
 
 enum Msg {
@@ -54,6 +56,11 @@ enum Msg {
     },
     Shutdown(oneshot::Sender<()>),
     GraceExpired,
+    /// The job reached `training.max_runtime_secs`: checkpoint and fail it.
+    RuntimeExceeded {
+        job_id: String,
+        attempt: u32,
+    },
 }
 
 /// Cheap to clone; the service's way to reach the loop.
@@ -97,7 +104,7 @@ pub fn start(
     let running = Registry::default();
     let heartbeat =
         heartbeat::start(deps.db.clone(), config.node.clone(), config.lease, running.clone(), handle.clone());
-    let scheduler = Scheduler { deps, launcher, config, tx, running, shutdown: None };
+    let scheduler = Scheduler { deps, launcher, config, tx, running, shutdown: None, timed_out: HashSet::new() };
     let task = tokio::spawn(async move {
         scheduler.run(rx).await;
         heartbeat.abort();
@@ -125,6 +132,8 @@ struct Scheduler {
     running: Registry,
     /// Set once shutting down: who to tell when the last worker has exited.
     shutdown: Option<Vec<oneshot::Sender<()>>>,
+    /// Attempts stopped for exceeding the job's max runtime: their end FAILS the job.
+    timed_out: HashSet<(String, u32)>,
 }
 
 impl Scheduler {
@@ -142,6 +151,17 @@ impl Scheduler {
                 }
                 Msg::Ended { job_id, attempt, end } => self.ended(job_id, attempt, end).await,
                 Msg::Shutdown(done) => self.begin_shutdown(done),
+                Msg::RuntimeExceeded { job_id, attempt } => {
+                    if let Some(running) = self.running().get(&job_id).filter(|r| r.attempt == attempt) {
+                        tracing::warn!(
+                            job_id,
+                            attempt,
+                            "training.max_runtime_secs reached: asking for a last checkpoint"
+                        );
+                        running.handle.send(Command::Checkpoint);
+                    }
+                    self.timed_out.insert((job_id, attempt));
+                }
                 Msg::GraceExpired => {
                     for (job_id, running) in self.running().iter() {
                         tracing::warn!(job_id, "no checkpoint within the grace period: killing the worker");
@@ -182,7 +202,11 @@ impl Scheduler {
 
     async fn fill_slots(&mut self) {
         while self.running().len() < self.config.workers {
-            match self.db().claim_next(&self.config.node, self.config.lease).await {
+            let per_tenant = match self.config.max_running_per_tenant {
+                0 => u32::MAX,
+                n => n,
+            };
+            match self.db().claim_next_fair(&self.config.node, self.config.lease, per_tenant).await {
                 Ok(Some(claim)) => self.launch(claim).await,
                 Ok(None) => break,
                 Err(e) => {
@@ -198,13 +222,23 @@ impl Scheduler {
         let (job_id, attempt) = (claim.job.id.clone(), claim.attempt);
         if let Err(e) = self.try_launch(claim).await {
             tracing::error!(job_id, "could not start the job: {e}");
-            let error = format!("could not start a worker: {e}");
+            let error = match e {
+                LaunchError::Runtime(reason) => reason,
+                e => format!("could not start a worker: {e}"),
+            };
             self.log_attempt(&job_id, attempt, AttemptOutcome::Failed, Some(&error)).await;
             self.finish(&job_id, attempt, JobState::Failed, Some(&error), None, &[]).await;
         }
     }
 
     async fn try_launch(&mut self, Claim { job, attempt }: Claim) -> Result<(), LaunchError> {
+        let limit = job.spec.training.max_runtime_secs;
+        let remaining = runtime_left(&job);
+        if remaining == Some(Duration::ZERO) {
+            return Err(LaunchError::Runtime(format!(
+                "exceeded training.max_runtime_secs = {limit} before attempt {attempt} could start"
+            )));
+        }
         let deps = &self.deps;
         let fence = Fence { job_id: &job.id, attempt };
         let Prepared { request, resumed } = prepare::prepare(&deps.db, &deps.store, &job, attempt).await?;
@@ -226,6 +260,13 @@ impl Scheduler {
             .map_err(|e| LaunchError::Spawn(format!("spawning {}: {e}", self.launcher.describe())))?;
         let handle = attempt::follow(deps, &job.id, attempt, worker, on_end);
         deps.live.attempt_started(&job.id, handle.pid);
+        if let Some(remaining) = remaining {
+            let (tx, job_id) = (self.tx.clone(), job.id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(remaining).await;
+                let _ = tx.send(Msg::RuntimeExceeded { job_id, attempt });
+            });
+        }
         self.running().insert(job.id, Running { attempt, handle });
         Ok(())
     }
@@ -258,8 +299,17 @@ impl Scheduler {
             self.deps.live.state_changed(&job_id);
             return;
         }
+        let timed_out = self.timed_out.remove(&(job_id.clone(), attempt));
         match end {
             AttemptEnd::Finished(outcome) => self.succeed(&job_id, attempt, outcome).await,
+            AttemptEnd::Stopped(_) | AttemptEnd::Crashed(_) if timed_out => {
+                let error = format!(
+                    "exceeded training.max_runtime_secs = {}; stopped at step {} (its last checkpoint is kept)",
+                    job.spec.training.max_runtime_secs, job.step
+                );
+                self.log_attempt(&job_id, attempt, AttemptOutcome::Failed, Some(&error)).await;
+                self.finish(&job_id, attempt, JobState::Failed, Some(&error), None, &[]).await;
+            }
             AttemptEnd::Failed(error) => {
                 self.log_attempt(&job_id, attempt, AttemptOutcome::Failed, Some(&error)).await;
                 self.finish(&job_id, attempt, JobState::Failed, Some(&error), None, &[]).await;
@@ -443,10 +493,25 @@ enum Recorded {
     Failed,
 }
 
+/// Time left of the job's `training.max_runtime_secs`, counted from its first start (so a
+/// resumed attempt, on any node, has what the earlier ones left); `None`: no limit.
+fn runtime_left(job: &JobRecord) -> Option<Duration> {
+    let limit = job.spec.training.max_runtime_secs;
+    if limit <= 0 {
+        return None;
+    }
+    let started = job.started_ms.unwrap_or_else(crate::storage::now_ms);
+    let deadline = started.saturating_add(limit.saturating_mul(1000));
+    let left = deadline.saturating_sub(crate::storage::now_ms()).max(0);
+    Some(Duration::from_millis(left as u64))
+}
+
 #[derive(Debug, thiserror::Error)]
 enum LaunchError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("{0}")]
+    Runtime(String),
     #[error("{0}")]
     Spawn(String),
 }

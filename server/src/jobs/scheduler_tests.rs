@@ -25,6 +25,7 @@ fn config(workers: usize) -> SchedulerConfig {
         node: "node-a".into(),
         lease: Duration::from_secs(60),
         release_all_at_start: false,
+        max_running_per_tenant: 0,
     }
 }
 
@@ -38,9 +39,13 @@ struct Harness {
 }
 
 async fn harness(workers: usize, jobs: &[&str]) -> Harness {
+    harness_with(workers, jobs.iter().map(|id| new_job(id)).collect()).await
+}
+
+async fn harness_with(workers: usize, jobs: Vec<crate::storage::NewJob>) -> Harness {
     let (db, tmp) = db().await;
-    for id in jobs {
-        assert!(db.insert_job(&new_job(id), 100).await.unwrap());
+    for job in &jobs {
+        assert!(db.insert_job(job, 100).await.unwrap());
     }
     let store_root = tmp.path().join("store");
     let store: Arc<dyn prune_store::FileStore> = Arc::new(prune_store::LocalStore::new(store_root.clone()));
@@ -275,4 +280,29 @@ async fn a_cancel_on_another_node_reaches_the_worker_through_the_heartbeat() {
     while h.db.count_attempts("job-a", AttemptOutcome::Cancelled).await.unwrap() == 0 {
         tokio::time::timeout_at(deadline, h.updates.recv()).await.expect("the attempt's end is recorded").ok();
     }
+}
+
+#[tokio::test]
+async fn a_job_over_its_max_runtime_checkpoints_and_fails() {
+    let mut spec = prune_core::JobSpec::default();
+    spec.training.max_runtime_secs = 1;
+    let job = crate::storage::NewJob { spec_json: serde_json::to_string(&spec).unwrap(), ..new_job("job-a") };
+    let mut h = harness_with(1, vec![job]).await;
+    let mut worker = h.next_worker().await;
+    worker.log("loading data");
+    let asked = tokio::time::timeout(WAIT, worker.next_control()).await.expect("asked within the runtime");
+    assert_eq!(asked, Control::Send(Command::Checkpoint));
+    worker.report(h.checkpoint("checkpoints/job-a/attempt-1/step-3.ckpt", 3, b"three"));
+    worker.report(WorkerMessage::Stopped { step: 3, reason: StopReason::Checkpoint });
+    worker.exit("");
+    let job = h.job_in("job-a", JobState::Failed).await;
+    let error = job.error.unwrap();
+    assert!(error.starts_with("exceeded training.max_runtime_secs = 1"), "{error}");
+    assert!(h.launched.try_recv().is_err(), "not retried");
+    assert_eq!(h.db.checkpoints_latest_first("job-a").await.unwrap().len(), 1, "the last checkpoint is kept");
+    let logs = h.db.logs("job-a", None, 10).await.unwrap();
+    assert_eq!(
+        logs.iter().map(|l| (l.attempt, l.line_no, l.text.as_str())).collect::<Vec<_>>(),
+        [(1, 1, "loading data")]
+    );
 }

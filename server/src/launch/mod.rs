@@ -29,6 +29,8 @@ pub struct Worker {
     pub messages: mpsc::UnboundedReceiver<WorkerMessage>,
     /// Once the worker is gone: why it died, used when it sent no terminal message.
     pub exited: oneshot::Receiver<String>,
+    /// The worker's log lines (its stderr), in order; closes when its log ends.
+    pub logs: mpsc::UnboundedReceiver<String>,
 }
 
 /// Starts workers.

@@ -68,7 +68,8 @@ impl Launcher for ProcessLauncher {
         let mut line = serde_json::to_string(request).expect("requests serialise");
         line.push('\n');
         let last_log = Arc::new(Mutex::new(String::new()));
-        let logger = tokio::spawn(forward_log(stderr, last_log.clone()).instrument(span.clone()));
+        let (logs_tx, logs) = mpsc::unbounded_channel();
+        let logger = tokio::spawn(forward_log(stderr, last_log.clone(), logs_tx).instrument(span.clone()));
         let (control, control_rx) = mpsc::unbounded_channel();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (exited_tx, exited) = oneshot::channel();
@@ -97,7 +98,7 @@ impl Launcher for ProcessLauncher {
             }
             .instrument(span),
         );
-        Ok(Worker { pid, control, messages, exited })
+        Ok(Worker { pid, control, messages, exited, logs })
     }
 }
 
@@ -160,13 +161,18 @@ impl WorkerProcess {
 }
 
 /// The worker's stderr, line by line, into the server's log under the job's span.
-async fn forward_log(stderr: tokio::process::ChildStderr, last: Arc<Mutex<String>>) {
+async fn forward_log(
+    stderr: tokio::process::ChildStderr,
+    last: Arc<Mutex<String>>,
+    logs: mpsc::UnboundedSender<String>,
+) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         if line.trim().is_empty() {
             continue;
         }
         tracing::info!(target: "worker", "{line}");
+        let _ = logs.send(line.clone());
         *last.lock().expect("log lock") = line;
     }
 }

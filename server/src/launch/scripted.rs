@@ -36,15 +36,17 @@ impl Launcher for ScriptedLauncher {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let (exited_tx, exited) = oneshot::channel();
+        let (logs_tx, logs) = mpsc::unbounded_channel();
         let worker = ScriptedWorker {
             request: request.clone(),
             attempt,
             messages: messages_tx,
             control: control_rx,
             exited: exited_tx,
+            logs: logs_tx,
         };
         self.launched.send(worker).map_err(|_| std::io::Error::other("the test stopped listening"))?;
-        Ok(Worker { pid: Some(4242), control, messages, exited })
+        Ok(Worker { pid: Some(4242), control, messages, exited, logs })
     }
 
     fn describe(&self) -> String {
@@ -60,9 +62,15 @@ pub struct ScriptedWorker {
     messages: mpsc::UnboundedSender<WorkerMessage>,
     control: mpsc::UnboundedReceiver<Control>,
     exited: oneshot::Sender<String>,
+    logs: mpsc::UnboundedSender<String>,
 }
 
 impl ScriptedWorker {
+    /// A line on the worker's stderr.
+    pub fn log(&self, line: &str) {
+        self.logs.send(line.to_string()).expect("the attempt is followed");
+    }
+
     pub fn report(&self, message: WorkerMessage) {
         self.messages.send(message).expect("the attempt is followed");
     }
@@ -75,6 +83,7 @@ impl ScriptedWorker {
     /// The worker is gone; `crash` explains it if no terminal message was reported.
     pub fn exit(self, crash: &str) {
         drop(self.messages);
+        drop(self.logs);
         let _ = self.exited.send(crash.to_string());
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::sync::Barrier;
 
 use super::test_support::new_job;
-use super::{Claim, Db, JobState, NewJob};
+use super::{Claim, Db, JobFilter, JobState, NewJob};
 
 const WRITERS: usize = 50;
 const LIMIT: u32 = 10;
@@ -51,10 +51,13 @@ async fn concurrent_creates_never_exceed_the_queue_limit(db: Db) {
             }
         }
         assert_eq!(accepted, LIMIT as usize, "{tenant}");
-        let queued = db.list_jobs(&tenant, Some(JobState::Queued), None, 1000).await.unwrap();
+        let queued = db
+            .list_jobs(&tenant, &JobFilter { state: Some(JobState::Queued), ..JobFilter::default() }, None, 1000)
+            .await
+            .unwrap();
         assert_eq!(queued.len(), LIMIT as usize, "exactly the limit is queued for {tenant}");
     }
-    assert_eq!(db.list_jobs("bob", None, None, 1000).await.unwrap().len(), LIMIT as usize);
+    assert_eq!(db.list_jobs("bob", &JobFilter::default(), None, 1000).await.unwrap().len(), LIMIT as usize);
 }
 
 async fn concurrent_claimers_take_each_queued_job_exactly_once(db: Db) {

@@ -6,6 +6,8 @@
 
 pub use prune_core::domain::JobState;
 use prune_core::domain::{Report, TensorSparsity};
+use std::collections::BTreeMap;
+
 use prune_core::JobSpec;
 use serde::de::DeserializeOwned;
 use sqlx::QueryBuilder;
@@ -69,6 +71,17 @@ pub struct JobRecord {
     pub finished_ms: Option<i64>,
     /// The node holding the lease of a RUNNING job, else the one that ran its last attempt.
     pub node: Option<String>,
+    pub priority: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// ListJobs' conditions, all of which a job must meet (AIP-160's AND).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub name: Option<String>,
+    /// `labels.KEY = "VALUE"`, each.
+    pub labels: Vec<(String, String)>,
 }
 
 /// How the current attempt ends its job ([`Db::finish_attempt_job`]).
@@ -91,6 +104,30 @@ pub struct NewJob {
     pub max_attempts: u32,
     pub threads: u32,
     pub created_ms: i64,
+    /// The client's request id and the request's fingerprint (idempotent submit).
+    pub request: Option<RequestKey>,
+    /// Higher starts first within the tenant.
+    pub priority: i64,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A CreateJob request id (unique per tenant) and the sha256 of what the request asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub id: String,
+    pub hash: String,
+}
+
+/// What [`Db::submit_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    Queued,
+    /// The tenant already has the limit of jobs QUEUED; nothing was inserted.
+    QueueFull,
+    /// The same request (id and fingerprint) made this job before: a retry.
+    Existing(String),
+    /// The request id names an earlier, different request (this job id).
+    RequestIdReused(String),
 }
 
 /// The latest training values, written to the job row now and then (the live values are in
@@ -107,8 +144,8 @@ pub struct ProgressUpdate {
 /// Queues a job if its tenant has fewer than the limit QUEUED (`$2` tenant, `$4` QUEUED, `$10`
 /// the limit). Portable; atomic only inside the backend's `begin_queue_write` transaction.
 const INSERT_JOB_UNDER_LIMIT: &str = "INSERT INTO jobs (id, tenant, name, state, spec_json, warnings_json, attempts, \
-     max_attempts, threads, step, total_steps, epoch, created_ms) \
-     SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, 0, 0, 0, $9 \
+     max_attempts, threads, step, total_steps, epoch, created_ms, request_id, request_hash, priority, labels_json) \
+     SELECT $1, $2, $3, $4, $5, $6, 0, $7, $8, 0, 0, 0, $9, $11, $12, $13, $14 \
      WHERE (SELECT COUNT(*) FROM jobs WHERE tenant = $2 AND state = $4) < $10";
 
 impl Db {
@@ -119,9 +156,29 @@ impl Db {
     /// PostgreSQL: an advisory lock on the tenant), so concurrent CreateJobs cannot both slip
     /// under the limit on either backend.
     pub async fn insert_job(&self, job: &NewJob, max_queued: u32) -> Result<bool> {
+        Ok(self.submit_job(job, max_queued).await? == Submitted::Queued)
+    }
+
+    /// [`Db::insert_job`] that also honours the request id: the lookup of an earlier job with
+    /// the same tenant and request id and the insert happen under the same lock, so two
+    /// concurrent retries of one request make one job.
+    pub async fn submit_job(&self, job: &NewJob, max_queued: u32) -> Result<Submitted> {
         let warnings = serde_json::to_string(&job.warnings).expect("strings serialise");
+        let labels = serde_json::to_string(&job.labels).expect("labels serialise");
         with_pool!(self, |pool, backend| {
             let mut tx = backend::begin_queue_write(pool, &job.tenant).await?;
+            if let Some(request) = &job.request {
+                let earlier = sqlx::query("SELECT id, request_hash FROM jobs WHERE tenant = $1 AND request_id = $2")
+                    .bind(&job.tenant)
+                    .bind(&request.id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(row) = earlier {
+                    let id = row.text("id")?;
+                    let same = row.text_opt("request_hash")?.as_deref() == Some(request.hash.as_str());
+                    return Ok(if same { Submitted::Existing(id) } else { Submitted::RequestIdReused(id) });
+                }
+            }
             let inserted = sqlx::query(INSERT_JOB_UNDER_LIMIT)
                 .bind(&job.id)
                 .bind(&job.tenant)
@@ -133,11 +190,26 @@ impl Db {
                 .bind(i64::from(job.threads))
                 .bind(job.created_ms)
                 .bind(i64::from(max_queued))
+                .bind(job.request.as_ref().map(|r| r.id.clone()))
+                .bind(job.request.as_ref().map(|r| r.hash.clone()))
+                .bind(job.priority)
+                .bind(&labels)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if inserted != 1 {
+                return Ok(Submitted::QueueFull);
+            }
+            for (key, value) in &job.labels {
+                sqlx::query("INSERT INTO job_labels (job_id, key, value) VALUES ($1, $2, $3)")
+                    .bind(&job.id)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
-            Ok(inserted == 1)
+            Ok(Submitted::Queued)
         })
     }
 
@@ -158,22 +230,30 @@ impl Db {
         })
     }
 
-    /// The tenant's jobs newest first (ids sort by creation), optionally only `state`, only ids
-    /// below `before`.
+    /// The tenant's jobs newest first (ids sort by creation) that pass `filter`, only ids below
+    /// `before`.
     pub async fn list_jobs(
         &self,
         tenant: &str,
-        state: Option<JobState>,
+        filter: &JobFilter,
         before: Option<&str>,
         limit: u32,
     ) -> Result<Vec<JobRecord>> {
         // Built per call (QueryBuilder writes each backend's placeholders) so that every filter
-        // is a plain condition the index (tenant, state, id) or (tenant, id) can serve.
+        // is a plain condition the index (tenant, state, id) or (tenant, id) can serve; a label
+        // is an EXISTS on `job_labels`' primary key.
         with_pool!(self, |pool| {
             let mut q = QueryBuilder::new(concat!("SELECT ", job_columns!(), " FROM jobs WHERE tenant = "));
             q.push_bind(tenant.to_string());
-            if let Some(state) = state {
+            if let Some(state) = filter.state {
                 q.push(" AND state = ").push_bind(state.as_str());
+            }
+            if let Some(name) = &filter.name {
+                q.push(" AND name = ").push_bind(name.clone());
+            }
+            for (key, value) in &filter.labels {
+                q.push(" AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id AND l.key = ");
+                q.push_bind(key.clone()).push(" AND l.value = ").push_bind(value.clone()).push(")");
             }
             if let Some(before) = before {
                 q.push(" AND id < ").push_bind(before.to_string());
@@ -384,6 +464,8 @@ pub(super) fn job_from_row(row: &impl Columns) -> Result<JobRecord> {
         started_ms: row.int_opt("started_ms")?,
         finished_ms: row.int_opt("finished_ms")?,
         node: row.text_opt("lease_owner")?,
+        priority: row.int("priority")?,
+        labels: parse_json(&row.text("labels_json")?).map_err(|e| corrupt("labels", e))?,
         id,
     })
 }
@@ -411,10 +493,15 @@ mod tests {
             assert!(db.insert_job(&new_job(id), 100).await.unwrap());
         }
         let listed: Vec<String> =
-            db.list_jobs("default", None, None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
+            db.list_jobs("default", &JobFilter::default(), None, 10).await.unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(listed, ["job-c", "job-b", "job-a"]);
-        let page: Vec<String> =
-            db.list_jobs("default", None, Some("job-c"), 1).await.unwrap().into_iter().map(|j| j.id).collect();
+        let page: Vec<String> = db
+            .list_jobs("default", &JobFilter::default(), Some("job-c"), 1)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
         assert_eq!(page, ["job-b"]);
 
         assert!(db.finish_job("job-a", &[JobState::Queued], JobState::Cancelled, None, None).await.unwrap());
@@ -423,7 +510,7 @@ mod tests {
         assert_eq!((first.attempts, first.node.as_deref()), (1, Some("node-a")));
         assert!(first.started_ms.is_some());
         let running: Vec<String> = db
-            .list_jobs("default", Some(JobState::Running), None, 10)
+            .list_jobs("default", &JobFilter { state: Some(JobState::Running), ..JobFilter::default() }, None, 10)
             .await
             .unwrap()
             .into_iter()
@@ -445,8 +532,8 @@ mod tests {
         assert_eq!(db.tenant_job("alice", "job-a").await.unwrap().unwrap().tenant, "alice");
         assert!(db.tenant_job("bob", "job-a").await.unwrap().is_none());
         let ids = |jobs: Vec<JobRecord>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
-        assert_eq!(ids(db.list_jobs("alice", None, None, 10).await.unwrap()), ["job-b", "job-a"]);
-        assert_eq!(ids(db.list_jobs("bob", None, None, 10).await.unwrap()), ["job-d"]);
+        assert_eq!(ids(db.list_jobs("alice", &JobFilter::default(), None, 10).await.unwrap()), ["job-b", "job-a"]);
+        assert_eq!(ids(db.list_jobs("bob", &JobFilter::default(), None, 10).await.unwrap()), ["job-d"]);
 
         // Only QUEUED jobs count: once one runs, another may queue.
         db.claim_next("node-a", LEASE).await.unwrap().unwrap();

@@ -68,11 +68,24 @@ macro_rules! fence {
 pub(super) use fence;
 
 impl Db {
-    /// Takes the next job for `node` with a lease of `lease`: RUNNING jobs whose lease ran out
-    /// (resumed first, oldest first), then QUEUED ones in submission order. `None`: nothing to
-    /// run. Concurrent claimers never get the same job (PostgreSQL: `FOR UPDATE SKIP LOCKED`;
-    /// SQLite: the write lock).
+    /// [`Db::claim_next_fair`] without a per-tenant limit.
     pub async fn claim_next(&self, node: &str, lease: Duration) -> Result<Option<Claim>> {
+        self.claim_next_fair(node, lease, u32::MAX).await
+    }
+
+    /// Takes the next job for `node` with a lease of `lease`: RUNNING jobs whose lease ran out
+    /// (resumed first, oldest first), then QUEUED ones in fair order: the tenant with the fewest
+    /// RUNNING jobs first (round-robin, so one tenant's thousand queued jobs cannot starve
+    /// another's one; between equals, the tenant waiting longest), then within the tenant
+    /// higher priority, then submission order; a tenant with
+    /// `max_running_per_tenant` jobs RUNNING waits. `None`: nothing to run. Concurrent claimers
+    /// never get the same job (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: the write lock).
+    pub async fn claim_next_fair(
+        &self,
+        node: &str,
+        lease: Duration,
+        max_running_per_tenant: u32,
+    ) -> Result<Option<Claim>> {
         let now = now_ms();
         let expires = now.saturating_add(lease.as_millis() as i64);
         let claimed = with_pool!(self, |pool, backend| {
@@ -83,6 +96,7 @@ impl Db {
                 .bind(JobState::Queued.as_str())
                 .bind(node)
                 .bind(expires)
+                .bind(i64::from(max_running_per_tenant))
                 .fetch_optional(&mut *tx)
                 .await?
             else {

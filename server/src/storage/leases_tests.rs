@@ -7,7 +7,7 @@ use prune_core::domain::MetricPoint;
 
 use super::super::test_support::new_job;
 use super::*;
-use crate::storage::{ArtifactRecord, CheckpointRecord, JobEnd, ProgressUpdate};
+use crate::storage::{ArtifactRecord, CheckpointRecord, JobEnd, NewJob, ProgressUpdate};
 
 on_both_backends!(
     an_expired_lease_is_taken_over_and_the_old_attempt_is_fenced,
@@ -131,4 +131,32 @@ async fn a_node_restart_releases_only_its_own_leases(db: Db) {
     assert_eq!(attempts[0].outcome.as_deref(), Some("interrupted"));
     assert!(db.claim_next("node-c", LONG).await.unwrap().is_none(), "node-b's lease holds");
     assert_eq!(db.release_node_leases(None).await.unwrap(), 2, "SQLite: every node's");
+}
+
+mod fair {
+    use super::*;
+
+    on_both_backends!(tenants_take_turns_and_priority_orders_within_a_tenant);
+
+    async fn tenants_take_turns_and_priority_orders_within_a_tenant(db: Db) {
+        let job = |id: &str, tenant: &str, priority: i64| NewJob { tenant: tenant.into(), priority, ..new_job(id) };
+        for i in 0..5 {
+            assert!(db.insert_job(&job(&format!("job-a{i}"), "alice", 0), 100).await.unwrap());
+        }
+        assert!(db.insert_job(&job("job-b0", "bob", 0), 100).await.unwrap());
+        assert!(db.insert_job(&job("job-b1", "bob", 5), 100).await.unwrap());
+        let mut order = Vec::new();
+        while let Some(c) = db.claim_next_fair("node-a", LONG, 10).await.unwrap() {
+            order.push(c.job.id);
+        }
+        // Alternating while both have jobs; bob's priority 5 job before his older one.
+        assert_eq!(order, ["job-a0", "job-b1", "job-a1", "job-b0", "job-a2", "job-a3", "job-a4"]);
+
+        // A per-tenant limit: carol may run 1 at a time.
+        for id in ["job-c0", "job-c1"] {
+            assert!(db.insert_job(&job(id, "carol", 0), 100).await.unwrap());
+        }
+        assert_eq!(db.claim_next_fair("node-a", LONG, 1).await.unwrap().unwrap().job.id, "job-c0");
+        assert!(db.claim_next_fair("node-a", LONG, 1).await.unwrap().is_none(), "carol is at her limit");
+    }
 }

@@ -34,15 +34,30 @@ impl Db {
     /// Ordered by name, then step; only names starting with `prefix` (taken literally: no
     /// LIKE wildcards, since parameter names contain `_`).
     pub async fn metrics(&self, job_id: &str, prefix: &str) -> Result<Vec<MetricPoint>> {
+        self.metrics_page(job_id, prefix, None, u32::MAX).await
+    }
+
+    /// A page of [`Db::metrics`]: up to `limit` points after `(name, step)`.
+    pub async fn metrics_page(
+        &self,
+        job_id: &str,
+        prefix: &str,
+        after: Option<(&str, i64)>,
+        limit: u32,
+    ) -> Result<Vec<MetricPoint>> {
+        let (after_name, after_step) = after.map_or(("", i64::MIN), |(n, s)| (n, s));
         // substr/length count characters on both backends (PostgreSQL needs `$2` typed TEXT,
         // which sqlx's String binding gives it).
         with_pool!(self, |pool| {
             let rows = sqlx::query(
                 "SELECT name, step, value FROM metrics WHERE job_id = $1 AND substr(name, 1, length($2)) = $2 \
-                 ORDER BY name, step",
+                 AND (name > $3 OR (name = $3 AND step > $4)) ORDER BY name, step LIMIT $5",
             )
             .bind(job_id)
             .bind(prefix)
+            .bind(after_name)
+            .bind(after_step)
+            .bind(i64::from(limit))
             .fetch_all(pool)
             .await?;
             rows.iter()
@@ -79,5 +94,7 @@ mod tests {
         assert_eq!(db.metrics("job-a", "loss").await.unwrap(), [point(1, "loss", 2.5), point(2, "loss", 1.0)]);
         assert_eq!(db.metrics("job-a", "sparsity/").await.unwrap(), [point(1, "sparsity/0.weight", 0.5)]);
         assert_eq!(db.metrics("job-a", "_").await.unwrap(), []);
+        let page = db.metrics_page("job-a", "", Some(("loss", 1)), 2).await.unwrap();
+        assert_eq!(page, [point(2, "loss", 1.0), point(1, "sparsity/0.weight", 0.5)]);
     }
 }

@@ -63,7 +63,7 @@ macro_rules! job_columns {
     () => {
         "id, tenant, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
          step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms, \
-         lease_owner"
+         lease_owner, priority, labels_json"
     };
 }
 
@@ -107,8 +107,10 @@ mod blobs;
 mod checkpoints;
 mod jobs;
 mod leases;
+mod logs;
 mod metrics;
 mod postgres;
+mod retention;
 mod rows;
 mod sqlite;
 
@@ -129,8 +131,10 @@ use sqlx::{PgPool, SqlitePool};
 pub use artifacts::ArtifactRecord;
 pub use blobs::BlobRecord;
 pub use checkpoints::CheckpointRecord;
-pub use jobs::{AttemptOutcome, JobEnd, JobRecord, JobState, NewJob, ProgressUpdate};
+pub use jobs::{AttemptOutcome, JobEnd, JobFilter, JobRecord, JobState, NewJob, ProgressUpdate, RequestKey, Submitted};
 pub use leases::{AttemptRecord, Claim, Fence};
+pub use logs::{LogLine, LogPosition};
+pub use retention::Deleted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -302,6 +306,9 @@ pub(crate) mod test_support {
             max_attempts: 3,
             threads: 1,
             created_ms: 1000,
+            request: None,
+            priority: 0,
+            labels: Default::default(),
         }
     }
 }

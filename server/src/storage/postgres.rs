@@ -89,15 +89,23 @@ pub(super) async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Po
 }
 
 /// The claim (see `leases.rs`): the oldest RUNNING job whose lease expired or was released,
-/// else the oldest QUEUED one, that no other claimer holds, becomes RUNNING under a new
-/// attempt with `$4`'s lease until `$5`. `$1` RUNNING, `$2` now (ms), `$3` QUEUED (as in
+/// else the next QUEUED one in fair order, that no other claimer holds, becomes RUNNING under
+/// a new attempt with `$4`'s lease until `$5`. `$1` RUNNING, `$2` now (ms), `$3` QUEUED, `$4`
+/// the node, `$5` the lease's end, `$6` the per-tenant RUNNING limit (as in
 /// `sqlite::CLAIM_NEXT`). The outer condition repeats the inner one: a row changed between the
-/// pick and the lock is re-checked by READ COMMITTED's update and then not taken.
+/// pick and the lock is re-checked by READ COMMITTED's update and then not taken. Under
+/// concurrent claims the per-tenant count may be one claim stale on each node: the limit is
+/// exact on one node and may be exceeded by up to the number of nodes minus one.
 pub(super) const CLAIM_NEXT: &str = concat!(
     "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2), attempts = attempts + 1, ",
     "lease_owner = $4, lease_expires_ms = $5 ",
-    "WHERE id = (SELECT id FROM jobs WHERE state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2) ",
-    "ORDER BY CASE WHEN state = $1 THEN 0 ELSE 1 END, id LIMIT 1 FOR UPDATE SKIP LOCKED) ",
+    "WHERE id = (SELECT q.id FROM jobs q WHERE ",
+    "(q.state = $1 AND COALESCE(q.lease_expires_ms, 0) < $2) ",
+    "OR (q.state = $3 AND (SELECT COUNT(*) FROM jobs r WHERE r.tenant = q.tenant AND r.state = $1) < $6) ",
+    "ORDER BY CASE WHEN q.state = $1 THEN 0 ELSE 1 END, ",
+    "(SELECT COUNT(*) FROM jobs r WHERE r.tenant = q.tenant AND r.state = $1), ",
+    "(SELECT MIN(o.id) FROM jobs o WHERE o.tenant = q.tenant AND o.state = $3), q.priority DESC, q.id ",
+    "LIMIT 1 FOR UPDATE SKIP LOCKED) ",
     "AND (state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2)) ",
     "RETURNING ",
     job_columns!()

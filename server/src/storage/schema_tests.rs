@@ -172,8 +172,9 @@ fn parse_postgres<'a>(files: impl Iterator<Item = &'a str>) -> (Tables, Indexes)
             let def = words[words.iter().position(|w| w.eq_ignore_ascii_case("COLUMN")).unwrap() + 1..].join(" ");
             let (column, def) = column_def(&def);
             tables.get_mut(&table).unwrap().insert(column, def);
-        } else if upper.starts_with("CREATE INDEX ") {
-            let (name, table) = (words[2].to_string(), words[4].to_string());
+        } else if upper.starts_with("CREATE INDEX ") || upper.starts_with("CREATE UNIQUE INDEX ") {
+            let skip = usize::from(upper.starts_with("CREATE UNIQUE "));
+            let (name, table) = (words[2 + skip].to_string(), words[4 + skip].to_string());
             let cols = statement[statement.find('(').unwrap() + 1..statement.rfind(')').unwrap()]
                 .split(',')
                 .map(|c| c.trim().to_string())

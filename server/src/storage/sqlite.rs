@@ -68,14 +68,20 @@ pub(super) async fn begin_write(pool: &SqlitePool) -> Result<Transaction<'static
 }
 
 /// The claim (see `leases.rs`) in one statement: the subquery picks the oldest RUNNING job
-/// whose lease expired or was released, else the oldest QUEUED one, and the update takes it
+/// whose lease expired or was released, else the next QUEUED one in fair order, and the update takes it
 /// under the same write lock, so two claimers never get the same job. `$1` RUNNING, `$2` now
-/// (ms), `$3` QUEUED, `$4` the node, `$5` the lease's end.
+/// (ms), `$3` QUEUED, `$4` the node, `$5` the lease's end, `$6` the most RUNNING jobs a tenant
+/// may have (fair scheduling: see `leases.rs`).
 pub(super) const CLAIM_NEXT: &str = concat!(
     "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2), attempts = attempts + 1, ",
     "lease_owner = $4, lease_expires_ms = $5 ",
-    "WHERE id = (SELECT id FROM jobs WHERE state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2) ",
-    "ORDER BY CASE WHEN state = $1 THEN 0 ELSE 1 END, id LIMIT 1) ",
+    "WHERE id = (SELECT q.id FROM jobs q WHERE ",
+    "(q.state = $1 AND COALESCE(q.lease_expires_ms, 0) < $2) ",
+    "OR (q.state = $3 AND (SELECT COUNT(*) FROM jobs r WHERE r.tenant = q.tenant AND r.state = $1) < $6) ",
+    "ORDER BY CASE WHEN q.state = $1 THEN 0 ELSE 1 END, ",
+    "(SELECT COUNT(*) FROM jobs r WHERE r.tenant = q.tenant AND r.state = $1), ",
+    "(SELECT MIN(o.id) FROM jobs o WHERE o.tenant = q.tenant AND o.state = $3), q.priority DESC, q.id ",
+    "LIMIT 1) ",
     "RETURNING ",
     job_columns!()
 );

@@ -35,6 +35,9 @@ pub struct Global {
     /// Print one JSON document (JSON lines for streams) on stdout instead of text
     #[arg(long, global = true)]
     pub json: bool,
+    /// Deadline of each call that is not a stream, in seconds
+    #[arg(long, global = true, env = "PRUNE_TIMEOUT_SECS", default_value_t = 60)]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,11 +50,41 @@ pub enum Command {
         /// Then watch the job until it ends (exit status as `watch`)
         #[arg(long)]
         wait: bool,
+        /// A label `KEY=VALUE` (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Within your jobs, higher starts first (-1000 to 1000)
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Idempotency key: submitting again with the same id returns the same job (default: a
+        /// fresh id, kept across the automatic retries of this submission)
+        #[arg(long)]
+        request_id: Option<String>,
     },
     /// Show a job: state, progress, sparsity, loss/accuracy, failure reason, warnings
     Status { id: String },
     /// List jobs, newest first
-    List,
+    List {
+        /// Only jobs with this label `KEY=VALUE` (repeatable; all must match)
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Only jobs in this state
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// An AIP-160 filter, e.g. `labels.team = "vision" AND state = RUNNING`
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Delete a finished job with its metrics, logs, checkpoints and artifacts
+    Delete { id: String },
+    /// Print a job's worker log (every attempt); `--follow` keeps printing until the job ends
+    Logs {
+        id: String,
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Show the server's version, limits, devices and disk use
+    Info,
     /// Follow a job until it ends; exit 0 only if it SUCCEEDED
     Watch { id: String },
     /// Cancel a queued or running job
@@ -90,6 +123,35 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_name = "PATH")]
         output: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum StateArg {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl StateArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateArg::Queued => "QUEUED",
+            StateArg::Running => "RUNNING",
+            StateArg::Succeeded => "SUCCEEDED",
+            StateArg::Failed => "FAILED",
+            StateArg::Cancelled => "CANCELLED",
+        }
+    }
+}
+
+/// `KEY=VALUE`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -9,8 +9,9 @@ use prune_store::{FileStore, Key};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tonic::Status;
+use tonic::{Code, Status};
 
+use crate::api::status::{self, Reason};
 use crate::api::views;
 use crate::storage::{Db, JobRecord, JobState};
 
@@ -29,10 +30,8 @@ pub async fn stream(
     read_offset: u64,
 ) -> Result<impl Stream<Item = Result<pb::DownloadArtifactResponse, Status>>, Status> {
     if job.state != JobState::Succeeded {
-        return Err(Status::failed_precondition(format!(
-            "job {} is {}: artifacts can be downloaded once it has SUCCEEDED",
-            job.id, job.state
-        )));
+        let message = format!("job {} is {}: artifacts can be downloaded once it has SUCCEEDED", job.id, job.state);
+        return Err(status::error(Code::FailedPrecondition, Reason::JobNotFinished, message));
     }
     let format = match format {
         "" => job.spec.export.formats.first().map(String::as_str).unwrap_or("safetensors"),
@@ -41,33 +40,29 @@ pub async fn stream(
     let artifacts = db.artifacts(&job.id).await?;
     let Some(artifact) = artifacts.iter().find(|a| a.format == format) else {
         let exported: Vec<&str> = artifacts.iter().map(|a| a.format.as_str()).collect();
-        return Err(Status::failed_precondition(format!(
-            "job {} did not export format `{format}` (it exported: {})",
-            job.id,
-            exported.join(", ")
-        )));
+        let message = format!("job {} did not export format `{format}` (it exported: {})", job.id, exported.join(", "));
+        return Err(status::error(Code::FailedPrecondition, Reason::FormatNotExported, message));
     };
     if read_offset > artifact.bytes {
-        return Err(Status::out_of_range(format!(
-            "read_offset {read_offset} is past the end of the {}-byte artifact",
-            artifact.bytes
-        )));
+        let message = format!("read_offset {read_offset} is past the end of the {}-byte artifact", artifact.bytes);
+        return Err(status::error(Code::OutOfRange, Reason::OffsetOutOfRange, message));
     }
     let unreadable = |e: String| {
         tracing::error!(job_id = job.id, key = artifact.path, "artifact unreadable: {e}");
-        Status::data_loss(format!("the artifact file of job {} is unreadable: {e}", job.id))
+        let message = format!("the artifact file of job {} is unreadable: {e}", job.id);
+        status::error(Code::DataLoss, Reason::ArtifactUnreadable, message)
     };
     let key = Key::parse(artifact.path.as_str()).map_err(|e| unreadable(e.to_string()))?;
     let opened = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.open(&key, read_offset)).await
     };
-    let mut reader = opened.map_err(|e| Status::internal(e.to_string()))?.map_err(|e| unreadable(e.to_string()))?;
+    let mut reader = opened.map_err(|e| status::internal(e.to_string()))?.map_err(|e| unreadable(e.to_string()))?;
 
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     let info = views::artifact(artifact);
     if tx.try_send(Ok(pb::DownloadArtifactResponse { part: Some(Part::Info(info)) })).is_err() {
-        return Err(Status::internal("the download stream is full before it started"));
+        return Err(status::internal("the download stream is full before it started"));
     }
     // The store's reader blocks: it runs on a blocking thread, bounded by the channel.
     tokio::task::spawn_blocking(move || loop {
@@ -80,7 +75,7 @@ pub async fn stream(
                 }
             }
             Err(e) => {
-                let _ = tx.blocking_send(Err(Status::internal(format!("reading the artifact: {e}"))));
+                let _ = tx.blocking_send(Err(status::internal(format!("reading the artifact: {e}"))));
                 return;
             }
         }

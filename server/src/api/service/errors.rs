@@ -1,62 +1,78 @@
-//! Library errors -> gRPC status codes, in one place.
+//! Library errors -> gRPC statuses with details ([`crate::api::status`]), in one place.
 
-use tonic::Status;
+use tonic::{Code, Status};
 
+use crate::api::status::{self, Reason};
 use crate::files::uploads::BlobError;
 use crate::jobs::admission::AdmissionError;
 use crate::storage::StorageError;
 
-/// Server-side failures are logged here, where their detail is; the client gets the message.
+/// Server-side failures are logged (by `status::internal`), where their detail is; the client
+/// gets the message.
 impl From<StorageError> for Status {
     fn from(e: StorageError) -> Self {
-        tracing::error!("{e}");
-        Status::internal(e.to_string())
+        status::internal(e.to_string())
     }
 }
 
 impl From<BlobError> for Status {
     fn from(e: BlobError) -> Self {
+        let message = e.to_string();
         match e {
-            BlobError::InvalidId(_) | BlobError::InvalidChecksum(_) | BlobError::OffsetBeyondSize { .. } => {
-                Status::invalid_argument(e.to_string())
+            BlobError::InvalidId(_) => status::invalid_argument(Reason::ArgumentInvalid, "id", message),
+            BlobError::InvalidChecksum(_) => {
+                status::invalid_argument(Reason::ArgumentInvalid, "header.sha256", message)
             }
-            BlobError::ResumeBeyond { .. } => Status::failed_precondition(e.to_string()),
-            BlobError::Busy => Status::aborted(e.to_string()),
+            BlobError::OffsetBeyondSize { .. } => {
+                status::invalid_argument(Reason::ArgumentInvalid, "header.offset", message)
+            }
+            BlobError::ResumeBeyond { .. } => {
+                status::error(Code::FailedPrecondition, Reason::UploadResumeBeyond, message)
+            }
+            BlobError::Busy => status::error(Code::Aborted, Reason::UploadBusy, message),
             BlobError::TooLarge { .. } | BlobError::Truncated { .. } | BlobError::ChecksumMismatch { .. } => {
-                Status::data_loss(e.to_string())
+                status::error(Code::DataLoss, Reason::UploadCorrupt, message)
             }
-            BlobError::Io(_) | BlobError::Store(_) => {
-                tracing::error!("{e}");
-                Status::internal(e.to_string())
-            }
+            BlobError::Io(_) | BlobError::Store(_) => status::internal(message),
         }
     }
 }
 
 impl From<AdmissionError> for Status {
     fn from(e: AdmissionError) -> Self {
+        let message = e.to_string();
         match e {
-            AdmissionError::Spec(_) => Status::invalid_argument(e.to_string()),
-            AdmissionError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+            AdmissionError::Spec(errors) => status::spec_invalid(message, &errors.0),
+            AdmissionError::QueueFull { tenant, .. } => {
+                status::quota(Reason::QueueFull, message, format!("tenant:{tenant}"))
+            }
+            AdmissionError::RequestIdReused { job_id } => {
+                let metadata = [("job_id".to_string(), job_id)].into();
+                status::detailed_with(Code::AlreadyExists, Reason::RequestIdReused, message, metadata, |_| {})
+            }
+            AdmissionError::Invalid { field, .. } => status::invalid_argument(Reason::ArgumentInvalid, &field, message),
             AdmissionError::Storage(e) => e.into(),
         }
     }
 }
 
 pub fn job_not_found(id: &str) -> Status {
-    Status::not_found(format!("job {id} not found"))
+    let metadata = [("job_id".to_string(), id.to_string())].into();
+    status::detailed_with(Code::NotFound, Reason::JobNotFound, format!("job {id} not found"), metadata, |_| {})
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
+    use tonic_types::StatusExt;
 
     #[test]
     fn codes() {
         let mismatch = BlobError::ChecksumMismatch { expected: "a".into(), got: "b".into() };
         assert_eq!(Status::from(mismatch).code(), Code::DataLoss);
         assert_eq!(Status::from(BlobError::InvalidId("x".into())).code(), Code::InvalidArgument);
-        assert_eq!(job_not_found("job-1").code(), Code::NotFound);
+        let missing = job_not_found("job-1");
+        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(missing.get_error_details().error_info().unwrap().metadata["job_id"], "job-1");
     }
 }

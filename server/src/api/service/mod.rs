@@ -3,6 +3,8 @@
 
 mod download;
 mod errors;
+mod info;
+mod logs;
 mod watch;
 
 use std::pin::Pin;
@@ -12,22 +14,28 @@ use prune_proto as pb;
 use prune_proto::pruning_service_server::PruningService;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::api::auth::{tenant, Tenant};
+use crate::api::filter;
+use crate::api::status::{self, Reason};
 use crate::api::views;
 use crate::config::LimitArgs;
 use crate::files::uploads::{BlobId, BlobStore};
 use crate::jobs::admission::{self, Defaults};
 use crate::jobs::ids::is_job_id;
 use crate::jobs::live::Live;
+use crate::jobs::retention;
 use crate::jobs::scheduler::SchedulerHandle;
-use crate::storage::{BlobRecord, Db, JobRecord, JobState};
+use crate::storage::{BlobRecord, Db, Deleted, JobRecord, JobState};
 
 pub use errors::job_not_found;
+pub use info::{probe_devices, Facts};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 1000;
+const DEFAULT_METRICS_PAGE: u32 = 10_000;
+const MAX_METRICS_PAGE: u32 = 100_000;
 
 /// Everything the service needs; cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -44,6 +52,8 @@ pub struct Shared {
     pub limits: LimitArgs,
     /// Cancelled at shutdown: ends long-lived streams so the server can drain.
     pub shutdown: CancellationToken,
+    /// What GetServerInfo reports beyond the limits.
+    pub facts: info::Facts,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -57,7 +67,7 @@ impl Service {
     /// (with the same message: ids must not leak what other tenants have).
     async fn record(&self, tenant: &Tenant, id: &str) -> Result<JobRecord, Status> {
         if id.is_empty() {
-            return Err(Status::invalid_argument("id: required"));
+            return Err(status::invalid_argument(Reason::ArgumentInvalid, "id", "id: required"));
         }
         if !is_job_id(id) {
             return Err(job_not_found(id));
@@ -99,14 +109,15 @@ impl PruningService for Service {
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::UploadBlobRequest { part: Some(Part::Header(h)) }) => h,
-            _ => return Err(Status::invalid_argument("the first message must be the header (size and sha256)")),
+            _ => {
+                let message = "the first message must be the header (size and sha256)";
+                return Err(status::invalid_argument(Reason::ArgumentInvalid, "header", message));
+            }
         };
         let max = self.shared.limits.max_upload_bytes;
         if header.size > max {
-            return Err(Status::resource_exhausted(format!(
-                "upload of {} bytes: this server takes blobs of at most {max} bytes",
-                header.size
-            )));
+            let message = format!("upload of {} bytes: this server takes blobs of at most {max} bytes", header.size);
+            return Err(status::quota(Reason::UploadTooLarge, message, "upload-size"));
         }
         // Accept `sha256:<hex>` and upper case too: clients print ids, not bare digests.
         let sha256 = header.sha256.trim_start_matches("sha256:").to_ascii_lowercase();
@@ -124,7 +135,8 @@ impl PruningService for Service {
             match message.part {
                 Some(Part::Data(data)) => upload.write(&data).await?,
                 Some(Part::Header(_)) => {
-                    return Err(Status::invalid_argument("only the first message may be a header"))
+                    let message = "only the first message may be a header";
+                    return Err(status::invalid_argument(Reason::ArgumentInvalid, "header", message));
                 }
                 None => {}
             }
@@ -139,7 +151,10 @@ impl PruningService for Service {
     async fn stat_blob(&self, request: Request<pb::StatBlobRequest>) -> Result<Response<pb::Blob>, Status> {
         let tenant = tenant(&request)?;
         let id = request.into_inner().id;
-        let blob = self.blob(&tenant, &id).await?.ok_or_else(|| Status::not_found(format!("blob {id} not found")))?;
+        let blob = self
+            .blob(&tenant, &id)
+            .await?
+            .ok_or_else(|| status::error(Code::NotFound, Reason::BlobNotFound, format!("blob {id} not found")))?;
         Ok(Response::new(blob_message(blob)))
     }
 
@@ -161,29 +176,50 @@ impl PruningService for Service {
         use pb::create_job_request::Source;
         let tenant = tenant(&request)?;
         let s = &self.shared;
-        let source = request.into_inner().source;
-        let size = match &source {
+        let request = request.into_inner();
+        let size = match &request.source {
             Some(Source::Spec(spec)) => prost::Message::encoded_len(spec),
             Some(Source::SpecToml(text)) => text.len(),
             None => 0,
         };
         if size > s.limits.max_spec_bytes {
-            return Err(Status::resource_exhausted(format!(
+            let message = format!(
                 "job spec of {size} bytes: this server takes specs of at most {} bytes",
                 s.limits.max_spec_bytes
-            )));
+            );
+            return Err(status::quota(Reason::SpecTooLarge, message, "spec-size"));
         }
-        let spec = match source {
+        let spec = match request.source {
             Some(Source::Spec(spec)) => crate::api::convert::spec_from_proto(spec),
             Some(Source::SpecToml(text)) => admission::parse_text(&text),
-            None => return Err(Status::invalid_argument("spec: required (or spec_toml)")),
+            None => return Err(status::invalid_argument(Reason::SpecInvalid, "spec", "spec: required (or spec_toml)")),
         }
         .map_err(admission::AdmissionError::Spec)?;
+        let submission = admission::Submission {
+            spec,
+            request_id: Some(request.request_id).filter(|id| !id.is_empty()),
+            labels: request.labels.into_iter().collect(),
+            priority: request.priority,
+            validate_only: request.validate_only,
+        };
         let queue = admission::Queue { tenant: &tenant, max_queued: s.limits.max_queued_per_tenant };
-        let record = admission::admit(&s.db, &s.blobs, s.defaults, queue, spec).await?;
-        tracing::info!(job_id = record.id, name = record.name, %tenant, "job queued");
-        s.scheduler.job_queued();
-        Ok(Response::new(self.view(&record).await?))
+        match admission::admit(&s.db, &s.blobs, s.defaults, queue, submission).await? {
+            admission::Admitted::Queued(record) => {
+                tracing::info!(job_id = record.id, name = record.name, %tenant, "job queued");
+                s.scheduler.job_queued();
+                Ok(Response::new(self.view(&record).await?))
+            }
+            admission::Admitted::Existing(record) => {
+                tracing::info!(job_id = record.id, %tenant, "a retried CreateJob: returning the job it made");
+                Ok(Response::new(self.view(&record).await?))
+            }
+            admission::Admitted::Validated { spec, warnings } => Ok(Response::new(pb::Job {
+                name: spec.name.clone().unwrap_or_default(),
+                spec: Some(crate::api::convert::spec_to_proto(&spec)),
+                warnings,
+                ..pb::Job::default()
+            })),
+        }
     }
 
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -198,22 +234,35 @@ impl PruningService for Service {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let before = match request.page_token.as_str() {
-            "" => None,
-            token if is_job_id(token) => Some(token),
-            _ => return Err(Status::invalid_argument("page_token: not a token from ListJobs")),
-        };
-        // STATE_UNSPECIFIED (and unknown values): no filter.
-        let state = prune_proto::conversions::job_state(request.state).ok();
+        let bad_filter = |message: String| status::invalid_argument(Reason::FilterInvalid, "filter", message);
+        let mut job_filter = filter::parse(&request.filter).map_err(|e| bad_filter(e.to_string()))?;
+        // STATE_UNSPECIFIED (and unknown values): no condition.
+        if let Ok(state) = prune_proto::conversions::job_state(request.state) {
+            if job_filter.state.is_some_and(|s| s != state) {
+                return Err(bad_filter("filter: its state differs from the request's `state`".into()));
+            }
+            job_filter.state = Some(state);
+        }
+        let full = request.view == pb::JobView::Full as i32;
+        let fingerprint = filter::fingerprint(&[&request.filter, &request.state.to_string(), &full.to_string()]);
+        let before = filter::page_position(&request.page_token, &fingerprint)
+            .map_err(|e| status::invalid_argument(Reason::PageTokenInvalid, "page_token", e))?;
         // One more than asked tells whether there is a next page.
-        let mut records = self.shared.db.list_jobs(tenant.as_str(), state, before, page_size + 1).await?;
+        let mut records =
+            self.shared.db.list_jobs(tenant.as_str(), &job_filter, before.as_deref(), page_size + 1).await?;
         let more = records.len() > page_size as usize;
         records.truncate(page_size as usize);
-        let next_page_token =
-            if more { records.last().map(|r| r.id.clone()).unwrap_or_default() } else { String::new() };
+        let next_page_token = match records.last() {
+            Some(last) if more => filter::page_token(&fingerprint, &last.id),
+            _ => String::new(),
+        };
         let mut jobs = Vec::with_capacity(records.len());
         for record in &records {
-            jobs.push(self.view(record).await?);
+            let mut job = self.view(record).await?;
+            if !full {
+                job.spec = None;
+            }
+            jobs.push(job);
         }
         Ok(Response::new(pb::ListJobsResponse { jobs, next_page_token }))
     }
@@ -251,10 +300,31 @@ impl PruningService for Service {
         let tenant = tenant(&request)?;
         let request = request.into_inner();
         let record = self.record(&tenant, &request.job_id).await?;
-        let points = self.shared.db.metrics(&record.id, &request.name_prefix).await?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_METRICS_PAGE,
+            n => n.min(MAX_METRICS_PAGE),
+        };
+        let fingerprint = filter::fingerprint(&[&record.id, &request.name_prefix]);
+        let invalid = |e: String| status::invalid_argument(Reason::PageTokenInvalid, "page_token", e);
+        let after = filter::page_position(&request.page_token, &fingerprint).map_err(invalid)?;
+        // The position is `STEP NAME` (the name may hold anything; the step is an integer).
+        let after = match &after {
+            Some(position) => {
+                let parsed = position.split_once(' ').and_then(|(step, name)| Some((name, step.parse::<i64>().ok()?)));
+                Some(parsed.ok_or_else(|| invalid("page_token: not a token this call returned".into()))?)
+            }
+            None => None,
+        };
+        let mut points = self.shared.db.metrics_page(&record.id, &request.name_prefix, after, page_size + 1).await?;
+        let more = points.len() > page_size as usize;
+        points.truncate(page_size as usize);
+        let next_page_token = match points.last() {
+            Some(last) if more => filter::page_token(&fingerprint, &format!("{} {}", last.step, last.name)),
+            _ => String::new(),
+        };
         let points =
             points.into_iter().map(|p| pb::MetricPoint { step: p.step, name: p.name, value: p.value }).collect();
-        Ok(Response::new(pb::GetMetricsResponse { points }))
+        Ok(Response::new(pb::GetMetricsResponse { points, next_page_token }))
     }
 
     async fn get_report(&self, request: Request<pb::GetReportRequest>) -> Result<Response<pb::Report>, Status> {
@@ -262,10 +332,10 @@ impl PruningService for Service {
         let record = self.record(&tenant, &request.into_inner().job_id).await?;
         match (&record.state, &record.report) {
             (JobState::Succeeded, Some(report)) => Ok(Response::new(pb::Report::from(report))),
-            (state, _) => Err(Status::failed_precondition(format!(
-                "job {} is {state}: a report exists once it has SUCCEEDED",
-                record.id
-            ))),
+            (state, _) => {
+                let message = format!("job {} is {state}: a report exists once it has SUCCEEDED", record.id);
+                Err(status::error(Code::FailedPrecondition, Reason::JobNotFinished, message))
+            }
         }
     }
 
@@ -282,5 +352,44 @@ impl PruningService for Service {
             download::stream(&self.shared.db, self.shared.blobs.store(), &record, &request.format, request.read_offset)
                 .await?;
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Result<Response<pb::DeleteJobResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let id = request.into_inner().id;
+        let record = self.record(&tenant, &id).await?;
+        match retention::delete_job(&self.shared.db, self.shared.blobs.store(), tenant.as_str(), &record.id).await? {
+            Deleted::Yes => Ok(Response::new(pb::DeleteJobResponse {})),
+            Deleted::NotFound => Err(job_not_found(&id)),
+            Deleted::Active(state) => {
+                let message = format!("job {id} is {state}: cancel it first (CancelJob), then delete it");
+                let metadata = [("job_id".to_string(), id.clone()), ("state".to_string(), state.to_string())].into();
+                Err(status::detailed_with(Code::FailedPrecondition, Reason::JobActive, message, metadata, |_| {}))
+            }
+        }
+    }
+
+    type StreamJobLogsStream = BoxStream<pb::LogLine>;
+
+    async fn stream_job_logs(
+        &self,
+        request: Request<pb::StreamJobLogsRequest>,
+    ) -> Result<Response<Self::StreamJobLogsStream>, Status> {
+        let tenant = tenant(&request)?;
+        let request = request.into_inner();
+        let record = self.record(&tenant, &request.job_id).await?;
+        let after = (request.after_attempt > 0).then_some((request.after_attempt, request.after_line));
+        Ok(Response::new(Box::pin(logs::stream(self.clone(), tenant, record.id, after, request.follow))))
+    }
+
+    async fn get_server_info(
+        &self,
+        request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::ServerInfo>, Status> {
+        tenant(&request)?;
+        Ok(Response::new(info::server_info(&self.shared).await))
     }
 }

@@ -11,6 +11,7 @@ use tonic::Status;
 
 use super::Service;
 use crate::api::auth::Tenant;
+use crate::api::status::{self, Reason};
 use crate::api::views;
 use crate::jobs::live::{JobUpdate, LiveEvent};
 use crate::storage::now_ms;
@@ -89,7 +90,11 @@ async fn forward(
             }
             () = tx.closed() => return,
             () = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("server shutting down: watch again to resume"))).await;
+                let _ = tx.send(Err(status::unavailable(
+                    Reason::ShuttingDown,
+                    "server shutting down: watch again to resume",
+                    Duration::from_secs(1),
+                ))).await;
                 return;
             }
         };

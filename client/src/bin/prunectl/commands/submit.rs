@@ -16,7 +16,7 @@ struct Created<'a> {
     warnings: &'a [String],
 }
 
-pub async fn run(ctx: &Ctx, job_file: &Path, wait: bool) -> Result<()> {
+pub async fn run(ctx: &Ctx, job_file: &Path, wait: bool, options: &prune_client::SubmitOptions) -> Result<()> {
     // Parse and validate before connecting: a typo is reported even with no server around.
     let mut spec = prune_client::jobfile::load(job_file)?;
     let client = ctx.connect().await?;
@@ -24,7 +24,7 @@ pub async fn run(ctx: &Ctx, job_file: &Path, wait: bool) -> Result<()> {
         let what = if uploaded.uploaded { "uploaded" } else { "already on the server:" };
         eprintln!("{what} {} ({}, {})", uploaded.path.display(), uploaded.id, output::bytes(uploaded.size));
     }
-    let job = client.submit(&spec).await?;
+    let job = client.submit_with(&spec, options).await?;
     for warning in &job.warnings {
         eprintln!("warning: {warning}");
     }
