@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test lint demo bench clean-data fuzz load
+.PHONY: all setup build test lint demo bench clean-data fuzz load bench-cluster cluster-demo
 
 all: build
 
@@ -28,6 +28,11 @@ lint: setup
 demo: build
 	@$(ENV) scripts/demo.sh
 
+# Three prune-server nodes on one PostgreSQL and one S3 server (loopback, temporary dirs): the
+# node running the digits job is killed (kill -9 of its process group), another one finishes it.
+cluster-demo: build
+	@$(ENV) scripts/cluster-demo.sh
+
 bench: setup
 	@$(ENV) cargo bench -p prune-core --bench mask_select && cargo run -p prune-engine --example bench
 
@@ -50,3 +55,10 @@ fuzz:
 LOAD_ARGS ?=
 load: build
 	@$(ENV) target/debug/prune-load $(LOAD_ARGS)
+
+# Cluster benchmark (not part of `make test`): PostgreSQL + S3 + 1, 2, 3 nodes; jobs/s, claim
+# latency, takeover time after kill -9, store traffic per job, idle database load. BENCH_CLUSTER_ARGS,
+# e.g. `make bench-cluster BENCH_CLUSTER_ARGS="--kills 5 --jobs 6"`.
+BENCH_CLUSTER_ARGS ?=
+bench-cluster: build
+	@$(ENV) target/debug/prune-bench-cluster $(BENCH_CLUSTER_ARGS)

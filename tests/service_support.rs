@@ -20,6 +20,13 @@ use tonic::transport::Channel;
 
 pub type Client = PruningServiceClient<Channel>;
 
+/// Several prune-server nodes on one PostgreSQL and one S3 store (`tests/cluster.rs`).
+#[path = "cluster_support.rs"]
+pub mod cluster;
+/// The throwaway PostgreSQL server of prune-server's storage tests, shared with this harness.
+#[path = "../server/src/storage/pg_server.rs"]
+pub mod pg_server;
+
 /// How long a server may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -28,7 +35,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// proves nothing (`make test` builds first; `cargo build --workspace --bins` does too).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    let dir = exe.parent().expect("test binaries live in target/<profile>/deps");
+    // Tools built from tests/ (prune-bench-cluster) live in target/<profile> itself.
+    let profile_dir = if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir };
     let path = profile_dir.join(name);
     assert!(path.exists(), "{} not found: build it first with `cargo build --workspace --bins`", path.display());
     assert_fresh(&path);
@@ -106,11 +115,27 @@ impl Server {
 
     /// [`Server::start_with`] with extra environment variables (the server's workers inherit them).
     pub async fn start_with_env(path: &Path, data_dir: &Path, args: &[&str], env: &[(String, String)]) -> Server {
+        Server::start_with_options(path, data_dir, args, env, false).await
+    }
+
+    /// [`Server::start_with_env`], and with `own_group` the server leads a process group of its
+    /// own (see [`Server::signal_group`]; its workers lead their own groups in turn).
+    pub async fn start_with_options(
+        path: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        own_group: bool,
+    ) -> Server {
         let log = data_dir.with_extension("log");
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("server log");
         // A loopback port of its own, unless the test chooses the address.
         let listen: &[&str] = if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
-        let mut child = Command::new(path)
+        let mut command = Command::new(path);
+        if own_group {
+            command.process_group(0);
+        }
+        let mut child = command
             .args(listen)
             .arg("--data-dir")
             .arg(data_dir)
@@ -158,6 +183,46 @@ impl Server {
         self.child.kill().await.expect("killing prune-server");
     }
 
+    /// Sends `sig` to the server process only (its workers run on: SIGSTOP is a partition).
+    pub fn signal(&self, sig: i32) {
+        signal(self.pid(), sig);
+    }
+
+    /// Sends `sig` to the server's process group (started with `own_group`) and to the group of
+    /// each of its live workers: the whole node.
+    pub fn signal_group(&self, sig: i32) {
+        let workers = children_of(self.pid());
+        // SAFETY: kill(2) has no memory effects.
+        let rc = unsafe { libc::kill(-self.pid(), sig) };
+        assert_eq!(rc, 0, "kill(-{}, {sig}): {}", self.pid(), std::io::Error::last_os_error());
+        for worker in workers {
+            // SAFETY: as above. A worker that just exited is no error.
+            unsafe { libc::kill(-worker, sig) };
+        }
+    }
+
+    /// Pids of the server's live child processes (its workers).
+    pub fn workers(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+
+    /// SIGKILL to the whole node ([`Server::signal_group`]); waits until the server and the
+    /// workers it had are gone. Returns the workers' pids.
+    pub async fn kill9_group(mut self, within: Duration) -> Vec<i32> {
+        let workers = self.workers();
+        self.signal_group(libc::SIGKILL);
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("prune-server did not exit within {within:?} of SIGKILL"))
+            .expect("waiting for prune-server");
+        let deadline = Instant::now() + within;
+        while workers.iter().any(|&w| process_alive(w)) {
+            assert!(Instant::now() < deadline, "workers {workers:?} still alive {within:?} after SIGKILL");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        workers
+    }
+
     /// SIGTERM, then waits for the exit; returns the exit code.
     pub async fn terminate(mut self, within: Duration) -> Option<i32> {
         signal(self.pid(), libc::SIGTERM);
@@ -195,6 +260,22 @@ pub fn signal(pid: i32, signal: i32) {
     // SAFETY: kill(2) has no memory effects.
     let rc = unsafe { libc::kill(pid, signal) };
     assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+}
+
+/// Pids of the live (non-zombie) children of `parent`, from `/proc/<pid>/stat`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // After the parenthesised command name: state, then ppid.
+        let mut fields = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace()).into_iter().flatten();
+        let (state, ppid) = (fields.next(), fields.next().and_then(|p| p.parse::<i32>().ok()));
+        if ppid == Some(parent) && state != Some("Z") {
+            children.push(pid);
+        }
+    }
+    children
 }
 
 /// True while a process with `pid` exists and is not a zombie.

@@ -19,11 +19,15 @@ pub fn binary() -> PathBuf {
     root.join("bin/s3s-fs")
 }
 
-/// A running s3s-fs with one bucket; killed when dropped.
+/// A running s3s-fs with one bucket; killed when dropped. It can be stopped and started again on
+/// the same port and directory ([`S3sServer::stop`], [`S3sServer::restart`]): a store outage.
 pub struct S3sServer {
-    child: Child,
+    /// None while stopped.
+    child: Option<Child>,
     pub endpoint: String,
     pub bucket: String,
+    root: PathBuf,
+    port: u16,
     log: PathBuf,
 }
 
@@ -42,32 +46,45 @@ impl S3sServer {
         for _ in 0..5 {
             // A free port: bound, released, then handed to s3s-fs (retried if taken meanwhile).
             let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("a port").port();
-            let log_file = std::fs::File::create(&log).expect("s3s-fs log");
-            let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(root)
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("log"))
-                .stderr(log_file)
-                .spawn()
-                .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // exited: the port was taken, try another
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return S3sServer { child, endpoint: format!("http://{addr}"), bucket: bucket.to_string(), log };
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if let Some(child) = spawn(root, port, &log) {
+                let endpoint = format!("http://{}", SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+                let (root, bucket) = (root.to_path_buf(), bucket.to_string());
+                return S3sServer { child: Some(child), endpoint, bucket, root, port, log };
             }
+        }
+        panic!("s3s-fs did not start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    /// Kills the server (SIGKILL): requests fail until [`S3sServer::restart`]. The objects stay.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("s3s-fs did not start; its log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    /// Starts a stopped server again on the same port and directory (a few tries over 10 s, for
+    /// the port to be free again); panics if it does not listen.
+    pub fn restart(&mut self) {
+        self.stop();
+        for _ in 0..50 {
+            if let Some(child) = spawn(&self.root, self.port, &self.log) {
+                self.child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("s3s-fs did not start again on port {}; its log:\n{}", self.port, self.log());
+    }
+
+    /// The s3s-fs process (None while stopped): its /proc/<pid>/io counts the bytes it moved.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The directory it serves: the bucket is `root/bucket`, an object `root/bucket/key`.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// `s3://bucket/prefix` on this server.
@@ -97,7 +114,37 @@ impl S3sServer {
 
 impl Drop for S3sServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Starts s3s-fs over `root` on `port` (log appended to `log`); None if it exited (the port was
+/// taken) or did not listen within 20 s.
+fn spawn(root: &Path, port: u16, log: &Path) -> Option<Child> {
+    let bin = binary();
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("s3s-fs log");
+    let mut child = Command::new(&bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        .arg(root)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None; // exited: the port was taken
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }

@@ -117,6 +117,8 @@ mod sqlite;
 #[cfg(test)]
 mod concurrency_tests;
 #[cfg(test)]
+pub(crate) mod pg_server;
+#[cfg(test)]
 pub(crate) mod pg_support;
 #[cfg(test)]
 mod schema_tests;
