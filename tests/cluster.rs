@@ -315,9 +315,6 @@ async fn a_partitioned_node_is_superseded_and_its_writes_rejected() {
 /// row's lock, already taken), pauses the owner, then lets the write through: the session is left
 /// idle in its transaction, as when a pause lands between two statements.
 #[tokio::test]
-#[ignore = "fails on main (c01b1bf through 6d31d7a): claims use FOR UPDATE SKIP LOCKED and the paused node's open \
-            transaction holds the job row's lock, so nothing takes the job over while the node stays paused \
-            (fix: idle_in_transaction_session_timeout below the lease on the nodes' connections)"]
 async fn a_node_paused_inside_a_transaction_is_still_taken_over() {
     use sqlx::{Connection, Row};
     let cluster = Cluster::start(&[1, 1], LEASE_SECS).await;

@@ -63,7 +63,7 @@ pub(crate) fn start(
                             attempt,
                             "lease lost (job cancelled or taken over): stopping its worker"
                         );
-                        kill(&running, job_id, *attempt);
+                        kill(&running, job_id, *attempt, "stopped by its node: the job was cancelled or taken over");
                     }
                 }
                 Ok(Err(e)) => tracing::warn!("renewing {} lease(s): {e}", held.len()),
@@ -76,17 +76,23 @@ pub(crate) fn start(
                     held.len()
                 );
                 gave_up = true;
+                let reason = format!(
+                    "stopped by its node: no lease renewal for {:.1} s (database unreachable?)",
+                    renewed_at.elapsed().as_secs_f64()
+                );
                 for (job_id, attempt) in &held {
-                    kill(&running, job_id, *attempt);
+                    kill(&running, job_id, *attempt, &reason);
                 }
             }
         }
     })
 }
 
-fn kill(running: &Registry, job_id: &str, attempt: u32) {
-    let running = running.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(r) = running.get(job_id).filter(|r| r.attempt == attempt) {
+/// Kills the attempt's worker, noting why in the registry (its end is then no crash).
+fn kill(running: &Registry, job_id: &str, attempt: u32, reason: &str) {
+    let mut running = running.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = running.get_mut(job_id).filter(|r| r.attempt == attempt) {
+        r.stopped_by_node = Some(reason.to_string());
         r.handle.kill();
     }
 }

@@ -117,6 +117,9 @@ pub fn start(
 pub(crate) struct Running {
     pub attempt: u32,
     pub handle: AttemptHandle,
+    /// Set when this node stopped the worker itself (its lease could not be renewed): the
+    /// attempt's end is then that, not a crash, and costs the job no retry.
+    pub stopped_by_node: Option<String>,
 }
 
 /// This node's running attempts by job id, shared with the heartbeat (which kills the workers
@@ -267,17 +270,19 @@ impl Scheduler {
                 let _ = tx.send(Msg::RuntimeExceeded { job_id, attempt });
             });
         }
-        self.running().insert(job.id, Running { attempt, handle });
+        self.running().insert(job.id, Running { attempt, handle, stopped_by_node: None });
         Ok(())
     }
 
     async fn ended(&mut self, job_id: String, attempt: u32, end: AttemptEnd) {
-        {
+        let stopped_by_node = {
             let mut running = self.running();
             if running.get(&job_id).is_some_and(|r| r.attempt == attempt) {
-                running.remove(&job_id);
+                running.remove(&job_id).and_then(|r| r.stopped_by_node)
+            } else {
+                None
             }
-        }
+        };
         self.deps.live.attempt_ended(&job_id);
         let job = match self.db().job(&job_id).await {
             Ok(Some(job)) => job,
@@ -300,6 +305,13 @@ impl Scheduler {
             return;
         }
         let timed_out = self.timed_out.remove(&(job_id.clone(), attempt));
+        if let (Some(reason), AttemptEnd::Stopped(_) | AttemptEnd::Crashed(_)) = (&stopped_by_node, &end) {
+            // Not the worker's fault: the job resumes (here or elsewhere) without using a retry.
+            tracing::warn!(job_id, attempt, "the worker was stopped by this node: {reason}");
+            self.log_attempt(&job_id, attempt, AttemptOutcome::Interrupted, Some(reason)).await;
+            self.release(&job_id, attempt).await;
+            return;
+        }
         match end {
             AttemptEnd::Finished(outcome) => self.succeed(&job_id, attempt, outcome).await,
             AttemptEnd::Stopped(_) | AttemptEnd::Crashed(_) if timed_out => {
