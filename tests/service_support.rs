@@ -94,6 +94,8 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// `ADDR` of the `dashboard on http://ADDR` line (printed before `listening on`) with `--http`.
+    pub dashboard: Option<String>,
     pub data_dir: PathBuf,
     log: PathBuf,
     /// Kept open: the server's stdout must stay writable.
@@ -149,6 +151,7 @@ impl Server {
             .spawn()
             .expect("spawning prune-server");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut dashboard = None;
         let addr = tokio::time::timeout(START_TIMEOUT, async {
             let mut line = String::new();
             loop {
@@ -159,11 +162,14 @@ impl Server {
                 if let Some(addr) = line.trim().strip_prefix("listening on ") {
                     return addr.to_string();
                 }
+                if let Some(addr) = line.trim().strip_prefix("dashboard on http://") {
+                    dashboard = Some(addr.to_string());
+                }
             }
         })
         .await
         .unwrap_or_else(|_| panic!("prune-server did not listen within {START_TIMEOUT:?}; log:\n{}", read_log(&log)));
-        Server { child, addr, data_dir: data_dir.to_path_buf(), log, _stdout: stdout }
+        Server { child, addr, dashboard, data_dir: data_dir.to_path_buf(), log, _stdout: stdout }
     }
 
     pub async fn client(&self) -> Client {
