@@ -96,7 +96,8 @@ async fn http(addr: &str, method: &str, target: &str, token: Option<&str>) -> (u
 async fn http_bytes(addr: &str, method: &str, target: &str, token: Option<&str>) -> (u16, Vec<u8>) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let head =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.unwrap();
@@ -111,8 +112,8 @@ async fn a_finished_job_in_the_browser() {
     let tmp = tempfile::tempdir().unwrap();
     let (server, mut client) = start(tmp.path()).await;
     let dash = server.dashboard.clone().unwrap();
-    let toml = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/constant_quick.toml"))
-        .unwrap();
+    let toml =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/constant_quick.toml")).unwrap();
     let id = create(&mut client, &toml).await.id;
     let job = wait(&mut client, &id, Duration::from_secs(300), |j| j.state >= pb::JobState::Succeeded as i32).await;
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}\n{}", server.log());
@@ -171,7 +172,8 @@ async fn a_finished_job_in_the_browser() {
 
     // A screenshot of the job page.
     let png = tmp.path().join("job.png");
-    let shot = [format!("--screenshot={}", png.display()), "--window-size=1280,1600".to_string(), "--hide-scrollbars".into()];
+    let shot =
+        [format!("--screenshot={}", png.display()), "--window-size=1280,1600".to_string(), "--hide-scrollbars".into()];
     let shot: Vec<&str> = shot.iter().map(String::as_str).collect();
     browse(&tmp.path().join("chromium-shot"), &url, &shot).await;
     let bytes = std::fs::read(&png).expect("the screenshot");
@@ -203,4 +205,24 @@ async fn a_running_job_page_changes_and_cancels() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"CANCELLED\""), "{body}");
     assert_eq!(get(&mut client, &id).await.state, pb::JobState::Cancelled as i32);
+}
+
+#[tokio::test]
+async fn plain_http_on_a_public_address_needs_insecure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let mut command = tokio::process::Command::new(prune_tests::binary("prune-server"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--http", "0.0.0.0:0", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        command
+    };
+    let out = tokio::time::timeout(Duration::from_secs(30), run(&[]).output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("refusing to serve the dashboard on 0.0.0.0:0"), "{stderr}");
+    assert!(!tmp.path().join("data").exists(), "refused before touching the data directory");
 }

@@ -182,8 +182,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // The dashboard calls the same service in-process, authenticated by the same tokens.
     let dashboard = match args.http {
         Some(http) => {
-            let listener =
-                TcpListener::bind(http).await.map_err(|source| ServeError::Listen { addr: http, source })?;
+            let listener = TcpListener::bind(http).await.map_err(|source| ServeError::Listen { addr: http, source })?;
             let bound = listener.local_addr().map_err(|source| ServeError::Listen { addr: http, source })?;
             announce_line(&format!("dashboard on http://{bound}"));
             tracing::info!(addr = %bound, "dashboard");

@@ -128,24 +128,20 @@ fn screaming(camel: &str) -> String {
 
 impl Api {
     /// The caller's tenant, by the gRPC interceptor itself: the same tokens and the same errors.
-    fn tenant(&self, headers: &HeaderMap) -> Result<Tenant, Response> {
+    fn tenant(&self, headers: &HeaderMap) -> Result<Tenant, Status> {
         let mut probe = tonic::Request::new(());
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let value = tonic::metadata::MetadataValue::try_from(value.as_bytes())
-                .map_err(|_| error(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "malformed authorization header"))?;
+                .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
             probe.metadata_mut().insert("authorization", value);
         }
-        let authenticated = self.auth.clone().call(probe).map_err(|s| status_response(&s))?;
-        authenticated
-            .extensions()
-            .get::<Tenant>()
-            .cloned()
-            .ok_or_else(|| error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "request was not authenticated"))
+        let authenticated = self.auth.clone().call(probe)?;
+        crate::api::auth::tenant(&authenticated)
     }
 
-    /// A gRPC request as the interceptor would have passed it on.
-    fn request<T>(&self, headers: &HeaderMap, message: T) -> Result<tonic::Request<T>, Response> {
-        let tenant = self.tenant(headers)?;
+    /// A gRPC request as the interceptor would have passed it on; the HTTP error otherwise.
+    fn request<T>(&self, headers: &HeaderMap, message: T) -> Result<tonic::Request<T>, Box<Response>> {
+        let tenant = self.tenant(headers).map_err(|s| Box::new(status_response(&s)))?;
         let mut request = tonic::Request::new(message);
         request.extensions_mut().insert(tenant);
         Ok(request)
@@ -185,7 +181,7 @@ async fn list_jobs(State(api): State<Api>, headers: HeaderMap, Query(query): Que
     let message = pb::ListJobsRequest { page_size: 200, page_token: query.page_token, state, ..Default::default() };
     let request = match api.request(&headers, message) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match api.service.list_jobs(request).await {
         Ok(reply) => {
@@ -200,7 +196,7 @@ async fn list_jobs(State(api): State<Api>, headers: HeaderMap, Query(query): Que
 async fn get_job(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let request = match api.request(&headers, pb::GetJobRequest { id }) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match api.service.get_job(request).await {
         Ok(job) => Json(job_json(job.get_ref())).into_response(),
@@ -211,7 +207,7 @@ async fn get_job(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Stri
 async fn cancel_job(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let request = match api.request(&headers, pb::CancelJobRequest { id }) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match api.service.cancel_job(request).await {
         Ok(job) => Json(job_json(job.get_ref())).into_response(),
@@ -227,7 +223,7 @@ async fn get_metrics(State(api): State<Api>, headers: HeaderMap, Path(id): Path<
         let message = pb::GetMetricsRequest { job_id: id.clone(), page_token, ..Default::default() };
         let request = match api.request(&headers, message) {
             Ok(r) => r,
-            Err(response) => return response,
+            Err(response) => return *response,
         };
         let page = match api.service.get_metrics(request).await {
             Ok(reply) => reply.into_inner(),
@@ -245,7 +241,7 @@ async fn get_metrics(State(api): State<Api>, headers: HeaderMap, Path(id): Path<
 async fn get_report(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let request = match api.request(&headers, pb::GetReportRequest { job_id: id }) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     match api.service.get_report(request).await {
         Ok(report) => {
@@ -258,15 +254,11 @@ async fn get_report(State(api): State<Api>, headers: HeaderMap, Path(id): Path<S
 }
 
 /// The artifact's bytes, streamed from DownloadArtifact, as a file download.
-async fn download(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path((id, format)): Path<(String, String)>,
-) -> Response {
+async fn download(State(api): State<Api>, headers: HeaderMap, Path((id, format)): Path<(String, String)>) -> Response {
     let message = pb::DownloadArtifactRequest { job_id: id, format, read_offset: 0 };
     let request = match api.request(&headers, message) {
         Ok(r) => r,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut stream = match api.service.download_artifact(request).await {
         Ok(reply) => reply.into_inner(),
@@ -283,11 +275,8 @@ async fn download(
         Ok(_) => None,
         Err(status) => Some(Err(std::io::Error::other(status.message().to_string()))),
     });
-    let file_name: String = info
-        .file_name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
-        .collect();
+    let file_name: String =
+        info.file_name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     let disposition = format!("attachment; filename=\"{file_name}\"");
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();

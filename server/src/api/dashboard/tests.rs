@@ -76,7 +76,12 @@ async fn harness(tokens: bool) -> Harness {
 }
 
 impl Harness {
-    async fn call(&self, method: Method, uri: &str, token: Option<&str>) -> (StatusCode, String, axum::http::HeaderMap) {
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, String, axum::http::HeaderMap) {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));

@@ -221,8 +221,9 @@ function charts(job, points) {
   const schedule = job.spec && job.spec.pruning ? job.spec.pruning.schedule : null;
   const target = targetSteps(schedule, maxStep);
   [...by.keys()].filter((n) => n.startsWith("sparsity/")).sort().forEach((name) => {
-    const series = [{ name: "measured", color: COLORS[0], points: by.get(name), kind: "dots" }];
-    if (target.length) series.push({ name: "schedule target", color: COLORS[1], points: target, kind: "steps" });
+    // The target first: the measured dots are drawn over its line.
+    const series = target.length ? [{ name: "schedule target", color: COLORS[1], points: target, kind: "steps" }] : [];
+    series.push({ name: "measured", color: COLORS[0], points: by.get(name), kind: "dots" });
     html += chart(name.slice("sparsity/".length) + " sparsity", series, { xmax: maxStep, ymin: 0, ymax: 1, pct: true });
   });
   return html + "</div>";
