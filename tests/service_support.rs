@@ -72,7 +72,8 @@ fn assert_fresh(binary: &Path) {
     );
 }
 
-/// Source files under `dir` (`.rs`, `.proto`, `.sql`, `Cargo.toml`), skipping build outputs.
+/// Source files under `dir` (`.rs`, `.proto`, `.sql`, `Cargo.toml`, and the dashboard's embedded
+/// `.html`, `.js`, `.css`), skipping build outputs.
 fn sources(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return found };
@@ -83,7 +84,9 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
             if name != "target" && !name.to_string_lossy().starts_with('.') {
                 found.extend(sources(&path));
             }
-        } else if path.extension().is_some_and(|e| e == "rs" || e == "proto" || e == "sql") || name == "Cargo.toml" {
+        } else if path.extension().is_some_and(|e| ["rs", "proto", "sql", "html", "js", "css"].iter().any(|x| e == *x))
+            || name == "Cargo.toml"
+        {
             found.push(path);
         }
     }
