@@ -9,11 +9,13 @@ ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 all: build
 
 # The libtorch virtualenv, PostgreSQL's binaries for the storage tests (installed with apt-get
-# when initdb is missing) and s3s-fs (a loopback S3 server for the S3 file-store tests).
+# when initdb is missing), s3s-fs (a loopback S3 server for the S3 file-store tests) and
+# headless Chromium for the dashboard tests (apt-get when `chromium` is missing).
 setup:
 	@scripts/setup-venv.sh >/dev/null
 	@scripts/setup-postgres.sh
 	@scripts/setup-s3s.sh
+	@scripts/setup-chromium.sh
 
 build: setup
 	@$(ENV) cargo build --workspace --bins --tests

@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe { std::env::set_var("PROTOC", protoc) };
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // JSON for the dashboard (`prune-server --http`) straight from the messages.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .file_descriptor_set_path(out.join("pruning_descriptor.bin"))
         .compile_protos(&["pruning/v1/pruning.proto"], &["."])?;
     println!("cargo:rerun-if-changed=pruning/v1/pruning.proto");

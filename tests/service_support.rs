@@ -72,7 +72,8 @@ fn assert_fresh(binary: &Path) {
     );
 }
 
-/// Source files under `dir` (`.rs`, `.proto`, `.sql`, `Cargo.toml`), skipping build outputs.
+/// Source files under `dir` (`.rs`, `.proto`, `.sql`, `Cargo.toml`, and the dashboard's embedded
+/// `.html`, `.js`, `.css`), skipping build outputs.
 fn sources(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return found };
@@ -83,7 +84,9 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
             if name != "target" && !name.to_string_lossy().starts_with('.') {
                 found.extend(sources(&path));
             }
-        } else if path.extension().is_some_and(|e| e == "rs" || e == "proto" || e == "sql") || name == "Cargo.toml" {
+        } else if path.extension().is_some_and(|e| ["rs", "proto", "sql", "html", "js", "css"].iter().any(|x| e == *x))
+            || name == "Cargo.toml"
+        {
             found.push(path);
         }
     }
@@ -94,6 +97,8 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
 pub struct Server {
     child: Child,
     pub addr: String,
+    /// `ADDR` of the `dashboard on http://ADDR` line (printed before `listening on`) with `--http`.
+    pub dashboard: Option<String>,
     pub data_dir: PathBuf,
     log: PathBuf,
     /// Kept open: the server's stdout must stay writable.
@@ -149,6 +154,7 @@ impl Server {
             .spawn()
             .expect("spawning prune-server");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut dashboard = None;
         let addr = tokio::time::timeout(START_TIMEOUT, async {
             let mut line = String::new();
             loop {
@@ -159,11 +165,14 @@ impl Server {
                 if let Some(addr) = line.trim().strip_prefix("listening on ") {
                     return addr.to_string();
                 }
+                if let Some(addr) = line.trim().strip_prefix("dashboard on http://") {
+                    dashboard = Some(addr.to_string());
+                }
             }
         })
         .await
         .unwrap_or_else(|_| panic!("prune-server did not listen within {START_TIMEOUT:?}; log:\n{}", read_log(&log)));
-        Server { child, addr, data_dir: data_dir.to_path_buf(), log, _stdout: stdout }
+        Server { child, addr, dashboard, data_dir: data_dir.to_path_buf(), log, _stdout: stdout }
     }
 
     pub async fn client(&self) -> Client {

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// On SIGTERM/SIGINT, how long running jobs get to write a checkpoint before they are killed.
     #[arg(long, env = "PRUNE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Also serve the browser dashboard (a page and its JSON API, plain HTTP) on this address;
+    /// port 0 picks a free port (`dashboard on http://ADDR` is printed on stdout). Off by default.
+    #[arg(long = "http", env = "PRUNE_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
     #[command(flatten)]
     pub security: SecurityArgs,
     #[command(flatten)]
@@ -222,6 +226,9 @@ mod tests {
         assert_eq!((limits.max_queued_per_tenant, limits.max_message_bytes), (1000, 4 << 20));
         assert!(cli.serve.security.tokens.is_none() && !cli.serve.security.insecure);
         assert!(cli.serve.store.is_none(), "the data directory is the store");
+        assert!(cli.serve.http.is_none(), "no dashboard unless asked for");
+        let cli = Cli::parse_from(["prune-server", "--http", "127.0.0.1:0"]);
+        assert_eq!(cli.serve.http.unwrap().to_string(), "127.0.0.1:0");
         let cli = Cli::parse_from(["prune-server", "--store", "s3://bucket/prefix"]);
         assert_eq!(cli.serve.store.as_deref(), Some("s3://bucket/prefix"));
     }

@@ -61,6 +61,11 @@ pub enum ServeError {
          (give --tokens FILE, listen on a loopback address, or pass --insecure)"
     )]
     Insecure { addr: std::net::SocketAddr },
+    #[error(
+        "refusing to serve the dashboard on {addr}: it is plain HTTP (bearer tokens and job data would travel \
+         in clear text); use a loopback address behind a TLS proxy, or pass --insecure"
+    )]
+    InsecureHttp { addr: std::net::SocketAddr },
     #[error("TLS {what} {path}: {source}")]
     TlsFile { what: &'static str, path: std::path::PathBuf, source: std::io::Error },
     #[error("TLS with --tls-cert {cert} and --tls-key {key}: {reason}")]
@@ -82,6 +87,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let tokens = args.security.tokens.as_deref().map(Tokens::load).transpose()?;
     if tokens.is_none() && !args.listen.ip().is_loopback() && !args.security.insecure {
         return Err(ServeError::Insecure { addr: args.listen });
+    }
+    if let Some(http) = args.http {
+        if !http.ip().is_loopback() && !args.security.insecure {
+            return Err(ServeError::InsecureHttp { addr: http });
+        }
     }
     let tls = tls_config(&args.security)?;
     let mut builder = Server::builder();
@@ -168,11 +178,28 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         facts,
     });
     let tenants = tokens.as_ref().map_or(0, Tokens::len);
+    let authenticator = Authenticator::new(tokens);
+    // The dashboard calls the same service in-process, authenticated by the same tokens.
+    let dashboard = match args.http {
+        Some(http) => {
+            let listener = TcpListener::bind(http).await.map_err(|source| ServeError::Listen { addr: http, source })?;
+            let bound = listener.local_addr().map_err(|source| ServeError::Listen { addr: http, source })?;
+            announce_line(&format!("dashboard on http://{bound}"));
+            tracing::info!(addr = %bound, "dashboard");
+            let (service, auth, shutdown) = (service.clone(), authenticator.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = api::dashboard::serve(listener, service, auth, shutdown).await {
+                    tracing::error!("dashboard: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     // Only the pruning service authenticates: health checks and reflection stay open.
     let pruning = PruningServiceServer::new(service)
         .max_decoding_message_size(args.limits.max_message_bytes as usize)
         .max_encoding_message_size(usize::MAX);
-    let pruning = tonic::service::interceptor::InterceptedService::new(pruning, Authenticator::new(tokens));
+    let pruning = tonic::service::interceptor::InterceptedService::new(pruning, authenticator);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<PruningServiceServer<Service>>().await;
@@ -218,6 +245,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     };
     let (served, ()) = tokio::join!(served, drained);
     let _ = scheduler_task.await;
+    if let Some(dashboard) = dashboard {
+        let _ = dashboard.await;
+    }
     db.close().await;
     tracing::info!("stopped");
     Ok(served?)
@@ -260,7 +290,12 @@ fn tls_config(security: &SecurityArgs) -> Result<Option<ServerTlsConfig>, ServeE
 
 /// `listening on ADDR` on stdout: how scripts and tests find a `--listen 127.0.0.1:0` port.
 fn announce(addr: std::net::SocketAddr) {
+    announce_line(&format!("listening on {addr}"));
+}
+
+/// One line on stdout, flushed (`dashboard on http://ADDR` is printed before `listening on`).
+fn announce_line(line: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on {addr}");
+    let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }

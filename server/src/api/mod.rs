@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod dashboard;
 pub mod filter;
 pub mod message_limit;
 pub mod service;
