@@ -24,20 +24,22 @@ pub async fn delete_job(db: &Db, store: &Arc<dyn FileStore>, tenant: &str, id: &
     Ok(deleted)
 }
 
-async fn remove_files(store: Arc<dyn FileStore>, prefixes: Vec<String>) {
+/// Removes everything under each key prefix (`checkpoints/<job>/`, ...) on a blocking thread; a
+/// failure is logged (the objects stay, nothing else depends on them).
+pub async fn remove_files(store: Arc<dyn FileStore>, prefixes: Vec<String>) {
     let removed = tokio::task::spawn_blocking(move || {
         for prefix in prefixes {
             let result = Key::parse(prefix.trim_end_matches('/'))
                 .map_err(|e| e.to_string())
                 .and_then(|k| store.delete_all(&k).map_err(|e| e.to_string()));
             if let Err(e) = result {
-                tracing::warn!(prefix, "removing a deleted job's files: {e}");
+                tracing::warn!(prefix, "removing files from the store: {e}");
             }
         }
     })
     .await;
     if let Err(e) = removed {
-        tracing::warn!("removing a deleted job's files: {e}");
+        tracing::warn!("removing files from the store: {e}");
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::jobs::attempt::{self, AttemptEnd, AttemptHandle, Deps};
 use crate::jobs::heartbeat;
 use crate::jobs::prepare::{self, Prepared};
+use crate::jobs::retention;
 use crate::launch::Launcher;
 use crate::storage::{ArtifactRecord, AttemptOutcome, Claim, Db, Fence, JobEnd, JobRecord, JobState, StorageError};
 
@@ -455,19 +456,10 @@ impl Scheduler {
         self.remove_prefixes(job_id, others);
     }
 
+    /// In the background: the loop does not wait for the store.
     fn remove_prefixes(&self, job_id: &str, prefixes: Vec<String>) {
-        let store = self.deps.store.clone();
-        let job_id = job_id.to_string();
-        tokio::task::spawn_blocking(move || {
-            for prefix in prefixes {
-                let removed = Key::parse(prefix.trim_end_matches('/'))
-                    .map_err(|e| e.to_string())
-                    .and_then(|prefix| store.delete_all(&prefix).map_err(|e| e.to_string()));
-                if let Err(e) = removed {
-                    tracing::warn!(job_id, prefix, "removing: {e}");
-                }
-            }
-        });
+        let span = tracing::info_span!("job", id = %job_id);
+        tokio::spawn(tracing::Instrument::instrument(retention::remove_files(self.deps.store.clone(), prefixes), span));
     }
 
     async fn log_attempt(&self, job_id: &str, attempt: u32, outcome: AttemptOutcome, error: Option<&str>) {

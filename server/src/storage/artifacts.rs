@@ -29,21 +29,16 @@ impl Db {
         with_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             for (a, bytes) in artifacts.iter().zip(&sizes) {
-                sqlx::query(
-                    "INSERT INTO artifacts (job_id, format, path, sha256, bytes, compression, sparse_format) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, format) DO UPDATE SET \
-                     path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
-                     compression = excluded.compression, sparse_format = excluded.sparse_format",
-                )
-                .bind(job_id)
-                .bind(&a.format)
-                .bind(&a.path)
-                .bind(&a.sha256)
-                .bind(*bytes)
-                .bind(&a.compression)
-                .bind(&a.sparse_format)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(INSERT_ARTIFACT)
+                    .bind(job_id)
+                    .bind(&a.format)
+                    .bind(&a.path)
+                    .bind(&a.sha256)
+                    .bind(*bytes)
+                    .bind(&a.compression)
+                    .bind(&a.sparse_format)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });
