@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test lint demo bench clean-data fuzz load bench-cluster cluster-demo
+.PHONY: all setup build test lint demo bench bench-vs-tfmot gpu-check clean-data fuzz load bench-cluster cluster-demo
 
 all: build
 
@@ -37,6 +37,18 @@ cluster-demo: build
 
 bench: setup
 	@$(ENV) cargo bench -p prune-core --bench mask_select && cargo run -p prune-engine --example bench
+
+# The seed job end to end, side by side in one run: a default prune-server (submit -> SUCCEEDED),
+# tfmot 0.8.1's model.fit (TensorFlow CPU, installed once into its own cached venv) and the
+# PyTorch eager loop; medians of ROUNDS (3) and their ratios. Not part of `make test`.
+bench-vs-tfmot: build
+	@$(ENV) scripts/bench-vs-tfmot/run.sh
+
+# CUDA checks for a GPU machine (build with PRUNE_CUDA=1 + ldd, CUDA masks == CPU masks, mask
+# update, seed job epochs against PyTorch eager on the same GPU, bitwise resume). Exits 2 where
+# there is no CUDA device.
+gpu-check: setup
+	@$(ENV) scripts/gpu-check.sh
 
 # Fuzzing (cargo-fuzz, nightly): seeds the corpora, then runs each target for FUZZ_SECS seconds.
 # Needs `cargo install cargo-fuzz`. Crashes land in fuzz/artifacts/<target>/.

@@ -484,3 +484,31 @@ async fn list_jobs_pages_newest_first_and_filters_by_state() {
         client.cancel_job(pb::CancelJobRequest { id: id.clone() }).await.unwrap();
     }
 }
+
+/// `training.device` on whatever this machine has: `auto` runs (on the CPU without a GPU, with
+/// a warning saying so), and `cuda` on a machine without one fails at start with the reason.
+#[tokio::test]
+async fn device_auto_falls_back_with_a_warning_and_a_missing_gpu_fails_the_job() {
+    let tmp = TempDir::new().unwrap();
+    let server = Server::start(&data_dir(&tmp, "data"), &["--workers", "2"]).await;
+    let mut client = server.client().await;
+    let info = client.get_server_info(pb::GetServerInfoRequest::default()).await.unwrap().into_inner();
+    let has_gpu = info.devices.iter().any(|d| d.starts_with("cuda"));
+    let on = |device: &str| small_job().replace("[training]\n", &format!("[training]\ndevice = \"{device}\"\n"));
+    let auto = create_toml(&mut client, &on("auto")).await.expect("CreateJob auto");
+    let cuda = create_toml(&mut client, &on("cuda")).await.expect("CreateJob cuda");
+
+    let (auto, _) = wait_terminal(&mut client, &auto.id, JOB_TIMEOUT).await;
+    assert_eq!(state(&auto), pb::JobState::Succeeded, "{}", auto.error);
+    let warned = auto.warnings.iter().any(|w| w.contains("auto") && w.contains("running on the CPU"));
+    assert_eq!(warned, !has_gpu, "devices {:?}, warnings {:?}", info.devices, auto.warnings);
+
+    let (cuda, _) = wait_terminal(&mut client, &cuda.id, JOB_TIMEOUT).await;
+    if has_gpu {
+        assert_eq!(state(&cuda), pb::JobState::Succeeded, "{}", cuda.error);
+    } else {
+        assert_eq!(state(&cuda), pb::JobState::Failed);
+        assert!(cuda.error.contains("cuda:0 requested but this machine has 0 CUDA device(s)"), "{}", cuda.error);
+        assert_eq!(cuda.attempts, 1, "a missing device is not retried");
+    }
+}

@@ -207,6 +207,8 @@ fn digits_mlp() {
 
 /// `cargo run --example bench [NAME...]` runs the sections whose name contains one of NAMEs.
 fn main() {
+    // As prune-worker does; the dense baseline below runs in this process too.
+    prune_engine::allocator::keep_freed_memory();
     let filters: Vec<String> = std::env::args().skip(1).collect();
     let sections: [(&str, fn()); 4] =
         [("mask", mask_update), ("artifacts", artifact_sizes), ("digits", digits_mlp), ("epoch", epoch_ratio)];

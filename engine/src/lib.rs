@@ -2,6 +2,7 @@
 //! checkpoints everything needed for a bitwise-identical resume, and exports stripped,
 //! compressed artifacts. No gRPC and no SQL here: the server runs this in worker processes.
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -33,7 +33,12 @@ pub fn run(
     if inputs.threads > 0 {
         tch::set_num_threads(inputs.threads as i32);
     }
-    let device = device::resolve(spec.training.device)?;
+    let device::Resolved { device, warning } = device::resolve(spec.training.device)?;
+    let warnings: Vec<String> = warning.into_iter().collect();
+    if device.is_cuda() {
+        // cuDNN's autotuner picks kernels by timing, so two attempts could compute differently.
+        tch::Cuda::cudnn_set_benchmark(false);
+    }
     let t = &spec.training;
     let mut model =
         Model::load(&spec.model, inputs.model_file.as_deref(), inputs.weights_file.as_deref(), t.seed, device)?;
@@ -47,7 +52,7 @@ pub fn run(
     let mut masks = Masks::new(targets, model.params());
 
     if t.epochs == 0 {
-        return one_shot(spec, inputs, &mut model, &mut masks, &pruned, sink);
+        return one_shot(spec, inputs, &mut model, &mut masks, &pruned, warnings, sink);
     }
     if !model.can_train() {
         return Err(EngineError::Model(
@@ -70,6 +75,7 @@ pub fn run(
         epochs: t.epochs,
         start_step: trainer.state.step,
         pruned: pruned.clone(),
+        warnings,
     })?;
     let dense_val_accuracy = trainer.train(inputs, sink, stop)?;
     trainer.masks.apply(trainer.model.params());
@@ -105,6 +111,7 @@ fn one_shot(
     model: &mut Model,
     masks: &mut Masks,
     pruned: &[String],
+    warnings: Vec<String>,
     sink: &mut dyn EventSink,
 ) -> Result<JobOutcome, EngineError> {
     sink.emit(Event::Started {
@@ -113,6 +120,7 @@ fn one_shot(
         epochs: 0,
         start_step: 0,
         pruned: pruned.to_vec(),
+        warnings,
     })?;
     masks.one_shot(model.params())?;
     masks.apply(model.params());
@@ -170,6 +178,9 @@ struct Trainer {
     steps_per_epoch: i64,
     checkpoint_every: i64,
     cross_entropy: bool,
+    /// The validation loss and accuracy measured at this step's epoch end, for the final report
+    /// (the weights have not changed since).
+    last_validation: Option<(i64, f64, f64)>,
 }
 
 impl Trainer {
@@ -195,6 +206,7 @@ impl Trainer {
             steps_per_epoch,
             checkpoint_every: t.checkpoint_every.max(1),
             cross_entropy: t.loss == Loss::CrossEntropy,
+            last_validation: None,
         })
     }
 
@@ -363,6 +375,7 @@ impl Trainer {
         let mut val_accuracy = None;
         if let Some(v) = &self.validation {
             let (loss, acc) = evaluate(&mut self.model, v, self.cross_entropy)?;
+            self.last_validation = Some((step, loss, acc));
             points.push(MetricPoint { step, name: "val_loss".into(), value: loss });
             if self.cross_entropy {
                 points.push(MetricPoint { step, name: "val_accuracy".into(), value: acc });
@@ -382,6 +395,11 @@ impl Trainer {
 
     /// Loss and accuracy on the validation data, or on the training data without a split.
     fn evaluate_final(&mut self) -> Result<(f64, f64), EngineError> {
+        if let Some((step, loss, acc)) = self.last_validation {
+            if step == self.state.step {
+                return Ok((loss, acc));
+            }
+        }
         let data = self.validation.as_ref().unwrap_or(&self.train);
         evaluate(&mut self.model, data, self.cross_entropy)
     }

@@ -42,9 +42,10 @@ pub struct ServeArgs {
     /// second): after a node dies, its jobs are taken over once this has passed.
     #[arg(long, env = "PRUNE_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
-    /// libtorch threads of a job whose spec does not set `training.threads`.
-    #[arg(long, env = "PRUNE_THREADS_PER_JOB", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub threads_per_job: u32,
+    /// libtorch threads of a job whose spec does not set `training.threads` (default: this
+    /// machine's cores divided among `--workers`, at least 1; see [`ServeArgs::threads_per_job`]).
+    #[arg(long = "threads-per-job", env = "PRUNE_THREADS_PER_JOB", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads_per_job_flag: Option<u32>,
     /// Worker crashes a job survives: after this many attempts it FAILS.
     #[arg(long, env = "PRUNE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
@@ -130,10 +131,25 @@ impl ServeArgs {
         Duration::from_secs(self.lease_secs)
     }
 
+    /// libtorch threads for a job that does not choose: `--threads-per-job`, or this machine's
+    /// cores (as the scheduler allows this process: cgroup quota, affinity) shared among the
+    /// `--workers` jobs that may run at once, so that a lone job uses the whole machine and a
+    /// full node does not oversubscribe it. Fixed at admission and stored with the job: a resumed
+    /// attempt computes with the same count on any node.
+    pub fn threads_per_job(&self) -> u32 {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        self.threads_per_job_flag.unwrap_or_else(|| default_threads(cores, self.workers))
+    }
+
     /// `--node-id`, or `HOSTNAME-PID`.
     pub fn node_id(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()))
     }
+}
+
+/// Cores divided among the concurrent jobs (an API-only node counts as one), 1 to 256.
+fn default_threads(cores: u32, workers: u32) -> u32 {
+    (cores / workers.max(1)).clamp(1, 256)
 }
 
 /// 1 to 128 characters of letters, digits and `.-_:` (it appears in logs and job views).
@@ -216,10 +232,23 @@ mod tests {
     }
 
     #[test]
+    fn default_threads_share_the_cores_among_workers() {
+        assert_eq!(default_threads(16, 1), 16);
+        assert_eq!(default_threads(16, 4), 4);
+        assert_eq!(default_threads(16, 0), 16, "an API-only node: as for one worker");
+        assert_eq!(default_threads(2, 3), 1, "never below one thread");
+        assert_eq!(default_threads(1024, 1), 256, "the flag's upper bound");
+    }
+
+    #[test]
     fn cli_defaults() {
         let cli = Cli::parse_from(["prune-server"]);
         assert_eq!(cli.serve.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!((cli.serve.workers, cli.serve.threads_per_job, cli.serve.max_attempts), (1, 1, 3));
+        assert_eq!((cli.serve.workers, cli.serve.threads_per_job_flag, cli.serve.max_attempts), (1, None, 3));
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        assert_eq!(cli.serve.threads_per_job(), cores, "a lone worker gets every core");
+        let cli = Cli::parse_from(["prune-server", "--threads-per-job", "3", "--workers", "8"]);
+        assert_eq!(cli.serve.threads_per_job(), 3);
         assert!(Cli::try_parse_from(["prune-server", "worker"]).is_err(), "workers are prune-worker now");
         let limits = cli.serve.limits;
         assert_eq!((limits.max_upload_bytes, limits.max_spec_bytes), (8 << 30, 1 << 20));

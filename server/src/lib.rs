@@ -172,7 +172,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         blobs,
         live,
         scheduler: scheduler.clone(),
-        defaults: Defaults { threads: args.threads_per_job, max_attempts: args.max_attempts },
+        defaults: Defaults { threads: args.threads_per_job(), max_attempts: args.max_attempts },
         limits: args.limits,
         shutdown: shutdown.clone(),
         facts,

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
 }
 
 fn run_attempt() -> Result<(), WorkerError> {
+    prune_engine::allocator::keep_freed_memory();
     let args = parse_args()?;
     let mut out = protocol_stdout().map_err(WorkerError::Setup)?;
     init_logging();

@@ -10,7 +10,17 @@ use super::{ArtifactFile, MetricPoint, Report, TensorSparsity};
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
     /// Sent once the model and data are loaded (also after a resume).
-    Started { total_steps: i64, steps_per_epoch: i64, epochs: i64, start_step: i64, pruned: Vec<String> },
+    Started {
+        total_steps: i64,
+        steps_per_epoch: i64,
+        epochs: i64,
+        start_step: i64,
+        pruned: Vec<String>,
+        /// What the worker decided that the user should know (e.g. `auto` found no GPU): added
+        /// to the job's warnings.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
     /// Training progress; sent at most a few times a second and at every mask update.
     Progress {
         step: i64,

@@ -210,9 +210,12 @@ impl Recorder {
         let db = &self.deps.db;
         let fence = Fence { job_id: &self.job_id, attempt: self.attempt };
         match event {
-            Event::Started { total_steps, start_step, .. } => {
+            Event::Started { total_steps, start_step, warnings, .. } => {
                 tracing::info!(total_steps, start_step, "job started");
                 db.set_total_steps(fence, total_steps).await?;
+                if !warnings.is_empty() {
+                    db.add_warnings(fence, &warnings).await?;
+                }
                 self.deps.live.state_changed(&self.job_id);
             }
             Event::Progress { step, total_steps, epoch, loss, accuracy, sparsity } => {

@@ -50,6 +50,9 @@ impl Launcher for ProcessLauncher {
             // libtorch's OpenMP/MKL pools, beyond the intra-op threads the engine sets.
             .env("OMP_NUM_THREADS", &threads)
             .env("MKL_NUM_THREADS", &threads)
+            // Deterministic cuBLAS (read when a GPU job creates its handle; ignored on the CPU):
+            // a resumed attempt on a GPU must compute what the first one did.
+            .env("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

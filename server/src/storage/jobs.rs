@@ -324,6 +324,33 @@ impl Db {
         }
     }
 
+    /// Adds warnings the worker reported (each once) to the job's. Fenced.
+    pub async fn add_warnings(&self, fence: Fence<'_>, warnings: &[String]) -> Result<()> {
+        with_pool!(self, |pool, backend| {
+            let mut tx = backend::begin_write(pool).await?;
+            fence!(tx, fence);
+            let row = sqlx::query("SELECT warnings_json FROM jobs WHERE id = $1")
+                .bind(fence.job_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut all: Vec<String> = parse_json(&row.text("warnings_json")?).map_err(|reason| {
+                StorageError::Corrupt { job_id: fence.job_id.to_string(), what: "warnings", reason }
+            })?;
+            for w in warnings {
+                if !all.contains(w) {
+                    all.push(w.clone());
+                }
+            }
+            sqlx::query("UPDATE jobs SET warnings_json = $1 WHERE id = $2")
+                .bind(serde_json::to_string(&all).expect("strings serialise"))
+                .bind(fence.job_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
     /// Fenced: `NotCurrent` once the attempt is superseded or the job ended.
     pub async fn update_progress(&self, fence: Fence<'_>, p: &ProgressUpdate) -> Result<()> {
         let sparsity = serde_json::to_string(&p.sparsity).expect("sparsity serialises");

@@ -14,6 +14,7 @@ on_both_backends!(
     renewals_report_what_the_node_no_longer_holds,
     released_and_expired_jobs_resume_before_queued_ones,
     a_node_restart_releases_only_its_own_leases,
+    worker_warnings_are_added_once_and_fenced,
 );
 
 const LONG: Duration = Duration::from_secs(600);
@@ -53,6 +54,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_attempt_is_fenced(db: Db) {
     assert!(rejected(db.set_total_steps(old, 5).await));
     assert!(rejected(db.insert_checkpoint(old, &checkpoint).await));
     assert!(rejected(db.insert_metrics(old, &points).await));
+    assert!(rejected(db.add_warnings(old, &["stale".to_string()]).await));
     assert!(rejected(db.finish_attempt_job(old, &success).await));
     assert!(!db.release_lease(old).await.unwrap());
     let job = db.job("job-a").await.unwrap().unwrap();
@@ -200,4 +202,18 @@ async fn a_session_stopped_inside_a_transaction_releases_its_locks() {
     assert!(tx.commit().await.is_err(), "the server ended the stopped session");
     stopped.close().await;
     other.close().await;
+}
+
+async fn worker_warnings_are_added_once_and_fenced(db: Db) {
+    assert!(db.insert_job(&new_job("job-w"), 100).await.unwrap());
+    let before = db.job("job-w").await.unwrap().unwrap().warnings;
+    let Claim { attempt, .. } = db.claim_next("node-a", LONG).await.unwrap().unwrap();
+    let fence = Fence { job_id: "job-w", attempt };
+    let auto = "training.device = \"auto\": no CUDA device on this node, running on the CPU".to_string();
+    db.add_warnings(fence, std::slice::from_ref(&auto)).await.unwrap();
+    // A resumed attempt reports the same warning again: it is listed once.
+    db.add_warnings(fence, &[auto.clone(), "second".into()]).await.unwrap();
+    let mut want = before;
+    want.extend([auto, "second".to_string()]);
+    assert_eq!(db.job("job-w").await.unwrap().unwrap().warnings, want);
 }
