@@ -115,7 +115,6 @@ fn global_scope_across_dtypes() {
 fn overrides_blocks_and_m_by_n() {
     let pruning = r#"[pruning]
 schedule = { kind = "constant_sparsity", target_sparsity = 0.5 }
-scope = "global"
 [[pruning.overrides]]
 match = "^mid"
 block_size = [2, 4]

@@ -22,7 +22,7 @@ use std::path::Path;
 use prune_core::bitmask::{self, TensorData, SPARSE_BITMASK, SPARSITY_FORMAT_KEY};
 use prune_core::compress::{self, GzipCounter, Settings};
 use prune_core::files::write_atomically;
-use prune_core::mask::{mask_sparsity, GlobalSelection};
+use prune_core::mask::GlobalSelection;
 use prune_core::options::{ExportFormat, SparseFormat};
 use prune_core::tensorstream::{header_bytes, Entry, StreamedFile, TensorInfo};
 use prune_core::Job;
@@ -105,7 +105,7 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink) -> Result<Jo
                 };
                 drop(f32s);
                 values::apply_mask(&mut data, info.dtype.bitsize() / 8, &mask);
-                sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: mask_sparsity(&mask) });
+                sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: reported_sparsity(&mask) });
             }
         }
         if let Some(g) = &mut gzip {
@@ -182,6 +182,17 @@ fn global_selection(file: &StreamedFile, rules: &[Option<Rule>]) -> Result<Optio
         Ok::<_, EngineError>(())
     })?;
     Ok(Some(selection))
+}
+
+/// `1 - mean(mask)` as the libtorch path computes it (`Masks::sparsities`: the mean in f32),
+/// so both paths report the same figures: the kept count is exact in f32 up to 2^24 elements,
+/// and the division is f32's.
+fn reported_sparsity(mask: &[f32]) -> f64 {
+    if mask.is_empty() {
+        return 0.0;
+    }
+    let kept = mask.iter().filter(|&&m| m != 0.0).count();
+    1.0 - f64::from(kept as f32 / mask.len() as f32)
 }
 
 fn tensor_report(info: &TensorInfo, pruned: bool, data: &[u8]) -> TensorReport {
