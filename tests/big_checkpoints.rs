@@ -100,7 +100,8 @@ async fn a_checkpoint_bigger_than_the_memory_bound_is_pruned_a_tensor_at_a_time(
     let model_bytes = write_model(&model);
     let largest = (ROWS * COLS * 4) as u64;
     let bound = 3 * largest + 300_000_000;
-    assert!(model_bytes > bound - 100_000_000, "the checkpoint must be big enough to matter");
+    // Twice what three of its tensors take: a path that loads it whole cannot stay in bound.
+    assert!(model_bytes > 2 * 3 * largest, "the checkpoint must be big enough to matter");
 
     let job_file = dir.path().join("job.toml");
     std::fs::write(
