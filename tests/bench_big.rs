@@ -152,7 +152,7 @@ fn main() {
         .log()
         .lines()
         .filter_map(|l| l.split("peak memory: VmHWM ").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
-        .last()
+        .next_back()
         .expect("the worker logs its VmHWM");
     let bound = 3 * (SIDE * SIDE * 4) as u64 + 300_000_000;
     println!("worker VmHWM: {} MB (bound: largest tensor x 3 + 300 MB = {} MB)", peak / 1_000_000, bound / 1_000_000);
