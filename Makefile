@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test lint demo bench bench-vs-tfmot gpu-check clean-data fuzz load bench-cluster cluster-demo
+.PHONY: all setup build test lint demo bench bench-vs-tfmot gpu-check bench-big clean-data fuzz load bench-cluster cluster-demo
 
 all: build
 
@@ -76,3 +76,9 @@ load: build
 BENCH_CLUSTER_ARGS ?=
 bench-cluster: build
 	@$(ENV) target/debug/prune-bench-cluster $(BENCH_CLUSTER_ARGS)
+
+# A 1 GB state dict one-shot through server + prunectl against a PyTorch script + the zstd CLI
+# (docs/big-checkpoints.md); e.g. `make bench-big BENCH_BIG_ARGS="--tensors 4 --dir /var/tmp"`.
+BENCH_BIG_ARGS ?=
+bench-big: build
+	@$(ENV) target/debug/prune-bench-big $(BENCH_BIG_ARGS)

@@ -135,6 +135,20 @@ pub fn pack(tensors: &[TensorData]) -> Result<Vec<TensorData>, FormatError> {
     Ok(out)
 }
 
+/// [`pack`] for one tensor of a file handled a tensor at a time: its four packed parts, or the
+/// tensor itself when it is not a packed weight. The caller checks that names stay unique
+/// across the file.
+pub fn pack_one(t: TensorData) -> Result<Vec<TensorData>, FormatError> {
+    t.check_len()?;
+    match packed_module(&t) {
+        Some(module) => Ok(pack_weight(module, &t)?.into()),
+        None => {
+            check_not_a_part_name(&t)?;
+            Ok(vec![t])
+        }
+    }
+}
+
 /// The module whose weight `t` is, when `t` is packed.
 fn packed_module(t: &TensorData) -> Option<&str> {
     let module = t.name.strip_suffix(WEIGHT_SUFFIX)?;

@@ -112,4 +112,7 @@ pub struct Export {
     pub formats: Vec<ExportFormat>,
     pub compression: Compression,
     pub sparse_format: SparseFormat,
+    /// `export.level` (checked against the codec's range); `None`: by the artifact's size
+    /// (`compress::Settings::for_artifact`).
+    pub level: Option<i32>,
 }

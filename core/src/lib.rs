@@ -17,6 +17,7 @@ pub mod options;
 pub mod schedule;
 pub mod spec;
 pub mod tensorfile;
+pub mod tensorstream;
 pub mod text;
 pub mod validate;
 pub mod worker_protocol;

@@ -77,6 +77,62 @@ pub fn global_masks(tensors: &[&[f32]], sparsity: f32) -> Vec<Vec<f32>> {
     top_k_masks(tensors, keep_count(total_len(tensors), sparsity))
 }
 
+/// [`global_masks`] for tensors too big to hold together: the same exact-k selection (ties to
+/// the lower position in tensor order, then flat index), found in two reading passes that keep
+/// nothing but two 64 Ki-entry histograms, then applied one tensor at a time, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GlobalSelection {
+    /// Every value kept (`Some(true)`) or none (`Some(false)`): no threshold needed.
+    all: Option<bool>,
+    /// The k-th largest magnitude key: keys above it are kept, keys equal to it while ties last.
+    threshold: u32,
+    ties_left: usize,
+}
+
+impl GlobalSelection {
+    /// `each_pass(visit)` must call `visit` with every tensor's values, in the same order, each
+    /// time it is called (twice at most); `total` is their summed length.
+    pub fn find<E>(
+        total: usize,
+        sparsity: f32,
+        mut each_pass: impl FnMut(&mut dyn FnMut(&[f32])) -> Result<(), E>,
+    ) -> Result<GlobalSelection, E> {
+        let k = keep_count(total, sparsity);
+        if k == 0 || k >= total {
+            return Ok(GlobalSelection { all: Some(k > 0), threshold: 0, ties_left: 0 });
+        }
+        let mut high_hist = vec![0usize; DIGIT_BUCKETS];
+        each_pass(&mut |values: &[f32]| values.iter().for_each(|&x| high_hist[high_digit(x) as usize] += 1))?;
+        let (high, above_high) = bucket_of_kth_largest(&high_hist, k);
+        let mut low_hist = vec![0usize; DIGIT_BUCKETS];
+        each_pass(&mut |values: &[f32]| {
+            for &x in values {
+                if high_digit(x) == high {
+                    low_hist[(magnitude_key(x) & DIGIT_MASK) as usize] += 1;
+                }
+            }
+        })?;
+        let (low, above_low) = bucket_of_kth_largest(&low_hist, k - above_high);
+        Ok(GlobalSelection { all: None, threshold: (high << DIGIT_BITS) | low, ties_left: k - above_high - above_low })
+    }
+
+    /// The mask of the next tensor in order.
+    pub fn next_mask(&mut self, values: &[f32]) -> Vec<f32> {
+        if let Some(all) = self.all {
+            return vec![as_mask_value(all); values.len()];
+        }
+        values
+            .iter()
+            .map(|&x| {
+                let key = magnitude_key(x);
+                let kept_tie = key == self.threshold && self.ties_left > 0;
+                self.ties_left -= usize::from(kept_tie);
+                as_mask_value(key > self.threshold || kept_tie)
+            })
+            .collect()
+    }
+}
+
 /// 1 - mean(mask): the sparsity reported for a mask (as tfmot's PruningSummaries).
 ///
 /// An empty mask prunes nothing and reports 0.
@@ -428,6 +484,40 @@ mod tests {
         // Ties spend the budget on the earlier tensor first.
         let masks = global_masks(&[&[1.0, 1.0], &[1.0, 1.0]], 0.25);
         assert_eq!(masks, vec![vec![1.0, 1.0], vec![1.0, 0.0]]);
+    }
+
+    fn streamed_global(parts: &[&[f32]], sparsity: f32) -> Vec<Vec<f32>> {
+        let total = total_len(parts);
+        let mut passes = 0;
+        let mut selection = GlobalSelection::find(total, sparsity, |visit| {
+            passes += 1;
+            parts.iter().for_each(|p| visit(p));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert!(passes <= 2);
+        parts.iter().map(|p| selection.next_mask(p)).collect()
+    }
+
+    #[test]
+    fn streamed_global_selection_equals_global_masks() {
+        let tie = f32::from_bits(0x0001_0003);
+        let cases: Vec<Vec<Vec<f32>>> = vec![
+            vec![vec![0.1, -0.2, 0.0], vec![5.0, -4.0]],
+            vec![vec![1.0, 1.0], vec![1.0, 1.0]],
+            vec![vec![0.0, tie], vec![tie, tie, 9.0], vec![]],
+            vec![vec![0.0; 700], vec![-0.0; 300]],
+            (0..4)
+                .map(|p| (0..3 * CHUNK + p).map(|i| ((i * 7919 + p) % 1000) as f32 * 0.25 - 100.0).collect())
+                .collect(),
+        ];
+        for parts in &cases {
+            let slices: Vec<&[f32]> = parts.iter().map(|p| p.as_slice()).collect();
+            for sparsity in [0.0, 0.25, 0.5, 0.8, 0.99, 1.0] {
+                assert_eq!(streamed_global(&slices, sparsity), global_masks(&slices, sparsity), "{sparsity}");
+            }
+        }
+        assert_eq!(streamed_global(&[], 0.5), Vec::<Vec<f32>>::new());
     }
 
     #[test]

@@ -216,11 +216,19 @@ pub struct ExportSpec {
     pub formats: Vec<String>,
     pub compression: String,
     pub sparse_format: String,
+    /// The codec's level (zstd 1-19, gzip 1-9); unset: chosen by the artifact's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<i64>,
 }
 
 impl Default for ExportSpec {
     fn default() -> Self {
-        ExportSpec { formats: vec!["safetensors".into()], compression: "zstd".into(), sparse_format: "dense".into() }
+        ExportSpec {
+            formats: vec!["safetensors".into()],
+            compression: "zstd".into(),
+            sparse_format: "dense".into(),
+            level: None,
+        }
     }
 }
 

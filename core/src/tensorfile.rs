@@ -119,7 +119,7 @@ pub fn read_safetensors(bytes: &[u8]) -> Result<(Vec<TensorData>, Option<Metadat
 }
 
 /// Fails on the first key a JSON object header repeats (tensor names, `__metadata__`).
-fn check_unique_keys(header: &[u8]) -> Result<(), FormatError> {
+pub(crate) fn check_unique_keys(header: &[u8]) -> Result<(), FormatError> {
     use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
     /// Visits the top-level object, skipping values, and returns its first repeated key.

@@ -58,7 +58,11 @@ pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> 
                 )),
             },
         };
-        let bytes = compress::compress(&raw, compression).map_err(io)?;
+        // The job's threads (train::run set them) compress big artifacts in parallel.
+        let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+        let settings = compress::Settings::for_artifact(compression, spec.level, raw.len() as u64, threads);
+        let mut bytes = Vec::new();
+        compress::compress_stream_with(&raw[..], &mut bytes, &settings).map_err(io)?;
         let path = dir.join(format!("{file}{}", compression.extension()));
         write_atomically(&path, |f| f.write_all(&bytes)).map_err(io)?;
         artifacts.push(ArtifactFile {
@@ -74,8 +78,18 @@ pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> 
         artifacts,
         tensors: tensor_reports(params, pruned)?,
         dense_bytes: dense.len() as u64,
-        gzip_dense_bytes: compress::gzip_size(&dense) as u64,
+        gzip_dense_bytes: gzip_dense_bytes(&dense),
     })
+}
+
+/// The report's gzip size of the dense model, 0 (not measured) above
+/// [`compress::GZIP_REPORT_MAX`].
+fn gzip_dense_bytes(dense: &[u8]) -> u64 {
+    if dense.len() as u64 <= compress::GZIP_REPORT_MAX {
+        compress::gzip_size(dense) as u64
+    } else {
+        0
+    }
 }
 
 fn tensor_reports(params: &NamedParams, pruned: &[String]) -> Result<Vec<TensorReport>, EngineError> {

@@ -27,5 +27,9 @@ pub fn run_typed(
     sink: &mut dyn EventSink,
     stop: &StopFlag,
 ) -> Result<JobOutcome, EngineError> {
+    // A one-shot state dict needs no libtorch: pruned a tensor at a time, in bounded memory.
+    if crate::streamed::applies(job, inputs) {
+        return crate::streamed::run(job, inputs, sink);
+    }
     crate::train::run(job, inputs, sink, stop)
 }

@@ -14,6 +14,7 @@ pub mod masking;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod streamed;
 pub mod tensors;
 pub mod train;
 

@@ -107,6 +107,8 @@ impl From<&Report> for pb::Report {
             dense_val_accuracy: r.dense_val_accuracy,
             steps: r.steps,
             json: serde_json::to_string(r).expect("reports serialise"),
+            // gzip output is never empty, so 0 can only mean "not measured".
+            gzip_dense_measured: r.gzip_dense_bytes > 0,
         }
     }
 }

@@ -105,6 +105,7 @@ fn run_attempt() -> Result<(), WorkerError> {
         let (inputs, outputs) = inputs::resolve(&request, store, &args.scratch)?;
         let mut sink = LineSink { out: &mut out, store, checkpoints: &inputs.checkpoints };
         let outcome = prune_engine::run_job(&request.spec, &inputs, &mut sink, &stop)?;
+        log_peak_memory();
         outputs.publish(store, &outcome)?;
         Ok::<_, EngineError>(outcome)
     }));
@@ -121,6 +122,19 @@ fn run_attempt() -> Result<(), WorkerError> {
         tracing::error!("could not report the end of the attempt: {e}");
     }
     Ok(())
+}
+
+/// Logs this process's peak resident memory (`VmHWM`): the figure the memory goal of big
+/// checkpoints is about (`docs/big-checkpoints.md`), read by tests and `make bench-big`.
+fn log_peak_memory() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    if let Some(kib) = kib {
+        tracing::info!("peak memory: VmHWM {} bytes", kib * 1024);
+    }
 }
 
 /// `PR_SET_PDEATHSIG`: the kernel SIGKILLs this process when the server dies, even by

@@ -50,7 +50,8 @@ pub struct Report {
     pub tensors: Vec<TensorReport>,
     /// Bytes of the dense f32 safetensors file of the stripped weights.
     pub dense_bytes: u64,
-    /// gzip of that file: the size measure tfmot's guide uses.
+    /// gzip of that file: the size measure tfmot's guide uses. 0 when not measured (a dense
+    /// model over `compress::GZIP_REPORT_MAX`): gzip output is never empty.
     pub gzip_dense_bytes: u64,
     /// Artifact bytes by format.
     #[serde(deserialize_with = "map_or_pairs")]

@@ -314,10 +314,26 @@ fn check_export(e: &mut Errors, x: &ExportSpec, model: &ModelSpec) -> Option<Exp
     }
     let compression = e.parse::<Compression>("export.compression", &x.compression);
     let sparse_format = e.parse::<SparseFormat>("export.sparse_format", &x.sparse_format);
+    let level = match (x.level, compression) {
+        (None, _) => None,
+        (Some(level), Some(c)) => match crate::compress::Settings::levels(c) {
+            Some(range) if i32::try_from(level).is_ok_and(|l| range.contains(&l)) => Some(level as i32),
+            Some(range) => {
+                e.push("export.level", format!("{level} is outside {c}'s levels {}-{}", range.start(), range.end()));
+                None
+            }
+            None => {
+                e.push("export.level", "compression `none` has no level: remove export.level".to_string());
+                None
+            }
+        },
+        (Some(_), None) => None,
+    };
     Some(Export {
         formats: formats.into_iter().collect::<Option<_>>()?,
         compression: compression?,
         sparse_format: sparse_format?,
+        level,
     })
 }
 

@@ -607,6 +607,40 @@ fn export_formats() {
 }
 
 #[test]
+fn export_level_is_checked_against_the_codec() {
+    assert_accepts(|s| s.export.level = Some(3));
+    assert_accepts(|s| {
+        s.export.compression = "gzip".into();
+        s.export.level = Some(9);
+    });
+    assert_rejects(|s| s.export.level = Some(20), "export.level", "outside zstd's levels 1-19");
+    assert_rejects(|s| s.export.level = Some(0), "export.level", "outside zstd's levels 1-19");
+    assert_rejects(
+        |s| {
+            s.export.compression = "gzip".into();
+            s.export.level = Some(19);
+        },
+        "export.level",
+        "outside gzip's levels 1-9",
+    );
+    assert_rejects(
+        |s| {
+            s.export.compression = "none".into();
+            s.export.level = Some(3);
+        },
+        "export.level",
+        "has no level",
+    );
+    let job = validate(&{
+        let mut s = example();
+        s.export.level = Some(7);
+        s
+    })
+    .unwrap();
+    assert_eq!(job.export.level, Some(7));
+}
+
+#[test]
 fn torchscript_export_needs_torchscript_input() {
     let torchscript = |s: &mut JobSpec| s.export.formats = vec!["safetensors".into(), "torchscript".into()];
     assert_accepts(torchscript);

@@ -272,6 +272,7 @@ fn export_from_proto(e: pb::ExportSpec) -> ExportSpec {
         formats: if e.formats.is_empty() { d.formats } else { e.formats },
         compression: e.compression.unwrap_or(d.compression),
         sparse_format: e.sparse_format.unwrap_or(d.sparse_format),
+        level: e.level,
     }
 }
 
@@ -312,6 +313,7 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             formats: s.export.formats.clone(),
             compression: Some(s.export.compression.clone()),
             sparse_format: Some(s.export.sparse_format.clone()),
+            level: s.export.level,
         }),
     }
 }

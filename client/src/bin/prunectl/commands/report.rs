@@ -40,7 +40,7 @@ fn describe(report: &Report) -> String {
                 opt_number(report.dense_val_accuracy, 4)
             ),
         ),
-        ("dense size".into(), format!("{} (gzipped: {})", bytes(report.dense_bytes), bytes(report.gzip_dense_bytes))),
+        ("dense size".into(), format!("{} (gzipped: {})", bytes(report.dense_bytes), gzipped(report.gzip_dense_bytes))),
     ];
     facts.extend(report.artifact_bytes.iter().map(|(format, size)| (format!("{format} file"), bytes(*size))));
     let width = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -49,4 +49,13 @@ fn describe(report: &Report) -> String {
         let _ = writeln!(out, "{key:<width$}  {value}");
     }
     out
+}
+
+/// The gzipped dense size, which the engine measures only for dense models up to 128 MiB.
+fn gzipped(gzip_dense_bytes: u64) -> String {
+    if gzip_dense_bytes == 0 {
+        "not measured, over 128 MiB".into()
+    } else {
+        bytes(gzip_dense_bytes)
+    }
 }
