@@ -14,49 +14,29 @@
 //! Needs `PRUNE_VENV` (PyTorch) and the `zstd` CLI. Temporary files (about 4 GB) live under
 //! `--dir` (default: the system temp dir) and are removed at the end.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prune_core::tensorstream::{header_bytes, Entry};
-use prune_tests::{binary, Server};
-use safetensors::Dtype;
+use prune_tests::{binary, write_f32_layers, Server};
 use sha2::{Digest, Sha256};
 
 const SIDE: usize = 4096;
 
-fn values(seed: u64, n: usize) -> Vec<u8> {
+fn values(seed: u64, n: usize) -> Vec<f32> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(n * 4);
-    for _ in 0..n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        // Roughly normal-looking weights: the sum of two uniforms.
-        let a = (x >> 40) as f32 / (1u64 << 24) as f32;
-        let b = (x & 0xff_ffff) as f32 / (1u64 << 24) as f32;
-        out.extend(((a + b - 1.0) * 0.05).to_le_bytes());
-    }
-    out
-}
-
-fn write_model(path: &Path, tensors: usize) -> u64 {
-    let entries: Vec<Entry> = (0..tensors)
-        .map(|i| Entry {
-            name: format!("layers.{i}.weight"),
-            dtype: Dtype::F32,
-            shape: vec![SIDE, SIDE],
-            len: (SIDE * SIDE * 4) as u64,
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Roughly normal-looking weights: the sum of two uniforms.
+            let a = (x >> 40) as f32 / (1u64 << 24) as f32;
+            let b = (x & 0xff_ffff) as f32 / (1u64 << 24) as f32;
+            (a + b - 1.0) * 0.05
         })
-        .collect();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    out.write_all(&header_bytes(&entries, None).unwrap()).unwrap();
-    for i in 0..tensors {
-        out.write_all(&values(i as u64, SIDE * SIDE)).unwrap();
-    }
-    out.flush().unwrap();
-    std::fs::metadata(path).unwrap().len()
+        .collect()
 }
 
 fn prunectl(addr: &str, args: &[&str]) -> (String, String) {
@@ -126,7 +106,7 @@ fn main() {
         runtime.block_on(Server::start(&dir.path().join("var"), &["--workers", "1", "--threads-per-job", "2"]));
     let addr = format!("http://{}", server.addr);
     let model = dir.path().join("model.safetensors");
-    let model_bytes = write_model(&model, tensors);
+    let model_bytes = write_f32_layers(&model, tensors, [SIDE, SIDE], |i| values(i as u64, SIDE * SIDE));
     let job = dir.path().join("job.toml");
     std::fs::write(
         &job,

@@ -4,16 +4,13 @@
 //! `largest tensor x 3 + 300 MB`, the masks are exactly core's in-memory masks, and a second
 //! submit of the same file sends nothing.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use prune_core::bitmask::read_safetensors;
 use prune_core::mask;
-use prune_core::tensorstream::{header_bytes, Entry};
-use prune_tests::{binary, Server};
-use safetensors::Dtype;
+use prune_tests::{binary, write_f32_layers, Server};
 use tokio::process::Command;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
@@ -32,27 +29,6 @@ fn values(seed: u64) -> Vec<f32> {
             ((x >> 40) % 8192) as f32 / 4096.0 - 1.0
         })
         .collect()
-}
-
-/// Writes a state dict of [`TENSORS`] f32 tensors `layers.N.weight` [ROWS, COLS] one tensor at
-/// a time (the test process never holds it whole either).
-fn write_model(path: &Path) -> u64 {
-    let entries: Vec<Entry> = (0..TENSORS)
-        .map(|i| Entry {
-            name: format!("layers.{i}.weight"),
-            dtype: Dtype::F32,
-            shape: vec![ROWS, COLS],
-            len: (ROWS * COLS * 4) as u64,
-        })
-        .collect();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    out.write_all(&header_bytes(&entries, None).unwrap()).unwrap();
-    for i in 0..TENSORS {
-        let bytes: Vec<u8> = values(i as u64).iter().flat_map(|v| v.to_le_bytes()).collect();
-        out.write_all(&bytes).unwrap();
-    }
-    out.flush().unwrap();
-    std::fs::metadata(path).unwrap().len()
 }
 
 struct Run {
@@ -97,7 +73,7 @@ async fn a_checkpoint_bigger_than_the_memory_bound_is_pruned_a_tensor_at_a_time(
     let server = Server::start(&dir.path().join("var"), &["--workers", "1", "--threads-per-job", "2"]).await;
     let addr = format!("http://{}", server.addr);
     let model = dir.path().join("model.safetensors");
-    let model_bytes = write_model(&model);
+    let model_bytes = write_f32_layers(&model, TENSORS, [ROWS, COLS], |i| values(i as u64));
     let largest = (ROWS * COLS * 4) as u64;
     let bound = 3 * largest + 300_000_000;
     // Twice what three of its tensors take: a path that loads it whole cannot stay in bound.

@@ -497,3 +497,27 @@ pub fn one_shot_spec(blob: &str) -> pb::JobSpec {
         ..Default::default()
     }
 }
+
+/// Writes a safetensors state dict of `tensors` f32 weights `layers.N.weight` of `shape`,
+/// tensor N holding `values(N)`, one tensor at a time (a big test checkpoint is never whole in
+/// memory). Returns the file's size.
+pub fn write_f32_layers(path: &Path, tensors: usize, shape: [usize; 2], values: impl Fn(usize) -> Vec<f32>) -> u64 {
+    use prune_core::tensorstream::{header_bytes, Entry};
+    use std::io::Write;
+    let entries: Vec<Entry> = (0..tensors)
+        .map(|i| Entry {
+            name: format!("layers.{i}.weight"),
+            dtype: safetensors::Dtype::F32,
+            shape: shape.to_vec(),
+            len: (shape[0] * shape[1] * 4) as u64,
+        })
+        .collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    out.write_all(&header_bytes(&entries, None).unwrap()).unwrap();
+    for i in 0..tensors {
+        let bytes: Vec<u8> = values(i).iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.write_all(&bytes).unwrap();
+    }
+    out.flush().unwrap();
+    std::fs::metadata(path).unwrap().len()
+}

@@ -25,10 +25,12 @@ fn resolve_with(spec: DeviceSpec, cuda_count: usize) -> Result<Resolved, EngineE
         DeviceSpec::Auto if cuda_count > 0 => chosen(Device::Cuda(0)),
         DeviceSpec::Auto => Ok(Resolved {
             device: Device::Cpu,
-            warning: Some(format!(
-                "training.device = \"auto\": no CUDA device on this node{}, running on the CPU",
-                if tch::Cuda::is_available() { "" } else { " (or libtorch without CUDA)" }
-            )),
+            // With no device counted, libtorch may also lack CUDA altogether (a build without
+            // PRUNE_CUDA=1): the same message either way.
+            warning: Some(
+                "training.device = \"auto\": no CUDA device on this node (or libtorch without CUDA), running on the CPU"
+                    .into(),
+            ),
         }),
         DeviceSpec::Cuda(index) => {
             let index = usize::from(index.unwrap_or(0));

@@ -1,7 +1,7 @@
 //! Which parameters are pruned, with which rule, and their masks: tfmot's wrapper logic
 //! (recompute on schedule, multiply before every batch) over the numerics of `prune_core::mask`.
 
-use prune_core::job::{OverrideRule, Pruning};
+use prune_core::job::{Override, OverrideRule, Pruning};
 use prune_core::mask;
 use prune_core::options::Scope;
 use prune_core::{PruningMethod, Schedule};
@@ -36,60 +36,91 @@ fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>, EngineError> 
         .collect()
 }
 
-/// Selects the pruned parameters: every floating tensor of rank >= 2 by default (rank-1 biases
-/// only with `prune_bias`), or those matching `include`; minus `exclude`; overrides last.
-pub fn select_targets(spec: &Pruning, params: &NamedParams) -> Result<Vec<Target>, EngineError> {
-    let include = compile(&spec.include, "pruning.include")?;
-    let exclude = compile(&spec.exclude, "pruning.exclude")?;
-    let overrides = spec
-        .overrides
-        .iter()
-        .enumerate()
-        .map(|(i, o)| {
-            Ok((
-                Regex::new(&o.pattern).map_err(|e| EngineError::Spec(format!("pruning.overrides[{i}].match: {e}")))?,
-                o,
-            ))
+/// How one selected tensor is pruned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub schedule: Schedule,
+    pub method: PruningMethod,
+    /// scope = global and no override.
+    pub global: bool,
+}
+
+impl Rule {
+    /// Ranked in the one global selection (as `Masks::recompute` partitions targets).
+    pub fn in_global_selection(&self) -> bool {
+        self.global && self.method == PruningMethod::ElementWise
+    }
+}
+
+/// A `[pruning]` section's selection rules with its patterns compiled, for deciding tensor by
+/// tensor from name, shape and dtype alone (the libtorch path and the streamed one share it).
+pub struct Selector<'a> {
+    spec: &'a Pruning,
+    include: Vec<Regex>,
+    exclude: Vec<Regex>,
+    overrides: Vec<(Regex, &'a Override)>,
+}
+
+impl<'a> Selector<'a> {
+    pub fn new(spec: &'a Pruning) -> Result<Selector<'a>, EngineError> {
+        let overrides = spec
+            .overrides
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let pattern = Regex::new(&o.pattern)
+                    .map_err(|e| EngineError::Spec(format!("pruning.overrides[{i}].match: {e}")))?;
+                Ok((pattern, o))
+            })
+            .collect::<Result<Vec<_>, EngineError>>()?;
+        Ok(Selector {
+            spec,
+            include: compile(&spec.include, "pruning.include")?,
+            exclude: compile(&spec.exclude, "pruning.exclude")?,
+            overrides,
         })
-        .collect::<Result<Vec<_>, EngineError>>()?;
-    let global_scope = spec.scope == Scope::Global;
-    let mut targets = Vec::new();
-    for (index, (name, tensor)) in params.iter().enumerate() {
-        if !tensor.is_floating_point() {
-            continue;
+    }
+
+    /// The rule of tensor `name`, or `None` when it is not pruned: every floating tensor of
+    /// rank >= 2 by default (rank-1 biases only with `prune_bias`), or those matching `include`;
+    /// minus `exclude`; overrides last. A method that cannot apply to the shape is an error.
+    pub fn rule(&self, name: &str, shape: &[usize], floating: bool) -> Result<Option<Rule>, EngineError> {
+        let spec = self.spec;
+        if !floating {
+            return Ok(None);
         }
-        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
         // An explicit include asks for exactly what it matches (biases too); by default only
         // rank >= 2 weights, plus biases with `prune_bias`.
-        let selected = if include.is_empty() {
+        let selected = if self.include.is_empty() {
             shape.len() >= 2 || (spec.prune_bias && shape.len() == 1 && name.ends_with("bias"))
         } else {
-            include.iter().any(|r| r.is_match(name))
+            self.include.iter().any(|r| r.is_match(name))
         };
-        if !selected || exclude.iter().any(|r| r.is_match(name)) || shape.is_empty() {
-            continue;
+        if !selected || self.exclude.iter().any(|r| r.is_match(name)) || shape.is_empty() {
+            return Ok(None);
         }
-        let mut target = Target {
-            name: name.clone(),
-            param: index,
-            shape,
-            schedule: spec.schedule,
-            method: spec.method,
-            global: global_scope,
-        };
-        if let Some((_, o)) = overrides.iter().find(|(r, _)| r.is_match(name)) {
+        let mut rule = Rule { schedule: spec.schedule, method: spec.method, global: spec.scope == Scope::Global };
+        if let Some((_, o)) = self.overrides.iter().find(|(r, _)| r.is_match(name)) {
             match o.rule {
-                OverrideRule::Skip => continue,
+                OverrideRule::Skip => return Ok(None),
                 OverrideRule::Inherit => {}
-                OverrideRule::Prune { schedule, method } => {
-                    target.global = false;
-                    target.schedule = schedule;
-                    target.method = method;
-                }
+                OverrideRule::Prune { schedule, method } => rule = Rule { schedule, method, global: false },
             }
         }
-        target.method.check_shape(&target.name, &target.shape).map_err(EngineError::Spec)?;
-        targets.push(target);
+        rule.method.check_shape(name, shape).map_err(EngineError::Spec)?;
+        Ok(Some(rule))
+    }
+}
+
+/// Selects the pruned parameters of a loaded model by [`Selector::rule`].
+pub fn select_targets(spec: &Pruning, params: &NamedParams) -> Result<Vec<Target>, EngineError> {
+    let selector = Selector::new(spec)?;
+    let mut targets = Vec::new();
+    for (index, (name, tensor)) in params.iter().enumerate() {
+        let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+        if let Some(Rule { schedule, method, global }) = selector.rule(name, &shape, tensor.is_floating_point())? {
+            targets.push(Target { name: name.clone(), param: index, shape, schedule, method, global });
+        }
     }
     Ok(targets)
 }
