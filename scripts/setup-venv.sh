@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (once) the cached Python virtualenv that provides libtorch 2.13.0 for tch 0.26,
-# plus the few Python packages the tests use: plain PyTorch checks of artifacts, and a grpcio
+# plus the few Python packages the tests use: plain PyTorch checks of artifacts, compressed-tensors
+# (it must read our packed sharded checkpoints), and a grpcio
 # client (grpcio-tools to generate stubs from proto/, grpcio-status for the error details) that
 # drives the API as an outside user would.
 # Idempotent: each completed step is marked with a stamp file and reused by later runs and CI.
@@ -8,6 +9,7 @@ set -euo pipefail
 VENV="${PRUNE_VENV:-$HOME/.cache/prune/venv-torch-2.13.0}"
 STAMP="$VENV/.prune-ready-v1"
 GRPC_STAMP="$VENV/.prune-grpc-v1"
+CT_STAMP="$VENV/.prune-compressed-tensors-v1"
 PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
 if [ ! -f "$STAMP" ]; then
   PY="${PYTHON:-python3}"
@@ -26,5 +28,14 @@ if [ ! -f "$GRPC_STAMP" ]; then
     || "${PIP[@]}" grpcio grpcio-tools grpcio-status >&2
   "$VENV/bin/python" -c 'import grpc, grpc_tools, grpc_status; from google.rpc import error_details_pb2' >&2
   touch "$GRPC_STAMP"
+fi
+# compressed-tensors 0.14.0.1: the last release with sparsity compressors (0.15 dropped them);
+# the sharded-checkpoint test decompresses our packed directories with its ModelCompressor.
+# It imports psutil without declaring it.
+if [ ! -f "$CT_STAMP" ]; then
+  echo "adding compressed-tensors 0.14.0.1 to $VENV (once)" >&2
+  "${PIP[@]}" compressed-tensors==0.14.0.1 psutil >&2
+  "$VENV/bin/python" -c 'import torch, compressed_tensors; from compressed_tensors.compressors import ModelCompressor; assert torch.__version__.startswith("2.13.0"), torch.__version__' >&2
+  touch "$CT_STAMP"
 fi
 echo "$VENV"

@@ -5,13 +5,11 @@
 //! submit of the same file sends nothing.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use prune_core::bitmask::read_safetensors;
 use prune_core::mask;
-use prune_tests::{binary, write_f32_layers, Server};
-use tokio::process::Command;
+use prune_tests::{prunectl_at, write_f32_layers, PrunectlRun, Server};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 const ROWS: usize = 2048;
@@ -31,27 +29,9 @@ fn values(seed: u64) -> Vec<f32> {
         .collect()
 }
 
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn prunectl(addr: &str, args: &[&str]) -> Run {
-    let output = Command::new(binary("prunectl"))
-        .args(args)
-        .env("PRUNE_ADDR", addr)
-        .env_remove("PRUNE_TOKEN")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(CALL_TIMEOUT, output).await.expect("prunectl finished in time").unwrap();
-    let run = Run {
-        ok: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
-    assert!(run.ok, "prunectl {args:?} failed:\n{}\n{}", run.stdout, run.stderr);
+async fn prunectl(addr: &str, args: &[&str]) -> PrunectlRun {
+    let run = prunectl_at(addr, args, CALL_TIMEOUT).await;
+    assert!(run.ok(), "prunectl {args:?} failed:\n{}\n{}", run.stdout, run.stderr);
     run
 }
 

@@ -7,11 +7,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use prune_core::bitmask::{read_safetensors, TensorData};
-use prune_tests::{binary, sha256_hex, Server};
+use prune_tests::{binary, run_python, sha256_hex, PrunectlRun, Server};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -29,44 +29,11 @@ fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples").join(name)
 }
 
-/// A finished `prunectl` call.
-#[derive(Debug)]
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
-    }
-
-    /// Every stdout line as JSON (`watch --json`).
-    fn json_lines(&self) -> Vec<Value> {
-        self.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
-    }
-}
+type Run = PrunectlRun;
 
 /// Runs `prunectl ARGS` against `addr`; killed after [`CALL_TIMEOUT`].
 async fn prunectl_at(addr: &str, args: &[&str]) -> Run {
-    let output = Command::new(binary("prunectl"))
-        .args(args)
-        .env("PRUNE_ADDR", addr)
-        .env_remove("PRUNE_TOKEN")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(CALL_TIMEOUT, output)
-        .await
-        .unwrap_or_else(|_| panic!("prunectl {args:?} did not finish within {CALL_TIMEOUT:?}"))
-        .expect("running prunectl (build it first: `cargo build -p prune-client`)");
-    Run {
-        status: output.status,
-        stdout: String::from_utf8(output.stdout).expect("UTF-8 stdout"),
-        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
-    }
+    prune_tests::prunectl_at(addr, args, CALL_TIMEOUT).await
 }
 
 /// A `prune-server` (killed on drop, printing its log if the test failed) and a scratch
@@ -150,19 +117,6 @@ fn assert_same_weights(got: &Path, want: &Path) {
             panic!("{}[{i}]: {} in {} but {} in {}", g.name, gv[i], got.display(), wv[i], want.display());
         }
     }
-}
-
-/// `$PRUNE_VENV/bin/python`: PyTorch, to make and check TorchScript files.
-fn python() -> PathBuf {
-    let venv = std::env::var_os("PRUNE_VENV")
-        .expect("PRUNE_VENV is not set: run `eval \"$(scripts/libtorch-env.sh)\"` (the Makefile does) for PyTorch");
-    PathBuf::from(venv).join("bin/python")
-}
-
-async fn run_python(script: &str, args: &[&str]) -> String {
-    let out = Command::new(python()).arg("-c").arg(script).args(args).output().await.expect("run python");
-    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------

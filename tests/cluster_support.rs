@@ -216,7 +216,7 @@ impl Cluster {
     /// The job's artifact rows: (format, path), by format.
     pub async fn artifact_rows(&self, job_id: &str) -> Vec<(String, String)> {
         let mut db = self.db().await;
-        let rows = sqlx::query("SELECT format, path FROM artifacts WHERE job_id = $1 ORDER BY format")
+        let rows = sqlx::query("SELECT format, path FROM artifact_files WHERE job_id = $1 ORDER BY format, path")
             .bind(job_id)
             .fetch_all(&mut db)
             .await

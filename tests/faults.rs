@@ -178,7 +178,12 @@ async fn server_killed_mid_download_the_client_resumes_to_identical_bytes() {
     // with the stream still open.
     let out = tmp.path().join("pruned.safetensors");
     let part = prune_client::download::part_path(&out);
-    let request = pb::DownloadArtifactRequest { job_id: job.id.clone(), format: "safetensors".into(), read_offset: 0 };
+    let request = pb::DownloadArtifactRequest {
+        job_id: job.id.clone(),
+        format: "safetensors".into(),
+        read_offset: 0,
+        ..Default::default()
+    };
     let mut stream = client.download_artifact(request).await.expect("DownloadArtifact").into_inner();
     let Some(pb::DownloadArtifactResponse { part: Some(Part::Info(info)) }) = stream.message().await.unwrap() else {
         panic!("the download did not start with the info");

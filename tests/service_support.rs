@@ -382,7 +382,12 @@ pub async fn download(
     offset: u64,
 ) -> Result<(pb::ArtifactInfo, Vec<u8>), tonic::Status> {
     use pb::download_artifact_response::Part;
-    let request = pb::DownloadArtifactRequest { job_id: job_id.into(), format: format.into(), read_offset: offset };
+    let request = pb::DownloadArtifactRequest {
+        job_id: job_id.into(),
+        format: format.into(),
+        read_offset: offset,
+        ..Default::default()
+    };
     let mut stream = client.download_artifact(request).await?.into_inner();
     let mut info = None;
     let mut data = Vec::new();
@@ -520,4 +525,63 @@ pub fn write_f32_layers(path: &Path, tensors: usize, shape: [usize; 2], values: 
     }
     out.flush().unwrap();
     std::fs::metadata(path).unwrap().len()
+}
+
+/// A finished `prunectl` call.
+#[derive(Debug)]
+pub struct PrunectlRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl PrunectlRun {
+    pub fn ok(&self) -> bool {
+        self.status.success()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+    }
+
+    /// Every stdout line as JSON (`watch --json`).
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    }
+}
+
+/// Runs the real `prunectl ARGS` against `addr` (no token); killed after `timeout`.
+pub async fn prunectl_at(addr: &str, args: &[&str], timeout: Duration) -> PrunectlRun {
+    let output = Command::new(binary("prunectl"))
+        .args(args)
+        .env("PRUNE_ADDR", addr)
+        .env_remove("PRUNE_TOKEN")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(timeout, output)
+        .await
+        .unwrap_or_else(|_| panic!("prunectl {args:?} did not finish within {timeout:?}"))
+        .expect("running prunectl (build it first: `cargo build -p prune-client`)");
+    PrunectlRun {
+        status: output.status,
+        stdout: String::from_utf8(output.stdout).expect("UTF-8 stdout"),
+        stderr: String::from_utf8(output.stderr).expect("UTF-8 stderr"),
+    }
+}
+
+/// `$PRUNE_VENV/bin/python`: the test virtualenv's Python (PyTorch, safetensors,
+/// compressed-tensors), to check artifacts as their users would.
+pub fn python() -> PathBuf {
+    let venv = std::env::var_os("PRUNE_VENV")
+        .expect("PRUNE_VENV is not set: run `eval \"$(scripts/libtorch-env.sh)\"` (the Makefile does) for PyTorch");
+    PathBuf::from(venv).join("bin/python")
+}
+
+/// Runs a Python snippet with `args`, which must succeed; returns its stdout.
+pub async fn run_python(script: &str, args: &[&str]) -> String {
+    let out = Command::new(python()).arg("-c").arg(script).args(args).output().await.expect("run python");
+    assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -60,9 +60,55 @@ impl Client {
         format: Option<&str>,
         raw: bool,
     ) -> Result<DownloadOutcome> {
+        self.download_file_to(job_id, &Wanted { format, file_name: None }, path, raw).await
+    }
+
+    /// Downloads every file of the job's export of `format` (`None`: safetensors, where exported) into
+    /// `dir`, one by one, each resumable and verified like [`Client::download_to`]: a sharded
+    /// checkpoint's packed shards (decompressed unless `raw`), index and `config.json` make a
+    /// Hugging Face checkpoint directory again.
+    pub async fn download_dir(
+        &self,
+        job_id: &str,
+        dir: &Path,
+        format: Option<&str>,
+        raw: bool,
+    ) -> Result<Vec<DownloadOutcome>> {
+        let job = self.get_job(job_id).await?;
+        // Artifacts are listed by format name: safetensors first where it was exported.
+        let format = format.or_else(|| job.artifacts.first().map(|a| a.format.as_str())).unwrap_or("safetensors");
+        let files: Vec<&ArtifactInfo> = job.artifacts.iter().filter(|a| a.format == format).collect();
+        if files.is_empty() {
+            return Err(ClientError::Protocol(format!("job {job_id} has no `{format}` artifact")));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
+        let mut done = Vec::with_capacity(files.len());
+        for file in files {
+            let name = if raw || file.compression == "none" {
+                file.file_name.as_str()
+            } else {
+                compressed_stem(&file.file_name)
+            };
+            // Names come from the server: never let one step out of `dir`.
+            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+                return Err(ClientError::Protocol(format!("the server named an artifact file `{name}`")));
+            }
+            let wanted = Wanted { format: Some(format), file_name: Some(&file.file_name) };
+            done.push(self.download_file_to(job_id, &wanted, &dir.join(name), raw).await?);
+        }
+        Ok(done)
+    }
+
+    async fn download_file_to(
+        &self,
+        job_id: &str,
+        wanted: &Wanted<'_>,
+        path: &Path,
+        raw: bool,
+    ) -> Result<DownloadOutcome> {
         let part = part_path(path);
         let (artifact, resumed_from) = loop {
-            let (artifact, resumed_from) = self.fetch_part(job_id, format, &part).await?;
+            let (artifact, resumed_from) = self.fetch_part(job_id, wanted, &part).await?;
             let (_, sha256) = digest_file(&part).await?;
             if sha256 == artifact.sha256 {
                 break (artifact, resumed_from);
@@ -90,12 +136,12 @@ impl Client {
 
     /// Brings `part` up to the artifact's full length, retrying when the connection breaks.
     /// Returns the artifact info and how many bytes `part` held at the start.
-    async fn fetch_part(&self, job_id: &str, format: Option<&str>, part: &Path) -> Result<(ArtifactInfo, u64)> {
+    async fn fetch_part(&self, job_id: &str, wanted: &Wanted<'_>, part: &Path) -> Result<(ArtifactInfo, u64)> {
         let resumed_from = file_len(part)?;
         let mut backoff = Backoff::new();
         loop {
             let offset = file_len(part)?;
-            match self.stream_into(job_id, format, part, offset).await {
+            match self.stream_into(job_id, wanted, part, offset).await {
                 Ok(info) => return Ok((info, resumed_from)),
                 Err(e) if e.is_transient() => match backoff.next_delay() {
                     Some(delay) => tokio::time::sleep(delay).await,
@@ -111,11 +157,12 @@ impl Client {
     }
 
     /// One `DownloadArtifact` call from `offset`, appending what arrives to `part`.
-    async fn stream_into(&self, job_id: &str, format: Option<&str>, part: &Path, offset: u64) -> Result<ArtifactInfo> {
+    async fn stream_into(&self, job_id: &str, wanted: &Wanted<'_>, part: &Path, offset: u64) -> Result<ArtifactInfo> {
         let request = pb::DownloadArtifactRequest {
             job_id: job_id.to_string(),
-            format: format.unwrap_or_default().to_string(),
+            format: wanted.format.unwrap_or_default().to_string(),
             read_offset: offset,
+            file_name: wanted.file_name.unwrap_or_default().to_string(),
         };
         let mut stream = self.rpc().download_artifact(request).await?.into_inner();
         let info = match stream.message().await? {
@@ -142,6 +189,19 @@ impl Client {
         }
         Ok(info)
     }
+}
+
+/// Which file of a job's artifacts a download asks for.
+struct Wanted<'a> {
+    /// `None`: the job's first export format.
+    format: Option<&'a str>,
+    /// `None`: the format's only file.
+    file_name: Option<&'a str>,
+}
+
+/// A served file's name once decompressed: without its `.zst` / `.gz`.
+fn compressed_stem(name: &str) -> &str {
+    name.strip_suffix(".zst").or_else(|| name.strip_suffix(".gz")).unwrap_or(name)
 }
 
 /// Puts the verified `part` in place at `path`: renamed as is, or decompressed through a

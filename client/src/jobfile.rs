@@ -4,8 +4,11 @@
 //! Paths in a job file are relative to the file's own directory, not to wherever `prunectl`
 //! runs, so that a job file and its model can be moved (or referenced from scripts) together.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use futures::{StreamExt, TryStreamExt};
+use prune_core::sharded::{ShardedCheckpoint, INDEX_FILE};
 use prune_core::validate::{self, is_blob_id};
 use prune_core::JobSpec;
 use serde::Serialize;
@@ -21,6 +24,9 @@ pub struct Submitted {
     pub job: JobInfo,
     pub uploads: Vec<Uploaded>,
 }
+
+/// Shards uploaded at once: enough to keep a fast link busy while one shard is hashed.
+const PARALLEL_UPLOADS: usize = 4;
 
 /// Reads, parses and validates a job file. Errors name the file and every bad field, e.g.
 /// `job.toml: pruning.schedule.end_step: ...`.
@@ -56,6 +62,11 @@ impl Client {
             *weights = uploaded.id.clone();
             uploads.push(uploaded);
         }
+        if let Some(dir) = spec.model.dir.take() {
+            let (index, shards) = self.upload_checkpoint_dir(&base_dir.join(dir), &mut uploads).await?;
+            spec.model.index = Some(index);
+            spec.model.shards = Some(shards);
+        }
         if let Some(data) = spec.data.as_mut() {
             if let Some(file) = data.file.take() {
                 let uploaded = self.upload_file(&base_dir.join(file)).await?;
@@ -64,6 +75,35 @@ impl Client {
             }
         }
         Ok(uploads)
+    }
+
+    /// Checks a sharded checkpoint directory (index against every shard's header, nothing
+    /// uploaded if it is broken), then uploads the index and the shards, a few at a time, each
+    /// as its own blob (skipped when the server has it, resumed when cut off). Returns the
+    /// index's blob id and the shards' (file name -> blob id).
+    pub async fn upload_checkpoint_dir(
+        &self,
+        dir: &Path,
+        uploads: &mut Vec<Uploaded>,
+    ) -> Result<(String, BTreeMap<String, String>)> {
+        let owned = dir.to_path_buf();
+        let names = tokio::task::spawn_blocking(move || {
+            ShardedCheckpoint::open_dir(&owned).map(|c| c.shards.into_iter().map(|s| s.name).collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|e| ClientError::io(dir, std::io::Error::other(e)))?
+        .map_err(|e| ClientError::Format { path: dir.to_path_buf(), reason: e.to_string() })?;
+        let index = self.upload_file(&dir.join(INDEX_FILE)).await?;
+        let index_id = index.id.clone();
+        uploads.push(index);
+        let uploading = names.iter().map(|name| {
+            let path = dir.join(name);
+            async move { self.upload_file(&path).await }
+        });
+        let shards: Vec<Uploaded> = futures::stream::iter(uploading).buffered(PARALLEL_UPLOADS).try_collect().await?;
+        let ids = names.into_iter().zip(&shards).map(|(name, u)| (name, u.id.clone())).collect();
+        uploads.extend(shards);
+        Ok((index_id, ids))
     }
 
     /// `prunectl submit`: load and validate the job file, upload what it refers to, create the
@@ -76,13 +116,17 @@ impl Client {
     }
 }
 
-/// The local files a validated job file refers to, resolved against its directory: what
-/// `submit` will upload. Lets callers check or list them without a server.
+/// The local files (and a sharded checkpoint's directory) a validated job file refers to,
+/// resolved against its directory: what `submit` will upload. Lets callers check or list them without a server.
 pub fn local_files(spec: &JobSpec, job_file: &Path) -> Vec<PathBuf> {
     let dir = base_dir(job_file);
     let weights = spec.model.weights.as_deref().filter(|w| !is_blob_id(w));
     let data = spec.data.as_ref().and_then(|d| d.file.as_deref());
-    [spec.model.file.as_deref(), weights, data].into_iter().flatten().map(|p| dir.join(p)).collect()
+    [spec.model.file.as_deref(), spec.model.dir.as_deref(), weights, data]
+        .into_iter()
+        .flatten()
+        .map(|p| dir.join(p))
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod mask;
 pub mod method;
 pub mod options;
 pub mod schedule;
+pub mod sharded;
 pub mod spec;
 pub mod tensorfile;
 pub mod tensorstream;

@@ -8,13 +8,17 @@
 //! Field names are a contract shared with the gRPC `JobSpec` and outside clients: extend, never rename.
 //! `deny_unknown_fields` everywhere, so a typo is an error naming the field instead of a silent default.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::schedule::Schedule;
 
 /// The fields that reference files, by their job-file path: a local path (client side) or a
 /// `sha256:` blob id (server side). The one list every crate uses.
-pub const FILE_REFERENCE_FIELDS: [&str; 3] = ["model.blob", "model.weights", "data.blob"];
+/// A sharded model's shards are references too: `model.shards.<file name>` (see
+/// [`JobSpec::blob_refs`]).
+pub const FILE_REFERENCE_FIELDS: [&str; 4] = ["model.blob", "model.weights", "model.index", "data.blob"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -31,8 +35,8 @@ pub struct JobSpec {
     pub export: ExportSpec,
 }
 
-/// Exactly one of `file`, `blob`, `sequential` (checked by validation, not by serde, so the
-/// error names the fields).
+/// Exactly one of `file`, `blob`, `sequential`, `dir`, `index` (checked by validation, not by
+/// serde, so the error names the fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
@@ -46,6 +50,24 @@ pub struct ModelSpec {
     /// a local path (client side) or a `sha256:` blob id (server side).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<String>,
+    /// A Hugging Face style sharded safetensors checkpoint on the client: a directory holding
+    /// `model.safetensors.index.json` and the shards it names. `prunectl submit` uploads the
+    /// index and every shard and replaces `dir` with `index` and `shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
+    /// A sharded checkpoint on the server: the blob id of its `model.safetensors.index.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// With `index`: each shard's file name, as the index names it, and its blob id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<BTreeMap<String, String>>,
+}
+
+impl ModelSpec {
+    /// Whether the model is a sharded checkpoint (`dir` on the client, `index` on the server).
+    pub fn is_sharded(&self) -> bool {
+        self.dir.is_some() || self.index.is_some()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,14 +255,17 @@ impl Default for ExportSpec {
 }
 
 impl JobSpec {
-    /// The blob ids the spec references, with their field paths ([`FILE_REFERENCE_FIELDS`]).
-    pub fn blob_refs(&self) -> Vec<(&'static str, &str)> {
+    /// The blob ids the spec references, with their field paths ([`FILE_REFERENCE_FIELDS`],
+    /// then `model.shards.<file name>` for each shard).
+    pub fn blob_refs(&self) -> Vec<(String, &str)> {
         let data_blob = self.data.as_ref().and_then(|d| d.blob.as_deref());
-        FILE_REFERENCE_FIELDS
+        let m = &self.model;
+        let fixed = FILE_REFERENCE_FIELDS
             .into_iter()
-            .zip([self.model.blob.as_deref(), self.model.weights.as_deref(), data_blob])
-            .filter_map(|(field, id)| id.map(|id| (field, id)))
-            .collect()
+            .zip([m.blob.as_deref(), m.weights.as_deref(), m.index.as_deref(), data_blob])
+            .filter_map(|(field, id)| id.map(|id| (field.to_string(), id)));
+        let shards = m.shards.iter().flatten().map(|(name, id)| (format!("model.shards.{name}"), id.as_str()));
+        fixed.chain(shards).collect()
     }
 }
 

@@ -60,6 +60,7 @@ impl EventSink for Timer {
 fn scratch_inputs(dir: &std::path::Path, model_file: Option<&std::path::Path>, threads: usize) -> JobInputs {
     JobInputs {
         model_file: model_file.map(|p| p.to_path_buf()),
+        model_shards: None,
         weights_file: None,
         data_file: None,
         checkpoints: Output { dir: dir.join("c"), key_prefix: "checkpoints/bench/".into() },

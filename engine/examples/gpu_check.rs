@@ -52,6 +52,7 @@ compression = "none"
 fn inputs(dir: &Path) -> JobInputs {
     JobInputs {
         model_file: None,
+        model_shards: None,
         weights_file: None,
         data_file: None,
         checkpoints: Output { dir: dir.join("c"), key_prefix: "checkpoints/gpu/".into() },

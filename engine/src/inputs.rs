@@ -2,6 +2,7 @@
 //! stops it between steps ([`StopFlag`]). The training loop and the entry point both use these;
 //! neither is used by them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ pub use prune_core::domain::{JobOutcome, StopReason};
 pub struct JobInputs {
     /// `model.file` / `model.blob`: TorchScript `.pt` or a safetensors state dict.
     pub model_file: Option<PathBuf>,
+    /// `model.index` + `model.shards`: a sharded safetensors checkpoint.
+    pub model_shards: Option<ShardFiles>,
     /// `model.weights`: initial safetensors weights for a `sequential` model.
     pub weights_file: Option<PathBuf>,
     /// `data.file` / `data.blob`: safetensors with `x` and `y`.
@@ -25,6 +28,14 @@ pub struct JobInputs {
     pub resume_from: Option<PathBuf>,
     /// libtorch intra-op threads (results depend on it: a resumed job must use the same).
     pub threads: usize,
+}
+
+/// A sharded checkpoint's local files: its index and each shard by the file name the index
+/// gives it.
+#[derive(Debug, Clone)]
+pub struct ShardFiles {
+    pub index: PathBuf,
+    pub shards: BTreeMap<String, PathBuf>,
 }
 
 /// A local directory for files the engine writes, and the file-store key prefix they are known

@@ -29,7 +29,7 @@ pub fn run_typed(
 ) -> Result<JobOutcome, EngineError> {
     // A one-shot state dict needs no libtorch: pruned a tensor at a time, in bounded memory.
     if crate::streamed::applies(job, inputs) {
-        return crate::streamed::run(job, inputs, sink);
+        return crate::streamed::run(job, inputs, sink, stop);
     }
     crate::train::run(job, inputs, sink, stop)
 }

@@ -21,6 +21,7 @@ pub fn artifact_path(dir: &Path, artifact: &ArtifactFile) -> PathBuf {
 pub fn inputs(dir: &Path) -> JobInputs {
     JobInputs {
         model_file: None,
+        model_shards: None,
         weights_file: None,
         data_file: None,
         checkpoints: Output { dir: dir.join("checkpoints"), key_prefix: "checkpoints/job/".into() },

@@ -79,7 +79,7 @@ fn both_paths_agree(pruning: &str, sparse_format: &str) {
     let streamed_inputs = job_inputs(a.path(), &model);
     assert!(streamed::applies(&job, &streamed_inputs));
     let mut streamed_sink = VecSink::default();
-    let fast = streamed::run(&job, &streamed_inputs, &mut streamed_sink).unwrap();
+    let fast = streamed::run(&job, &streamed_inputs, &mut streamed_sink, &StopFlag::default()).unwrap();
     let mut torch_sink = VecSink::default();
     let slow = train::run(&job, &job_inputs(b.path(), &model), &mut torch_sink, &StopFlag::default()).unwrap();
 
@@ -140,7 +140,8 @@ fn nan_weights_are_refused_like_the_libtorch_path() {
     std::fs::write(&model, write_safetensors(&[t], None).unwrap()).unwrap();
     let toml = "[model]\nfile = \"model.safetensors\"\n[training]\nepochs = 0\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.5 }\n";
     let job = prune_core::validate::validate(&spec(toml)).unwrap();
-    let err = streamed::run(&job, &job_inputs(dir.path(), &model), &mut VecSink::default()).unwrap_err();
+    let err = streamed::run(&job, &job_inputs(dir.path(), &model), &mut VecSink::default(), &StopFlag::default())
+        .unwrap_err();
     assert!(err.to_string().contains("w.weight holds NaN"), "{err}");
     // Nothing half-written is left where artifacts are served from.
     let left: Vec<_> = std::fs::read_dir(dir.path().join("artifacts")).unwrap().collect();

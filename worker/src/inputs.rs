@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use prune_core::domain::JobOutcome;
 use prune_core::worker_protocol::WorkerRequest;
-use prune_engine::{EngineError, JobInputs, Output};
+use prune_engine::{EngineError, JobInputs, Output, ShardFiles};
 use prune_store::{FileStore, Key};
 
 /// Where the engine writes, so that the results can be published afterwards.
@@ -46,6 +46,7 @@ pub fn resolve(
     };
     let job_inputs = JobInputs {
         model_file: blob("model.blob", spec.model.blob.as_deref())?,
+        model_shards: shard_files(spec, &blob)?,
         weights_file: blob("model.weights", spec.model.weights.as_deref())?,
         data_file: blob("data.blob", spec.data.as_ref().and_then(|d| d.blob.as_deref()))?,
         checkpoints,
@@ -54,6 +55,20 @@ pub fn resolve(
         threads: inputs.threads,
     };
     Ok((job_inputs, Outputs { artifacts }))
+}
+
+/// A sharded checkpoint's index and shards as local files (each shard is its own blob).
+fn shard_files(
+    spec: &prune_core::JobSpec,
+    blob: &dyn Fn(&str, Option<&str>) -> Result<Option<PathBuf>, EngineError>,
+) -> Result<Option<ShardFiles>, EngineError> {
+    let Some(index) = blob("model.index", spec.model.index.as_deref())? else { return Ok(None) };
+    let mut shards = std::collections::BTreeMap::new();
+    for (name, id) in spec.model.shards.iter().flatten() {
+        let path = blob(&format!("model.shards.{name}"), Some(id))?.expect("a blob id was given");
+        shards.insert(name.clone(), path);
+    }
+    Ok(Some(ShardFiles { index, shards }))
 }
 
 /// Publishes a file the engine wrote under `output` (a no-op where the store is this machine's

@@ -26,6 +26,10 @@ pub fn validate(spec: &JobSpec) -> Result<Job, SpecErrors> {
         });
     }
     check_model(&mut e, &spec.model);
+    // A state dict has no forward pass to train: a sharded one is pruned one-shot, streamed.
+    e.check(!spec.model.is_sharded() || spec.training.epochs == 0, "training.epochs", || {
+        format!("a sharded checkpoint is pruned one-shot: set epochs = 0 (got {})", spec.training.epochs)
+    });
     let data = check_data(&mut e, spec.data.as_ref(), spec.training.epochs);
     let training = check_training(&mut e, &spec.training);
     let pruning = check_pruning(&mut e, &spec.pruning);
@@ -114,9 +118,15 @@ fn element_count(dims: &[i64]) -> Option<i64> {
 }
 
 fn check_model(e: &mut Errors, model: &ModelSpec) {
-    let sources =
-        [("file", model.file.is_some()), ("blob", model.blob.is_some()), ("sequential", model.sequential.is_some())];
+    let sources = [
+        ("file", model.file.is_some()),
+        ("blob", model.blob.is_some()),
+        ("sequential", model.sequential.is_some()),
+        ("dir", model.dir.is_some()),
+        ("index", model.index.is_some()),
+    ];
     e.one_source("model", &sources, true);
+    check_sharded(e, model);
     if let Some(file) = &model.file {
         e.non_empty("model.file", file);
     }
@@ -294,6 +304,31 @@ pub fn is_device(device: &str) -> bool {
     device.parse::<Device>().is_ok()
 }
 
+/// A sharded checkpoint: `dir` on the client, `index` with its `shards` on the server.
+fn check_sharded(e: &mut Errors, model: &ModelSpec) {
+    if let Some(dir) = &model.dir {
+        e.non_empty("model.dir", dir);
+    }
+    if let Some(index) = &model.index {
+        e.blob_id("model.index", index);
+    }
+    match (&model.index, &model.shards) {
+        (Some(_), None) => {
+            e.push("model.shards", "a sharded model (model.index) needs its shards: file name -> blob id")
+        }
+        (None, Some(_)) => e.push("model.shards", "only applies with model.index (the shards' index)"),
+        (Some(_), Some(shards)) if shards.is_empty() => e.push("model.shards", "must name at least one shard"),
+        _ => {}
+    }
+    for (name, blob) in model.shards.iter().flatten() {
+        let field = format!("model.shards.{name}");
+        if let Some(problem) = crate::sharded::shard_name_problem(name) {
+            e.push(field.clone(), problem);
+        }
+        e.blob_id(field, blob);
+    }
+}
+
 fn check_export(e: &mut Errors, x: &ExportSpec, model: &ModelSpec) -> Option<Export> {
     e.check(!x.formats.is_empty(), "export.formats", || {
         format!("must list at least one of: {}", EXPORT_FORMATS.join(", "))
@@ -342,6 +377,9 @@ fn check_export(e: &mut Errors, x: &ExportSpec, model: &ModelSpec) -> Option<Exp
 fn not_torchscript(model: &ModelSpec) -> Option<String> {
     if model.sequential.is_some() {
         return Some("model.sequential builds an nn.Sequential state dict".into());
+    }
+    if model.is_sharded() {
+        return Some("a sharded checkpoint is a safetensors state dict".into());
     }
     let file = model.file.as_deref()?.to_ascii_lowercase();
     file.ends_with(".safetensors").then(|| "model.file is a safetensors state dict".into())

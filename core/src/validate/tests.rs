@@ -220,8 +220,80 @@ fn json_errors_carry_paths() {
 
 #[test]
 fn model_needs_exactly_one_source() {
-    assert_rejects(|s| s.model.file = None, "model", "one of model.file, model.blob, model.sequential must be set");
+    assert_rejects(
+        |s| s.model.file = None,
+        "model",
+        "one of model.file, model.blob, model.sequential, model.dir, model.index must be set",
+    );
     assert_rejects(|s| s.model.blob = Some(BLOB.into()), "model", "found file and blob");
+}
+
+/// The example turned into a one-shot job on a sharded checkpoint, as the server sees it.
+fn sharded(s: &mut JobSpec) {
+    s.model.file = None;
+    s.model.index = Some(BLOB.into());
+    s.model.shards = Some([("model-00001-of-00002.safetensors".to_string(), BLOB.to_string())].into());
+    s.training.epochs = 0;
+}
+
+#[test]
+fn sharded_models_name_their_index_and_shards() {
+    assert_accepts(sharded);
+    assert_accepts(|s| {
+        s.model.file = None;
+        s.model.dir = Some("checkpoint/".into());
+        s.training.epochs = 0;
+    });
+    assert_rejects(|s| s.model.dir = Some("shards/".into()), "model", "found file and dir");
+    assert_rejects(
+        |s| {
+            sharded(s);
+            s.model.shards = None;
+        },
+        "model.shards",
+        "needs its shards",
+    );
+    assert_rejects(
+        |s| {
+            sharded(s);
+            s.model.index = None;
+            s.model.blob = Some(BLOB.into());
+        },
+        "model.shards",
+        "only applies with model.index",
+    );
+    assert_rejects(
+        |s| {
+            sharded(s);
+            s.model.shards = Some([("../x.safetensors".to_string(), BLOB.to_string())].into());
+        },
+        "model.shards.../x.safetensors",
+        "not a plain file name",
+    );
+    assert_rejects(
+        |s| {
+            sharded(s);
+            s.model.shards = Some([("a.safetensors".to_string(), "sha256:abc".to_string())].into());
+        },
+        "model.shards.a.safetensors",
+        "not a blob id",
+    );
+    assert_rejects(
+        |s| {
+            sharded(s);
+            s.training.epochs = 2;
+        },
+        "training.epochs",
+        "a sharded checkpoint is pruned one-shot",
+    );
+    assert_rejects(
+        |s| {
+            sharded(s);
+            s.export.formats = vec!["torchscript".into()];
+        },
+        "export.formats",
+        "a sharded checkpoint is a safetensors state dict",
+    );
 }
 
 #[test]

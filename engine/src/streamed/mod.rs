@@ -6,12 +6,17 @@
 //! exact-k, ties to the lower index), masked in its own dtype, packed, and appended to a spool
 //! file; the report's figures are accumulated on the way. Global scope takes two more reading
 //! passes over the globally ranked tensors first ([`GlobalSelection`]), holding only two
-//! histograms. At the end the header (whose sizes are only known then) and the spool are
-//! compressed into the artifact with the job's threads.
+//! histograms. At the end of each file the header (whose sizes are only known then) and the
+//! spool are compressed into the artifact with the job's threads.
+//!
+//! A sharded checkpoint (Hugging Face's index + shards) is the same walk over every shard in
+//! turn: selection and global scope see all tensors of all shards, and each shard becomes one
+//! packed shard of the artifact, with a new index naming the packed tensors (`index.rs`).
 //!
 //! Memory: the tensor being handled, its f32 values and its mask (3x its bytes for f32, 5x for
 //! f16/bf16, whose f32 copy is twice their size), plus the compressor's buffers.
 
+mod index;
 mod select;
 mod values;
 
@@ -24,6 +29,7 @@ use prune_core::compress::{self, GzipCounter, Settings};
 use prune_core::files::write_atomically;
 use prune_core::mask::GlobalSelection;
 use prune_core::options::{ExportFormat, SparseFormat};
+use prune_core::sharded::{Shard, ShardedCheckpoint};
 use prune_core::tensorstream::{header_bytes, Entry, StreamedFile, TensorInfo};
 use prune_core::Job;
 use sha2::{Digest, Sha256};
@@ -32,13 +38,18 @@ pub use select::{select, Rule};
 
 use crate::events::{Event, EventSink, MetricPoint, TensorSparsity};
 use crate::export::{ArtifactFile, Report, TensorReport};
-use crate::inputs::{JobInputs, JobOutcome};
+use crate::inputs::{JobInputs, JobOutcome, StopFlag};
 use crate::EngineError;
+use index::WrittenShard;
 
-/// Whether [`run`] handles this job: one-shot, and the model file is a safetensors state dict.
+/// Whether [`run`] handles this job: one-shot, and the model is a sharded checkpoint or a file
+/// holding a safetensors state dict.
 pub fn applies(job: &Job, inputs: &JobInputs) -> bool {
     if job.training.epochs != 0 || job.model.sequential.is_some() {
         return false;
+    }
+    if inputs.model_shards.is_some() {
+        return true;
     }
     let Some(path) = &inputs.model_file else { return false };
     let mut head = [0u8; 9];
@@ -50,21 +61,65 @@ fn model_error(e: impl std::fmt::Display) -> EngineError {
     EngineError::Model(format!("state dict: {e}"))
 }
 
-/// Prunes `inputs.model_file` at each rule's final sparsity and writes the artifact.
-pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink) -> Result<JobOutcome, EngineError> {
-    let path = inputs.model_file.as_deref().ok_or_else(|| EngineError::Model("no model file".into()))?;
-    let file = StreamedFile::open(path).map_err(model_error)?;
-    if let Some(t) = file.tensors.iter().find(|t| !values::is_supported(t.dtype)) {
-        return Err(model_error(format!("tensor {}: unsupported dtype {:?}", t.name, t.dtype)));
+/// The checkpoint being pruned: one safetensors file (a single shard, no index) or the
+/// checked shards of a sharded one. The artifact mirrors it: one packed file per shard.
+struct Source {
+    shards: Vec<Shard>,
+    sharded: bool,
+}
+
+impl Source {
+    fn open(inputs: &JobInputs) -> Result<Source, EngineError> {
+        if let Some(files) = &inputs.model_shards {
+            let checkpoint = ShardedCheckpoint::open(&files.index, &files.shards)
+                .map_err(|e| EngineError::Model(format!("sharded checkpoint: {e}")))?;
+            return Ok(Source { shards: checkpoint.shards, sharded: true });
+        }
+        let path = inputs.model_file.as_deref().ok_or_else(|| EngineError::Model("no model file".into()))?;
+        let file = StreamedFile::open(path).map_err(model_error)?;
+        Ok(Source { shards: vec![Shard { name: SINGLE_FILE.into(), file }], sharded: false })
+    }
+
+    fn tensors(&self) -> impl Iterator<Item = (&Shard, &TensorInfo)> {
+        self.shards.iter().flat_map(|s| s.file.tensors.iter().map(move |t| (s, t)))
+    }
+
+    /// How a tensor is named in errors: with its shard when there are several.
+    fn describe(&self, shard: &Shard, tensor: &str) -> String {
+        if self.sharded {
+            format!("tensor {tensor} (shard {})", shard.name)
+        } else {
+            format!("tensor {tensor}")
+        }
+    }
+}
+
+/// The artifact's base name for a single-file state dict.
+const SINGLE_FILE: &str = "model.safetensors";
+
+/// Prunes the model's tensors at each rule's final sparsity and writes the artifact: one file,
+/// or for a sharded checkpoint one packed shard per input shard plus an index (and, packed,
+/// compressed-tensors' `config.json`).
+pub fn run(
+    job: &Job,
+    inputs: &JobInputs,
+    sink: &mut dyn EventSink,
+    stop: &StopFlag,
+) -> Result<JobOutcome, EngineError> {
+    let source = Source::open(inputs)?;
+    if let Some((shard, t)) = source.tensors().find(|(_, t)| !values::is_supported(t.dtype)) {
+        return Err(model_error(format!("{}: unsupported dtype {:?}", source.describe(shard, &t.name), t.dtype)));
     }
     if job.export.formats.contains(&ExportFormat::Torchscript) {
         return Err(EngineError::Spec(
             "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)".into(),
         ));
     }
-    let rules = select(&job.pruning, &file.tensors)?;
+    let infos: Vec<TensorInfo> = source.tensors().map(|(_, t)| t.clone()).collect();
+    let rules = select(&job.pruning, &infos)?;
+    drop(infos);
     let pruned: Vec<String> =
-        file.tensors.iter().zip(&rules).filter(|(_, r)| r.is_some()).map(|(t, _)| t.name.clone()).collect();
+        source.tensors().zip(&rules).filter(|(_, r)| r.is_some()).map(|((_, t), _)| t.name.clone()).collect();
     if pruned.is_empty() {
         return Err(EngineError::Spec(
             "pruning: no parameter is selected for pruning (check include/exclude/overrides)".into(),
@@ -86,54 +141,97 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink) -> Result<Jo
         warnings,
     })?;
 
-    let mut global = global_selection(&file, &rules)?;
+    let mut global = global_selection(&source, &rules, stop)?;
     let dir = inputs.artifacts.dir.as_path();
     let io_error = |e: io::Error| EngineError::Export(format!("cannot write artifacts in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io_error)?;
     let sparse = job.export.sparse_format;
-    let mut spool = Spool::new(dir).map_err(io_error)?;
+    let compression = job.export.compression;
 
-    let dense_entries: Vec<Entry> = file
-        .tensors
-        .iter()
-        .map(|t| Entry { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), len: t.len as u64 })
-        .collect();
-    let dense_header = header_bytes(&dense_entries, None).map_err(model_error)?;
-    let dense_bytes = dense_header.len() as u64 + dense_entries.iter().map(|e| e.len).sum::<u64>();
-    let mut gzip = (dense_bytes <= compress::GZIP_REPORT_MAX).then(GzipCounter::default);
-    if let Some(g) = &mut gzip {
-        g.update(&dense_header);
+    let mut dense_bytes = 0;
+    let mut dense_headers = Vec::with_capacity(source.shards.len());
+    for shard in &source.shards {
+        let entries: Vec<Entry> = shard
+            .file
+            .tensors
+            .iter()
+            .map(|t| Entry { name: t.name.clone(), dtype: t.dtype, shape: t.shape.clone(), len: t.len as u64 })
+            .collect();
+        let header = header_bytes(&entries, None).map_err(model_error)?;
+        dense_bytes += header.len() as u64 + entries.iter().map(|e| e.len).sum::<u64>();
+        dense_headers.push(header);
     }
+    let mut gzip = (dense_bytes <= compress::GZIP_REPORT_MAX).then(GzipCounter::default);
 
-    let mut reports = Vec::with_capacity(file.tensors.len());
+    let mut reports = Vec::with_capacity(rules.len());
     let mut sparsity = Vec::with_capacity(pruned.len());
-    for (info, rule) in file.tensors.iter().zip(&rules) {
-        let mut data = file.read(info).map_err(model_error)?;
-        if values::is_float(info.dtype) {
-            let f32s = values::to_f32(info.dtype, &data)
-                .ok_or_else(|| EngineError::Model(format!("parameter {} holds NaN or infinite values", info.name)))?;
-            if let Some(rule) = rule {
-                let mask = match &mut global {
-                    Some(g) if rule.in_global_selection() => g.next_mask(&f32s),
-                    _ => rule.method.mask(&f32s, &info.shape, rule.schedule.final_sparsity()),
-                };
-                drop(f32s);
-                values::apply_mask(&mut data, info.dtype.bitsize() / 8, &mask);
-                sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: reported_sparsity(&mask) });
+    let mut rules = rules.iter();
+    let mut written = Vec::with_capacity(source.shards.len());
+    let mut artifacts = Vec::with_capacity(source.shards.len() + 2);
+    for (shard, dense_header) in source.shards.iter().zip(&dense_headers) {
+        if let Some(g) = &mut gzip {
+            g.update(dense_header);
+        }
+        let mut spool = Spool::new(dir).map_err(io_error)?;
+        for info in &shard.file.tensors {
+            // Between tensors is the one place a cancel can take effect: no partial output is
+            // published (the spool is an unnamed file, the artifact appears only when whole).
+            if let Some(reason) = stop.requested() {
+                return Err(EngineError::Stopped { step: 0, reason });
+            }
+            let rule = rules.next().expect("one rule per tensor");
+            let mut data = shard.file.read(info).map_err(model_error)?;
+            if values::is_float(info.dtype) {
+                let f32s = values::to_f32(info.dtype, &data).ok_or_else(|| {
+                    EngineError::Model(format!("{} holds NaN or infinite values", source.describe(shard, &info.name)))
+                })?;
+                if let Some(rule) = rule {
+                    let mask = match &mut global {
+                        Some(g) if rule.in_global_selection() => g.next_mask(&f32s),
+                        _ => rule.method.mask(&f32s, &info.shape, rule.schedule.final_sparsity()),
+                    };
+                    drop(f32s);
+                    values::apply_mask(&mut data, info.dtype.bitsize() / 8, &mask);
+                    sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: reported_sparsity(&mask) });
+                }
+            }
+            if let Some(g) = &mut gzip {
+                g.update(&data);
+            }
+            reports.push(tensor_report(info, rule.is_some(), &data));
+            let tensor = TensorData { name: info.name.clone(), dtype: info.dtype, shape: info.shape.clone(), data };
+            let parts = match sparse {
+                SparseFormat::Dense => vec![tensor],
+                SparseFormat::Bitmask => bitmask::pack_one(tensor).map_err(|e| EngineError::Export(e.to_string()))?,
+            };
+            for part in parts {
+                spool.push(part).map_err(io_error)?;
             }
         }
-        if let Some(g) = &mut gzip {
-            g.update(&data);
+        let mut metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+        if sparse == SparseFormat::Bitmask {
+            metadata.insert(SPARSITY_FORMAT_KEY.into(), SPARSE_BITMASK.into());
         }
-        reports.push(tensor_report(info, rule.is_some(), &data));
-        let tensor = TensorData { name: info.name.clone(), dtype: info.dtype, shape: info.shape.clone(), data };
-        let parts = match sparse {
-            SparseFormat::Dense => vec![tensor],
-            SparseFormat::Bitmask => bitmask::pack_one(tensor).map_err(|e| EngineError::Export(e.to_string()))?,
+        let header = header_bytes(&spool.entries, Some(metadata)).map_err(|e| EngineError::Export(e.to_string()))?;
+        let raw_len = header.len() as u64 + spool.len;
+        let settings = Settings::for_artifact(compression, job.export.level, raw_len, inputs.threads.max(1));
+        let path = dir.join(format!("{}{}", shard.name, compression.extension()));
+        let names: Vec<String> = spool.entries.iter().map(|e| e.name.clone()).collect();
+        let data_len = spool.len;
+        let (bytes, sha256) = spool.compress_into(&header, &path, &settings).map_err(io_error)?;
+        written.push(WrittenShard { name: shard.name.clone(), tensors: names, data_len });
+        let artifact = ArtifactFile {
+            format: ExportFormat::Safetensors.as_str().to_string(),
+            key: inputs.artifacts.key(&path),
+            compression: compression.as_str().to_string(),
+            sparse_format: sparse.as_str().to_string(),
+            bytes,
+            sha256,
         };
-        for part in parts {
-            spool.push(part).map_err(io_error)?;
-        }
+        artifacts.push(artifact);
+    }
+    if source.sharded {
+        artifacts.extend(index::write(dir, &inputs.artifacts, job, &written, &reports).map_err(io_error)?);
     }
 
     sink.emit(Event::Metrics {
@@ -144,52 +242,43 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink) -> Result<Jo
     })?;
     sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
 
-    let mut metadata = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-    if sparse == SparseFormat::Bitmask {
-        metadata.insert(SPARSITY_FORMAT_KEY.into(), SPARSE_BITMASK.into());
-    }
-    let header = header_bytes(&spool.entries, Some(metadata)).map_err(|e| EngineError::Export(e.to_string()))?;
-    let compression = job.export.compression;
-    let raw_len = header.len() as u64 + spool.len;
-    let settings = Settings::for_artifact(compression, job.export.level, raw_len, inputs.threads.max(1));
-    let artifact_path = dir.join(format!("model.safetensors{}", compression.extension()));
-    let (bytes, sha256) = spool.compress_into(&header, &artifact_path, &settings).map_err(io_error)?;
-    let artifact = ArtifactFile {
-        format: ExportFormat::Safetensors.as_str().to_string(),
-        key: inputs.artifacts.key(&artifact_path),
-        compression: compression.as_str().to_string(),
-        sparse_format: sparse.as_str().to_string(),
-        bytes,
-        sha256,
-    };
+    let format = ExportFormat::Safetensors.as_str().to_string();
     let report = Report {
         tensors: reports,
         dense_bytes,
         gzip_dense_bytes: gzip.map_or(0, GzipCounter::finish),
-        artifact_bytes: [(artifact.format.clone(), artifact.bytes)].into_iter().collect(),
+        artifact_bytes: [(format, artifacts.iter().map(|a| a.bytes).sum())].into_iter().collect(),
         final_val_accuracy: None,
         final_val_loss: None,
         dense_val_accuracy: None,
         steps: 0,
     };
-    Ok(JobOutcome { artifacts: vec![artifact], report })
+    Ok(JobOutcome { artifacts, report })
 }
 
-/// The global threshold, when some tensors are ranked together: two passes reading only them.
-fn global_selection(file: &StreamedFile, rules: &[Option<Rule>]) -> Result<Option<GlobalSelection>, EngineError> {
-    let ranked: Vec<(&TensorInfo, &Rule)> = file
-        .tensors
-        .iter()
+/// The global threshold, when some tensors are ranked together: two passes reading only them,
+/// shard after shard, holding one tensor and two histograms at a time.
+fn global_selection(
+    source: &Source,
+    rules: &[Option<Rule>],
+    stop: &StopFlag,
+) -> Result<Option<GlobalSelection>, EngineError> {
+    let ranked: Vec<(&Shard, &TensorInfo, &Rule)> = source
+        .tensors()
         .zip(rules)
-        .filter_map(|(t, r)| r.as_ref().filter(|r| r.in_global_selection()).map(|r| (t, r)))
+        .filter_map(|((s, t), r)| r.as_ref().filter(|r| r.in_global_selection()).map(|r| (s, t, r)))
         .collect();
-    let Some((_, first)) = ranked.first() else { return Ok(None) };
-    let total = ranked.iter().map(|(t, _)| t.numel()).sum();
+    let Some((_, _, first)) = ranked.first() else { return Ok(None) };
+    let total = ranked.iter().map(|(_, t, _)| t.numel()).sum();
     let selection = GlobalSelection::find(total, first.schedule.final_sparsity(), |visit| {
-        for (t, _) in &ranked {
-            let data = file.read(t).map_err(model_error)?;
-            let f32s = values::to_f32(t.dtype, &data)
-                .ok_or_else(|| EngineError::Model(format!("parameter {} holds NaN or infinite values", t.name)))?;
+        for (shard, t, _) in &ranked {
+            if let Some(reason) = stop.requested() {
+                return Err(EngineError::Stopped { step: 0, reason });
+            }
+            let data = shard.file.read(t).map_err(model_error)?;
+            let f32s = values::to_f32(t.dtype, &data).ok_or_else(|| {
+                EngineError::Model(format!("{} holds NaN or infinite values", source.describe(shard, &t.name)))
+            })?;
             drop(data);
             visit(&f32s);
         }

@@ -49,7 +49,9 @@ fn model_from_proto(m: pb::ModelSpec, errors: &mut Vec<FieldError>) -> ModelSpec
             .filter_map(|(i, layer)| layer_from_proto(layer, &format!("model.sequential[{i}]"), errors))
             .collect()
     });
-    ModelSpec { file: m.file, blob: m.blob, sequential, weights: m.weights }
+    // An empty map is "unset", like the other repeated fields.
+    let shards = (!m.shards.is_empty()).then(|| m.shards.into_iter().collect());
+    ModelSpec { file: m.file, blob: m.blob, sequential, weights: m.weights, dir: m.dir, index: m.index, shards }
 }
 
 /// Checks which of a message's optional fields are set against what its kind allows.
@@ -287,6 +289,9 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             blob: s.model.blob.clone(),
             sequential: s.model.sequential.iter().flatten().map(layer_to_proto).collect(),
             weights: s.model.weights.clone(),
+            dir: s.model.dir.clone(),
+            index: s.model.index.clone(),
+            shards: s.model.shards.clone().unwrap_or_default().into_iter().collect(),
         }),
         data: s.data.as_ref().map(|d| pb::DataSpec {
             file: d.file.clone(),

@@ -38,6 +38,8 @@ pub enum Reason {
     /// The job is QUEUED or RUNNING (delete).
     JobActive,
     FormatNotExported,
+    /// DownloadArtifact names a file the export does not have.
+    ArtifactFileNotFound,
     OffsetOutOfRange,
     ArtifactUnreadable,
     RequestIdReused,
@@ -65,6 +67,7 @@ impl Reason {
             Reason::JobNotFinished => "JOB_NOT_FINISHED",
             Reason::JobActive => "JOB_ACTIVE",
             Reason::FormatNotExported => "FORMAT_NOT_EXPORTED",
+            Reason::ArtifactFileNotFound => "ARTIFACT_FILE_NOT_FOUND",
             Reason::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
             Reason::ArtifactUnreadable => "ARTIFACT_UNREADABLE",
             Reason::RequestIdReused => "REQUEST_ID_REUSED",

@@ -93,11 +93,13 @@ pub fn artifact(a: &ArtifactRecord) -> pb::ArtifactInfo {
         sha256: a.sha256.clone(),
         compression: a.compression.clone(),
         sparse_format: a.sparse_format.clone(),
-        file_name: std::path::Path::new(&a.path)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
+        file_name: file_name(a),
     }
+}
+
+/// The file's name: the last part of its store key.
+pub fn file_name(a: &ArtifactRecord) -> String {
+    std::path::Path::new(&a.path).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 #[cfg(test)]

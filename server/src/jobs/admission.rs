@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
+use prune_core::sharded::{self, ShardIndex};
 use prune_core::validate::{self, FieldError, SpecErrors};
 use prune_core::JobSpec;
 
@@ -174,6 +175,9 @@ pub async fn admit(
     if errors.is_empty() {
         errors.extend(missing_blobs(db, tenant, spec).await?);
     }
+    if errors.is_empty() {
+        errors.extend(index_problems(blobs, spec).await);
+    }
     if !errors.is_empty() {
         return Err(AdmissionError::Spec(SpecErrors(errors)));
     }
@@ -231,6 +235,50 @@ fn client_side_paths(spec: &JobSpec) -> Vec<FieldError> {
     if spec.data.as_ref().is_some_and(|d| d.file.is_some()) {
         errors.push(FieldError::new("data.file", "upload the file and pass data.blob"));
     }
+    if spec.model.dir.is_some() {
+        errors.push(FieldError::new(
+            "model.dir",
+            "upload the index and each shard, and pass model.index and model.shards (file name -> blob id)",
+        ));
+    }
+    errors
+}
+
+/// A sharded model's index must name exactly the shards given: checked here from the index
+/// alone (cheap), so that a missing or extra shard is refused at submission. Whether each
+/// shard holds what the index says is for the worker, which reads their headers.
+async fn index_problems(blobs: &BlobStore, spec: &JobSpec) -> Vec<FieldError> {
+    let (Some(index), Some(shards)) = (&spec.model.index, &spec.model.shards) else { return Vec::new() };
+    let Ok(id) = BlobId::parse(index) else { return Vec::new() };
+    let key = BlobStore::key(&id);
+    let store = blobs.store().clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<ShardIndex, String> {
+        let mut bytes = Vec::new();
+        let reader = store.open(&key, 0).map_err(|e| e.to_string())?;
+        reader.take(sharded::MAX_INDEX_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > sharded::MAX_INDEX_BYTES {
+            return Err(format!("more than the {} bytes an index may have", sharded::MAX_INDEX_BYTES));
+        }
+        ShardIndex::parse(&bytes).map_err(|e| e.to_string())
+    })
+    .await;
+    let index = match read {
+        Ok(Ok(index)) => index,
+        Ok(Err(reason)) => return vec![FieldError::new("model.index", reason)],
+        Err(e) => return vec![FieldError::new("model.index", format!("cannot read the index: {e}"))],
+    };
+    let named = index.shards();
+    let mut errors: Vec<FieldError> = named
+        .iter()
+        .filter(|name| !shards.contains_key(**name))
+        .map(|name| FieldError::new("model.shards", format!("the index names shard `{name}`, which is not given")))
+        .collect();
+    errors.extend(
+        shards
+            .keys()
+            .filter(|name| !named.contains(&name.as_str()))
+            .map(|name| FieldError::new(format!("model.shards.{name}"), "not named by the index")),
+    );
     errors
 }
 

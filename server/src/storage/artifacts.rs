@@ -1,4 +1,4 @@
-//! `artifacts`: the exported files of SUCCEEDED jobs.
+//! `artifact_files`: the exported files of SUCCEEDED jobs (one or more per format).
 
 use super::rows::{narrow, Columns};
 use super::{Db, Result};
@@ -16,9 +16,9 @@ pub struct ArtifactRecord {
 
 /// One artifact row (`$1` job .. `$7` sparse format); a job's artifacts are written once, by
 /// the attempt that commits the job (`Db::finish_attempt_job`).
-pub(super) const INSERT_ARTIFACT: &str = "INSERT INTO artifacts (job_id, format, path, sha256, bytes, compression, \
-     sparse_format) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, format) DO UPDATE SET \
-     path = excluded.path, sha256 = excluded.sha256, bytes = excluded.bytes, \
+pub(super) const INSERT_ARTIFACT: &str = "INSERT INTO artifact_files (job_id, format, path, sha256, bytes, \
+     compression, sparse_format) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (job_id, path) DO UPDATE SET \
+     format = excluded.format, sha256 = excluded.sha256, bytes = excluded.bytes, \
      compression = excluded.compression, sparse_format = excluded.sparse_format";
 
 impl Db {
@@ -45,12 +45,12 @@ impl Db {
         Ok(())
     }
 
-    /// Ordered by format name.
+    /// Ordered by format name, then store key (a sharded set's files in name order).
     pub async fn artifacts(&self, job_id: &str) -> Result<Vec<ArtifactRecord>> {
         with_pool!(self, |pool| {
             let rows = sqlx::query(
-                "SELECT format, path, sha256, bytes, compression, sparse_format FROM artifacts WHERE job_id = $1 \
-                 ORDER BY format",
+                "SELECT format, path, sha256, bytes, compression, sparse_format FROM artifact_files \
+                 WHERE job_id = $1 ORDER BY format, path",
             )
             .bind(job_id)
             .fetch_all(pool)

@@ -18,7 +18,7 @@ pub enum Deleted {
 }
 
 /// The child tables of `jobs`, deleted first (their foreign keys point at the job).
-const CHILD_TABLES: [&str; 6] = ["attempts", "checkpoints", "metrics", "artifacts", "job_labels", "job_logs"];
+const CHILD_TABLES: [&str; 6] = ["attempts", "checkpoints", "metrics", "artifact_files", "job_labels", "job_logs"];
 
 impl Db {
     /// Removes a finished (SUCCEEDED, FAILED, CANCELLED) job of `tenant` with every row that

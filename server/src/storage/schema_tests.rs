@@ -139,7 +139,7 @@ async fn postgres_migrations_apply_on_postgres_as_parsed() {
 }
 
 /// The tables and indexes the PostgreSQL migrations create: enough of a parser for the
-/// statements they use (CREATE TABLE, ALTER TABLE ADD COLUMN, CREATE INDEX, INSERT).
+/// statements they use (CREATE TABLE, ALTER TABLE ADD COLUMN, CREATE INDEX, INSERT, DROP TABLE).
 fn parse_postgres<'a>(files: impl Iterator<Item = &'a str>) -> (Tables, Indexes) {
     let mut tables = Tables::new();
     let mut indexes = Indexes::new();
@@ -180,6 +180,8 @@ fn parse_postgres<'a>(files: impl Iterator<Item = &'a str>) -> (Tables, Indexes)
                 .map(|c| c.trim().to_string())
                 .collect();
             indexes.insert(name, (table, cols));
+        } else if let Some(rest) = upper.strip_prefix("DROP TABLE ") {
+            tables.remove(&rest.trim().to_ascii_lowercase());
         } else {
             assert!(upper.is_empty() || upper.starts_with("INSERT "), "unexpected statement: {statement}");
         }

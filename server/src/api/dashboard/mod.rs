@@ -255,7 +255,8 @@ async fn get_report(State(api): State<Api>, headers: HeaderMap, Path(id): Path<S
 
 /// The artifact's bytes, streamed from DownloadArtifact, as a file download.
 async fn download(State(api): State<Api>, headers: HeaderMap, Path((id, format)): Path<(String, String)>) -> Response {
-    let message = pb::DownloadArtifactRequest { job_id: id, format, read_offset: 0 };
+    // An export of several files (a sharded checkpoint) comes as one tar archive.
+    let message = pb::DownloadArtifactRequest { job_id: id, format, read_offset: 0, file_name: String::new() };
     let request = match api.request(&headers, message) {
         Ok(r) => r,
         Err(response) => return *response,

@@ -1,6 +1,7 @@
 //! The `pruning.v1.PruningService` gRPC service: argument checks and status codes over the
 //! storage, blob store, scheduler and live state. No job logic lives here.
 
+mod archive;
 mod download;
 mod errors;
 mod info;
@@ -348,9 +349,15 @@ impl PruningService for Service {
         let tenant = tenant(&request)?;
         let request = request.into_inner();
         let record = self.record(&tenant, &request.job_id).await?;
-        let stream =
-            download::stream(&self.shared.db, self.shared.blobs.store(), &record, &request.format, request.read_offset)
-                .await?;
+        let stream = download::stream(
+            &self.shared.db,
+            self.shared.blobs.store(),
+            &record,
+            &request.format,
+            &request.file_name,
+            request.read_offset,
+        )
+        .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
