@@ -76,9 +76,19 @@ fn f16_tensor(name: &str, shape: Vec<usize>, seed: u64, e: i32) -> TensorData {
 fn shard_tensors() -> [Vec<TensorData>; 3] {
     let step = TensorData::new("model.step", Dtype::I64, vec![1], 7i64.to_le_bytes().to_vec()).unwrap();
     [
-        vec![f32_tensor("model.layers.0.mlp.weight", vec![64, 96], 1, -3), f32_tensor("model.layers.0.mlp.bias", vec![64], 2, 0)],
-        vec![bf16_tensor("model.layers.1.mlp.weight", vec![48, 64], 3, -2), f16_tensor("model.embed.weight", vec![100, 32], 4, -1)],
-        vec![f32_tensor("model.layers.2.mlp.weight", vec![32, 80], 5, 0), f32_tensor("model.norm.weight", vec![32], 6, 0), step],
+        vec![
+            f32_tensor("model.layers.0.mlp.weight", vec![64, 96], 1, -3),
+            f32_tensor("model.layers.0.mlp.bias", vec![64], 2, 0),
+        ],
+        vec![
+            bf16_tensor("model.layers.1.mlp.weight", vec![48, 64], 3, -2),
+            f16_tensor("model.embed.weight", vec![100, 32], 4, -1),
+        ],
+        vec![
+            f32_tensor("model.layers.2.mlp.weight", vec![32, 80], 5, 0),
+            f32_tensor("model.norm.weight", vec![32], 6, 0),
+            step,
+        ],
     ]
 }
 
@@ -125,7 +135,13 @@ impl Harness {
 
     async fn ok(&self, args: &[&str]) -> PrunectlRun {
         let run = self.prunectl(args).await;
-        assert!(run.ok(), "prunectl {args:?} failed:\n{}\n{}\nserver log:\n{}", run.stdout, run.stderr, self.server.log());
+        assert!(
+            run.ok(),
+            "prunectl {args:?} failed:\n{}\n{}\nserver log:\n{}",
+            run.stdout,
+            run.stderr,
+            self.server.log()
+        );
         run
     }
 
@@ -280,6 +296,9 @@ async fn download_all(client: &mut prune_tests::Client, job: &str, file_name: &s
     data
 }
 
+/// Breaks a checkpoint directory in one way.
+type Breaks = fn(&Path);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_sharded_checkpoints_are_refused_naming_the_shard_and_tensor() {
     let h = Harness::start().await;
@@ -289,7 +308,7 @@ async fn broken_sharded_checkpoints_are_refused_naming_the_shard_and_tensor() {
     let mut client = h.server.client().await;
 
     // Each broken directory: prunectl refuses it before uploading anything.
-    let cases: [(&str, fn(&Path)); 4] = [
+    let cases: [(&str, Breaks); 4] = [
         ("names shard `model-00003-of-00003.safetensors`, which is not there", |d| {
             std::fs::remove_file(d.join(SHARDS[2])).unwrap()
         }),

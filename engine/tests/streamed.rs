@@ -147,3 +147,21 @@ fn nan_weights_are_refused_like_the_libtorch_path() {
     let left: Vec<_> = std::fs::read_dir(dir.path().join("artifacts")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn a_cancel_stops_between_tensors_and_publishes_nothing() {
+    let _one = one_job_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let model = state_dict(dir.path());
+    let toml = "[model]\nfile = \"model.safetensors\"\n[training]\nepochs = 0\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.5 }\n";
+    let job = prune_core::validate::validate(&spec(toml)).unwrap();
+    let stop = StopFlag::default();
+    stop.request(prune_engine::StopReason::Cancel);
+    let err = streamed::run(&job, &job_inputs(dir.path(), &model), &mut VecSink::default(), &stop).unwrap_err();
+    assert!(
+        matches!(err, prune_engine::EngineError::Stopped { step: 0, reason: prune_engine::StopReason::Cancel }),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("artifacts")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}

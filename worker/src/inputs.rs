@@ -30,13 +30,7 @@ pub fn resolve(
     scratch: &Path,
 ) -> Result<(JobInputs, Outputs), EngineError> {
     let spec = &request.spec;
-    let blob = |field: &str, id: Option<&str>| -> Result<Option<PathBuf>, EngineError> {
-        let Some(id) = id else { return Ok(None) };
-        let hex =
-            id.strip_prefix("sha256:").ok_or_else(|| EngineError::Spec(format!("{field}: not a blob id: {id}")))?;
-        let key = Key::blob(hex).map_err(|e| EngineError::Spec(format!("{field}: {e}")))?;
-        fetch(store, &key, scratch).map(Some)
-    };
+    let blob = |field: &str, id: Option<&str>| id.map(|id| local_blob(store, scratch, field, id)).transpose();
     let inputs = &request.inputs;
     let checkpoints = output(store, scratch, &inputs.checkpoint_prefix)?;
     let artifacts = output(store, scratch, &inputs.artifact_prefix)?;
@@ -46,7 +40,7 @@ pub fn resolve(
     };
     let job_inputs = JobInputs {
         model_file: blob("model.blob", spec.model.blob.as_deref())?,
-        model_shards: shard_files(spec, &blob)?,
+        model_shards: shard_files(spec, store, scratch)?,
         weights_file: blob("model.weights", spec.model.weights.as_deref())?,
         data_file: blob("data.blob", spec.data.as_ref().and_then(|d| d.blob.as_deref()))?,
         checkpoints,
@@ -57,16 +51,24 @@ pub fn resolve(
     Ok((job_inputs, Outputs { artifacts }))
 }
 
+/// The local file of the blob `id` that spec field `field` names.
+fn local_blob(store: &dyn FileStore, scratch: &Path, field: &str, id: &str) -> Result<PathBuf, EngineError> {
+    let hex = id.strip_prefix("sha256:").ok_or_else(|| EngineError::Spec(format!("{field}: not a blob id: {id}")))?;
+    let key = Key::blob(hex).map_err(|e| EngineError::Spec(format!("{field}: {e}")))?;
+    fetch(store, &key, scratch)
+}
+
 /// A sharded checkpoint's index and shards as local files (each shard is its own blob).
 fn shard_files(
     spec: &prune_core::JobSpec,
-    blob: &dyn Fn(&str, Option<&str>) -> Result<Option<PathBuf>, EngineError>,
+    store: &dyn FileStore,
+    scratch: &Path,
 ) -> Result<Option<ShardFiles>, EngineError> {
-    let Some(index) = blob("model.index", spec.model.index.as_deref())? else { return Ok(None) };
+    let Some(index) = &spec.model.index else { return Ok(None) };
+    let index = local_blob(store, scratch, "model.index", index)?;
     let mut shards = std::collections::BTreeMap::new();
     for (name, id) in spec.model.shards.iter().flatten() {
-        let path = blob(&format!("model.shards.{name}"), Some(id))?.expect("a blob id was given");
-        shards.insert(name.clone(), path);
+        shards.insert(name.clone(), local_blob(store, scratch, &format!("model.shards.{name}"), id)?);
     }
     Ok(Some(ShardFiles { index, shards }))
 }
