@@ -73,7 +73,8 @@ fn assert_fresh(binary: &Path) {
 }
 
 /// Source files under `dir` (`.rs`, `.proto`, `.sql`, `Cargo.toml`, and the dashboard's embedded
-/// `.html`, `.js`, `.css`), skipping build outputs.
+/// `.html`, `.js`, `.css`), skipping build outputs and the unit-test siblings (`*_tests.rs`,
+/// compiled only into test builds, so a binary does not change with them).
 fn sources(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return found };
@@ -84,6 +85,8 @@ fn sources(dir: &Path) -> Vec<PathBuf> {
             if name != "target" && !name.to_string_lossy().starts_with('.') {
                 found.extend(sources(&path));
             }
+        } else if name.to_string_lossy().ends_with("_tests.rs") {
+            continue;
         } else if path.extension().is_some_and(|e| ["rs", "proto", "sql", "html", "js", "css"].iter().any(|x| e == *x))
             || name == "Cargo.toml"
         {
