@@ -19,18 +19,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prune_tests::{binary, write_f32_layers, Server};
+use prune_tests::{binary, write_f32_layers, xorshift, Server};
 use sha2::{Digest, Sha256};
 
 const SIDE: usize = 4096;
 
 fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+    xorshift(seed)
+        .take(n)
+        .map(|x| {
             // Roughly normal-looking weights: the sum of two uniforms.
             let a = (x >> 40) as f32 / (1u64 << 24) as f32;
             let b = (x & 0xff_ffff) as f32 / (1u64 << 24) as f32;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prune_core::bitmask::read_safetensors;
 use prune_core::mask;
-use prune_tests::{prunectl_at, write_f32_layers, PrunectlRun, Server};
+use prune_tests::{prunectl_at, write_f32_layers, xorshift, PrunectlRun, Server};
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 const ROWS: usize = 2048;
@@ -18,15 +18,7 @@ const TENSORS: usize = 8;
 
 /// Deterministic weights with ties: 4096 distinct magnitudes, both signs.
 fn values(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..ROWS * COLS)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            ((x >> 40) % 8192) as f32 / 4096.0 - 1.0
-        })
-        .collect()
+    xorshift(seed).take(ROWS * COLS).map(|x| ((x >> 40) % 8192) as f32 / 4096.0 - 1.0).collect()
 }
 
 async fn prunectl(addr: &str, args: &[&str]) -> PrunectlRun {

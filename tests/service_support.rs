@@ -588,3 +588,15 @@ pub async fn run_python(script: &str, args: &[&str]) -> String {
     assert!(out.status.success(), "python failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A deterministic xorshift64 stream seeded by `seed`: the tests' and benchmarks' synthetic
+/// weights, the same on every run and machine.
+pub fn xorshift(seed: u64) -> impl Iterator<Item = u64> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    std::iter::repeat_with(move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    })
+}

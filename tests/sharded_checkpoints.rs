@@ -15,7 +15,7 @@ use prune_core::bitmask::{read_safetensors, TensorData};
 use prune_core::tensorfile::write_safetensors;
 use prune_proto as pb;
 use prune_tests::{
-    create_toml, prunectl_at, run_python, sha256_hex, state, upload, wait_terminal, PrunectlRun, Server,
+    create_toml, prunectl_at, run_python, sha256_hex, state, upload, wait_terminal, xorshift, PrunectlRun, Server,
 };
 use safetensors::Dtype;
 
@@ -25,15 +25,7 @@ const SHARDS: [&str; 3] =
 
 /// Deterministic values with many ties (256 magnitudes, both signs).
 fn draws(seed: u64, n: usize) -> Vec<u16> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 48) as u16
-        })
-        .collect()
+    xorshift(seed).take(n).map(|x| (x >> 48) as u16).collect()
 }
 
 /// Signs and 128 mantissas (exact in bf16 and f16, so many ties within a tensor) in the binade
