@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use prune_core::bitmask::{read_safetensors, TensorData};
-use prune_tests::{binary, run_python, sha256_hex, PrunectlRun, Server};
+use prune_tests::{binary, python, run_python, sha256_hex, PrunectlRun, Server};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -306,6 +306,65 @@ async fn torchscript_example_round_trips_through_pytorch() {
     .await;
     let sparsity: f64 = out.trim().parse().unwrap();
     assert!((sparsity - 0.8).abs() < 0.01, "0.weight sparsity {sparsity}");
+}
+
+/// examples/resnet_digits.toml (conv, batchnorm, residual blocks, global pooling) through the
+/// real server: the report carries inference timings at batch 1 and the training batch size
+/// and lists the BatchNorm buffers unpruned, and the artifact loads into the documented PyTorch
+/// module with `load_state_dict(strict=True)`, where it scores what the report says.
+#[tokio::test(flavor = "multi_thread")]
+async fn resnet_example_reports_inference_and_loads_in_pytorch() {
+    let h = Harness::start().await;
+    let job = example("resnet_digits.toml");
+    let run = h.ok(&["submit", path(&job), "--wait", "--json"]).await;
+    let id = run.json_lines()[0]["id"].as_str().unwrap().to_string();
+
+    let report = h.ok(&["report", &id, "--json"]).await.json();
+    let inference = report["inference"].as_array().unwrap_or_else(|| panic!("no inference: {report}"));
+    let sizes: Vec<i64> = inference.iter().map(|t| t["batch_size"].as_i64().unwrap()).collect();
+    assert_eq!(sizes, [1, 32], "{report}");
+    for t in inference {
+        for field in ["dense_ms", "pruned_ms", "speedup"] {
+            assert!(t[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {t}");
+        }
+        assert!(t["runs"].as_u64().is_some_and(|r| r >= 3), "{t}");
+    }
+    assert!(report.get("inference_note").is_none(), "{report}");
+    let tensor = |name: &str| {
+        report["tensors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    assert_eq!(tensor("4.layers.0.weight")["pruned"], true);
+    assert_eq!(tensor("6.projection.weight")["pruned"], true);
+    assert_eq!(tensor("2.weight")["pruned"], false);
+    assert_eq!(tensor("6.layers.4.running_var")["pruned"], false);
+    let text = h.ok(&["report", &id]).await.stdout;
+    assert!(text.contains("inference, batch 1") && text.contains("inference, batch 32"), "{text}");
+
+    let artifact = h.file("resnet.safetensors");
+    h.ok(&["download", &id, "-o", path(&artifact)]).await;
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sequential_module.py");
+    let out = Command::new(python())
+        .arg(&module)
+        .args(["check", path(&job), path(&artifact)])
+        .output()
+        .await
+        .expect("run python");
+    assert!(out.status.success(), "PyTorch could not load the artifact:\n{}", String::from_utf8_lossy(&out.stderr));
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (torch_accuracy, reported) =
+        (checked["val_accuracy"].as_f64().unwrap(), report["final_val_accuracy"].as_f64().unwrap());
+    // Same weights, same data: at most one of the 180 validation samples may flip on a
+    // floating-point near-tie between the two libraries.
+    assert!((torch_accuracy - reported).abs() <= 1.0 / 180.0 + 1e-9, "PyTorch {torch_accuracy}, report {reported}");
+    assert!(reported > 0.9, "the example trains: {reported}");
+    let zeros = checked["zeros"]["4.layers.0.weight"].as_f64().unwrap();
+    assert!((zeros - 0.6).abs() < 0.01, "4.layers.0.weight sparsity in PyTorch: {zeros}");
 }
 
 /// A download cut off halfway resumes to the same bytes (sha256-verified), raw or

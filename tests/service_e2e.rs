@@ -362,6 +362,29 @@ async fn invalid_specs_are_rejected_naming_the_field() {
         (good.replace("final_sparsity = 0.8", "final_sparsity = 1.0"), "pruning.schedule.final_sparsity"),
         (good.replace("compression = \"zstd\"", "compression = \"lz4\""), "export.compression"),
         (good.replace("type = \"relu\"", "type = \"gelu\""), "model.sequential[1]"),
+        // Shapes that do not chain (the digits give [64], the first linear [32]).
+        (
+            good.replace("{ type = \"relu\" }", "{ type = \"batchnorm1d\", features = 16 }"),
+            "model.sequential[1].features: is 16 but the previous layer gives 32 channels",
+        ),
+        (
+            good.replace(
+                "{ type = \"relu\" }",
+                "{ type = \"residual\", layers = [{ type = \"relu\" }, { type = \"linear\", in = 16, out = 32 }] }",
+            ),
+            "model.sequential[1].layers[1].in: is 16 but the previous layer gives 32 features",
+        ),
+        (
+            good.replace(
+                "{ type = \"relu\" }",
+                "{ type = \"residual\", layers = [{ type = \"linear\", in = 32, out = 8 }] }",
+            ),
+            "model.sequential[1]: its layers turn [32] into [8]",
+        ),
+        (
+            good.replace("{ type = \"relu\" }", "{ type = \"global_avgpool\" }"),
+            "model.sequential[1]: global_avgpool needs [channels, height, width]",
+        ),
         ("this is not toml".to_string(), ""),
     ];
     for (toml, field) in &toml_cases {

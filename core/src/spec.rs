@@ -107,6 +107,44 @@ pub enum LayerSpec {
     Reshape {
         shape: Vec<i64>,
     },
+    /// `torch.nn.BatchNorm1d(features)`: inputs `[N, features]` or `[N, features, L]`.
+    Batchnorm1d {
+        features: i64,
+    },
+    /// `torch.nn.BatchNorm2d(features)`: inputs `[N, features, H, W]`.
+    Batchnorm2d {
+        features: i64,
+    },
+    /// `torch.nn.AvgPool2d(kernel, stride)`; `stride` defaults to `kernel`, as in PyTorch.
+    Avgpool2d {
+        kernel: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<i64>,
+    },
+    /// Mean over height and width: `[N, C, H, W] -> [N, C]`.
+    GlobalAvgpool,
+    /// `output = projection(input) + layers(input)` (the identity without a projection). Its
+    /// parameters are named `<index>.layers.<j>.*` and `<index>.projection.*`.
+    Residual {
+        layers: Vec<LayerSpec>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        projection: Option<ProjectionSpec>,
+    },
+}
+
+/// A residual block's shortcut: `torch.nn.Conv2d(in, out, kernel_size=1, stride=stride,
+/// bias=bias)`, for blocks that change the channel count or the resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectionSpec {
+    #[serde(rename = "in")]
+    pub in_channels: i64,
+    #[serde(rename = "out")]
+    pub out_channels: i64,
+    #[serde(default = "default_one")]
+    pub stride: i64,
+    #[serde(default = "default_true")]
+    pub bias: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]

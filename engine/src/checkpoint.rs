@@ -40,12 +40,19 @@ struct Meta {
     state: TrainState,
     params: Vec<String>,
     masks: Vec<String>,
+    /// Buffer names (BatchNorm statistics) in the model's order; absent in checkpoints of
+    /// models without any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    buffers: Vec<String>,
 }
 
 pub struct Saved {
     pub state: TrainState,
     /// Parameters in the model's order, by name.
     pub params: Vec<(String, Tensor)>,
+    /// Buffers in the model's order, by name (BatchNorm's running statistics change every
+    /// training step, so a bitwise resume needs them).
+    pub buffers: Vec<(String, Tensor)>,
     /// Masks in target order.
     pub masks: Vec<Tensor>,
     pub optim: Vec<(String, Tensor)>,
@@ -67,6 +74,7 @@ pub fn write(dir: &Path, saved: &Saved) -> Result<Written, EngineError> {
         state: saved.state,
         params: saved.params.iter().map(|(n, _)| n.clone()).collect(),
         masks: (0..saved.masks.len()).map(|i| format!("mask.{i}")).collect(),
+        buffers: saved.buffers.iter().map(|(n, _)| n.clone()).collect(),
     };
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (i, (_, t)) in saved.params.iter().enumerate() {
@@ -74,6 +82,9 @@ pub fn write(dir: &Path, saved: &Saved) -> Result<Written, EngineError> {
     }
     for (i, m) in saved.masks.iter().enumerate() {
         named.push((format!("mask.{i}"), m.shallow_clone()));
+    }
+    for (i, (_, t)) in saved.buffers.iter().enumerate() {
+        named.push((format!("buffer.{i}"), t.shallow_clone()));
     }
     named.extend(saved.optim.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
     if let Some(script) = &saved.script {
@@ -148,10 +159,16 @@ pub fn read(path: &Path) -> Result<Saved, EngineError> {
         .map(|(i, name)| Ok((name.clone(), take(&format!("param.{i}"))?)))
         .collect::<Result<Vec<_>, EngineError>>()?;
     let masks = meta.masks.iter().map(|n| take(n)).collect::<Result<Vec<_>, _>>()?;
+    let buffers = meta
+        .buffers
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Ok((name.clone(), take(&format!("buffer.{i}"))?)))
+        .collect::<Result<Vec<_>, EngineError>>()?;
     let script = match by_name.remove("torchscript") {
         Some(t) => Some(Vec::<u8>::try_from(&t.to_kind(Kind::Uint8))?),
         None => None,
     };
     let optim = by_name.into_iter().filter(|(n, _)| n.starts_with("optim.")).collect();
-    Ok(Saved { state: meta.state, params, masks, optim, script })
+    Ok(Saved { state: meta.state, params, buffers, masks, optim, script })
 }

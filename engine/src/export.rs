@@ -30,14 +30,16 @@ fn pytorch_metadata() -> HashMap<String, String> {
     HashMap::from([("format".to_string(), "pt".to_string())])
 }
 
-/// Writes every requested format of the (already masked) model into `out`.
+/// Writes every requested format of the (already masked) model into `out`. The report's
+/// tensors are the artifact's: parameters, then buffers (never pruned).
 pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> Result<Exported, EngineError> {
     let dir = out.dir.as_path();
     let io = |e: std::io::Error| EngineError::Export(format!("cannot write artifacts in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let compression = spec.compression;
-    let params = model.params();
-    let dense = tensors::write(params, pytorch_metadata())?;
+    // Parameters and buffers: the whole state dict, so the artifact loads with strict=True.
+    let state = model.state();
+    let dense = tensors::write(&state, pytorch_metadata())?;
     let mut artifacts = Vec::new();
     for &format in &spec.formats {
         let (file, raw, sparse_format) = match format {
@@ -76,7 +78,7 @@ pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> 
     }
     Ok(Exported {
         artifacts,
-        tensors: tensor_reports(params, pruned)?,
+        tensors: tensor_reports(&state, pruned)?,
         dense_bytes: dense.len() as u64,
         gzip_dense_bytes: gzip_dense_bytes(&dense),
     })

@@ -14,6 +14,8 @@ pub mod masking;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod sequential;
+pub mod speed;
 pub mod streamed;
 pub mod tensors;
 pub mod train;

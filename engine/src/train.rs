@@ -18,7 +18,7 @@ use crate::inputs::{JobInputs, JobOutcome, StopFlag, StopReason};
 use crate::masking::{select_targets, Masks};
 use crate::model::{Model, Script};
 use crate::optim::Optimizer;
-use crate::{device, rng, EngineError};
+use crate::{device, rng, speed, EngineError};
 
 /// Progress events are rate-limited so that per-step reporting never slows training.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
@@ -52,7 +52,9 @@ pub fn run(
     let mut masks = Masks::new(targets, model.params());
 
     if t.epochs == 0 {
-        return one_shot(spec, inputs, &mut model, &mut masks, &pruned, warnings, sink);
+        let exported = one_shot(spec, inputs, &mut model, &mut masks, &pruned, warnings, sink)?;
+        let speed = speed::measure(spec, inputs, &mut model, None, device);
+        return Ok(outcome(exported, speed, None, None, None, 0));
     }
     if !model.can_train() {
         return Err(EngineError::Model(
@@ -81,11 +83,13 @@ pub fn run(
     trainer.masks.apply(trainer.model.params());
     let (val_loss, val_accuracy) = trainer.evaluate_final()?;
     let exported = export::export(&spec.export, &trainer.model, &pruned, &inputs.artifacts)?;
-    Ok(outcome(exported, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step))
+    let speed = speed::measure(spec, inputs, &mut trainer.model, Some(&trainer.train.x), device);
+    Ok(outcome(exported, speed, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step))
 }
 
 fn outcome(
     exported: export::Exported,
+    speed: speed::Measured,
     final_val_accuracy: Option<f64>,
     final_val_loss: Option<f64>,
     dense_val_accuracy: Option<f64>,
@@ -100,6 +104,8 @@ fn outcome(
         final_val_loss,
         dense_val_accuracy,
         steps,
+        inference: speed.timings,
+        inference_note: speed.note,
     };
     JobOutcome { artifacts: exported.artifacts, report }
 }
@@ -113,7 +119,7 @@ fn one_shot(
     pruned: &[String],
     warnings: Vec<String>,
     sink: &mut dyn EventSink,
-) -> Result<JobOutcome, EngineError> {
+) -> Result<export::Exported, EngineError> {
     sink.emit(Event::Started {
         total_steps: 0,
         steps_per_epoch: 0,
@@ -127,8 +133,7 @@ fn one_shot(
     let sparsity = masks.sparsities()?;
     sink.emit(Event::Metrics { points: sparsity_points(0, &sparsity) })?;
     sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
-    let exported = export::export(&spec.export, model, pruned, &inputs.artifacts)?;
-    Ok(outcome(exported, None, None, None, 0))
+    export::export(&spec.export, model, pruned, &inputs.artifacts)
 }
 
 /// A dry forward pass on two samples, so a dataset that does not fit the model fails with a
@@ -227,11 +232,20 @@ impl Trainer {
                 params.len()
             )));
         }
+        let buffers = self.model.buffers();
+        if saved.buffers.len() != buffers.len() {
+            return Err(EngineError::Checkpoint(format!(
+                "checkpoint has {} buffers, the model {}",
+                saved.buffers.len(),
+                buffers.len()
+            )));
+        }
         tch::no_grad(|| -> Result<(), EngineError> {
-            for ((name, p), (saved_name, s)) in params.iter().zip(&saved.params) {
+            let pairs = params.iter().zip(&saved.params).chain(buffers.iter().zip(&saved.buffers));
+            for ((name, p), (saved_name, s)) in pairs {
                 if name != saved_name || p.size() != s.size() {
                     return Err(EngineError::Checkpoint(format!(
-                        "checkpoint tensor {saved_name} does not match parameter {name}"
+                        "checkpoint tensor {saved_name} does not match {name}"
                     )));
                 }
                 p.shallow_clone().copy_(s);
@@ -255,6 +269,7 @@ impl Trainer {
         let saved = Saved {
             state: self.state,
             params: self.model.params().iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+            buffers: self.model.buffers().iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
             masks: self.masks.masks().iter().map(|m| m.shallow_clone()).collect(),
             optim: self.optimizer.state_tensors(),
             script,

@@ -2,7 +2,7 @@
 //! written once here, next to the generated code (as qdrant's `lib/api` does): the server and
 //! every Rust client use these.
 
-use prune_core::domain::{JobState, MetricPoint, Report, TensorReport, TensorSparsity};
+use prune_core::domain::{InferenceTiming, JobState, MetricPoint, Report, TensorReport, TensorSparsity};
 
 use crate as pb;
 
@@ -109,6 +109,8 @@ impl From<&Report> for pb::Report {
             json: serde_json::to_string(r).expect("reports serialise"),
             // gzip output is never empty, so 0 can only mean "not measured".
             gzip_dense_measured: r.gzip_dense_bytes > 0,
+            inference: r.inference.iter().map(Into::into).collect(),
+            inference_note: r.inference_note.clone().unwrap_or_default(),
         }
     }
 }
@@ -124,6 +126,32 @@ impl From<pb::Report> for Report {
             final_val_loss: r.final_val_loss,
             dense_val_accuracy: r.dense_val_accuracy,
             steps: r.steps,
+            inference: r.inference.into_iter().map(Into::into).collect(),
+            inference_note: (!r.inference_note.is_empty()).then_some(r.inference_note),
+        }
+    }
+}
+
+impl From<&InferenceTiming> for pb::InferenceTiming {
+    fn from(t: &InferenceTiming) -> Self {
+        pb::InferenceTiming {
+            batch_size: t.batch_size,
+            dense_ms: t.dense_ms,
+            pruned_ms: t.pruned_ms,
+            speedup: t.speedup,
+            runs: t.runs,
+        }
+    }
+}
+
+impl From<pb::InferenceTiming> for InferenceTiming {
+    fn from(t: pb::InferenceTiming) -> Self {
+        InferenceTiming {
+            batch_size: t.batch_size,
+            dense_ms: t.dense_ms,
+            pruned_ms: t.pruned_ms,
+            speedup: t.speedup,
+            runs: t.runs,
         }
     }
 }
@@ -160,6 +188,8 @@ mod tests {
             final_val_loss: None,
             dense_val_accuracy: Some(0.95),
             steps: 12,
+            inference: vec![InferenceTiming { batch_size: 32, dense_ms: 0.5, pruned_ms: 0.25, speedup: 2.0, runs: 20 }],
+            inference_note: None,
         };
         let message = pb::Report::from(&report);
         assert_eq!(serde_json::from_str::<Report>(&message.json).unwrap(), report);

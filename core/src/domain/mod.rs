@@ -8,5 +8,5 @@ mod report;
 mod state;
 
 pub use events::{Event, JobOutcome, StopReason};
-pub use report::{ArtifactFile, MetricPoint, Report, TensorReport, TensorSparsity};
+pub use report::{ArtifactFile, InferenceTiming, MetricPoint, Report, TensorReport, TensorSparsity, NO_FORWARD_PASS};
 pub use state::JobState;

@@ -62,6 +62,29 @@ pub struct Report {
     /// The same before any pruning step (the dense warm-up's last epoch, or the input model).
     pub dense_val_accuracy: Option<f64>,
     pub steps: i64,
+    /// Measured inference latency, dense against pruned, one entry per batch size (reports
+    /// stored before it existed read back empty).
+    #[serde(default)]
+    pub inference: Vec<InferenceTiming>,
+    /// Why no inference was measured, when none was (a state dict has no forward pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference_note: Option<String>,
+}
+
+/// `Report::inference_note` of a model with nothing to run.
+pub const NO_FORWARD_PASS: &str = "no inference measured: a safetensors state dict has no forward pass";
+
+/// The median latency of one forward pass (eval mode, no gradients) on the job's device and
+/// threads, of the model as the job started and of the pruned model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceTiming {
+    pub batch_size: i64,
+    pub dense_ms: f64,
+    pub pruned_ms: f64,
+    /// `dense_ms / pruned_ms`.
+    pub speedup: f64,
+    /// Timed runs of each model.
+    pub runs: u32,
 }
 
 /// Reports stored before the map form wrote `artifact_bytes` as `[[format, bytes], ...]`; both
@@ -89,6 +112,7 @@ mod tests {
             "final_val_accuracy":null,"final_val_loss":null,"dense_val_accuracy":0.5,"steps":7}"#;
         let report: Report = serde_json::from_str(old).unwrap();
         assert_eq!(report.artifact_bytes.get("safetensors"), Some(&3));
+        assert!(report.inference.is_empty() && report.inference_note.is_none());
         let again: Report = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
         assert_eq!(again, report);
     }

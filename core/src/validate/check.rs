@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::layers::{check_sequential, input_shape};
 use super::pruning::check_pruning;
 use super::{
     FieldError, SpecErrors, EXPORT_FORMATS, MAX_BATCH_SIZE, MAX_CLASSES, MAX_ELEMENTS, MAX_EPOCHS, MAX_NAME_CHARS,
@@ -11,7 +12,7 @@ use super::{
 use crate::compress::Compression;
 use crate::job::{Data, DataSource, Export, Job, Training};
 use crate::options::{BuiltinData, Device, ExportFormat, Loss, Optimizer, SparseFormat};
-use crate::spec::{DataSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, TrainingSpec};
+use crate::spec::{DataSpec, ExportSpec, JobSpec, ModelSpec, TrainingSpec};
 
 const BLOB_PREFIX: &str = "sha256:";
 
@@ -25,7 +26,7 @@ pub fn validate(spec: &JobSpec) -> Result<Job, SpecErrors> {
             format!("must be at most {MAX_NAME_CHARS} characters (got {chars})")
         });
     }
-    check_model(&mut e, &spec.model);
+    check_model(&mut e, &spec.model, spec.data.as_ref());
     // A state dict has no forward pass to train: a sharded one is pruned one-shot, streamed.
     e.check(!spec.model.is_sharded() || spec.training.epochs == 0, "training.epochs", || {
         format!("a sharded checkpoint is pruned one-shot: set epochs = 0 (got {})", spec.training.epochs)
@@ -74,12 +75,18 @@ impl Errors {
         self.check(value >= min, field, || format!("must be >= {min} (got {value})"));
     }
 
+    /// The fields of the errors so far, in order (for tests).
+    #[cfg(test)]
+    pub(super) fn into_fields(self) -> Vec<String> {
+        self.0.into_iter().map(|f| f.field).collect()
+    }
+
     fn within(&mut self, field: impl Into<String>, value: i64, min: i64, max: i64) {
         self.check((min..=max).contains(&value), field, || format!("must be between {min} and {max} (got {value})"));
     }
 
     /// A finite number in `[0, 1)`.
-    fn fraction(&mut self, field: impl Into<String>, value: f64) {
+    pub(super) fn fraction(&mut self, field: impl Into<String>, value: f64) {
         self.check((0.0..1.0).contains(&value), field, || format!("must be a number in [0, 1) (got {value})"));
     }
 
@@ -113,11 +120,11 @@ pub fn is_blob_id(value: &str) -> bool {
 }
 
 /// Product of `dims`, `None` on overflow.
-fn element_count(dims: &[i64]) -> Option<i64> {
+pub(super) fn element_count(dims: &[i64]) -> Option<i64> {
     dims.iter().try_fold(1i64, |n, &d| n.checked_mul(d))
 }
 
-fn check_model(e: &mut Errors, model: &ModelSpec) {
+fn check_model(e: &mut Errors, model: &ModelSpec, data: Option<&DataSpec>) {
     let sources = [
         ("file", model.file.is_some()),
         ("blob", model.blob.is_some()),
@@ -134,7 +141,7 @@ fn check_model(e: &mut Errors, model: &ModelSpec) {
         e.blob_id("model.blob", blob);
     }
     if let Some(layers) = &model.sequential {
-        check_sequential(e, layers);
+        check_sequential(e, layers, input_shape(data));
     }
     if let Some(weights) = &model.weights {
         e.check(model.sequential.is_some(), "model.weights", || {
@@ -144,56 +151,6 @@ fn check_model(e: &mut Errors, model: &ModelSpec) {
         if weights.starts_with(BLOB_PREFIX) {
             e.blob_id("model.weights", weights);
         }
-    }
-}
-
-fn check_sequential(e: &mut Errors, layers: &[LayerSpec]) {
-    e.check(!layers.is_empty(), "model.sequential", || "must list at least one layer".to_string());
-    for (i, layer) in layers.iter().enumerate() {
-        check_layer(e, &format!("model.sequential[{i}]"), layer);
-    }
-}
-
-fn check_layer(e: &mut Errors, at: &str, layer: &LayerSpec) {
-    match *layer {
-        LayerSpec::Linear { in_features, out_features, .. } => {
-            e.at_least(format!("{at}.in"), in_features, 1);
-            e.at_least(format!("{at}.out"), out_features, 1);
-            check_weight_size(e, at, &[out_features, in_features]);
-        }
-        LayerSpec::Conv2d { in_channels, out_channels, kernel, stride, padding, .. } => {
-            e.at_least(format!("{at}.in"), in_channels, 1);
-            e.at_least(format!("{at}.out"), out_channels, 1);
-            e.at_least(format!("{at}.kernel"), kernel, 1);
-            e.at_least(format!("{at}.stride"), stride, 1);
-            e.at_least(format!("{at}.padding"), padding, 0);
-            check_weight_size(e, at, &[out_channels, in_channels, kernel, kernel]);
-        }
-        LayerSpec::Maxpool2d { kernel } => e.at_least(format!("{at}.kernel"), kernel, 1),
-        LayerSpec::Dropout { p } => e.fraction(format!("{at}.p"), p),
-        LayerSpec::Reshape { ref shape } => check_reshape(e, at, shape),
-        LayerSpec::Relu | LayerSpec::Tanh | LayerSpec::Sigmoid | LayerSpec::Flatten => {}
-    }
-}
-
-/// A built-in layer's weight must stay under [`MAX_ELEMENTS`] (sizes below 1 are reported on
-/// their own field).
-fn check_weight_size(e: &mut Errors, at: &str, dims: &[i64]) {
-    if dims.iter().all(|&d| d >= 1) {
-        let ok = element_count(dims).is_some_and(|n| n <= MAX_ELEMENTS);
-        e.check(ok, at, || format!("its weight of shape {dims:?} has more than {MAX_ELEMENTS} elements"));
-    }
-}
-
-fn check_reshape(e: &mut Errors, at: &str, shape: &[i64]) {
-    let field = format!("{at}.shape");
-    e.check(!shape.is_empty(), &field, || "must list at least one dimension".to_string());
-    let inferred = shape.iter().filter(|&&d| d == -1).count();
-    e.check(inferred <= 1, &field, || format!("at most one dimension may be -1 (got {inferred})"));
-    for (j, &d) in shape.iter().enumerate() {
-        e.check(d >= 1 || d == -1, format!("{field}[{j}]"), || {
-            format!("must be >= 1, or -1 to infer the dimension (got {d})")
-        });
     }
 }
 

@@ -19,11 +19,13 @@ use serde::Serialize;
 use crate::options::{BlockPooling, BuiltinData, ExportFormat, Loss, Optimizer, Scope, SparseFormat};
 
 mod check;
+mod layers;
 mod parse;
 mod pruning;
 mod warnings;
 
 pub use check::{is_blob_id, is_device, validate};
+pub use layers::MAX_RESIDUAL_DEPTH;
 pub use parse::{parse_json, parse_toml};
 pub use warnings::{steps_per_epoch, warnings};
 

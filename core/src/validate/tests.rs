@@ -395,6 +395,72 @@ fn dropout_p_in_unit_interval() {
     assert_accepts(sequential(vec![LayerSpec::Dropout { p: 0.0 }]));
 }
 
+/// The shapes of a CNN on the builtin digits, checked through the data section: the input
+/// is `[64]`, so each mismatch is found at submit and named by its field path.
+#[test]
+fn digits_cnn_shapes_chain() {
+    let toml = |layers: &str| -> JobSpec {
+        parse_toml(&format!(
+            "[model]\nsequential = [{layers}]\n[data]\nbuiltin = \"digits\"\n[training]\nepochs = 1\n\
+             [pruning]\nschedule = {{ kind = \"constant_sparsity\", target_sparsity = 0.5 }}\n"
+        ))
+        .unwrap()
+    };
+    let fields = |layers: &str| -> Vec<(String, String)> {
+        match validate(&toml(layers)) {
+            Ok(_) => vec![],
+            Err(e) => e.0.into_iter().map(|e| (e.field, e.reason)).collect(),
+        }
+    };
+    let stem =
+        r#"{ type = "reshape", shape = [1, 8, 8] }, { type = "conv2d", in = 1, out = 8, kernel = 3, padding = 1 }"#;
+    let good = format!(
+        r#"{stem}, {{ type = "batchnorm2d", features = 8 }}, {{ type = "relu" }},
+        {{ type = "residual", layers = [{{ type = "conv2d", in = 8, out = 8, kernel = 3, padding = 1 }}] }},
+        {{ type = "residual", layers = [
+           {{ type = "conv2d", in = 8, out = 16, kernel = 3, stride = 2, padding = 1 }},
+        ], projection = {{ in = 8, out = 16, stride = 2 }} }},
+        {{ type = "avgpool2d", kernel = 2 }}, {{ type = "global_avgpool" }}, {{ type = "batchnorm1d", features = 16 }},
+        {{ type = "linear", in = 16, out = 10 }}"#
+    );
+    assert_eq!(fields(&good), vec![]);
+    let bad = [
+        (
+            r#"{ type = "batchnorm2d", features = 4 }"#,
+            "model.sequential[2].features",
+            "previous layer gives 8 channels",
+        ),
+        (
+            r#"{ type = "residual", layers = [{ type = "relu" }, { type = "conv2d", in = 4, out = 8, kernel = 3, padding = 1 }] }"#,
+            "model.sequential[2].layers[1].in",
+            "is 4 but the previous layer gives 8 channels",
+        ),
+        (
+            r#"{ type = "residual", layers = [{ type = "conv2d", in = 8, out = 16, kernel = 3, padding = 1 }] }"#,
+            "model.sequential[2]",
+            "turn [8, 8, 8] into [16, 8, 8]",
+        ),
+        (
+            r#"{ type = "residual", layers = [{ type = "conv2d", in = 8, out = 16, kernel = 1 }], projection = { in = 8, out = 12 } }"#,
+            "model.sequential[2].projection.out",
+            "is 12 but the residual's layers give 16 channels",
+        ),
+        (
+            r#"{ type = "global_avgpool" }, { type = "linear", in = 64, out = 10 }"#,
+            "model.sequential[3].in",
+            "gives 8 features",
+        ),
+    ];
+    for (tail, field, phrase) in bad {
+        let errors = fields(&format!("{stem}, {tail}"));
+        assert!(errors.iter().any(|(f, r)| f == field && r.contains(phrase)), "{tail}: {errors:?}");
+    }
+    // Digits are flat: a conv2d straight on them needs a reshape first.
+    let errors = fields(r#"{ type = "conv2d", in = 1, out = 8, kernel = 3 }"#);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].0 == "model.sequential[0]" && errors[0].1.contains("gives [64]"), "{errors:?}");
+}
+
 #[test]
 fn reshape_entries() {
     assert_accepts(sequential(vec![LayerSpec::Reshape { shape: vec![-1, 1, 8, 8] }]));

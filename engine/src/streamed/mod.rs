@@ -270,6 +270,8 @@ pub fn run(
         final_val_loss: None,
         dense_val_accuracy: None,
         steps: 0,
+        inference: vec![],
+        inference_note: Some(prune_core::domain::NO_FORWARD_PASS.to_string()),
     };
     Ok(JobOutcome { artifacts, report })
 }

@@ -7,12 +7,28 @@
 //! Range and consistency rules are `prune_core::validate`'s job, not this module's.
 
 use prune_core::schedule::Schedule;
-use prune_core::spec::{DataSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, OverrideSpec, PruningSpec, TrainingSpec};
+use prune_core::spec::{
+    DataSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, OverrideSpec, ProjectionSpec, PruningSpec, TrainingSpec,
+};
 use prune_core::validate::{FieldError, SpecErrors};
 use prune_proto as pb;
 
-const LAYER_TYPES: &[&str] =
-    &["linear", "conv2d", "relu", "tanh", "sigmoid", "maxpool2d", "flatten", "dropout", "reshape"];
+const LAYER_TYPES: &[&str] = &[
+    "linear",
+    "conv2d",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "maxpool2d",
+    "flatten",
+    "dropout",
+    "reshape",
+    "batchnorm1d",
+    "batchnorm2d",
+    "avgpool2d",
+    "global_avgpool",
+    "residual",
+];
 const SCHEDULE_KINDS: &[&str] = &["polynomial_decay", "constant_sparsity"];
 
 /// Converts a gRPC spec, reporting every structural problem at once.
@@ -94,6 +110,9 @@ fn layer_from_proto(l: pb::LayerSpec, at: &str, errors: &mut Vec<FieldError>) ->
         ("bias", l.bias.is_some()),
         ("p", l.p.is_some()),
         ("shape", !l.shape.is_empty()),
+        ("features", l.features.is_some()),
+        ("layers", !l.layers.is_empty()),
+        ("projection", l.projection.is_some()),
     ];
     let others =
         |own: &[&str]| -> Vec<(&str, bool)> { all.iter().copied().filter(|(n, _)| !own.contains(n)).collect() };
@@ -131,6 +150,46 @@ fn layer_from_proto(l: pb::LayerSpec, at: &str, errors: &mut Vec<FieldError>) ->
             }
             LayerSpec::Reshape { shape: l.shape }
         }
+        "batchnorm1d" | "batchnorm2d" => {
+            f.absent(&others(&["features"]));
+            let features = f.required("features", l.features)?;
+            if kind == "batchnorm1d" {
+                LayerSpec::Batchnorm1d { features }
+            } else {
+                LayerSpec::Batchnorm2d { features }
+            }
+        }
+        "avgpool2d" => {
+            f.absent(&others(&["kernel", "stride"]));
+            LayerSpec::Avgpool2d { kernel: f.required("kernel", l.kernel)?, stride: l.stride }
+        }
+        "residual" => {
+            f.absent(&others(&["layers", "projection"]));
+            if l.layers.is_empty() {
+                f.errors.push(FieldError::new(format!("{at}.layers"), "required for residual"));
+                return None;
+            }
+            let projection = match l.projection {
+                Some(p) => Some(projection_from_proto(p, &format!("{at}.projection"), f.errors)?),
+                None => None,
+            };
+            let mut complete = true;
+            let mut layers = Vec::with_capacity(l.layers.len());
+            for (j, inner) in l.layers.into_iter().enumerate() {
+                match layer_from_proto(inner, &format!("{at}.layers[{j}]"), f.errors) {
+                    Some(layer) => layers.push(layer),
+                    None => complete = false,
+                }
+            }
+            if !complete {
+                return None;
+            }
+            LayerSpec::Residual { layers, projection }
+        }
+        "global_avgpool" => {
+            f.absent(&others(&[]));
+            LayerSpec::GlobalAvgpool
+        }
         simple => {
             f.absent(&others(&[]));
             match simple {
@@ -142,6 +201,17 @@ fn layer_from_proto(l: pb::LayerSpec, at: &str, errors: &mut Vec<FieldError>) ->
         }
     };
     Some(layer)
+}
+
+fn projection_from_proto(p: pb::Projection, at: &str, errors: &mut Vec<FieldError>) -> Option<ProjectionSpec> {
+    let mut f = Fields { at, kind: "projection", errors };
+    let (i, o) = (f.required("in", p.r#in), f.required("out", p.out));
+    Some(ProjectionSpec {
+        in_channels: i?,
+        out_channels: o?,
+        stride: p.stride.unwrap_or(1),
+        bias: p.bias.unwrap_or(true),
+    })
 }
 
 fn data_from_proto(d: pb::DataSpec) -> DataSpec {
@@ -345,6 +415,20 @@ fn layer_to_proto(l: &LayerSpec) -> pb::LayerSpec {
         LayerSpec::Flatten => of("flatten"),
         LayerSpec::Dropout { p } => pb::LayerSpec { p: Some(p), ..of("dropout") },
         LayerSpec::Reshape { ref shape } => pb::LayerSpec { shape: shape.clone(), ..of("reshape") },
+        LayerSpec::Batchnorm1d { features } => pb::LayerSpec { features: Some(features), ..of("batchnorm1d") },
+        LayerSpec::Batchnorm2d { features } => pb::LayerSpec { features: Some(features), ..of("batchnorm2d") },
+        LayerSpec::Avgpool2d { kernel, stride } => pb::LayerSpec { kernel: Some(kernel), stride, ..of("avgpool2d") },
+        LayerSpec::GlobalAvgpool => of("global_avgpool"),
+        LayerSpec::Residual { ref layers, ref projection } => pb::LayerSpec {
+            layers: layers.iter().map(layer_to_proto).collect(),
+            projection: projection.as_ref().map(|p| pb::Projection {
+                r#in: Some(p.in_channels),
+                out: Some(p.out_channels),
+                stride: Some(p.stride),
+                bias: Some(p.bias),
+            }),
+            ..of("residual")
+        },
     }
 }
 
@@ -446,7 +530,12 @@ name = "round trip"
 sequential = [
   { type = "reshape", shape = [1, 8, 8] },
   { type = "conv2d", in = 1, out = 4, kernel = 3, padding = 1 },
+  { type = "batchnorm2d", features = 4 },
+  { type = "residual", layers = [{ type = "conv2d", in = 4, out = 4, kernel = 3, padding = 1 }] },
+  { type = "residual", layers = [{ type = "avgpool2d", kernel = 1 }], projection = { in = 4, out = 4, bias = false } },
+  { type = "avgpool2d", kernel = 1, stride = 1 },
   { type = "maxpool2d", kernel = 2 }, { type = "flatten" }, { type = "dropout", p = 0.1 },
+  { type = "batchnorm1d", features = 64 },
   { type = "linear", in = 64, out = 10, bias = false }, { type = "tanh" }, { type = "sigmoid" }, { type = "relu" },
 ]
 weights = "sha256:cd"
@@ -485,6 +574,17 @@ sparse_format = "bitmask"
         p.model.as_mut().unwrap().sequential = vec![
             pb::LayerSpec { r#type: "linear".into(), r#in: Some(4), kernel: Some(3), ..Default::default() },
             pb::LayerSpec { r#type: "lstm".into(), ..Default::default() },
+            pb::LayerSpec {
+                r#type: "residual".into(),
+                layers: vec![pb::LayerSpec { r#type: "batchnorm2d".into(), p: Some(0.5), ..Default::default() }],
+                ..Default::default()
+            },
+            pb::LayerSpec {
+                r#type: "residual".into(),
+                layers: vec![pb::LayerSpec { r#type: "relu".into(), ..Default::default() }],
+                projection: Some(pb::Projection { out: Some(4), ..Default::default() }),
+                ..Default::default()
+            },
         ];
         let pruning = p.pruning.as_mut().unwrap();
         pruning.block_size = vec![1, 2, 3];
@@ -496,6 +596,9 @@ sparse_format = "bitmask"
                 "model.sequential[0].kernel",
                 "model.sequential[0].out",
                 "model.sequential[1].type",
+                "model.sequential[2].layers[0].p",
+                "model.sequential[2].layers[0].features",
+                "model.sequential[3].projection.in",
                 "pruning.schedule.target_sparsity",
                 "pruning.schedule.initial_sparsity",
                 "pruning.schedule.final_sparsity",

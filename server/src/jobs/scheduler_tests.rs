@@ -98,6 +98,8 @@ fn finished(job_id: &str) -> WorkerMessage {
         final_val_loss: Some(0.1),
         dense_val_accuracy: None,
         steps: 7,
+        inference: vec![],
+        inference_note: None,
     };
     let artifact = ArtifactFile {
         format: "safetensors".into(),

@@ -1,4 +1,5 @@
-//! `prunectl report ID`: what a finished job pruned and what its artifacts weigh.
+//! `prunectl report ID`: what a finished job pruned, what its artifacts weigh and how fast the
+//! pruned model runs against the dense one.
 
 use std::fmt::Write as _;
 
@@ -43,6 +44,18 @@ fn describe(report: &Report) -> String {
         ("dense size".into(), format!("{} (gzipped: {})", bytes(report.dense_bytes), gzipped(report.gzip_dense_bytes))),
     ];
     facts.extend(report.artifact_bytes.iter().map(|(format, size)| (format!("{format} file"), bytes(*size))));
+    facts.extend(report.inference.iter().map(|t| {
+        (
+            format!("inference, batch {}", t.batch_size),
+            format!(
+                "dense {:.3} ms, pruned {:.3} ms: {:.2}x (median of {} runs)",
+                t.dense_ms, t.pruned_ms, t.speedup, t.runs
+            ),
+        )
+    }));
+    if let Some(note) = &report.inference_note {
+        facts.push(("inference".into(), note.clone()));
+    }
     let width = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     out.push('\n');
     for (key, value) in facts {
