@@ -92,3 +92,51 @@ async fn a_checkpoint_bigger_than_the_memory_bound_is_pruned_a_tensor_at_a_time(
     assert!(again.stdout.contains("SUCCEEDED"), "{}", again.stdout);
     drop(server);
 }
+
+/// A half-precision tensor whose f32 copy and f32 mask would each be twice its size: 5x it
+/// would break `largest x 3 + 300 MB` (at 168 MB, 840 MB against 804 MB); element-wise masks
+/// are decided a chunk at a time in place, so the worker stays far below.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_big_bf16_tensor_is_masked_in_place_within_the_bound() {
+    use prune_core::tensorstream::{header_bytes, Entry};
+    use std::io::Write;
+    const SHAPE: [usize; 2] = [8192, 10240];
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("var"), &["--workers", "1", "--threads-per-job", "2"]).await;
+    let addr = format!("http://{}", server.addr);
+    let model = dir.path().join("model.safetensors");
+    let numel = SHAPE[0] * SHAPE[1];
+    let entry = Entry {
+        name: "embed.weight".into(),
+        dtype: safetensors::Dtype::BF16,
+        shape: SHAPE.to_vec(),
+        len: numel as u64 * 2,
+    };
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&model).unwrap());
+        out.write_all(&header_bytes(&[entry], None).unwrap()).unwrap();
+        // bf16 of values on a 1/4096 grid: many ties.
+        for x in xorshift(7).take(numel) {
+            let v = ((x >> 40) % 8192) as f32 / 4096.0 - 1.0;
+            out.write_all(&((v.to_bits() >> 16) as u16).to_le_bytes()).unwrap();
+        }
+        out.flush().unwrap();
+    }
+    let largest = numel as u64 * 2;
+    let bound = 3 * largest + 300_000_000;
+
+    let job_file = dir.path().join("job.toml");
+    std::fs::write(
+        &job_file,
+        "[model]\nfile = \"model.safetensors\"\n[training]\nepochs = 0\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.8 }\n[export]\ncompression = \"zstd\"\nsparse_format = \"bitmask\"\n",
+    )
+    .unwrap();
+    let run = prunectl(&addr, &["submit", s(&job_file), "--wait"]).await;
+    assert!(run.stdout.contains("SUCCEEDED"), "{}", run.stdout);
+    let peaks = worker_peaks(&server.log());
+    assert_eq!(peaks.len(), 1, "one worker logged its peak memory:\n{}", server.log());
+    assert!(peaks[0] < bound, "worker VmHWM {} bytes over largest tensor x 3 + 300 MB = {bound}", peaks[0]);
+    eprintln!("bf16 tensor {largest} bytes, worker VmHWM {} bytes, bound {bound}", peaks[0]);
+    let report = prunectl(&addr, &["report", run.stdout.lines().next().unwrap().trim(), "--json"]).await.json();
+    assert_eq!(report["tensors"][0]["nonzero"].as_u64().unwrap(), mask::keep_count(numel, 0.8) as u64);
+}

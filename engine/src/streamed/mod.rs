@@ -13,10 +13,13 @@
 //! turn: selection and global scope see all tensors of all shards, and each shard becomes one
 //! packed shard of the artifact, with a new index naming the packed tensors (`index.rs`).
 //!
-//! Memory: the tensor being handled, its f32 values and its mask (3x its bytes for f32; 4x for
-//! f16/bf16, whose f32 copy and mask are twice their size each and whose bytes are read again
-//! after masking rather than held), plus the compressor's buffers.
+//! Memory: the tensor being handled plus, for element-wise masks (global scope included), a
+//! few MiB: its values are ranked and masked in place a chunk at a time (`chunked.rs`). Block
+//! and m-by-n masks take the whole tensor's f32 values and mask (3x its bytes for f32, 5x for
+//! f16/bf16). Packing a tensor (bitmask) holds its non-zero values once more; then the
+//! compressor's buffers.
 
+mod chunked;
 mod index;
 mod select;
 mod values;
@@ -29,6 +32,7 @@ use prune_core::bitmask::{self, TensorData, SPARSE_BITMASK, SPARSITY_FORMAT_KEY}
 use prune_core::compress::{self, GzipCounter, Settings};
 use prune_core::files::write_atomically;
 use prune_core::mask::GlobalSelection;
+use prune_core::method::PruningMethod;
 use prune_core::options::{ExportFormat, SparseFormat};
 use prune_core::sharded::{Shard, ShardedCheckpoint};
 use prune_core::tensorstream::{header_bytes, Entry, StreamedFile, TensorInfo};
@@ -187,30 +191,44 @@ pub fn run(
             let rule = rules.next().expect("one rule per tensor");
             let mut data = shard.file.read(info).map_err(model_error)?;
             if values::is_float(info.dtype) {
-                let f32s = values::to_f32(info.dtype, &data).ok_or_else(|| {
+                let not_finite = || {
                     EngineError::Model(format!(
                         "parameter {} holds NaN or infinite values",
                         source.describe(shard, &info.name)
                     ))
-                })?;
-                if let Some(rule) = rule {
-                    // A half-precision tensor's f32 copy and mask are twice its size each: its
-                    // own bytes are let go while the mask is decided and read again after
-                    // (4x its size at the peak instead of 5x; f32 stays at 3x).
-                    let reread = info.dtype.bitsize() < 32;
-                    if reread {
-                        data = Vec::new();
+                };
+                match rule {
+                    // Element-wise (the common case for big checkpoints): chunk by chunk, in
+                    // place, so a tensor costs its own bytes and a few MiB.
+                    Some(rule) if rule.method == PruningMethod::ElementWise => {
+                        let kept = match &mut global {
+                            Some(g) if rule.in_global_selection() => {
+                                chunked::mask_in_place(info.dtype, &mut data, chunked::CHUNK, |v| g.next_mask(v))
+                            }
+                            _ => chunked::element_wise(
+                                info.dtype,
+                                &mut data,
+                                rule.schedule.final_sparsity(),
+                                chunked::CHUNK,
+                            ),
+                        }
+                        .ok_or_else(not_finite)?;
+                        let sparsity_value = reported_sparsity(kept, info.numel());
+                        sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: sparsity_value });
                     }
-                    let mask = match &mut global {
-                        Some(g) if rule.in_global_selection() => g.next_mask(&f32s),
-                        _ => rule.method.mask(&f32s, &info.shape, rule.schedule.final_sparsity()),
-                    };
-                    drop(f32s);
-                    if reread {
-                        data = shard.file.read(info).map_err(model_error)?;
+                    // Blocks and m-by-n groups need the whole tensor's values.
+                    Some(rule) => {
+                        let f32s = values::to_f32(info.dtype, &data).ok_or_else(not_finite)?;
+                        let mask = rule.method.mask(&f32s, &info.shape, rule.schedule.final_sparsity());
+                        drop(f32s);
+                        values::apply_mask(&mut data, info.dtype.bitsize() / 8, &mask);
+                        let kept = mask.iter().filter(|&&m| m != 0.0).count();
+                        sparsity.push(TensorSparsity {
+                            name: info.name.clone(),
+                            sparsity: reported_sparsity(kept, mask.len()),
+                        });
                     }
-                    values::apply_mask(&mut data, info.dtype.bitsize() / 8, &mask);
-                    sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: reported_sparsity(&mask) });
+                    None => chunked::each_chunk(info.dtype, &data, chunked::CHUNK, |_| {}).ok_or_else(not_finite)?,
                 }
             }
             if let Some(g) = &mut gzip {
@@ -296,14 +314,12 @@ fn global_selection(
                 return Err(EngineError::Stopped { step: 0, reason });
             }
             let data = shard.file.read(t).map_err(model_error)?;
-            let f32s = values::to_f32(t.dtype, &data).ok_or_else(|| {
+            chunked::each_chunk(t.dtype, &data, chunked::CHUNK, &mut *visit).ok_or_else(|| {
                 EngineError::Model(format!(
                     "parameter {} holds NaN or infinite values",
                     source.describe(shard, &t.name)
                 ))
             })?;
-            drop(data);
-            visit(&f32s);
         }
         Ok::<_, EngineError>(())
     })?;
@@ -313,12 +329,11 @@ fn global_selection(
 /// `1 - mean(mask)` as the libtorch path computes it (`Masks::sparsities`: the mean in f32),
 /// so both paths report the same figures: the kept count is exact in f32 up to 2^24 elements,
 /// and the division is f32's.
-fn reported_sparsity(mask: &[f32]) -> f64 {
-    if mask.is_empty() {
+fn reported_sparsity(kept: usize, len: usize) -> f64 {
+    if len == 0 {
         return 0.0;
     }
-    let kept = mask.iter().filter(|&&m| m != 0.0).count();
-    1.0 - f64::from(kept as f32 / mask.len() as f32)
+    1.0 - f64::from(kept as f32 / len as f32)
 }
 
 fn tensor_report(info: &TensorInfo, pruned: bool, data: &[u8]) -> TensorReport {
