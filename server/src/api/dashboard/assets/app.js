@@ -284,8 +284,16 @@ function renderJob(job, points, report) {
       <td class="num">${report.dense_bytes ? (100 * b / report.dense_bytes).toFixed(1) + "%" : "–"}</td></tr>`).join("")}</table>`;
   }
   if (job.state === "SUCCEEDED" && (job.artifacts || []).length) {
-    html += `<h2>Artifacts</h2><p id="artifacts">${job.artifacts.map((a) =>
-      `<button data-format="${esc(a.format)}" data-name="${esc(a.file_name)}">Download ${esc(a.format)} (${fmt.bytes(a.size)})</button> `).join("")}</p>`;
+    // One button per format: an export of several files (a sharded checkpoint) is served as
+    // one tar archive of them all.
+    const byFormat = {};
+    for (const a of job.artifacts) (byFormat[a.format] = byFormat[a.format] || []).push(a);
+    html += `<h2>Artifacts</h2><p id="artifacts">${Object.entries(byFormat).map(([format, files]) => {
+      const total = files.reduce((n, a) => n + a.size, 0);
+      const name = files.length === 1 ? files[0].file_name : `${job.id}-${format}.tar`;
+      const what = files.length === 1 ? fmt.bytes(total) : `${files.length} files as one tar, ${fmt.bytes(total)}`;
+      return `<button data-format="${esc(format)}" data-name="${esc(name)}">Download ${esc(format)} (${what})</button> `;
+    }).join("")}</p>`;
   }
   main.innerHTML = html;
   const cancel = document.getElementById("cancel");
