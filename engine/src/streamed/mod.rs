@@ -89,6 +89,11 @@ impl Source {
         self.shards.iter().flat_map(|s| s.file.tensors.iter().map(move |t| (s, t)))
     }
 
+    /// The error for a tensor holding NaN or infinite values (worded as the libtorch path's).
+    fn not_finite(&self, shard: &Shard, tensor: &str) -> EngineError {
+        EngineError::Model(format!("parameter {} holds NaN or infinite values", self.describe(shard, tensor)))
+    }
+
     /// How a tensor is named in errors: with its shard when there are several.
     fn describe(&self, shard: &Shard, tensor: &str) -> String {
         if self.sharded {
@@ -191,12 +196,7 @@ pub fn run(
             let rule = rules.next().expect("one rule per tensor");
             let mut data = shard.file.read(info).map_err(model_error)?;
             if values::is_float(info.dtype) {
-                let not_finite = || {
-                    EngineError::Model(format!(
-                        "parameter {} holds NaN or infinite values",
-                        source.describe(shard, &info.name)
-                    ))
-                };
+                let not_finite = || source.not_finite(shard, &info.name);
                 match rule {
                     // Element-wise (the common case for big checkpoints): chunk by chunk, in
                     // place, so a tensor costs its own bytes and a few MiB.
@@ -314,12 +314,8 @@ fn global_selection(
                 return Err(EngineError::Stopped { step: 0, reason });
             }
             let data = shard.file.read(t).map_err(model_error)?;
-            chunked::each_chunk(t.dtype, &data, chunked::CHUNK, &mut *visit).ok_or_else(|| {
-                EngineError::Model(format!(
-                    "parameter {} holds NaN or infinite values",
-                    source.describe(shard, &t.name)
-                ))
-            })?;
+            chunked::each_chunk(t.dtype, &data, chunked::CHUNK, &mut *visit)
+                .ok_or_else(|| source.not_finite(shard, &t.name))?;
         }
         Ok::<_, EngineError>(())
     })?;
