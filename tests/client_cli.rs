@@ -367,6 +367,72 @@ async fn resnet_example_reports_inference_and_loads_in_pytorch() {
     assert!((zeros - 0.6).abs() < 0.01, "4.layers.0.weight sparsity in PyTorch: {zeros}");
 }
 
+/// examples/resnet_digits_channels.toml: the ResNet pruned to 50% of its channels with a slim
+/// export, through the real server. The report lists each layer's shapes before and after (the
+/// residual sums' convs cut alike, the classifier keeping its 10 outputs) and fewer parameters
+/// and FLOPs; the downloaded artifact holds the smaller tensors and loads with
+/// `load_state_dict(strict=True)` into the PyTorch module of the layers its metadata names,
+/// where it scores what the report says.
+#[tokio::test(flavor = "multi_thread")]
+async fn channel_pruned_resnet_exports_a_slim_model_pytorch_loads() {
+    let h = Harness::start().await;
+    let job = example("resnet_digits_channels.toml");
+    let run = h.ok(&["submit", path(&job), "--wait", "--json"]).await;
+    let id = run.json_lines()[0]["id"].as_str().unwrap().to_string();
+
+    let report = h.ok(&["report", &id, "--json"]).await.json();
+    let channels = &report["channels"];
+    assert_eq!(channels["slim"], true, "{report}");
+    let layer = |name: &str| {
+        channels["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["layer"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name}: {report}"))
+    };
+    let shape =
+        |l: &Value, key: &str| -> Vec<i64> { l[key].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect() };
+    // 16 channels of the stem and the first block's sum, 16 inside the block, 32 in the second.
+    assert_eq!(shape(&layer("1"), "shape_after"), [8, 1, 3, 3]);
+    assert_eq!(shape(&layer("4.layers.0"), "shape_after"), [8, 8, 3, 3]);
+    assert_eq!(
+        layer("1")["removed"],
+        layer("4.layers.3")["removed"],
+        "a residual sum's two sides lose the same channels"
+    );
+    assert_eq!(layer("6.layers.3")["removed"], layer("6.projection")["removed"]);
+    assert_eq!(shape(&layer("6.projection"), "shape_after"), [16, 8, 1, 1]);
+    assert_eq!(shape(&layer("9"), "shape_after"), [10, 16], "the classifier keeps its classes");
+    let number = |key: &str| channels[key].as_u64().unwrap_or_else(|| panic!("{key}: {report}"));
+    assert!(number("params_after") * 3 < number("params_before"), "{report}");
+    assert!(number("flops_after") * 3 < number("flops_before"), "{report}");
+    let text = h.ok(&["report", &id]).await.stdout;
+    assert!(text.contains("SHAPE AFTER") && text.contains("FLOPs per sample"), "{text}");
+
+    let artifact = h.file("resnet_slim.safetensors");
+    h.ok(&["download", &id, "-o", path(&artifact)]).await;
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sequential_module.py");
+    let out = Command::new(python())
+        .arg(&module)
+        .args(["check", path(&job), path(&artifact)])
+        .output()
+        .await
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "PyTorch could not load the slim artifact:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(checked["shapes"]["4.layers.0.weight"], serde_json::json!([8, 8, 3, 3]));
+    let (torch_accuracy, reported) =
+        (checked["val_accuracy"].as_f64().unwrap(), report["final_val_accuracy"].as_f64().unwrap());
+    assert!((torch_accuracy - reported).abs() <= 1.0 / 180.0 + 1e-9, "PyTorch {torch_accuracy}, report {reported}");
+    assert!(reported > 0.9, "the example trains: {reported}");
+}
+
 /// A download cut off halfway resumes to the same bytes (sha256-verified), raw or
 /// decompressed; `unpack` of the bitmask download equals the dense download of the same
 /// training run.

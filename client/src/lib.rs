@@ -20,7 +20,8 @@ pub use client::{new_request_id, Client, ConnectOptions, SubmitOptions, DEFAULT_
 pub use download::DownloadOutcome;
 pub use error::{ClientError, Result};
 pub use types::{
-    ArtifactInfo, AttemptInfo, JobInfo, JobState, MetricRecord, Progress, Report, TensorSparsity, WatchEvent,
+    ArtifactInfo, AttemptInfo, ChannelReport, JobInfo, JobState, LayerChannels, MetricRecord, Progress, Report,
+    TensorSparsity, WatchEvent,
 };
 pub use upload::Uploaded;
 

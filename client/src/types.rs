@@ -5,7 +5,7 @@
 use prune_proto as pb;
 use serde::Serialize;
 
-pub use prune_core::domain::{JobState, Report, TensorReport, TensorSparsity};
+pub use prune_core::domain::{ChannelReport, JobState, LayerChannels, Report, TensorReport, TensorSparsity};
 
 use crate::error::ClientError;
 

@@ -115,4 +115,6 @@ pub struct Export {
     /// `export.level` (checked against the codec's range); `None`: by the artifact's size
     /// (`compress::Settings::for_artifact`).
     pub level: Option<i32>,
+    /// Cut removed channels out of the artifact's tensors (channel pruning of a built-in model).
+    pub slim: bool,
 }

@@ -5,8 +5,9 @@
 //! variant owns its mask computation (over `crate::mask`) and its rule for when masks are
 //! recomputed, so the engine dispatches on the variant instead of re-reading the fields.
 
+use crate::channels;
 use crate::mask;
-use crate::options::BlockPooling;
+use crate::options::{BlockPooling, ChannelScore};
 use crate::schedule::Schedule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +18,10 @@ pub enum PruningMethod {
     Block { size: [usize; 2], pooling: BlockPooling },
     /// `m` zeros in every group of `n` consecutive input channels; ignores the schedule.
     MByN { m: usize, n: usize },
+    /// Whole output channels (dim 0 slices), ranked by the norm of their weights
+    /// (`pruning.structure = "channel"`). Alone, [`Self::mask`] zeroes a tensor's own rows; a
+    /// built-in model's channels also carry the tensors that depend on them (`crate::channels`).
+    Channel { score: ChannelScore },
 }
 
 impl PruningMethod {
@@ -37,7 +42,9 @@ impl PruningMethod {
     pub fn recompute_at(&self, schedule: &Schedule, step: i64) -> bool {
         match self {
             PruningMethod::MByN { .. } => step == 1,
-            PruningMethod::ElementWise | PruningMethod::Block { .. } => schedule.should_prune(step),
+            PruningMethod::ElementWise | PruningMethod::Block { .. } | PruningMethod::Channel { .. } => {
+                schedule.should_prune(step)
+            }
         }
     }
 
@@ -46,7 +53,7 @@ impl PruningMethod {
     pub fn first_recompute_step(&self, schedule: &Schedule) -> i64 {
         match self {
             PruningMethod::MByN { .. } => 1,
-            PruningMethod::ElementWise | PruningMethod::Block { .. } => {
+            PruningMethod::ElementWise | PruningMethod::Block { .. } | PruningMethod::Channel { .. } => {
                 let begin = schedule.begin_step().max(1);
                 let freq = schedule.frequency().max(1);
                 let offset = (begin - schedule.begin_step()).rem_euclid(freq);
@@ -67,6 +74,11 @@ impl PruningMethod {
             PruningMethod::ElementWise => mask::element_mask(w, sparsity),
             PruningMethod::Block { size, pooling } => mask::block_mask(w, shape[0], shape[1], size, pooling, sparsity),
             PruningMethod::MByN { m, n } => mask::m_by_n_mask(w, shape, m, n),
+            PruningMethod::Channel { score } => {
+                let rows = shape.first().copied().unwrap_or(1);
+                let keep = channels::keep_channels(&channels::channel_scores(w, rows, score), sparsity);
+                channels::slice_mask(shape, 0, 1, &keep)
+            }
         }
     }
 
@@ -79,6 +91,9 @@ impl PruningMethod {
             )),
             PruningMethod::MByN { m, n } if shape.len() < 2 => Err(format!(
                 "pruning.m_by_n [{m}, {n}] needs weights of rank >= 2, but {name} has shape {shape:?}"
+            )),
+            PruningMethod::Channel { .. } if shape.len() < 2 => Err(format!(
+                "pruning.structure = \"channel\" removes output channels of weights of rank >= 2, but {name} has shape {shape:?}: a bias follows its weight"
             )),
             _ => Ok(()),
         }

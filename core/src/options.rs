@@ -106,6 +106,23 @@ named_enum! {
 }
 
 named_enum! {
+    /// `pruning.structure`: single weights, or whole output channels (conv2d filters, linear
+    /// neurons) with everything that depends on them.
+    pub enum Structure {
+        Element = "element",
+        Channel = "channel",
+    }
+}
+
+named_enum! {
+    /// `pruning.channel_score`: the norm of a channel's weights that ranks it.
+    pub enum ChannelScore {
+        L2 = "l2",
+        L1 = "l1",
+    }
+}
+
+named_enum! {
     /// One entry of `export.formats`.
     pub enum ExportFormat {
         Safetensors = "safetensors",

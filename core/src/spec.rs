@@ -234,6 +234,12 @@ pub struct PruningSpec {
     pub prune_bias: bool,
     #[serde(default)]
     pub overrides: Vec<OverrideSpec>,
+    /// `element` (default) or `channel`: whole output channels of conv2d / neurons of linear.
+    #[serde(default = "default_structure", skip_serializing_if = "is_default_structure")]
+    pub structure: String,
+    /// With `structure = "channel"`: `l2` (default) or `l1` norm of a channel's weights.
+    #[serde(default = "default_channel_score", skip_serializing_if = "is_default_channel_score")]
+    pub channel_score: String,
 }
 
 impl Default for PruningSpec {
@@ -248,6 +254,8 @@ impl Default for PruningSpec {
             exclude: vec![],
             prune_bias: false,
             overrides: vec![],
+            structure: default_structure(),
+            channel_score: default_channel_score(),
         }
     }
 }
@@ -279,6 +287,10 @@ pub struct ExportSpec {
     /// The codec's level (zstd 1-19, gzip 1-9); unset: chosen by the artifact's size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<i64>,
+    /// With channel pruning of a `model.sequential`: export the physically smaller model (the
+    /// removed channels cut out of every tensor that depends on them).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub slim: bool,
 }
 
 impl Default for ExportSpec {
@@ -288,6 +300,7 @@ impl Default for ExportSpec {
             compression: "zstd".into(),
             sparse_format: "dense".into(),
             level: None,
+            slim: false,
         }
     }
 }
@@ -321,4 +334,16 @@ fn default_pooling() -> String {
 }
 fn default_scope() -> String {
     "layer".into()
+}
+fn default_structure() -> String {
+    "element".into()
+}
+fn is_default_structure(s: &str) -> bool {
+    s == "element"
+}
+fn default_channel_score() -> String {
+    "l2".into()
+}
+fn is_default_channel_score(s: &str) -> bool {
+    s == "l2"
 }

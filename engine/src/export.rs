@@ -33,13 +33,26 @@ fn pytorch_metadata() -> HashMap<String, String> {
 /// Writes every requested format of the (already masked) model into `out`. The report's
 /// tensors are the artifact's: parameters, then buffers (never pruned).
 pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> Result<Exported, EngineError> {
+    export_with(spec, model, pruned, out, HashMap::new())
+}
+
+/// [`export`] with `metadata` added to the safetensors header's (a slim model's layer specs).
+pub fn export_with(
+    spec: &Export,
+    model: &Model,
+    pruned: &[String],
+    out: &Output,
+    metadata: HashMap<String, String>,
+) -> Result<Exported, EngineError> {
     let dir = out.dir.as_path();
     let io = |e: std::io::Error| EngineError::Export(format!("cannot write artifacts in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io)?;
     let compression = spec.compression;
     // Parameters and buffers: the whole state dict, so the artifact loads with strict=True.
     let state = model.state();
-    let dense = tensors::write(&state, pytorch_metadata())?;
+    let mut header = pytorch_metadata();
+    header.extend(metadata);
+    let dense = tensors::write(&state, header)?;
     let mut artifacts = Vec::new();
     for &format in &spec.formats {
         let (file, raw, sparse_format) = match format {

@@ -3,6 +3,7 @@
 //! compressed artifacts. No gRPC and no SQL here: the server runs this in worker processes.
 
 pub mod allocator;
+pub mod channels;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

@@ -8,8 +8,9 @@ use prune_core::{PruningMethod, Schedule};
 use regex::Regex;
 use tch::{Device, Kind, Tensor};
 
+use crate::channels::ChannelPlan;
 use crate::events::TensorSparsity;
-use crate::model::NamedParams;
+use crate::model::{Model, NamedParams};
 use crate::EngineError;
 
 /// One pruned parameter and its rule.
@@ -134,6 +135,8 @@ pub struct Masks {
     buffers: Vec<Vec<f32>>,
     /// A mask that is still all-ones needs no multiply.
     active: Vec<bool>,
+    /// Channel pruning: the masks follow the plan's kept channels, not each tensor's own values.
+    channels: Option<ChannelPlan>,
 }
 
 impl Masks {
@@ -141,7 +144,61 @@ impl Masks {
         let masks = targets.iter().map(|t| params[t.param].1.ones_like().set_requires_grad(false)).collect();
         let active = vec![false; targets.len()];
         let buffers = vec![Vec::new(); targets.len()];
-        Masks { targets, masks, buffers, active }
+        Masks { targets, masks, buffers, active, channels: None }
+    }
+
+    /// The masks of a job: per tensor by [`select_targets`], or, under channel pruning, every
+    /// tensor that carries a pruned channel space of [`ChannelPlan`] (`layers`: the built-in
+    /// model's spec, whose dependency graph it follows). Nothing selected is an error.
+    pub fn select(
+        spec: &Pruning,
+        model: &Model,
+        layers: Option<&[prune_core::spec::LayerSpec]>,
+    ) -> Result<Masks, EngineError> {
+        let params = model.params();
+        let masks = match spec.method {
+            PruningMethod::Channel { .. } => {
+                let plan = ChannelPlan::new(spec, model, layers)?;
+                let targets = plan
+                    .masked_params(params)
+                    .into_iter()
+                    .map(|(param, schedule, global)| Target {
+                        name: params[param].0.clone(),
+                        param,
+                        shape: params[param].1.size().iter().map(|&d| d as usize).collect(),
+                        schedule,
+                        method: spec.method,
+                        global,
+                    })
+                    .collect();
+                Masks { channels: Some(plan), ..Masks::new(targets, params) }
+            }
+            _ => Masks::new(select_targets(spec, params)?, params),
+        };
+        if masks.targets.is_empty() {
+            let why = if masks.channels.is_some() {
+                "pruning: no channel can be pruned (check include/exclude/overrides; the model's output layer is never pruned)"
+            } else {
+                "pruning: no parameter is selected for pruning (check include/exclude/overrides)"
+            };
+            return Err(EngineError::Spec(why.into()));
+        }
+        Ok(masks)
+    }
+
+    /// The channel plan, under channel pruning.
+    pub fn channel_plan(&self) -> Option<&ChannelPlan> {
+        self.channels.as_ref()
+    }
+
+    /// Every mask again from the plan's kept channels.
+    fn rebuild_channel_masks(&mut self) -> Result<(), EngineError> {
+        let Some(plan) = &self.channels else { return Ok(()) };
+        let values: Vec<Vec<f32>> = self.targets.iter().map(|t| plan.mask_of(&t.name, &t.shape)).collect();
+        for (i, v) in values.into_iter().enumerate() {
+            self.set(i, v)?;
+        }
+        Ok(())
     }
 
     pub fn masks(&self) -> &[Tensor] {
@@ -161,6 +218,11 @@ impl Masks {
             self.active[i] = !bool::try_from(m.eq(1.0).all())?;
             self.masks[i] = m.to_device(self.masks[i].device());
         }
+        if let Some(plan) = &mut self.channels {
+            let (targets, masks) = (&self.targets, &self.masks);
+            let mask_of = |name: &str| targets.iter().position(|t| t.name == name).map(|i| masks[i].shallow_clone());
+            plan.restore_keep(&mask_of)?;
+        }
         Ok(())
     }
 
@@ -168,6 +230,14 @@ impl Masks {
     /// target's method (on its schedule's pruning steps; m-by-n masks once, at step 1).
     /// Returns whether any mask changed.
     pub fn update(&mut self, step: i64, params: &NamedParams) -> Result<bool, EngineError> {
+        if let Some(plan) = &mut self.channels {
+            if !plan.due(step) {
+                return Ok(false);
+            }
+            plan.recompute(Some(step), params)?;
+            self.rebuild_channel_masks()?;
+            return Ok(true);
+        }
         let due: Vec<usize> = (0..self.targets.len())
             .filter(|&i| self.targets[i].method.recompute_at(&self.targets[i].schedule, step))
             .collect();
@@ -181,6 +251,10 @@ impl Masks {
 
     /// One-shot pruning: every mask at its schedule's final sparsity.
     pub fn one_shot(&mut self, params: &NamedParams) -> Result<(), EngineError> {
+        if let Some(plan) = &mut self.channels {
+            plan.recompute(None, params)?;
+            return self.rebuild_channel_masks();
+        }
         let all: Vec<usize> = (0..self.targets.len()).collect();
         self.recompute(&all, params, |t| t.schedule.final_sparsity())
     }
@@ -263,14 +337,14 @@ impl Masks {
 
 /// A weight's values on the host as f32, for the mask computation (on the CPU). A contiguous
 /// f32 CPU weight is read in place; anything else is converted once.
-struct HostValues {
+pub(crate) struct HostValues {
     /// A contiguous f32 CPU tensor whose storage the slice reads.
     tensor: Tensor,
     len: usize,
 }
 
 impl HostValues {
-    fn of(t: &Tensor) -> Result<HostValues, EngineError> {
+    pub(crate) fn of(t: &Tensor) -> Result<HostValues, EngineError> {
         let tensor = t.detach();
         let tensor = if tensor.device() == Device::Cpu && tensor.kind() == Kind::Float && tensor.is_contiguous() {
             tensor
@@ -281,7 +355,7 @@ impl HostValues {
         Ok(HostValues { tensor, len })
     }
 
-    fn as_slice(&self) -> &[f32] {
+    pub(crate) fn as_slice(&self) -> &[f32] {
         if self.len == 0 {
             return &[];
         }

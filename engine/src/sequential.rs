@@ -187,14 +187,26 @@ impl Sequential {
     pub fn load_weights(&mut self, path: &Path) -> Result<(), EngineError> {
         let bytes = std::fs::read(path).map_err(|e| EngineError::Model(format!("cannot read model.weights: {e}")))?;
         let (loaded, _) = tensors::read(&bytes).map_err(|e| EngineError::Model(format!("model.weights: {e}")))?;
+        self.load_state(loaded, "model.weights")
+    }
+
+    /// The model of `specs` holding `state` (a slim model's cut tensors), names and shapes
+    /// checked as `load_state_dict(strict=True)` does.
+    pub fn from_state(specs: &[LayerSpec], state: &NamedParams, device: Device) -> Result<Sequential, EngineError> {
+        let mut model = Sequential::new(specs, 0, device)?;
+        let state = state.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        model.load_state(state, "slim model")?;
+        Ok(model)
+    }
+
+    fn load_state(&mut self, loaded: NamedParams, what: &str) -> Result<(), EngineError> {
         let mut loaded: HashMap<String, Tensor> = loaded.into_iter().collect();
         for (name, p) in self.params.iter().chain(&self.buffers) {
-            let w = loaded
-                .remove(name)
-                .ok_or_else(|| EngineError::Model(format!("model.weights: missing tensor {name:?}")))?;
+            let w =
+                loaded.remove(name).ok_or_else(|| EngineError::Model(format!("{what}: missing tensor {name:?}")))?;
             if w.size() != p.size() {
                 return Err(EngineError::Model(format!(
-                    "model.weights: {name} has shape {:?}, the model needs {:?}",
+                    "{what}: {name} has shape {:?}, the model needs {:?}",
                     w.size(),
                     p.size()
                 )));
@@ -202,9 +214,7 @@ impl Sequential {
             tch::no_grad(|| p.shallow_clone().copy_(&w.to_kind(p.kind())));
         }
         if let Some(extra) = loaded.keys().min() {
-            return Err(EngineError::Model(format!(
-                "model.weights: tensor {extra:?} is not in the model's state dict"
-            )));
+            return Err(EngineError::Model(format!("{what}: tensor {extra:?} is not in the model's state dict")));
         }
         Ok(())
     }

@@ -2,10 +2,12 @@
 //! per batch `step += 1`, recompute due masks, `w *= mask`, forward/backward/update
 //! (gradients unmasked), with masks re-applied at epoch ends, checkpoints and the end.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use prune_core::job::Training;
+use prune_core::domain::ChannelReport;
+use prune_core::job::{DataSource, Training};
 use prune_core::options::Loss;
 use prune_core::Job;
 use tch::{Device, Kind, Reduction, Tensor};
@@ -15,8 +17,8 @@ use crate::data::{self, Dataset};
 use crate::events::{Event, EventSink, MetricPoint, TensorSparsity};
 use crate::export::{self, Report};
 use crate::inputs::{JobInputs, JobOutcome, StopFlag, StopReason};
-use crate::masking::{select_targets, Masks};
-use crate::model::{Model, Script};
+use crate::masking::Masks;
+use crate::model::{Model, Script, Sequential};
 use crate::optim::Optimizer;
 use crate::{device, rng, speed, EngineError};
 
@@ -42,19 +44,13 @@ pub fn run(
     let t = &spec.training;
     let mut model =
         Model::load(&spec.model, inputs.model_file.as_deref(), inputs.weights_file.as_deref(), t.seed, device)?;
-    let targets = select_targets(&spec.pruning, model.params())?;
-    if targets.is_empty() {
-        return Err(EngineError::Spec(
-            "pruning: no parameter is selected for pruning (check include/exclude/overrides)".into(),
-        ));
-    }
-    let pruned: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    let mut masks = Masks::new(targets, model.params());
+    let mut masks = Masks::select(&spec.pruning, &model, spec.model.sequential.as_deref())?;
+    let pruned: Vec<String> = masks.targets.iter().map(|t| t.name.clone()).collect();
 
     if t.epochs == 0 {
-        let exported = one_shot(spec, inputs, &mut model, &mut masks, &pruned, warnings, sink)?;
-        let speed = speed::measure(spec, inputs, &mut model, None, device);
-        return Ok(outcome(exported, speed, None, None, None, 0));
+        one_shot(&mut model, &mut masks, &pruned, warnings, sink)?;
+        let finished = finish(spec, inputs, &mut model, &masks, &pruned, None, device)?;
+        return Ok(outcome(finished, None, None, None, 0));
     }
     if !model.can_train() {
         return Err(EngineError::Model(
@@ -82,14 +78,72 @@ pub fn run(
     let dense_val_accuracy = trainer.train(inputs, sink, stop)?;
     trainer.masks.apply(trainer.model.params());
     let (val_loss, val_accuracy) = trainer.evaluate_final()?;
-    let exported = export::export(&spec.export, &trainer.model, &pruned, &inputs.artifacts)?;
-    let speed = speed::measure(spec, inputs, &mut trainer.model, Some(&trainer.train.x), device);
-    Ok(outcome(exported, speed, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step))
+    let samples = trainer.train.x.shallow_clone();
+    let finished = finish(spec, inputs, &mut trainer.model, &trainer.masks, &pruned, Some(&samples), device)?;
+    Ok(outcome(finished, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step))
+}
+
+/// What the end of a job produced: the exported files, the timing of the model they hold and,
+/// under channel pruning, what was removed.
+struct Finished {
+    exported: export::Exported,
+    speed: speed::Measured,
+    channels: Option<Box<ChannelReport>>,
+}
+
+/// Exports the (masked) model and times it; under channel pruning with `export.slim` the
+/// artifact and the timing are those of the slim model (its layer specs in the safetensors
+/// metadata under [`SLIM_LAYERS_KEY`]).
+fn finish(
+    spec: &Job,
+    inputs: &JobInputs,
+    model: &mut Model,
+    masks: &Masks,
+    pruned: &[String],
+    samples: Option<&Tensor>,
+    device: Device,
+) -> Result<Finished, EngineError> {
+    let Some(plan) = masks.channel_plan() else {
+        let exported = export::export(&spec.export, model, pruned, &inputs.artifacts)?;
+        let speed = speed::measure(spec, inputs, model, samples, device);
+        return Ok(Finished { exported, speed, channels: None });
+    };
+    let layers = spec.model.sequential.as_deref();
+    let state = model.state();
+    let input_shape = match samples {
+        Some(x) => Some(x.size()[1..].to_vec()),
+        None => builtin_input_shape(spec),
+    };
+    let channels = plan.report(&state, layers, input_shape.as_deref(), spec.export.slim)?;
+    let (Some(layers), true) = (layers, spec.export.slim) else {
+        let exported = export::export(&spec.export, model, pruned, &inputs.artifacts)?;
+        let speed = speed::measure(spec, inputs, model, samples, device);
+        return Ok(Finished { exported, speed, channels: Some(Box::new(channels)) });
+    };
+    let slim_layers = plan.graph.slim_layers(layers, &plan.kept_counts());
+    let mut slim = Model::Sequential(Sequential::from_state(&slim_layers, &plan.slim_state(&state)?, device)?);
+    let spec_json = serde_json::to_string(&slim_layers).map_err(|e| EngineError::Export(e.to_string()))?;
+    let metadata = HashMap::from([(SLIM_LAYERS_KEY.to_string(), spec_json)]);
+    let exported = export::export_with(&spec.export, &slim, pruned, &inputs.artifacts, metadata)?;
+    let speed = speed::measure(spec, inputs, &mut slim, samples, device);
+    Ok(Finished { exported, speed, channels: Some(Box::new(channels)) })
+}
+
+/// The safetensors metadata key of a slim artifact's `model.sequential` (JSON layer specs, the
+/// job file's spelling): the architecture its tensors load into.
+pub const SLIM_LAYERS_KEY: &str = "prune.slim_sequential";
+
+/// The per-sample input shape of a built-in data set, for FLOPs without loaded data.
+fn builtin_input_shape(spec: &Job) -> Option<Vec<i64>> {
+    match &spec.data.as_ref()?.source {
+        DataSource::Digits => Some(vec![prune_core::datasets::DIGITS_FEATURES]),
+        DataSource::Synthetic { shape, .. } => Some(shape.clone()),
+        DataSource::File(_) | DataSource::Blob(_) => None,
+    }
 }
 
 fn outcome(
-    exported: export::Exported,
-    speed: speed::Measured,
+    Finished { exported, speed, channels }: Finished,
     final_val_accuracy: Option<f64>,
     final_val_loss: Option<f64>,
     dense_val_accuracy: Option<f64>,
@@ -106,20 +160,19 @@ fn outcome(
         steps,
         inference: speed.timings,
         inference_note: speed.note,
+        channels,
     };
     JobOutcome { artifacts: exported.artifacts, report }
 }
 
 /// `epochs = 0`: masks at the schedules' final sparsity, applied once, no data needed.
 fn one_shot(
-    spec: &Job,
-    inputs: &JobInputs,
     model: &mut Model,
     masks: &mut Masks,
     pruned: &[String],
     warnings: Vec<String>,
     sink: &mut dyn EventSink,
-) -> Result<export::Exported, EngineError> {
+) -> Result<(), EngineError> {
     sink.emit(Event::Started {
         total_steps: 0,
         steps_per_epoch: 0,
@@ -132,8 +185,7 @@ fn one_shot(
     masks.apply(model.params());
     let sparsity = masks.sparsities()?;
     sink.emit(Event::Metrics { points: sparsity_points(0, &sparsity) })?;
-    sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
-    export::export(&spec.export, model, pruned, &inputs.artifacts)
+    sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })
 }
 
 /// A dry forward pass on two samples, so a dataset that does not fit the model fails with a

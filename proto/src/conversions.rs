@@ -2,7 +2,9 @@
 //! written once here, next to the generated code (as qdrant's `lib/api` does): the server and
 //! every Rust client use these.
 
-use prune_core::domain::{InferenceTiming, JobState, MetricPoint, Report, TensorReport, TensorSparsity};
+use prune_core::domain::{
+    ChannelReport, InferenceTiming, JobState, LayerChannels, MetricPoint, Report, TensorReport, TensorSparsity,
+};
 
 use crate as pb;
 
@@ -95,6 +97,58 @@ impl From<pb::TensorReport> for TensorReport {
     }
 }
 
+impl From<&LayerChannels> for pb::LayerChannels {
+    fn from(l: &LayerChannels) -> Self {
+        pb::LayerChannels {
+            layer: l.layer.clone(),
+            kind: l.kind.clone(),
+            shape_before: l.shape_before.clone(),
+            shape_after: l.shape_after.clone(),
+            removed: l.removed.clone(),
+        }
+    }
+}
+
+impl From<pb::LayerChannels> for LayerChannels {
+    fn from(l: pb::LayerChannels) -> Self {
+        LayerChannels {
+            layer: l.layer,
+            kind: l.kind,
+            shape_before: l.shape_before,
+            shape_after: l.shape_after,
+            removed: l.removed,
+        }
+    }
+}
+
+impl From<&ChannelReport> for pb::ChannelReport {
+    fn from(c: &ChannelReport) -> Self {
+        pb::ChannelReport {
+            layers: c.layers.iter().map(Into::into).collect(),
+            params_before: c.params_before,
+            params_after: c.params_after,
+            flops_before: c.flops_before,
+            flops_after: c.flops_after,
+            slim: c.slim,
+            note: c.note.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<pb::ChannelReport> for ChannelReport {
+    fn from(c: pb::ChannelReport) -> Self {
+        ChannelReport {
+            layers: c.layers.into_iter().map(Into::into).collect(),
+            params_before: c.params_before,
+            params_after: c.params_after,
+            flops_before: c.flops_before,
+            flops_after: c.flops_after,
+            slim: c.slim,
+            note: (!c.note.is_empty()).then_some(c.note),
+        }
+    }
+}
+
 impl From<&Report> for pb::Report {
     fn from(r: &Report) -> Self {
         pb::Report {
@@ -111,6 +165,7 @@ impl From<&Report> for pb::Report {
             gzip_dense_measured: r.gzip_dense_bytes > 0,
             inference: r.inference.iter().map(Into::into).collect(),
             inference_note: r.inference_note.clone().unwrap_or_default(),
+            channels: r.channels.as_deref().map(Into::into),
         }
     }
 }
@@ -128,6 +183,7 @@ impl From<pb::Report> for Report {
             steps: r.steps,
             inference: r.inference.into_iter().map(Into::into).collect(),
             inference_note: (!r.inference_note.is_empty()).then_some(r.inference_note),
+            channels: r.channels.map(|c| Box::new(c.into())),
         }
     }
 }
@@ -190,6 +246,21 @@ mod tests {
             steps: 12,
             inference: vec![InferenceTiming { batch_size: 32, dense_ms: 0.5, pruned_ms: 0.25, speedup: 2.0, runs: 20 }],
             inference_note: None,
+            channels: Some(Box::new(ChannelReport {
+                layers: vec![LayerChannels {
+                    layer: "0".into(),
+                    kind: "conv2d".into(),
+                    shape_before: vec![8, 1, 3, 3],
+                    shape_after: vec![4, 1, 3, 3],
+                    removed: vec![0, 2, 5, 7],
+                }],
+                params_before: 100,
+                params_after: 40,
+                flops_before: Some(1000),
+                flops_after: None,
+                slim: true,
+                note: None,
+            })),
         };
         let message = pb::Report::from(&report);
         assert_eq!(serde_json::from_str::<Report>(&message.json).unwrap(), report);

@@ -144,11 +144,23 @@ def golden(out):
     pathlib.Path(out).write_text(json.dumps(result, indent=1) + "\n")
 
 
+SLIM_LAYERS_KEY = "prune.slim_sequential"
+
+
+def layers_of(job, artifact):
+    """The job's layers, or a slim artifact's own (its metadata names them)."""
+    from safetensors import safe_open
+
+    with safe_open(artifact, "pt") as f:
+        slim = (f.metadata() or {}).get(SLIM_LAYERS_KEY)
+    return json.loads(slim) if slim else job["model"]["sequential"]
+
+
 def check(job_file, artifact):
     from safetensors.torch import load_file
 
     job = tomllib.loads(pathlib.Path(job_file).read_text())
-    model = build(job["model"]["sequential"])
+    model = build(layers_of(job, artifact))
     model.load_state_dict(load_file(artifact), strict=True)
     model.eval()
     digits = load_file(str(pathlib.Path(__file__).parents[2] / "data/digits.safetensors"))
@@ -157,7 +169,9 @@ def check(job_file, artifact):
     with torch.no_grad():
         predicted = model(x[n_train:]).argmax(-1)
     zeros = {k: float((v == 0).float().mean()) for k, v in model.state_dict().items() if v.dim() >= 2}
-    print(json.dumps({"val_accuracy": float((predicted == y[n_train:]).float().mean()), "zeros": zeros}))
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    print(json.dumps({"val_accuracy": float((predicted == y[n_train:]).float().mean()), "zeros": zeros,
+                      "shapes": shapes}))
 
 
 if __name__ == "__main__":

@@ -8,5 +8,8 @@ mod report;
 mod state;
 
 pub use events::{Event, JobOutcome, StopReason};
-pub use report::{ArtifactFile, InferenceTiming, MetricPoint, Report, TensorReport, TensorSparsity, NO_FORWARD_PASS};
+pub use report::{
+    ArtifactFile, ChannelReport, InferenceTiming, LayerChannels, MetricPoint, Report, TensorReport, TensorSparsity,
+    NO_FORWARD_PASS,
+};
 pub use state::JobState;

@@ -69,6 +69,41 @@ pub struct Report {
     /// Why no inference was measured, when none was (a state dict has no forward pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference_note: Option<String>,
+    /// Channel pruning (`pruning.structure = "channel"`): layer shapes, parameters and FLOPs
+    /// before and after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Box<ChannelReport>>,
+}
+
+/// What channel pruning removed, layer by layer, and what it saves in parameters and FLOPs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ChannelReport {
+    pub layers: Vec<LayerChannels>,
+    /// Elements of the state dict (parameters and buffers), dense and in the artifact's model.
+    pub params_before: u64,
+    pub params_after: u64,
+    /// FLOPs of one sample's forward pass (2 x the multiply-accumulates of conv2d and linear
+    /// layers); `None` without a known input shape or for a user model.
+    pub flops_before: Option<u64>,
+    pub flops_after: Option<u64>,
+    /// Whether the artifact holds the slim tensors (`export.slim`).
+    pub slim: bool,
+    /// Why the channels are only zeroed (a user model: no layer graph is known), if they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One layer whose channels channel pruning touched (or could have).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerChannels {
+    /// The module path (`0`, `3.layers.0`, `3.projection`) or a user model's weight name.
+    pub layer: String,
+    /// `conv2d`, `linear`, `batchnorm`, `projection` or `tensor`.
+    pub kind: String,
+    pub shape_before: Vec<i64>,
+    pub shape_after: Vec<i64>,
+    /// Output channels removed, as indices into the dense layer's outputs, ascending.
+    pub removed: Vec<i64>,
 }
 
 /// `Report::inference_note` of a model with nothing to run.

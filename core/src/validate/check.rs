@@ -11,6 +11,7 @@ use super::{
 };
 use crate::compress::Compression;
 use crate::job::{Data, DataSource, Export, Job, Training};
+use crate::options::Structure;
 use crate::options::{BuiltinData, Device, ExportFormat, Loss, Optimizer, SparseFormat};
 use crate::spec::{DataSpec, ExportSpec, JobSpec, ModelSpec, TrainingSpec};
 
@@ -35,6 +36,7 @@ pub fn validate(spec: &JobSpec) -> Result<Job, SpecErrors> {
     let training = check_training(&mut e, &spec.training);
     let pruning = check_pruning(&mut e, &spec.pruning);
     let export = check_export(&mut e, &spec.export, &spec.model);
+    check_channel_structure(&mut e, spec);
     match (training, pruning, export) {
         (Some(training), Some(pruning), Some(export)) if e.0.is_empty() => {
             Ok(Job { name: spec.name.clone(), model: spec.model.clone(), data, training, pruning, export })
@@ -326,7 +328,31 @@ fn check_export(e: &mut Errors, x: &ExportSpec, model: &ModelSpec) -> Option<Exp
         compression: compression?,
         sparse_format: sparse_format?,
         level,
+        slim: x.slim,
     })
+}
+
+/// What channel pruning and `export.slim` need of the model: a sharded checkpoint is streamed
+/// tensor by tensor (no channel groups), and only a built-in model's layers can be cut.
+fn check_channel_structure(e: &mut Errors, spec: &JobSpec) {
+    let channel = spec.pruning.structure == Structure::Channel.as_str();
+    if channel && spec.model.is_sharded() {
+        e.push(
+            "pruning.structure",
+            "channel pruning needs the whole model at once: a sharded checkpoint is pruned tensor by tensor (element-wise, blocks or m-by-n)",
+        );
+    }
+    if spec.export.slim {
+        e.check(channel, "export.slim", || {
+            format!(
+                "a slim export cuts out removed channels: it needs pruning.structure = \"channel\" (got \"{}\")",
+                spec.pruning.structure
+            )
+        });
+        e.check(spec.model.sequential.is_some(), "export.slim", || {
+            "only a model.sequential can be cut to its kept channels (a TorchScript or state-dict model has no layer graph to follow): its channels are zeroed, and the report lists them; remove export.slim".to_string()
+        });
+    }
 }
 
 /// Why the model is known not to be TorchScript, if it is; blobs and unknown extensions are

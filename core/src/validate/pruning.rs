@@ -5,7 +5,7 @@
 use super::check::Errors;
 use crate::job::{Override, OverrideRule, Pruning};
 use crate::method::PruningMethod;
-use crate::options::{BlockPooling, Scope};
+use crate::options::{BlockPooling, ChannelScore, Scope, Structure};
 use crate::schedule::Schedule;
 use crate::spec::{OverrideSpec, PruningSpec};
 use crate::text::one_line;
@@ -19,8 +19,14 @@ pub(super) fn check_pruning(e: &mut Errors, p: &PruningSpec) -> Option<Pruning> 
         check_m_by_n(e, "pruning.m_by_n", m_by_n, p.block_size);
     }
     let scope = e.parse::<Scope>("pruning.scope", &p.scope);
+    let structure = e.parse::<Structure>("pruning.structure", &p.structure);
+    let score = e.parse::<ChannelScore>("pruning.channel_score", &p.channel_score);
+    let channel = structure == Some(Structure::Channel);
+    if channel {
+        check_whole_channels(e, "pruning", p.block_size, p.m_by_n);
+    }
     let global = scope == Some(Scope::Global);
-    if global {
+    if global && !channel {
         check_element_wise(e, "pruning.scope", p.block_size, p.m_by_n);
     }
     for (list, patterns) in [("include", &p.include), ("exclude", &p.exclude)] {
@@ -32,16 +38,35 @@ pub(super) fn check_pruning(e: &mut Errors, p: &PruningSpec) -> Option<Pruning> 
         .overrides
         .iter()
         .enumerate()
-        .map(|(i, o)| check_override(e, &format!("pruning.overrides[{i}]"), o, p, pooling, global))
+        .map(|(i, o)| check_override(e, &format!("pruning.overrides[{i}]"), o, p, pooling, global, channel))
         .collect();
+    let method = match structure? {
+        Structure::Channel => PruningMethod::Channel { score: score? },
+        Structure::Element => PruningMethod::resolve(p.block_size, pooling?, p.m_by_n)?,
+    };
+    let overrides: Vec<Override> = overrides.into_iter().collect::<Option<_>>()?;
+    // An override under channel pruning sets at most its schedule: its method is the top one.
+    let overrides = if channel {
+        overrides
+            .into_iter()
+            .map(|o| match o.rule {
+                OverrideRule::Prune { schedule, .. } => {
+                    Override { rule: OverrideRule::Prune { schedule, method }, ..o }
+                }
+                _ => o,
+            })
+            .collect()
+    } else {
+        overrides
+    };
     Some(Pruning {
         schedule: p.schedule,
-        method: PruningMethod::resolve(p.block_size, pooling?, p.m_by_n)?,
+        method,
         scope: scope?,
         include: p.include.clone(),
         exclude: p.exclude.clone(),
         prune_bias: p.prune_bias,
-        overrides: overrides.into_iter().collect::<Option<_>>()?,
+        overrides,
     })
 }
 
@@ -77,6 +102,20 @@ fn check_m_by_n(e: &mut Errors, field: &str, [m, n]: [i64; 2], block: [i64; 2]) 
     });
 }
 
+/// Channel pruning removes whole channels: a block shape or an m-by-n pattern has no place.
+/// `at` is the section (`pruning`, `pruning.overrides[1]`).
+fn check_whole_channels(e: &mut Errors, at: &str, block: [i64; 2], m_by_n: Option<[i64; 2]>) {
+    e.check(block == [1, 1], format!("{at}.block_size"), || {
+        format!("pruning.structure = \"channel\" removes whole channels: it cannot be combined with {at}.block_size {block:?} (use [1, 1])")
+    });
+    if let Some(m_by_n) = m_by_n {
+        e.push(
+            format!("{at}.m_by_n"),
+            format!("pruning.structure = \"channel\" removes whole channels: it cannot be combined with {at}.m_by_n {m_by_n:?}"),
+        );
+    }
+}
+
 /// Global scope ranks single weights across tensors: blocks and m-by-n groups have no place.
 fn check_element_wise(e: &mut Errors, field: &str, block: [i64; 2], m_by_n: Option<[i64; 2]>) {
     e.check(block == [1, 1], field, || {
@@ -102,6 +141,7 @@ fn check_override(
     top: &PruningSpec,
     top_pooling: Option<BlockPooling>,
     global: bool,
+    channel: bool,
 ) -> Option<Override> {
     check_regex(e, format!("{at}.match"), &o.pattern);
     if o.skip {
@@ -133,7 +173,13 @@ fn check_override(
     if let Some(m_by_n) = o.m_by_n {
         check_m_by_n(e, &format!("{at}.m_by_n"), m_by_n, block);
     }
-    if global {
+    if channel {
+        check_whole_channels(e, at, block, o.m_by_n);
+        e.check(o.block_pooling.is_none(), format!("{at}.block_pooling"), || {
+            "pruning.structure = \"channel\" ranks channels by pruning.channel_score: block_pooling does not apply"
+                .to_string()
+        });
+    } else if global {
         check_element_wise(e, at, block, o.m_by_n);
     }
     let sets_something =

@@ -1034,3 +1034,118 @@ fn steps_per_epoch_counts_the_partial_batch() {
     assert_eq!(steps_per_epoch(10, 0), 0);
     assert_eq!(steps_per_epoch(i64::MAX, 2), i64::MAX / 2 + 1);
 }
+
+// --- channel pruning ------------------------------------------------------------------------
+
+fn channel(spec: &mut JobSpec) {
+    spec.pruning.structure = "channel".into();
+}
+
+#[test]
+fn channel_structure_resolves_to_the_channel_method() {
+    use crate::options::ChannelScore;
+    let mut spec = example();
+    channel(&mut spec);
+    spec.pruning.channel_score = "l1".into();
+    spec.pruning.scope = "global".into();
+    spec.pruning.overrides =
+        vec![OverrideSpec { pattern: "^2\\.".into(), schedule: Some(poly(0, 10, 1)), ..Default::default() }];
+    let job = validate(&spec).unwrap();
+    assert_eq!(job.pruning.method, PruningMethod::Channel { score: ChannelScore::L1 });
+    assert_eq!(
+        job.pruning.overrides[0].rule,
+        OverrideRule::Prune { schedule: poly(0, 10, 1), method: PruningMethod::Channel { score: ChannelScore::L1 } }
+    );
+    // Element-wise stays the default, and the default spelling is not echoed.
+    let job = validate(&example()).unwrap();
+    assert_eq!(job.pruning.method, PruningMethod::ElementWise);
+    assert!(!serde_json::to_string(&example()).unwrap().contains("structure"));
+}
+
+#[test]
+fn channel_structure_rejects_blocks_m_by_n_and_unknown_names() {
+    assert_rejects(|s| s.pruning.structure = "filter".into(), "pruning.structure", "not one of: element, channel");
+    assert_rejects(
+        |s| {
+            channel(s);
+            s.pruning.channel_score = "l3".into();
+        },
+        "pruning.channel_score",
+        "not one of: l2, l1",
+    );
+    assert_rejects(
+        |s| {
+            channel(s);
+            s.pruning.m_by_n = Some([2, 4]);
+        },
+        "pruning.m_by_n",
+        "pruning.structure = \"channel\"",
+    );
+    assert_rejects(
+        |s| {
+            channel(s);
+            s.pruning.block_size = [2, 2];
+        },
+        "pruning.block_size",
+        "pruning.structure = \"channel\"",
+    );
+    assert_rejects(
+        |s| {
+            channel(s);
+            s.pruning.overrides =
+                vec![OverrideSpec { pattern: "x".into(), m_by_n: Some([1, 4]), ..Default::default() }];
+        },
+        "pruning.overrides[0].m_by_n",
+        "removes whole channels",
+    );
+    assert_rejects(
+        |s| {
+            channel(s);
+            s.model = crate::spec::ModelSpec {
+                index: Some(BLOB.into()),
+                shards: Some([("a.safetensors".to_string(), BLOB.to_string())].into()),
+                ..Default::default()
+            };
+            s.training.epochs = 0;
+        },
+        "pruning.structure",
+        "sharded checkpoint",
+    );
+}
+
+#[test]
+fn slim_export_needs_channels_of_a_sequential_model() {
+    let sequential = |s: &mut JobSpec| {
+        s.model = crate::spec::ModelSpec {
+            sequential: Some(vec![
+                LayerSpec::Linear { in_features: 64, out_features: 8, bias: true },
+                LayerSpec::Relu,
+                LayerSpec::Linear { in_features: 8, out_features: 10, bias: true },
+            ]),
+            ..Default::default()
+        };
+        s.data = Some(DataSpec { builtin: Some("digits".into()), ..Default::default() });
+    };
+    assert_accepts(|s| {
+        sequential(s);
+        channel(s);
+        s.export.slim = true;
+    });
+    assert_rejects(
+        |s| {
+            sequential(s);
+            s.export.slim = true;
+        },
+        "export.slim",
+        "needs pruning.structure = \"channel\"",
+    );
+    // A TorchScript model: no layer graph to cut.
+    assert_rejects(
+        |s| {
+            channel(s);
+            s.export.slim = true;
+        },
+        "export.slim",
+        "only a model.sequential",
+    );
+}

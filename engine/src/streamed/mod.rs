@@ -50,7 +50,11 @@ use index::WrittenShard;
 /// Whether [`run`] handles this job: one-shot, and the model is a sharded checkpoint or a file
 /// holding a safetensors state dict.
 pub fn applies(job: &Job, inputs: &JobInputs) -> bool {
-    if job.training.epochs != 0 || job.model.sequential.is_some() {
+    // Channel groups need every weight of a layer at once: the libtorch path.
+    if job.training.epochs != 0
+        || job.model.sequential.is_some()
+        || matches!(job.pruning.method, PruningMethod::Channel { .. })
+    {
         return false;
     }
     if inputs.model_shards.is_some() {
@@ -290,6 +294,7 @@ pub fn run(
         steps: 0,
         inference: vec![],
         inference_note: Some(prune_core::domain::NO_FORWARD_PASS.to_string()),
+        channels: None,
     };
     Ok(JobOutcome { artifacts, report })
 }

@@ -270,6 +270,8 @@ fn pruning_from_proto(p: pb::PruningSpec, errors: &mut Vec<FieldError>) -> Pruni
         exclude: p.exclude,
         prune_bias: p.prune_bias.unwrap_or(d.prune_bias),
         overrides,
+        structure: p.structure.unwrap_or(d.structure),
+        channel_score: p.channel_score.unwrap_or(d.channel_score),
     }
 }
 
@@ -345,6 +347,7 @@ fn export_from_proto(e: pb::ExportSpec) -> ExportSpec {
         compression: e.compression.unwrap_or(d.compression),
         sparse_format: e.sparse_format.unwrap_or(d.sparse_format),
         level: e.level,
+        slim: e.slim.unwrap_or(d.slim),
     }
 }
 
@@ -383,12 +386,15 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             exclude: s.pruning.exclude.clone(),
             prune_bias: Some(s.pruning.prune_bias),
             overrides: s.pruning.overrides.iter().map(override_to_proto).collect(),
+            structure: Some(s.pruning.structure.clone()),
+            channel_score: Some(s.pruning.channel_score.clone()),
         }),
         export: Some(pb::ExportSpec {
             formats: s.export.formats.clone(),
             compression: Some(s.export.compression.clone()),
             sparse_format: Some(s.export.sparse_format.clone()),
             level: s.export.level,
+            slim: Some(s.export.slim),
         }),
     }
 }

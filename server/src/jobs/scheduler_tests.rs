@@ -100,6 +100,7 @@ fn finished(job_id: &str) -> WorkerMessage {
         steps: 7,
         inference: vec![],
         inference_note: None,
+        channels: None,
     };
     let artifact = ArtifactFile {
         format: "safetensors".into(),

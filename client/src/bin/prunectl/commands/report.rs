@@ -31,6 +31,10 @@ fn describe(report: &Report) -> String {
         })
         .collect();
     let mut out = table(&["TENSOR", "SHAPE", "PRUNED", "NONZERO", "SPARSITY"], &rows);
+    if let Some(channels) = &report.channels {
+        out.push('\n');
+        out.push_str(&channel_table(channels));
+    }
     let mut facts = vec![
         ("steps".to_string(), report.steps.to_string()),
         (
@@ -56,12 +60,54 @@ fn describe(report: &Report) -> String {
     if let Some(note) = &report.inference_note {
         facts.push(("inference".into(), note.clone()));
     }
+    if let Some(c) = &report.channels {
+        facts.push((
+            "parameters".into(),
+            format!("{} -> {}{}", c.params_before, c.params_after, ratio(c.params_before, c.params_after)),
+        ));
+        if let (Some(before), Some(after)) = (c.flops_before, c.flops_after) {
+            facts.push(("FLOPs per sample".into(), format!("{before} -> {after}{}", ratio(before, after))));
+        }
+        let holds = if c.slim { "slim: removed channels cut out" } else { "dense shapes, removed channels zeroed" };
+        facts.push(("artifact".into(), holds.into()));
+        if let Some(note) = &c.note {
+            facts.push(("channels".into(), note.clone()));
+        }
+    }
     let width = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     out.push('\n');
     for (key, value) in facts {
         let _ = writeln!(out, "{key:<width$}  {value}");
     }
     out
+}
+
+/// One row per layer channel pruning touched: shapes before and after, channels removed.
+fn channel_table(c: &prune_client::ChannelReport) -> String {
+    let shape = |s: &[i64]| format!("[{}]", s.iter().map(i64::to_string).collect::<Vec<_>>().join(", "));
+    let rows: Vec<Vec<String>> = c
+        .layers
+        .iter()
+        .map(|l| {
+            vec![
+                l.layer.clone(),
+                l.kind.clone(),
+                shape(&l.shape_before),
+                shape(&l.shape_after),
+                l.removed.len().to_string(),
+            ]
+        })
+        .collect();
+    table(&["LAYER", "KIND", "SHAPE BEFORE", "SHAPE AFTER", "CHANNELS REMOVED"], &rows)
+}
+
+/// `  (4.00x fewer)`, or nothing when nothing was saved.
+fn ratio(before: u64, after: u64) -> String {
+    if after == 0 || after >= before {
+        String::new()
+    } else {
+        format!(" ({:.2}x fewer)", before as f64 / after as f64)
+    }
 }
 
 /// The gzipped dense size, which the engine measures only for dense models up to 128 MiB.
