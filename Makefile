@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test lint demo bench bench-vs-tfmot gpu-check bench-big clean-data fuzz load bench-cluster cluster-demo
+.PHONY: all setup build test lint demo bench bench-channels bench-vs-tfmot gpu-check bench-big clean-data fuzz load bench-cluster cluster-demo
 
 all: build
 
@@ -35,8 +35,13 @@ demo: build
 cluster-demo: build
 	@$(ENV) scripts/cluster-demo.sh
 
-bench: setup
-	@$(ENV) cargo bench -p prune-core --bench mask_select && cargo run -p prune-engine --example bench
+bench: build
+	@$(ENV) cargo bench -p prune-core --bench mask_select && cargo run -p prune-engine --example bench && scripts/bench-channels/run.sh
+
+# Channel pruning alone: prune's slim CNN against Torch-Pruning 1.6.1 and the dense model in plain
+# PyTorch (accuracy, parameters, latency at batch 1 and 256, training time), one run.
+bench-channels: build
+	@$(ENV) scripts/bench-channels/run.sh
 
 # The seed job end to end, side by side in one run: a default prune-server (submit -> SUCCEEDED),
 # tfmot 0.8.1's model.fit (TensorFlow CPU, installed once into its own cached venv) and the

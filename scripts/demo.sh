@@ -5,24 +5,16 @@
 # before/after table, and stops the server. Expects the binaries built (`make demo` does it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/debug
+source scripts/lib/server.sh
 work=$(mktemp -d)
-server_pid=
 cleanup() {
-  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  stop_server
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-mkfifo "$work/ready"
-"$BIN/prune-server" --listen 127.0.0.1:0 --data-dir "$work/var" --workers 1 >"$work/ready" 2>"$work/server.log" &
-server_pid=$!
-# The server prints `listening on ADDR` once it accepts connections.
-addr=$(grep -m1 'listening on' "$work/ready" | awk '{print $3}')
-[ -n "$addr" ] || { echo "server did not start:"; cat "$work/server.log"; exit 1; }
-cat "$work/ready" >/dev/null &
-export PRUNE_ADDR="http://$addr"
-echo "prune-server listening on $addr (data dir $work/var)"
+start_server "$work" --workers 1
+echo "prune-server listening on ${PRUNE_ADDR#http://} (data dir $work/var)"
 
 id=$("$BIN/prunectl" submit examples/digits_demo.toml)
 echo "submitted $id: $(grep -m1 '^name' examples/digits_demo.toml)"

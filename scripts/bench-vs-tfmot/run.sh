@@ -10,27 +10,20 @@
 # frequency 100. Expects the binaries built (`make bench-vs-tfmot` does it).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=target/debug
+source scripts/lib/server.sh
 ROUNDS=${ROUNDS:-3}
 EPOCHS=${EPOCHS:-2}
 TF_VENV=$(scripts/setup-tfmot-venv.sh)
 work=$(mktemp -d)
-server_pid=
 cleanup() {
-  if [ -n "$server_pid" ]; then kill -TERM "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+  stop_server
   rm -rf "$work"
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
 
 "$PRUNE_VENV/bin/python" scripts/bench-vs-tfmot/make_data.py "$work/data.safetensors"
-mkfifo "$work/ready"
-"$BIN/prune-server" --listen 127.0.0.1:0 --data-dir "$work/var" >"$work/ready" 2>"$work/server.log" &
-server_pid=$!
-addr=$(grep -m1 'listening on' "$work/ready" | awk '{print $3}')
-[ -n "$addr" ] || { echo "server did not start:"; cat "$work/server.log"; exit 1; }
-cat "$work/ready" >/dev/null &
-export PRUNE_ADDR="http://$addr"
+start_server "$work"
 blob=$("$BIN/prunectl" upload "$work/data.safetensors" | tail -n1)
 cat >"$work/job.toml" <<TOML
 name = "bench-vs-tfmot"
