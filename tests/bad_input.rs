@@ -643,6 +643,40 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         fails("no parameter is selected"),
     ));
 
+    // 5b. Channel pruning.
+    let channel: Vec<(&str, &str, &str)> = vec![
+        ("with m_by_n", "structure = \"channel\"\nm_by_n = [2, 4]", "pruning.m_by_n: pruning.structure = \"channel\""),
+        (
+            "with blocks",
+            "structure = \"channel\"\nblock_size = [2, 2]",
+            "pruning.block_size: pruning.structure = \"channel\"",
+        ),
+        (
+            "unknown structure",
+            "structure = \"filters\"",
+            "pruning.structure: `filters` is not one of: element, channel",
+        ),
+        ("unknown score", "structure = \"channel\"\nchannel_score = \"l0\"", "pruning.channel_score"),
+    ];
+    for (name, lines, text) in channel {
+        cases.push(case(format!("channels: {name}"), Input::Text(format!("{BASE}{lines}\n")), invalid(text)));
+    }
+    cases.push(case(
+        "channels: slim without channel structure",
+        Input::Text(format!("{BASE}[export]\nslim = true\n")),
+        invalid("export.slim: a slim export cuts out removed channels"),
+    ));
+    cases.push(case(
+        "channels: slim of a TorchScript model",
+        Input::Text(format!("{}structure = \"channel\"\n[export]\nslim = true\n", one_shot_blob(&script_id))),
+        invalid("export.slim: only a model.sequential"),
+    ));
+    cases.push(case(
+        "channels: only the classifier selected",
+        Input::Text(format!("{BASE}structure = \"channel\"\ninclude = [\"^2\\\\.weight$\"]\n")),
+        fails("no channel can be pruned"),
+    ));
+
     // 6. Unknown fields.
     let unknown: Vec<(&str, String, &str)> = vec![
         ("top level", format!("colour = \"blue\"\n{BASE}"), "colour"),
