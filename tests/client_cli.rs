@@ -431,6 +431,26 @@ async fn channel_pruned_resnet_exports_a_slim_model_pytorch_loads() {
         (checked["val_accuracy"].as_f64().unwrap(), report["final_val_accuracy"].as_f64().unwrap());
     assert!((torch_accuracy - reported).abs() <= 1.0 / 180.0 + 1e-9, "PyTorch {torch_accuracy}, report {reported}");
     assert!(reported > 0.9, "the example trains: {reported}");
+
+    // The traced slim model: torch.jit.load runs it, any batch size, with the same logits.
+    let traced = h.file("resnet_slim.pt");
+    h.ok(&["download", &id, "--format", "torchscript", "-o", path(&traced)]).await;
+    let out = run_python(
+        "import sys, json, torch\n\
+         sys.path.insert(0, sys.argv[3])\n\
+         import sequential_module as sm\n\
+         from safetensors import safe_open\n\
+         from safetensors.torch import load_file\n\
+         with safe_open(sys.argv[2], 'pt') as f: layers = json.loads(f.metadata()['prune.slim_sequential'])\n\
+         model = sm.build(layers); model.load_state_dict(load_file(sys.argv[2]), strict=True); model.eval()\n\
+         traced = torch.jit.load(sys.argv[1])\n\
+         x = torch.rand(37, 64) * 16\n\
+         with torch.no_grad(): print(float((traced(x) - model(x)).abs().max()))",
+        &[path(&traced), path(&artifact), module.parent().unwrap().to_str().unwrap()],
+    )
+    .await;
+    let diff: f64 = out.trim().parse().unwrap();
+    assert!(diff <= 1e-4, "traced slim model differs from the safetensors one by {diff}");
 }
 
 /// A download cut off halfway resumes to the same bytes (sha256-verified), raw or

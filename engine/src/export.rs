@@ -32,8 +32,15 @@ fn pytorch_metadata() -> HashMap<String, String> {
 
 /// Writes every requested format of the (already masked) model into `out`. The report's
 /// tensors are the artifact's: parameters, then buffers (never pruned).
-pub fn export(spec: &Export, model: &Model, pruned: &[String], out: &Output) -> Result<Exported, EngineError> {
-    export_with(spec, model, pruned, out, HashMap::new())
+/// `example` is one input batch, which a built-in model's TorchScript export traces.
+pub fn export(
+    spec: &Export,
+    model: &Model,
+    pruned: &[String],
+    out: &Output,
+    example: Option<&Tensor>,
+) -> Result<Exported, EngineError> {
+    export_with(spec, model, pruned, out, example, HashMap::new())
 }
 
 /// [`export`] with `metadata` added to the safetensors header's (a slim model's layer specs).
@@ -42,6 +49,7 @@ pub fn export_with(
     model: &Model,
     pruned: &[String],
     out: &Output,
+    example: Option<&Tensor>,
     metadata: HashMap<String, String>,
 ) -> Result<Exported, EngineError> {
     let dir = out.dir.as_path();
@@ -67,6 +75,12 @@ pub fn export_with(
             // A TorchScript module is saved whole: its weights are always dense.
             ExportFormat::Torchscript => match model {
                 Model::Script(script) => ("model.pt", script.to_bytes(dir)?, SparseFormat::Dense),
+                Model::Sequential(seq) => {
+                    let example = example.ok_or_else(|| EngineError::Export(
+                        "torchscript export of a model.sequential traces one input: give the job [data] (or start the model with a linear layer)".into(),
+                    ))?;
+                    ("model.pt", module_bytes(&seq.trace(example)?, dir)?, SparseFormat::Dense)
+                }
                 _ => return Err(EngineError::Spec(
                     "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)"
                         .into(),
@@ -95,6 +109,15 @@ pub fn export_with(
         dense_bytes: dense.len() as u64,
         gzip_dense_bytes: gzip_dense_bytes(&dense),
     })
+}
+
+/// A TorchScript module as the bytes `torch.jit.load` reads (saved through a scratch file).
+fn module_bytes(module: &tch::CModule, dir: &Path) -> Result<Vec<u8>, EngineError> {
+    let tmp = dir.join(format!(".traced-{}.pt.tmp", std::process::id()));
+    module.save(&tmp)?;
+    let bytes = std::fs::read(&tmp)?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(bytes)
 }
 
 /// The report's gzip size of the dense model, 0 (not measured) above

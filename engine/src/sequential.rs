@@ -16,6 +16,7 @@ use crate::{rng, tensors, EngineError};
 const BN_MOMENTUM: f64 = 0.1;
 const BN_EPS: f64 = 1e-5;
 
+#[derive(Clone)]
 enum Layer {
     Linear { weight: usize, bias: Option<usize> },
     Conv2d(Conv),
@@ -33,6 +34,7 @@ enum Layer {
 }
 
 /// A conv2d's parameter indices and geometry (a residual's projection is a 1x1 one).
+#[derive(Clone)]
 struct Conv {
     weight: usize,
     bias: Option<usize>,
@@ -41,6 +43,7 @@ struct Conv {
 }
 
 /// `weight` and `bias` index the parameters; the statistics index the buffers.
+#[derive(Clone)]
 struct BatchNorm {
     weight: usize,
     bias: usize,
@@ -219,6 +222,35 @@ impl Sequential {
         Ok(())
     }
 
+    /// The same model over detached tensors (sharing their storage): what tracing records as
+    /// constants (TorchScript refuses constants that require grad).
+    pub fn detached(&self) -> Sequential {
+        let detach = |v: &NamedParams| v.iter().map(|(n, t)| (n.clone(), t.detach())).collect();
+        Sequential { layers: self.layers.clone(), params: detach(&self.params), buffers: detach(&self.buffers) }
+    }
+
+    /// A TorchScript module of the model in eval mode (`torch.jit.trace` of its forward pass on
+    /// `example`, one input batch): what `torch.jit.load` runs, weights baked in as constants.
+    pub fn trace(&self, example: &Tensor) -> Result<tch::CModule, EngineError> {
+        let frozen = self.detached();
+        // Surfaces a shape error as an error; the traced closure cannot return one.
+        let _ = tch::no_grad(|| frozen.forward(example, false))?;
+        let mut failed = None;
+        let mut forward = |inputs: &[Tensor]| match tch::no_grad(|| frozen.forward(&inputs[0], false)) {
+            Ok(out) => vec![out],
+            Err(e) => {
+                failed = Some(e);
+                vec![inputs[0].shallow_clone()]
+            }
+        };
+        let module =
+            tch::CModule::create_by_tracing("PrunedSequential", "forward", &[example.shallow_clone()], &mut forward)?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(module),
+        }
+    }
+
     /// `train`: dropout active and BatchNorm normalising by the batch's statistics (and
     /// updating its running ones), as `module.train()`; otherwise `module.eval()`.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor, EngineError> {
@@ -247,11 +279,9 @@ impl Sequential {
                 Layer::GlobalAvgPool => h.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?,
                 Layer::Flatten => h.f_flatten(1, -1)?,
                 Layer::Dropout(rate) => h.f_dropout(*rate, train)?,
-                Layer::Reshape(shape) => {
-                    let mut full = vec![h.size()[0]];
-                    full.extend(shape);
-                    h.f_reshape(&full)?
-                }
+                // Per sample, in row-major order, as `x.reshape(x.shape[0], *shape)`; spelled
+                // without the batch size so that a traced module takes any batch.
+                Layer::Reshape(shape) => h.f_flatten(1, -1)?.f_unflatten(1, shape.as_slice())?,
                 Layer::Residual { layers, projection } => {
                     let shortcut = match projection {
                         Some(c) => conv(&h, c)?,

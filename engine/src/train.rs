@@ -103,8 +103,10 @@ fn finish(
     samples: Option<&Tensor>,
     device: Device,
 ) -> Result<Finished, EngineError> {
+    let example = example_input(spec, samples, device);
+    let example = example.as_ref();
     let Some(plan) = masks.channel_plan() else {
-        let exported = export::export(&spec.export, model, pruned, &inputs.artifacts)?;
+        let exported = export::export(&spec.export, model, pruned, &inputs.artifacts, example)?;
         let speed = speed::measure(spec, inputs, model, samples, device);
         return Ok(Finished { exported, speed, channels: None });
     };
@@ -116,7 +118,7 @@ fn finish(
     };
     let channels = plan.report(&state, layers, input_shape.as_deref(), spec.export.slim)?;
     let (Some(layers), true) = (layers, spec.export.slim) else {
-        let exported = export::export(&spec.export, model, pruned, &inputs.artifacts)?;
+        let exported = export::export(&spec.export, model, pruned, &inputs.artifacts, example)?;
         let speed = speed::measure(spec, inputs, model, samples, device);
         return Ok(Finished { exported, speed, channels: Some(Box::new(channels)) });
     };
@@ -124,7 +126,7 @@ fn finish(
     let mut slim = Model::Sequential(Sequential::from_state(&slim_layers, &plan.slim_state(&state)?, device)?);
     let spec_json = serde_json::to_string(&slim_layers).map_err(|e| EngineError::Export(e.to_string()))?;
     let metadata = HashMap::from([(SLIM_LAYERS_KEY.to_string(), spec_json)]);
-    let exported = export::export_with(&spec.export, &slim, pruned, &inputs.artifacts, metadata)?;
+    let exported = export::export_with(&spec.export, &slim, pruned, &inputs.artifacts, example, metadata)?;
     let speed = speed::measure(spec, inputs, &mut slim, samples, device);
     Ok(Finished { exported, speed, channels: Some(Box::new(channels)) })
 }
@@ -132,6 +134,21 @@ fn finish(
 /// The safetensors metadata key of a slim artifact's `model.sequential` (JSON layer specs, the
 /// job file's spelling): the architecture its tensors load into.
 pub const SLIM_LAYERS_KEY: &str = "prune.slim_sequential";
+
+/// One input sample for tracing a built-in model: the data's first, else zeros of the built-in
+/// data set's shape or of the first linear layer's inputs.
+fn example_input(spec: &Job, samples: Option<&Tensor>, device: Device) -> Option<Tensor> {
+    if let Some(x) = samples {
+        return Some(x.narrow(0, 0, 1).copy());
+    }
+    let shape = builtin_input_shape(spec).or_else(|| match spec.model.sequential.as_deref()?.first()? {
+        prune_core::spec::LayerSpec::Linear { in_features, .. } => Some(vec![*in_features]),
+        _ => None,
+    })?;
+    let mut full = vec![1];
+    full.extend(shape);
+    Some(Tensor::zeros(&full, (Kind::Float, device)))
+}
 
 /// The per-sample input shape of a built-in data set, for FLOPs without loaded data.
 fn builtin_input_shape(spec: &Job) -> Option<Vec<i64>> {

@@ -270,3 +270,28 @@ compression = "none"
     }
     assert_eq!(get("head.weight").count_nonzero(None::<i64>).int64_value(&[]), 18);
 }
+
+/// With `formats = ["safetensors", "torchscript"]` a slim built-in model is also traced: the
+/// TorchScript module computes what the slim safetensors model does.
+#[test]
+fn slim_model_traces_to_torchscript() {
+    let _one_job = common::one_job_at_a_time();
+    let toml = job(RESIDUAL_PROJECTION, 0.5, true, "")
+        .replace("[export]", "[export]\nformats = [\"safetensors\", \"torchscript\"]");
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = run_job(&spec(&toml), &inputs(dir.path()), &mut VecSink::default(), &StopFlag::default()).unwrap();
+    let formats: Vec<&str> = outcome.artifacts.iter().map(|a| a.format.as_str()).collect();
+    assert_eq!(formats, ["safetensors", "torchscript"]);
+    let path = common::artifact_path(dir.path(), &outcome.artifacts[0]);
+    let (_, metadata) = prune_engine::tensors::read(&std::fs::read(&path).unwrap()).unwrap();
+    let slim_layers: Vec<LayerSpec> = serde_json::from_str(&metadata[SLIM_LAYERS_KEY]).unwrap();
+    let slim = Sequential::from_state(&slim_layers, &read_artifact(&path).unwrap(), Device::Cpu).unwrap();
+    let module = tch::CModule::load(common::artifact_path(dir.path(), &outcome.artifacts[1])).unwrap();
+    tch::manual_seed(4);
+    let x = Tensor::rand([50, 64], (Kind::Float, Device::Cpu)) * 16.0;
+    let a = tch::no_grad(|| slim.forward(&x, false).unwrap());
+    let b = tch::no_grad(|| module.forward_ts(&[&x]).unwrap());
+    assert_eq!(b.size(), [50, 10]);
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    assert!(diff <= 1e-5, "traced module differs by {diff}");
+}

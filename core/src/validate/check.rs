@@ -302,7 +302,7 @@ fn check_export(e: &mut Errors, x: &ExportSpec, model: &ModelSpec) -> Option<Exp
         if let Some(why) = not_torchscript(model) {
             e.push(
                 "export.formats",
-                format!("torchscript export needs a TorchScript model (model.file ending in .pt, .pth or .ts, or a blob): {why}"),
+                format!("torchscript export needs a TorchScript model (model.file ending in .pt, .pth or .ts, or a blob) or a model.sequential: {why}"),
             );
         }
     }
@@ -358,9 +358,7 @@ fn check_channel_structure(e: &mut Errors, spec: &JobSpec) {
 /// Why the model is known not to be TorchScript, if it is; blobs and unknown extensions are
 /// let through for the engine to check once it has loaded them.
 fn not_torchscript(model: &ModelSpec) -> Option<String> {
-    if model.sequential.is_some() {
-        return Some("model.sequential builds an nn.Sequential state dict".into());
-    }
+    // A model.sequential is traced (its slim form with export.slim).
     if model.is_sharded() {
         return Some("a sharded checkpoint is a safetensors state dict".into());
     }
