@@ -295,3 +295,20 @@ fn slim_model_traces_to_torchscript() {
     let diff = (&a - &b).abs().max().double_value(&[]);
     assert!(diff <= 1e-5, "traced module differs by {diff}");
 }
+
+/// A sparsity that would empty a layer keeps one channel in each (exact-k's floor of one), and
+/// the slim model still runs.
+#[test]
+fn near_total_sparsity_keeps_one_channel_per_layer() {
+    let _one_job = common::one_job_at_a_time();
+    let toml = job(RESIDUAL_PROJECTION, 0.99, true, "");
+    let (outcome, tensors, metadata) = run(&toml);
+    let report = outcome.report.channels.unwrap();
+    for layer in report.layers.iter().filter(|l| l.layer != "7") {
+        assert_eq!(layer.shape_after[0], 1, "{layer:?}");
+    }
+    let slim_layers: Vec<LayerSpec> = serde_json::from_str(&metadata[SLIM_LAYERS_KEY]).unwrap();
+    let slim = Sequential::from_state(&slim_layers, &tensors, Device::Cpu).unwrap();
+    let out = tch::no_grad(|| slim.forward(&Tensor::ones([3, 64], (Kind::Float, Device::Cpu)), false).unwrap());
+    assert_eq!(out.size(), [3, 10]);
+}

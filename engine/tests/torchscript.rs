@@ -140,3 +140,66 @@ print(sorted(sd))
         assert!((f64::try_from(zeros).unwrap() - sparsity(&name)).abs() < 1e-9, "{name}");
     }
 }
+
+/// Channel pruning of a user TorchScript model: no layer graph is known, so each weight's rows
+/// (and its bias entries) are zeroed, the last weight (the classifier) is kept, the report
+/// lists what could be cut, and the TorchScript artifact still loads.
+#[test]
+fn torchscript_channels_are_zeroed_and_listed() {
+    let _one_job = one_job_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("cnn.pt");
+    python(&format!(
+        r#"
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 8 * 8, 10)
+    def forward(self, x):
+        return self.fc(torch.flatten(torch.relu(self.conv(x.view(-1, 1, 8, 8))), 1))
+torch.manual_seed(0)
+torch.jit.script(Net()).save(r"{}")
+"#,
+        model.display()
+    ));
+    let job = spec(
+        r#"
+[model]
+file = "cnn.pt"
+[data]
+builtin = "digits"
+[training]
+epochs = 1
+batch_size = 64
+[pruning]
+structure = "channel"
+schedule = { kind = "constant_sparsity", target_sparsity = 0.5, frequency = 5 }
+[export]
+formats = ["torchscript"]
+compression = "none"
+"#,
+    );
+    let mut job_inputs = inputs(dir.path());
+    job_inputs.model_file = Some(model);
+    let outcome = run_job(&job, &job_inputs, &mut VecSink::default(), &StopFlag::default()).unwrap();
+    let report = outcome.report.channels.unwrap();
+    assert!(report.note.as_deref().unwrap().contains("no layer graph"), "{report:?}");
+    let layers: Vec<(&str, usize)> = report.layers.iter().map(|l| (l.layer.as_str(), l.removed.len())).collect();
+    assert_eq!(layers, [("conv.weight", 4), ("fc.weight", 0)]);
+    let artifact = common::artifact_path(dir.path(), &outcome.artifacts[0]);
+    let out = python(&format!(
+        r#"
+import torch
+m = torch.jit.load(r"{}")
+w, b = m.conv.weight, m.conv.bias
+rows = [int(i) for i in (w.flatten(1).abs().sum(1) == 0).nonzero().flatten()]
+assert all(float(b[i]) == 0 for i in rows), "bias entries of removed channels"
+print(rows)
+"#,
+        artifact.display()
+    ));
+    let removed = &report.layers[0].removed;
+    assert_eq!(out.trim(), format!("{removed:?}"));
+}
