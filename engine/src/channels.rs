@@ -60,7 +60,8 @@ impl ChannelPlan {
                 let listed: Vec<(String, Vec<usize>)> =
                     params.iter().map(|(n, t)| (n.clone(), t.size().iter().map(|&d| d as usize).collect())).collect();
                 let mut selected = std::collections::HashSet::new();
-                for (name, _) in &listed {
+                // Only weights of rank >= 2 have channels; a bias an `include` matches follows its weight.
+                for (name, _) in listed.iter().filter(|(_, shape)| shape.len() >= 2) {
                     if rule_of(name)?.is_some() {
                         selected.insert(name.clone());
                     }

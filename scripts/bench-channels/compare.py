@@ -148,7 +148,8 @@ def main(job_file, artifact, report_file, prune_seconds):
         print(row + f" {seconds[n]:8.1f}")
     print(f"prune's report: final val accuracy {report['final_val_accuracy']:.4f}, "
           f"dense (warm-up) {report.get('dense_val_accuracy') or float('nan'):.4f}, "
-          f"FLOPs {report['channels']['flops_before']} -> {report['channels']['flops_after']}")
+          f"FLOPs {report['channels']['flops_before']} -> {report['channels']['flops_after']}; "
+          + ", ".join(f"worker-measured speedup at batch {i['batch_size']} {i['speedup']:.2f}x" for i in report.get("inference", [])))
     print(json.dumps({"accuracy": acc, "params": params, "latency_ms": lat, "train_seconds": seconds,
                       "sparsity": sparsity}))
 
