@@ -9,6 +9,7 @@ mod client;
 pub mod download;
 pub mod error;
 pub mod jobfile;
+pub mod plot;
 mod retry;
 pub mod tensorboard;
 pub mod types;
