@@ -11,6 +11,7 @@ pub mod error;
 pub mod jobfile;
 pub mod plot;
 mod retry;
+pub mod sweep;
 pub mod tensorboard;
 pub mod types;
 pub mod unpack;
