@@ -205,3 +205,27 @@ async fn bad_sweeps_submit_nothing_and_say_why() {
     assert!(h.jobs().await.is_empty());
     assert!(!h.has_blob(&mlp_state_dict()).await);
 }
+
+/// Jobs that fail (a GPU the machine lacks) end the sweep with exit 3, naming each; the table
+/// still has their rows, the plots are still written.
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_jobs_exit_3_and_keep_their_rows() {
+    let h = Harness::start().await;
+    let job = h.job_file("gpu-mlp");
+    let text = std::fs::read_to_string(&job).unwrap().replace("threads = 1", "threads = 1\ndevice = \"cuda:9\"");
+    std::fs::write(&job, text).unwrap();
+    let out = h.file("out");
+    let run = h.prunectl(&["sweep", path(&job), "--sparsities", "0.5,0.9", "-o", path(&out)]).await;
+    assert_eq!(run.status.code(), Some(3), "{run:?}");
+    assert!(run.stderr.contains("error: 2 of 2 sweep jobs did not succeed: "), "{}", run.stderr);
+    assert!(run.stderr.contains("(s=0.9) FAILED: ") && run.stderr.contains("cuda:9"), "{}", run.stderr);
+    let (_, rows) = read_csv(&out.join("sweep.csv"));
+    assert_eq!(rows.len(), 2);
+    for (row, s) in rows.iter().zip(["0.5", "0.9"]) {
+        assert_eq!(
+            (row[0].as_str(), &row[1..4], row[5].as_str()),
+            (s, &["".to_string(), "".into(), "".into()][..], "FAILED")
+        );
+    }
+    assert!(out.join("pareto.png").exists() && out.join("pareto.svg").exists());
+}

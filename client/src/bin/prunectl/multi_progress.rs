@@ -135,9 +135,9 @@ fn tag(sparsity: f64) -> String {
     prune_client::plot::point_label(sparsity)
 }
 
-/// `s=0.8 job-x SUCCEEDED  step 102/102  sparsity 0.800  ...`
+/// `s=0.8 job-x SUCCEEDED  step 102/102  sparsity 0.800  ...`, leaving out what is unknown.
 fn summary(sparsity: f64, job: &JobInfo) -> String {
-    format!("{} {} {}  {}{}", tag(sparsity), job.id, job.state, steps(job.step, job.total_steps), job_line(job))
-        .trim_end()
-        .to_string()
+    let head = format!("{} {} {}", tag(sparsity), job.id, job.state);
+    let parts = [head, steps(job.step, job.total_steps).trim_end().to_string(), job_line(job)];
+    parts.into_iter().filter(|p| !p.is_empty()).collect::<Vec<_>>().join("  ")
 }
