@@ -38,7 +38,7 @@ pub struct Client {
 }
 
 /// What comes with a job besides its spec.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SubmitOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     pub priority: i32,

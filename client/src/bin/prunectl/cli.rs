@@ -117,6 +117,17 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         logdir: PathBuf,
     },
+    /// Submit a job file once per final sparsity, watch the jobs together, then write DIR/sweep.csv
+    /// and a Pareto plot (DIR/pareto.png, DIR/pareto.svg) of accuracy against artifact size
+    Sweep {
+        job: PathBuf,
+        /// Final sparsities, comma-separated, each in [0, 1), e.g. 0.5,0.7,0.8,0.9,0.95
+        #[arg(long, value_name = "LIST", value_parser = parse_sparsities, allow_hyphen_values = true)]
+        sparsities: Sparsities,
+        /// Directory for sweep.csv, pareto.png and pareto.svg (created if missing)
+        #[arg(short = 'o', long = "output", value_name = "DIR", value_parser = parse_output_dir)]
+        output: PathBuf,
+    },
     /// Turn a bitmask-packed safetensors file (.zst/.gz accepted) into a dense one; no server needed
     Unpack {
         input: PathBuf,
@@ -152,6 +163,27 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
         _ => Err(format!("expected KEY=VALUE, got `{text}`")),
     }
+}
+
+/// `--sparsities`: parsed and checked by the argument parser, so a bad list is bad usage (exit 2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sparsities(pub Vec<f64>);
+
+fn parse_sparsities(text: &str) -> Result<Sparsities, String> {
+    prune_client::sweep::parse_sparsities(text).map(Sparsities).map_err(|e| e.to_string())
+}
+
+/// `sweep -o DIR`: a directory, or nothing yet (it is created); an existing file is refused
+/// before anything is submitted.
+fn parse_output_dir(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if text.is_empty() {
+        return Err("an empty path".into());
+    }
+    if path.exists() && !path.is_dir() {
+        return Err(format!("{text} exists and is not a directory"));
+    }
+    Ok(path)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -200,5 +232,26 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn sweep_checks_its_list_and_directory_as_usage() {
+        let cli = Cli::try_parse_from(["prunectl", "sweep", "j.toml", "--sparsities", "0.9,0.5", "-o", "out"]).unwrap();
+        match cli.command {
+            Command::Sweep { sparsities, output, .. } => {
+                assert_eq!(sparsities, Sparsities(vec![0.5, 0.9]));
+                assert_eq!(output, PathBuf::from("out"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in ["", "1.0", "-0.1", "0.5,0.5", "0.5,x"] {
+            let err =
+                Cli::try_parse_from(["prunectl", "sweep", "j.toml", "--sparsities", bad, "-o", "out"]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let path = file.path().to_str().unwrap();
+        let err = Cli::try_parse_from(["prunectl", "sweep", "j.toml", "--sparsities", "0.5", "-o", path]).unwrap_err();
+        assert!(err.to_string().contains("exists and is not a directory"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod commands;
+mod multi_progress;
 mod output;
 mod progress;
 
@@ -13,11 +14,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::commands::JobDidNotSucceed;
+use crate::commands::{JobDidNotSucceed, SweepDidNotSucceed};
 
 /// Exit status for an error (bad usage is clap's 2).
 const EXIT_ERROR: u8 = 1;
-/// Exit status when a watched job ended FAILED or CANCELLED: the call itself worked.
+/// Exit status when a watched job (or a job of a sweep) ended FAILED or CANCELLED: the call
+/// itself worked.
 const EXIT_JOB_NOT_SUCCEEDED: u8 = 3;
 
 #[tokio::main]
@@ -38,7 +40,7 @@ fn report(err: &anyhow::Error) -> ExitCode {
     for line in reason(err).lines() {
         eprintln!("error: {line}");
     }
-    if err.downcast_ref::<JobDidNotSucceed>().is_some() {
+    if err.downcast_ref::<JobDidNotSucceed>().is_some() || err.downcast_ref::<SweepDidNotSucceed>().is_some() {
         ExitCode::from(EXIT_JOB_NOT_SUCCEEDED)
     } else {
         ExitCode::from(EXIT_ERROR)

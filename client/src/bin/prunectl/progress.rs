@@ -93,7 +93,7 @@ impl Renderer {
     }
 }
 
-fn set_position(bar: &ProgressBar, step: i64, total: i64) {
+pub fn set_position(bar: &ProgressBar, step: i64, total: i64) {
     if total > 0 {
         bar.set_length(total as u64);
     }
@@ -101,7 +101,7 @@ fn set_position(bar: &ProgressBar, step: i64, total: i64) {
 }
 
 /// `step 120/510  ` (or nothing before the total is known).
-fn steps(step: i64, total: i64) -> String {
+pub fn steps(step: i64, total: i64) -> String {
     if total > 0 {
         format!("step {step}/{total}  ")
     } else if step > 0 {
@@ -116,7 +116,7 @@ fn job_summary(job: &JobInfo) -> String {
     format!("{} {}  {}{}", job.id, job.state, steps(job.step, job.total_steps), job_line(job)).trim_end().to_string()
 }
 
-fn job_line(job: &JobInfo) -> String {
+pub fn job_line(job: &JobInfo) -> String {
     let mut text =
         line(job.mean_sparsity(), job.loss, job.accuracy, job.eta_seconds.filter(|_| !job.state.is_terminal()));
     if let Some(error) = &job.error {
@@ -126,7 +126,7 @@ fn job_line(job: &JobInfo) -> String {
 }
 
 /// `sparsity 0.512  loss 0.4312  acc 0.912  eta 3s`, leaving out what is unknown.
-fn line(sparsity: Option<f64>, loss: Option<f64>, accuracy: Option<f64>, eta: Option<f64>) -> String {
+pub fn line(sparsity: Option<f64>, loss: Option<f64>, accuracy: Option<f64>, eta: Option<f64>) -> String {
     let parts = [
         sparsity.map(|s| format!("sparsity {s:.3}")),
         loss.map(|l| format!("loss {l:.4}")),

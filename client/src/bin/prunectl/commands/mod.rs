@@ -11,6 +11,7 @@ mod metrics;
 mod report;
 mod status;
 mod submit;
+mod sweep;
 mod tensorboard;
 mod unpack;
 mod upload;
@@ -22,6 +23,7 @@ use prune_client::{Client, ConnectOptions};
 use crate::cli::{Cli, Command, Global};
 use crate::output::Output;
 
+pub use sweep::SweepDidNotSucceed;
 pub use watch::JobDidNotSucceed;
 
 /// What every command may need: where the server is, and how to print.
@@ -63,6 +65,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             download::run(&ctx, &id, &output, format.map(|f| f.as_str()), raw).await
         }
         Command::Tensorboard { id, logdir } => tensorboard::run(&ctx, &id, &logdir).await,
+        Command::Sweep { job, sparsities, output } => sweep::run(&ctx, &job, &sparsities.0, &output).await,
         Command::Unpack { input, output } => unpack::run(&ctx, &input, &output),
     }
 }

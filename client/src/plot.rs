@@ -1,0 +1,247 @@
+//! The sweep's Pareto plot: validation accuracy against artifact size, one point per job,
+//! each labelled with its sparsity, the Pareto front joined by a line. Pure functions from
+//! points to PNG or SVG bytes, so they are tested without a server.
+//!
+//! Text is drawn with the embedded DejaVu Sans (`client/assets`, license beside it) through
+//! plotters' `ab_glyph` backend: no system font library at build or run time, and the same
+//! pixels on every machine.
+
+use std::ops::Range;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+/// Width and height of both plots, in pixels: readable at a glance on a laptop screen.
+pub const SIZE: (u32, u32) = (1000, 700);
+
+/// The family every text of the plot uses; registered once with the embedded font.
+const FAMILY: &str = "sans-serif";
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlotError {
+    #[error("drawing the plot: {0}")]
+    Draw(String),
+    #[error("encoding the PNG: {0}")]
+    Png(#[from] png::EncodingError),
+}
+
+/// One finished job of a sweep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    pub sparsity: f64,
+    pub artifact_bytes: u64,
+    /// Validation accuracy as a fraction in `[0, 1]`.
+    pub accuracy: f64,
+}
+
+/// Indices of the Pareto-optimal points, smallest artifact first: those for which no other
+/// point is at most as large and at least as accurate while better in one of the two.
+/// Identical points are all kept.
+pub fn pareto_front(points: &[Point]) -> Vec<usize> {
+    let dominates = |a: &Point, b: &Point| {
+        a.artifact_bytes <= b.artifact_bytes
+            && a.accuracy >= b.accuracy
+            && (a.artifact_bytes < b.artifact_bytes || a.accuracy > b.accuracy)
+    };
+    let mut front: Vec<usize> =
+        (0..points.len()).filter(|&i| !points.iter().any(|other| dominates(other, &points[i]))).collect();
+    front.sort_by(|&a, &b| {
+        points[a].artifact_bytes.cmp(&points[b].artifact_bytes).then(points[a].accuracy.total_cmp(&points[b].accuracy))
+    });
+    front
+}
+
+/// The plot as a PNG of [`SIZE`].
+pub fn png(title: &str, points: &[Point]) -> Result<Vec<u8>, PlotError> {
+    let (width, height) = SIZE;
+    let mut rgb = vec![0u8; width as usize * height as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
+        draw(&root, title, points)?;
+        root.present().map_err(draw_error)?;
+    }
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&rgb)?;
+    writer.finish()?;
+    Ok(out)
+}
+
+/// The plot as an SVG document of [`SIZE`] (texts stay text: searchable, selectable).
+pub fn svg(title: &str, points: &[Point]) -> Result<String, PlotError> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
+        draw(&root, title, points)?;
+        root.present().map_err(draw_error)?;
+    }
+    Ok(out)
+}
+
+/// The text next to a point: its final sparsity, as the sweep was given it.
+pub fn point_label(sparsity: f64) -> String {
+    format!("s={sparsity}")
+}
+
+fn draw_error(e: impl std::fmt::Display) -> PlotError {
+    PlotError::Draw(e.to_string())
+}
+
+fn register_embedded_font() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // The bytes are ours and a valid TrueType file: failing here is a build defect.
+        register_font(FAMILY, FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("the embedded font does not parse"));
+    });
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, points: &[Point]) -> Result<(), PlotError> {
+    register_embedded_font();
+    root.fill(&WHITE).map_err(draw_error)?;
+    let kb = |p: &Point| p.artifact_bytes as f64 / 1000.0;
+    let percent = |p: &Point| p.accuracy * 100.0;
+    let x_range = padded(points.iter().map(kb), 0.0..1.0);
+    let y_range = padded(points.iter().map(percent), 0.0..100.0);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FAMILY, 26))
+        .margin(20)
+        .x_label_area_size(60)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x_range, y_range)
+        .map_err(draw_error)?;
+    chart
+        .configure_mesh()
+        .x_desc("artifact size (kB)")
+        .y_desc("validation accuracy (%)")
+        .label_style((FAMILY, 16))
+        .axis_desc_style((FAMILY, 20))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(draw_error)?;
+
+    let front_colour = RGBColor(214, 39, 40);
+    let point_colour = RGBColor(31, 119, 180);
+    let front: Vec<(f64, f64)> = pareto_front(points).iter().map(|&i| (kb(&points[i]), percent(&points[i]))).collect();
+    chart
+        .draw_series(LineSeries::new(front.iter().copied(), front_colour.stroke_width(2)))
+        .map_err(draw_error)?
+        .label("Pareto front")
+        .legend(move |(x, y)| {
+            EmptyElement::at((x + 10, y))
+                + PathElement::new(vec![(-10, 0), (10, 0)], front_colour.stroke_width(2))
+                + TriangleMarker::new((0, 0), 7, front_colour.filled())
+        });
+    chart
+        .draw_series(points.iter().map(|p| Circle::new((kb(p), percent(p)), 5, point_colour.filled())))
+        .map_err(draw_error)?
+        .label("job (s = final sparsity)")
+        .legend(move |(x, y)| Circle::new((x + 10, y), 5, point_colour.filled()));
+    // Front points get a bigger, distinct marker on top of their circle.
+    chart
+        .draw_series(front.iter().map(|&(x, y)| TriangleMarker::new((x, y), 9, front_colour.filled())))
+        .map_err(draw_error)?;
+    let label_style = TextStyle::from((FAMILY, 16).into_font()).color(&BLACK);
+    chart
+        .draw_series(points.iter().map(|p| {
+            EmptyElement::at((kb(p), percent(p))) + Text::new(point_label(p.sparsity), (9, -22), label_style.clone())
+        }))
+        .map_err(draw_error)?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FAMILY, 16))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)?;
+    Ok(())
+}
+
+/// The values' span with room around it for markers and labels (`empty` when there are none;
+/// a single value gets a span of its own).
+fn padded(values: impl Iterator<Item = f64>, empty: Range<f64>) -> Range<f64> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !lo.is_finite() || !hi.is_finite() {
+        return empty;
+    }
+    let pad = ((hi - lo) * 0.15).max(hi.abs() * 0.05).max(0.5);
+    (lo - pad).max(0.0)..hi + pad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(sparsity: f64, artifact_bytes: u64, accuracy: f64) -> Point {
+        Point { sparsity, artifact_bytes, accuracy }
+    }
+
+    #[test]
+    fn the_front_keeps_only_undominated_points_smallest_first() {
+        let points = [
+            point(0.5, 9000, 0.95),  // biggest, most accurate: on the front
+            point(0.7, 7000, 0.90),  // on the front
+            point(0.8, 7500, 0.85),  // bigger and less accurate than 0.7: dominated
+            point(0.9, 4000, 0.80),  // smallest: on the front
+            point(0.95, 4000, 0.70), // as small as 0.9, less accurate: dominated
+        ];
+        assert_eq!(pareto_front(&points), [3, 1, 0]);
+        assert_eq!(pareto_front(&[]), Vec::<usize>::new());
+        assert_eq!(pareto_front(&points[..1]), [0]);
+        // Two identical results are both optimal.
+        assert_eq!(pareto_front(&[point(0.5, 10, 0.5), point(0.6, 10, 0.5)]), [0, 1]);
+    }
+
+    #[test]
+    fn png_decodes_to_the_plot_size() {
+        let points = [point(0.5, 9000, 0.95), point(0.8, 5000, 0.9), point(0.95, 2500, 0.6)];
+        let bytes = png("digits-mlp: accuracy vs artifact size", &points).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+        let frame = reader.next_frame(&mut pixels).unwrap();
+        assert_eq!((frame.width, frame.height), SIZE);
+        // Something was drawn: not one colour everywhere.
+        let first = &pixels[..3];
+        assert!(pixels[..frame.buffer_size()].chunks(3).any(|px| px != first));
+        // Front colour (the line and triangles) is there.
+        assert!(pixels.chunks(3).any(|px| px == [214, 39, 40]));
+    }
+
+    #[test]
+    fn svg_holds_the_title_axes_and_every_label() {
+        let points = [point(0.5, 9000, 0.95), point(0.7, 7000, 0.9), point(0.95, 2500, 0.6)];
+        let svg = svg("digits-mlp: accuracy vs artifact size", &points).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100]);
+        for text in ["digits-mlp: accuracy vs artifact size", "artifact size (kB)", "validation accuracy (%)"] {
+            assert!(svg.contains(text), "no {text:?}");
+        }
+        for p in points {
+            // plotters writes each text on its own line inside its `<text>` element.
+            assert!(svg.contains(&format!("{}\n</text>", point_label(p.sparsity))), "no label for {}", p.sparsity);
+        }
+        assert!(svg.contains(&format!("width=\"{}\"", SIZE.0)) && svg.contains(&format!("height=\"{}\"", SIZE.1)));
+    }
+
+    #[test]
+    fn no_points_still_draw_axes() {
+        let svg = svg("empty: accuracy vs artifact size", &[]).unwrap();
+        assert!(svg.contains("artifact size (kB)"));
+        assert!(png("empty", &[]).is_ok());
+    }
+
+    #[test]
+    fn ranges_leave_room_and_survive_one_point() {
+        let r = padded([5.0].into_iter(), 0.0..1.0);
+        assert!(r.start < 5.0 && r.end > 5.0, "{r:?}");
+        let r = padded([2.0, 10.0].into_iter(), 0.0..1.0);
+        assert!(r.start < 2.0 && r.end > 10.0 && r.start >= 0.0, "{r:?}");
+        assert_eq!(padded(std::iter::empty(), 0.0..100.0), 0.0..100.0);
+    }
+}
