@@ -8,10 +8,12 @@ PRUNE_ARTIFACT is the job's downloaded (decompressed) slim safetensors; its meta
 slim layers. Torch-Pruning prunes at the same steps to the same sparsities as the job's
 schedule (its `iterative_pruning_ratio_scheduler` set to them) and, as its examples do,
 re-creates the optimiser after each structural step. Latency: eval mode, no gradients, this
-process's default threads, 5 warm-ups then RUNS alternating timed runs per model, median.
+process's default threads, 5 warm-ups then RUNS timed runs per model, the models taking turns
+in a rotating order, median.
 Prints a table and one JSON line.
 """
 
+import copy
 import json
 import pathlib
 import statistics
@@ -97,10 +99,12 @@ def latency(models, x):
             for _ in range(5):
                 for m in models.values():
                     m(xb)
-            for _ in range(RUNS):
-                for name, m in models.items():
+            names = list(models)
+            for r in range(RUNS):
+                # Rotated each round, so no model always runs right after the big dense one.
+                for name in names[r % len(names):] + names[:r % len(names)]:
                     t0 = time.perf_counter()
-                    m(xb)
+                    models[name](xb)
                     times[name].append((time.perf_counter() - t0) * 1000)
         out[bs] = {name: statistics.median(v) for name, v in times.items()}
     return out
@@ -134,7 +138,9 @@ def main(job_file, artifact, report_file, prune_seconds):
     models = {"dense": dense, "prune": ours, "torch-pruning": theirs}
     params = {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}
     acc = {n: accuracy(m, xv, yv) for n, m in models.items()}
-    lat = latency(models, xv)
+    # Timed on fresh copies made one after another: where a model's tensors were allocated
+    # (ours is loaded before two trainings run) moved its batch-256 time by up to 25% in trials.
+    lat = latency({n: copy.deepcopy(m) for n, m in models.items()}, xv)
     seconds = {"dense": dense_seconds, "prune": float(prune_seconds), "torch-pruning": tp_seconds}
 
     print(f"{job.get('name', 'job')}: {t['epochs']} epochs, {len(points)} pruning steps to {sparsity:.0%} of the channels; "
