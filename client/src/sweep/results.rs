@@ -119,6 +119,7 @@ mod tests {
             steps: 100,
             inference: vec![timing(32, 0.9), timing(1, 0.125)],
             inference_note: None,
+            channels: None,
         }
     }
 
