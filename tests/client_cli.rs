@@ -308,6 +308,24 @@ async fn torchscript_example_round_trips_through_pytorch() {
     assert!((sparsity - 0.8).abs() < 0.01, "0.weight sparsity {sparsity}");
 }
 
+/// tests/python/sequential_module.py, the PyTorch module of a `model.sequential`.
+fn sequential_module() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sequential_module.py")
+}
+
+/// `sequential_module.py check JOB ARTIFACT`: the artifact loaded with `load_state_dict(strict=True)`
+/// into the module of the job's layers (a slim artifact's own), its validation accuracy and shapes.
+async fn check_in_pytorch(job: &Path, artifact: &Path) -> Value {
+    let out = Command::new(python())
+        .arg(sequential_module())
+        .args(["check", path(job), path(artifact)])
+        .output()
+        .await
+        .expect("run python");
+    assert!(out.status.success(), "PyTorch could not load the artifact:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// examples/resnet_digits.toml (conv, batchnorm, residual blocks, global pooling) through the
 /// real server: the report carries inference timings at batch 1 and the training batch size
 /// and lists the BatchNorm buffers unpruned, and the artifact loads into the documented PyTorch
@@ -348,15 +366,7 @@ async fn resnet_example_reports_inference_and_loads_in_pytorch() {
 
     let artifact = h.file("resnet.safetensors");
     h.ok(&["download", &id, "-o", path(&artifact)]).await;
-    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sequential_module.py");
-    let out = Command::new(python())
-        .arg(&module)
-        .args(["check", path(&job), path(&artifact)])
-        .output()
-        .await
-        .expect("run python");
-    assert!(out.status.success(), "PyTorch could not load the artifact:\n{}", String::from_utf8_lossy(&out.stderr));
-    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checked = check_in_pytorch(&job, &artifact).await;
     let (torch_accuracy, reported) =
         (checked["val_accuracy"].as_f64().unwrap(), report["final_val_accuracy"].as_f64().unwrap());
     // Same weights, same data: at most one of the 180 validation samples may flip on a
@@ -413,19 +423,7 @@ async fn channel_pruned_resnet_exports_a_slim_model_pytorch_loads() {
 
     let artifact = h.file("resnet_slim.safetensors");
     h.ok(&["download", &id, "-o", path(&artifact)]).await;
-    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/sequential_module.py");
-    let out = Command::new(python())
-        .arg(&module)
-        .args(["check", path(&job), path(&artifact)])
-        .output()
-        .await
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "PyTorch could not load the slim artifact:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let checked: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checked = check_in_pytorch(&job, &artifact).await;
     assert_eq!(checked["shapes"]["4.layers.0.weight"], serde_json::json!([8, 8, 3, 3]));
     let (torch_accuracy, reported) =
         (checked["val_accuracy"].as_f64().unwrap(), report["final_val_accuracy"].as_f64().unwrap());
@@ -446,7 +444,7 @@ async fn channel_pruned_resnet_exports_a_slim_model_pytorch_loads() {
          traced = torch.jit.load(sys.argv[1])\n\
          x = torch.rand(37, 64) * 16\n\
          with torch.no_grad(): print(float((traced(x) - model(x)).abs().max()))",
-        &[path(&traced), path(&artifact), module.parent().unwrap().to_str().unwrap()],
+        &[path(&traced), path(&artifact), path(&sequential_module().with_file_name(""))],
     )
     .await;
     let diff: f64 = out.trim().parse().unwrap();
