@@ -190,14 +190,18 @@ impl Recorder {
             Event::Checkpoint { key, .. } => Some(key.clone()),
             _ => None,
         };
-        match self.try_record(event).await {
+        let mut checkpoint_recorded = false;
+        match self.try_record(event, &mut checkpoint_recorded).await {
             Ok(()) => {}
             Err(e @ StorageError::NotCurrent { .. }) => {
                 tracing::warn!("{e}: stopping the worker");
                 self.superseded = true;
                 self.pending = None;
                 let _ = self.control.send(Control::Kill);
-                if let Some(key) = checkpoint_key {
+                // Only an object whose row was refused is an orphan: a recorded checkpoint is
+                // what the attempt taking over resumes from, even when a later write of this
+                // attempt (its progress) is the one refused.
+                if let (Some(key), false) = (checkpoint_key, checkpoint_recorded) {
                     remove_object(&self.deps.store, key);
                 }
             }
@@ -206,7 +210,8 @@ impl Recorder {
         }
     }
 
-    async fn try_record(&mut self, event: Event) -> crate::storage::Result<()> {
+    /// Records one event; `checkpoint_recorded` is set once a checkpoint's row is committed.
+    async fn try_record(&mut self, event: Event, checkpoint_recorded: &mut bool) -> crate::storage::Result<()> {
         let db = &self.deps.db;
         let fence = Fence { job_id: &self.job_id, attempt: self.attempt };
         match event {
@@ -237,6 +242,7 @@ impl Recorder {
             Event::Checkpoint { key, step, epoch, sha256, bytes } => {
                 tracing::info!(step, %key, "checkpoint written");
                 db.insert_checkpoint(fence, &CheckpointRecord { step, epoch, path: key, sha256, bytes }).await?;
+                *checkpoint_recorded = true;
                 self.flush_progress_inner().await?;
             }
         }
