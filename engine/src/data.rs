@@ -163,6 +163,7 @@ mod tests {
 
     #[test]
     fn digits_load_and_split_like_keras() {
+        let _rng = crate::rng::global_generator_lock();
         let spec = Data { source: DataSource::Digits, validation_split: 0.1 };
         let s = load(&spec, None, 0, Device::Cpu).unwrap();
         assert_eq!(s.train.len(), 1617);
@@ -173,6 +174,7 @@ mod tests {
 
     #[test]
     fn synthetic_is_seeded() {
+        let _rng = crate::rng::global_generator_lock();
         let spec = Data {
             source: DataSource::Synthetic { shape: vec![3, 4], classes: 5, samples: 20 },
             validation_split: 0.0,

@@ -52,6 +52,15 @@ pub fn torch_seed(seed: u64, stream: u64, counter: u64) -> i64 {
     (derive(seed, stream, counter) >> 1) as i64
 }
 
+/// libtorch's global generator is shared by this crate's unit tests, which run on parallel
+/// threads: a test that seeds it or draws from it holds this lock, so another test's draws
+/// cannot land between its seed and its draws.
+#[cfg(test)]
+pub(crate) fn global_generator_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,6 +49,7 @@ fn assert_close(got: &Tensor, want: &[f32], what: &str) {
 
 #[test]
 fn state_dict_names_and_shapes_are_pytorchs() {
+    let _rng = crate::rng::global_generator_lock();
     let g = golden();
     let model = Sequential::new(&g.spec, 0, Device::Cpu).unwrap();
     let ours: Vec<(String, Vec<i64>)> =
@@ -74,6 +75,7 @@ fn batch_norm(spec: LayerSpec, weight: &[f32], bias: &[f32]) -> Sequential {
 
 #[test]
 fn batchnorm2d_train_then_eval_matches_pytorch() {
+    let _rng = crate::rng::global_generator_lock();
     let g = golden().batchnorm2d;
     let model = batch_norm(LayerSpec::Batchnorm2d { features: 3 }, &[1.0, 0.5, 2.0], &[0.0, 0.1, -0.2]);
     let _ = model.forward(&pattern(&[4, 3, 2, 2], 1.0, -5.0), true).unwrap();
@@ -91,6 +93,7 @@ fn batchnorm2d_train_then_eval_matches_pytorch() {
 
 #[test]
 fn batchnorm1d_on_sequences_matches_pytorch() {
+    let _rng = crate::rng::global_generator_lock();
     let g = golden().batchnorm1d;
     let model = batch_norm(LayerSpec::Batchnorm1d { features: 2 }, &[1.0, 1.0], &[0.0, 0.0]);
     let x = pattern(&[3, 2, 5], 1.0, 0.0);
@@ -102,6 +105,7 @@ fn batchnorm1d_on_sequences_matches_pytorch() {
 
 #[test]
 fn output_shapes_follow_each_layer() {
+    let _rng = crate::rng::global_generator_lock();
     let x = pattern(&[2, 64], 1.0, 0.0);
     let shape = |specs: Vec<LayerSpec>| {
         let mut all = vec![LayerSpec::Reshape { shape: vec![1, 8, 8] }];
@@ -125,6 +129,7 @@ fn output_shapes_follow_each_layer() {
 /// `layers(x) + x` and `layers(x) + projection(x)`, computed by hand from the same weights.
 #[test]
 fn residual_adds_the_shortcut() {
+    let _rng = crate::rng::global_generator_lock();
     let x = pattern(&[2, 2, 5, 5], 0.3, -1.0);
     let conv = LayerSpec::Conv2d { in_channels: 2, out_channels: 2, kernel: 3, stride: 1, padding: 1, bias: true };
     let identity =
@@ -151,6 +156,7 @@ fn residual_adds_the_shortcut() {
 /// them: a BatchNorm draws no random numbers, so the conv after it gets the same values.
 #[test]
 fn batchnorm_draws_no_random_numbers() {
+    let _rng = crate::rng::global_generator_lock();
     let conv = |i| LayerSpec::Conv2d { in_channels: i, out_channels: 4, kernel: 3, stride: 1, padding: 0, bias: true };
     let plain = Sequential::new(&[conv(1), conv(4)], 3, Device::Cpu).unwrap();
     let with_bn = Sequential::new(&[conv(1), LayerSpec::Batchnorm2d { features: 4 }, conv(4)], 3, Device::Cpu).unwrap();
@@ -162,6 +168,7 @@ fn batchnorm_draws_no_random_numbers() {
 /// inside a residual block too.
 #[test]
 fn pooling_before_relu_is_exact_forward_and_backward() {
+    let _rng = crate::rng::global_generator_lock();
     let specs = [
         LayerSpec::Conv2d { in_channels: 1, out_channels: 4, kernel: 3, stride: 1, padding: 0, bias: true },
         LayerSpec::Relu,
@@ -208,6 +215,7 @@ fn pooling_before_relu_is_exact_forward_and_backward() {
 /// `model.weights` must hold the whole state dict: buffers too, as `load_state_dict(strict=True)`.
 #[test]
 fn weights_need_the_buffers() {
+    let _rng = crate::rng::global_generator_lock();
     let specs = [LayerSpec::Batchnorm1d { features: 2 }];
     let mut model = Sequential::new(&specs, 0, Device::Cpu).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -186,6 +186,7 @@ mod tests {
 
     #[test]
     fn rows_repeat_to_fill_a_batch() {
+        let _rng = crate::rng::global_generator_lock();
         let x = Tensor::from_slice(&[1.0f32, 2.0, 3.0]).reshape([3, 1]);
         let batch = rows(&x, 7).unwrap();
         assert_eq!(Vec::<f32>::try_from(batch.flatten(0, -1)).unwrap(), [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]);
@@ -194,6 +195,7 @@ mod tests {
     /// One entry per batch size, each with its runs; the figures themselves are the machine's.
     #[test]
     fn compares_both_models_at_each_batch_size() {
+        let _rng = crate::rng::global_generator_lock();
         let layers = [
             LayerSpec::Linear { in_features: 8, out_features: 16, bias: true },
             LayerSpec::Batchnorm1d { features: 16 },
