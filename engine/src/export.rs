@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tch::Tensor;
 
 use crate::inputs::Output;
-use crate::model::{Model, NamedParams};
+use crate::model::{module_bytes, Model, NamedParams};
 use crate::{tensors, EngineError};
 
 /// The stripped model's files and the size measures of the report.
@@ -109,15 +109,6 @@ pub fn export_with(
         dense_bytes: dense.len() as u64,
         gzip_dense_bytes: gzip_dense_bytes(&dense),
     })
-}
-
-/// A TorchScript module as the bytes `torch.jit.load` reads (saved through a scratch file).
-fn module_bytes(module: &tch::CModule, dir: &Path) -> Result<Vec<u8>, EngineError> {
-    let tmp = dir.join(format!(".traced-{}.pt.tmp", std::process::id()));
-    module.save(&tmp)?;
-    let bytes = std::fs::read(&tmp)?;
-    let _ = std::fs::remove_file(&tmp);
-    Ok(bytes)
 }
 
 /// The report's gzip size of the dense model, 0 (not measured) above

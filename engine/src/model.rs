@@ -156,11 +156,17 @@ impl Script {
 
     /// The module as TorchScript bytes (what `torch.jit.load` reads).
     pub fn to_bytes(&self, scratch_dir: &Path) -> Result<Vec<u8>, EngineError> {
-        std::fs::create_dir_all(scratch_dir)?;
-        let tmp = scratch_dir.join(format!(".module-{}.pt.tmp", std::process::id()));
-        self.module.save(&tmp)?;
-        let bytes = std::fs::read(&tmp)?;
-        let _ = std::fs::remove_file(&tmp);
-        Ok(bytes)
+        module_bytes(&self.module, scratch_dir)
     }
+}
+
+/// A TorchScript module as the bytes `torch.jit.load` reads (libtorch saves to a path, so
+/// through a scratch file in `scratch_dir`).
+pub fn module_bytes(module: &CModule, scratch_dir: &Path) -> Result<Vec<u8>, EngineError> {
+    std::fs::create_dir_all(scratch_dir)?;
+    let tmp = scratch_dir.join(format!(".module-{}.pt.tmp", std::process::id()));
+    module.save(&tmp)?;
+    let bytes = std::fs::read(&tmp)?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(bytes)
 }

@@ -89,11 +89,17 @@ fn one_shot_samples(job: &Job, inputs: &JobInputs, device: Device) -> Result<Opt
         let split = data::load(spec, inputs.data_file.as_deref(), job.training.seed, device)?;
         return Ok(Some(split.train.x));
     }
+    Ok(first_linear_input(job, device))
+}
+
+/// Without data: one row of zeros for a built-in model that starts with a linear layer (its
+/// width is the input's), `None` otherwise.
+pub(crate) fn first_linear_input(job: &Job, device: Device) -> Option<Tensor> {
     match job.model.sequential.as_deref() {
         Some([LayerSpec::Linear { in_features, .. }, ..]) => {
-            Ok(Some(Tensor::zeros([1, *in_features], (Kind::Float, device))))
+            Some(Tensor::zeros([1, *in_features], (Kind::Float, device)))
         }
-        _ => Ok(None),
+        _ => None,
     }
 }
 

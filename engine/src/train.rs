@@ -141,10 +141,7 @@ fn example_input(spec: &Job, samples: Option<&Tensor>, device: Device) -> Option
     if let Some(x) = samples {
         return Some(x.narrow(0, 0, 1).copy());
     }
-    let shape = builtin_input_shape(spec).or_else(|| match spec.model.sequential.as_deref()?.first()? {
-        prune_core::spec::LayerSpec::Linear { in_features, .. } => Some(vec![*in_features]),
-        _ => None,
-    })?;
+    let Some(shape) = builtin_input_shape(spec) else { return speed::first_linear_input(spec, device) };
     let mut full = vec![1];
     full.extend(shape);
     Some(Tensor::zeros(&full, (Kind::Float, device)))
