@@ -22,6 +22,44 @@ pub struct Job {
     pub training: Training,
     pub pruning: Pruning,
     pub export: Export,
+    /// `[sensitivity]`: measure the dense model tensor by tensor instead of pruning it.
+    pub sensitivity: Option<Sensitivity>,
+}
+
+impl Job {
+    /// The levels a budget's (or a sensitivity job's) analysis measures: `[sensitivity]`'s, else
+    /// [`BUDGET_LEVELS`].
+    pub fn analysis_levels(&self) -> Vec<f64> {
+        match &self.sensitivity {
+            Some(s) => s.levels.clone(),
+            None => BUDGET_LEVELS.to_vec(),
+        }
+    }
+}
+
+/// The levels a budget's analysis measures when the job has no `[sensitivity]` section: fine
+/// steps where most models start to break.
+pub const BUDGET_LEVELS: [f64; 12] = [0.25, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99];
+
+/// A checked `[sensitivity]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sensitivity {
+    /// Ascending, distinct, each in (0, 1).
+    pub levels: Vec<f64>,
+    /// Regexes (checked to compile) narrowing `[pruning]`'s selection.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// In [0, 1]: the per-tensor accuracy drop the suggested overrides allow.
+    pub target_accuracy_drop: f64,
+}
+
+/// A checked `pruning.budget`: at least one bound is set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget {
+    /// >= 1.
+    pub max_bytes: Option<u64>,
+    /// In [0, 1].
+    pub max_accuracy_drop: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +122,9 @@ pub struct Pruning {
     pub prune_bias: bool,
     /// In job-file order: the first whose pattern matches a parameter name wins.
     pub overrides: Vec<Override>,
+    /// The job chooses each tensor's final sparsity to fit it (element-wise or block methods,
+    /// layer scope, overrides that set no schedule: checked).
+    pub budget: Option<Budget>,
 }
 
 /// One `[[pruning.overrides]]` entry.

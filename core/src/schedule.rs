@@ -61,6 +61,27 @@ impl Schedule {
         }
     }
 
+    /// The schedule with its final sparsity replaced (`final_sparsity` of `polynomial_decay`,
+    /// `target_sparsity` of `constant_sparsity`); everything else is kept, except that a
+    /// polynomial decay's `initial_sparsity` is lowered to the new final one where it lay above.
+    pub fn with_final_sparsity(self, sparsity: f64) -> Schedule {
+        match self {
+            Schedule::PolynomialDecay { initial_sparsity, begin_step, end_step, power, frequency, .. } => {
+                Schedule::PolynomialDecay {
+                    initial_sparsity: initial_sparsity.min(sparsity),
+                    final_sparsity: sparsity,
+                    begin_step,
+                    end_step,
+                    power,
+                    frequency,
+                }
+            }
+            Schedule::ConstantSparsity { begin_step, end_step, frequency, .. } => {
+                Schedule::ConstantSparsity { target_sparsity: sparsity, begin_step, end_step, frequency }
+            }
+        }
+    }
+
     /// tfmot `_should_prune_in_step`.
     pub fn should_prune(&self, step: i64) -> bool {
         let (begin, end, freq) = (self.begin_step(), self.end_step(), self.frequency());

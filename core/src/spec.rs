@@ -33,6 +33,50 @@ pub struct JobSpec {
     pub pruning: PruningSpec,
     #[serde(default)]
     pub export: ExportSpec,
+    /// Extension: a sensitivity analysis (docs/sensitivity.md). With it the job trains (or
+    /// takes) the model dense and measures each selected tensor pruned alone at each level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<SensitivitySpec>,
+}
+
+/// `[sensitivity]`: which tensors are measured at which sparsities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SensitivitySpec {
+    /// Sparsities in (0, 1), each measured one-shot per tensor.
+    #[serde(default = "default_levels")]
+    pub levels: Vec<f64>,
+    /// Regexes on parameter names narrowing `[pruning]`'s selection (empty: all of it).
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// The accuracy drop (fraction) the suggested overrides allow each tensor.
+    #[serde(default = "default_target_accuracy_drop")]
+    pub target_accuracy_drop: f64,
+}
+
+impl Default for SensitivitySpec {
+    fn default() -> Self {
+        SensitivitySpec {
+            levels: default_levels(),
+            include: vec![],
+            exclude: vec![],
+            target_accuracy_drop: default_target_accuracy_drop(),
+        }
+    }
+}
+
+/// `pruning.budget`: what the pruned model must fit; the job chooses per-tensor sparsities.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSpec {
+    /// The exported artifact (the first of `export.formats`, as configured) in bytes at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<i64>,
+    /// Validation accuracy at most this much (a fraction) below the dense model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_accuracy_drop: Option<f64>,
 }
 
 /// Exactly one of `file`, `blob`, `sequential`, `dir`, `index` (checked by validation, not by
@@ -240,6 +284,9 @@ pub struct PruningSpec {
     /// With `structure = "channel"`: `l2` (default) or `l1` norm of a channel's weights.
     #[serde(default = "default_channel_score", skip_serializing_if = "is_default_channel_score")]
     pub channel_score: String,
+    /// Extension: a size and/or accuracy budget; the job picks each tensor's final sparsity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetSpec>,
 }
 
 impl Default for PruningSpec {
@@ -256,6 +303,7 @@ impl Default for PruningSpec {
             overrides: vec![],
             structure: default_structure(),
             channel_score: default_channel_score(),
+            budget: None,
         }
     }
 }
@@ -346,4 +394,12 @@ fn default_channel_score() -> String {
 }
 fn is_default_channel_score(s: &str) -> bool {
     s == "l2"
+}
+/// `[sensitivity]` without `levels`.
+pub const DEFAULT_SENSITIVITY_LEVELS: [f64; 5] = [0.5, 0.7, 0.8, 0.9, 0.95];
+fn default_levels() -> Vec<f64> {
+    DEFAULT_SENSITIVITY_LEVELS.to_vec()
+}
+fn default_target_accuracy_drop() -> f64 {
+    0.01
 }

@@ -175,6 +175,7 @@ fn outcome(
         inference: speed.timings,
         inference_note: speed.note,
         channels,
+        ..Default::default()
     };
     JobOutcome { artifacts: exported.artifacts, report }
 }

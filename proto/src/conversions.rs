@@ -3,7 +3,8 @@
 //! every Rust client use these.
 
 use prune_core::domain::{
-    ChannelReport, InferenceTiming, JobState, LayerChannels, MetricPoint, Report, TensorReport, TensorSparsity,
+    BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, JobState, LayerChannels, MetricPoint, Report,
+    SensitivityPoint, TensorReport, TensorSparsity,
 };
 
 use crate as pb;
@@ -166,6 +167,9 @@ impl From<&Report> for pb::Report {
             inference: r.inference.iter().map(Into::into).collect(),
             inference_note: r.inference_note.clone().unwrap_or_default(),
             channels: r.channels.as_deref().map(Into::into),
+            sensitivity: r.sensitivity.iter().map(Into::into).collect(),
+            suggested_overrides: r.suggested_overrides.clone().unwrap_or_default(),
+            budget: r.budget.as_deref().map(Into::into),
         }
     }
 }
@@ -184,6 +188,73 @@ impl From<pb::Report> for Report {
             inference: r.inference.into_iter().map(Into::into).collect(),
             inference_note: (!r.inference_note.is_empty()).then_some(r.inference_note),
             channels: r.channels.map(|c| Box::new(c.into())),
+            sensitivity: r.sensitivity.into_iter().map(Into::into).collect(),
+            suggested_overrides: (!r.suggested_overrides.is_empty()).then_some(r.suggested_overrides),
+            budget: r.budget.map(|b| Box::new(b.into())),
+        }
+    }
+}
+
+impl From<&SensitivityPoint> for pb::SensitivityPoint {
+    fn from(p: &SensitivityPoint) -> Self {
+        pb::SensitivityPoint {
+            tensor: p.tensor.clone(),
+            sparsity: p.sparsity,
+            accuracy: p.accuracy,
+            loss: p.loss,
+            params_removed: p.params_removed,
+        }
+    }
+}
+
+impl From<pb::SensitivityPoint> for SensitivityPoint {
+    fn from(p: pb::SensitivityPoint) -> Self {
+        SensitivityPoint {
+            tensor: p.tensor,
+            sparsity: p.sparsity,
+            accuracy: p.accuracy,
+            loss: p.loss,
+            params_removed: p.params_removed,
+        }
+    }
+}
+
+impl From<&BudgetReport> for pb::BudgetReport {
+    fn from(b: &BudgetReport) -> Self {
+        pb::BudgetReport {
+            max_bytes: b.max_bytes,
+            max_accuracy_drop: b.max_accuracy_drop,
+            chosen: b
+                .chosen
+                .iter()
+                .map(|c| pb::ChosenSparsity { tensor: c.tensor.clone(), planned: c.planned, sparsity: c.sparsity })
+                .collect(),
+            format: b.format.clone(),
+            artifact_bytes: b.artifact_bytes,
+            dense_accuracy: b.dense_accuracy,
+            accuracy: b.accuracy,
+            further_steps: b.further_steps,
+            notes: b.notes.clone(),
+        }
+    }
+}
+
+impl From<pb::BudgetReport> for BudgetReport {
+    fn from(b: pb::BudgetReport) -> Self {
+        BudgetReport {
+            max_bytes: b.max_bytes,
+            max_accuracy_drop: b.max_accuracy_drop,
+            chosen: b
+                .chosen
+                .into_iter()
+                .map(|c| ChosenSparsity { tensor: c.tensor, planned: c.planned, sparsity: c.sparsity })
+                .collect(),
+            format: b.format,
+            artifact_bytes: b.artifact_bytes,
+            dense_accuracy: b.dense_accuracy,
+            accuracy: b.accuracy,
+            further_steps: b.further_steps,
+            notes: b.notes,
         }
     }
 }
@@ -260,6 +331,25 @@ mod tests {
                 flops_after: None,
                 slim: true,
                 note: None,
+            })),
+            sensitivity: vec![SensitivityPoint {
+                tensor: "0.weight".into(),
+                sparsity: 0.5,
+                accuracy: None,
+                loss: 0.7,
+                params_removed: 3,
+            }],
+            suggested_overrides: Some("[[pruning.overrides]]\n".into()),
+            budget: Some(Box::new(BudgetReport {
+                max_bytes: Some(5000),
+                max_accuracy_drop: None,
+                chosen: vec![ChosenSparsity { tensor: "0.weight".into(), planned: 0.8, sparsity: 0.85 }],
+                format: "safetensors".into(),
+                artifact_bytes: 4900,
+                dense_accuracy: Some(0.97),
+                accuracy: Some(0.95),
+                further_steps: 1,
+                notes: vec!["pruned further".into()],
             })),
         };
         let message = pb::Report::from(&report);

@@ -76,26 +76,6 @@ pub fn parse_sparsities(text: &str) -> Result<Vec<f64>, SparsitiesError> {
     Ok(sparsities)
 }
 
-/// The schedule with its final sparsity replaced: `final_sparsity` of `polynomial_decay`,
-/// `target_sparsity` of `constant_sparsity`. Everything else is kept.
-pub fn with_final_sparsity(schedule: Schedule, sparsity: f64) -> Schedule {
-    match schedule {
-        Schedule::PolynomialDecay { initial_sparsity, begin_step, end_step, power, frequency, .. } => {
-            Schedule::PolynomialDecay {
-                initial_sparsity,
-                final_sparsity: sparsity,
-                begin_step,
-                end_step,
-                power,
-                frequency,
-            }
-        }
-        Schedule::ConstantSparsity { begin_step, end_step, frequency, .. } => {
-            Schedule::ConstantSparsity { target_sparsity: sparsity, begin_step, end_step, frequency }
-        }
-    }
-}
-
 /// The job's name without the sparsity: the file's `name`, else the job file's stem.
 pub fn base_name(spec: &JobSpec, job_file: &Path) -> String {
     spec.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| stem(job_file))
@@ -117,7 +97,7 @@ pub fn job_name(base: &str, sparsity: f64) -> String {
 /// override's own schedule is kept: it is that tensor's own choice) and the name suffixed.
 pub fn derive(spec: &JobSpec, base: &str, sparsity: f64) -> JobSpec {
     let mut derived = spec.clone();
-    derived.pruning.schedule = with_final_sparsity(spec.pruning.schedule, sparsity);
+    derived.pruning.schedule = spec.pruning.schedule.with_final_sparsity(sparsity);
     derived.name = Some(job_name(base, sparsity));
     derived
 }
@@ -257,10 +237,8 @@ mod tests {
         assert_eq!(derived.pruning.overrides, base.pruning.overrides);
         assert_eq!(derived.training, base.training);
         assert_eq!(derived.data, base.data);
-        let constant = with_final_sparsity(
-            Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: 3, end_step: 90, frequency: 7 },
-            0.7,
-        );
+        let constant = Schedule::ConstantSparsity { target_sparsity: 0.5, begin_step: 3, end_step: 90, frequency: 7 }
+            .with_final_sparsity(0.7);
         assert_eq!(
             constant,
             Schedule::ConstantSparsity { target_sparsity: 0.7, begin_step: 3, end_step: 90, frequency: 7 }

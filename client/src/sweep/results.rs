@@ -120,6 +120,7 @@ mod tests {
             inference: vec![timing(32, 0.9), timing(1, 0.125)],
             inference_note: None,
             channels: None,
+            ..Default::default()
         }
     }
 

@@ -9,7 +9,7 @@ mod state;
 
 pub use events::{Event, JobOutcome, StopReason};
 pub use report::{
-    ArtifactFile, ChannelReport, InferenceTiming, LayerChannels, MetricPoint, Report, TensorReport, TensorSparsity,
-    NO_FORWARD_PASS,
+    ArtifactFile, BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, LayerChannels, MetricPoint, Report,
+    SensitivityPoint, TensorReport, TensorSparsity, NO_FORWARD_PASS,
 };
 pub use state::JobState;

@@ -45,7 +45,7 @@ pub struct TensorReport {
 }
 
 /// What a finished job pruned and what it saves.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Report {
     pub tensors: Vec<TensorReport>,
     /// Bytes of the dense f32 safetensors file of the stripped weights.
@@ -73,6 +73,60 @@ pub struct Report {
     /// before and after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Box<ChannelReport>>,
+    /// A sensitivity analysis (`[sensitivity]` or a budget's): each selected tensor pruned alone,
+    /// one-shot, at each level, tensor by tensor in model order, levels ascending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensitivity: Vec<SensitivityPoint>,
+    /// `[[pruning.overrides]]` TOML that keeps each analysed tensor within
+    /// `sensitivity.target_accuracy_drop` (also the job's `suggested_overrides` artifact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggested_overrides: Option<String>,
+    /// `pruning.budget`: what was chosen and whether it was met.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Box<BudgetReport>>,
+}
+
+/// One tensor pruned alone at one level, all others dense, no fine-tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SensitivityPoint {
+    /// PyTorch's dotted name.
+    pub tensor: String,
+    /// The level (the exact fraction of the tensor's weights zeroed may differ by rounding: it
+    /// is `params_removed / numel`).
+    pub sparsity: f64,
+    /// Validation accuracy; `None` under the mse loss.
+    pub accuracy: Option<f64>,
+    pub loss: f64,
+    /// Weights the level's mask zeroes.
+    pub params_removed: u64,
+}
+
+/// How a budget was met: the sparsity chosen per tensor and the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct BudgetReport {
+    pub max_bytes: Option<u64>,
+    pub max_accuracy_drop: Option<f64>,
+    /// The final sparsity chosen per pruned tensor (after any further pruning), model order.
+    pub chosen: Vec<ChosenSparsity>,
+    /// The size the budget is checked on: the first exported format's file.
+    pub format: String,
+    pub artifact_bytes: u64,
+    /// Validation accuracy of the dense model the analysis measured, and of the result.
+    pub dense_accuracy: Option<f64>,
+    pub accuracy: Option<f64>,
+    /// Tensors pruned beyond the plan after fine-tuning (one-shot steps), to meet `max_bytes`
+    /// or, with only an accuracy budget, while the accuracy allowed.
+    pub further_steps: u32,
+    /// What the job did, in sentences (the plan, any further pruning).
+    pub notes: Vec<String>,
+}
+
+/// One tensor's sparsity under a budget: planned from the analysis, then final.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChosenSparsity {
+    pub tensor: String,
+    pub planned: f64,
+    pub sparsity: f64,
 }
 
 /// What channel pruning removed, layer by layer, and what it saves in parameters and FLOPs.

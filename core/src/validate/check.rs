@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::analysis::{check_budget, check_sensitivity};
 use super::layers::{check_sequential, input_shape};
 use super::pruning::check_pruning;
 use super::{
@@ -34,13 +35,24 @@ pub fn validate(spec: &JobSpec) -> Result<Job, SpecErrors> {
     });
     let data = check_data(&mut e, spec.data.as_ref(), spec.training.epochs);
     let training = check_training(&mut e, &spec.training);
-    let pruning = check_pruning(&mut e, &spec.pruning);
+    let mut pruning = check_pruning(&mut e, &spec.pruning);
+    let budget = spec.pruning.budget.as_ref().map(|b| check_budget(&mut e, spec, b));
+    let sensitivity = spec.sensitivity.as_ref().map(|s| check_sensitivity(&mut e, spec, s));
     let export = check_export(&mut e, &spec.export, &spec.model);
     check_channel_structure(&mut e, spec);
+    if let (Some(p), Some(budget)) = (&mut pruning, budget) {
+        p.budget = budget;
+    }
     match (training, pruning, export) {
-        (Some(training), Some(pruning), Some(export)) if e.0.is_empty() => {
-            Ok(Job { name: spec.name.clone(), model: spec.model.clone(), data, training, pruning, export })
-        }
+        (Some(training), Some(pruning), Some(export)) if e.0.is_empty() => Ok(Job {
+            name: spec.name.clone(),
+            model: spec.model.clone(),
+            data,
+            training,
+            pruning,
+            export,
+            sensitivity: sensitivity.flatten(),
+        }),
         // A section is `None` only when one of its fields was reported.
         _ => {
             debug_assert!(!e.0.is_empty(), "a section failed to parse without an error");
@@ -71,6 +83,11 @@ impl Errors {
         T::Err: fmt::Display,
     {
         value.parse().map_err(|err: T::Err| self.push(field, err.to_string())).ok()
+    }
+
+    /// Errors found so far.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 
     pub(super) fn at_least(&mut self, field: impl Into<String>, value: i64, min: i64) {

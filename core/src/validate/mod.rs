@@ -18,12 +18,14 @@ use serde::Serialize;
 
 use crate::options::{BlockPooling, BuiltinData, ExportFormat, Loss, Optimizer, Scope, SparseFormat};
 
+mod analysis;
 mod check;
 mod layers;
 mod parse;
 mod pruning;
 mod warnings;
 
+pub use analysis::MAX_LEVELS;
 pub use check::{is_blob_id, is_device, validate};
 pub use layers::MAX_RESIDUAL_DEPTH;
 pub use parse::{parse_json, parse_toml};

@@ -67,6 +67,7 @@ pub(super) fn check_pruning(e: &mut Errors, p: &PruningSpec) -> Option<Pruning> 
         exclude: p.exclude.clone(),
         prune_bias: p.prune_bias,
         overrides,
+        budget: None,
     })
 }
 
@@ -126,7 +127,7 @@ fn check_element_wise(e: &mut Errors, field: &str, block: [i64; 2], m_by_n: Opti
     });
 }
 
-fn check_regex(e: &mut Errors, field: String, pattern: &str) {
+pub(super) fn check_regex(e: &mut Errors, field: String, pattern: &str) {
     if let Err(err) = regex::Regex::new(pattern) {
         e.push(field, regex_reason(&err));
     }

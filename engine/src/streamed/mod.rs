@@ -295,6 +295,7 @@ pub fn run(
         inference: vec![],
         inference_note: Some(prune_core::domain::NO_FORWARD_PASS.to_string()),
         channels: None,
+        ..Default::default()
     };
     Ok(JobOutcome { artifacts, report })
 }

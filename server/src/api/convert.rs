@@ -8,7 +8,8 @@
 
 use prune_core::schedule::Schedule;
 use prune_core::spec::{
-    DataSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, OverrideSpec, ProjectionSpec, PruningSpec, TrainingSpec,
+    BudgetSpec, DataSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, OverrideSpec, ProjectionSpec, PruningSpec,
+    SensitivitySpec, TrainingSpec,
 };
 use prune_core::validate::{FieldError, SpecErrors};
 use prune_proto as pb;
@@ -49,6 +50,7 @@ pub fn spec_from_proto(p: pb::JobSpec) -> Result<JobSpec, SpecErrors> {
         training: p.training.map(training_from_proto).unwrap_or_default(),
         pruning,
         export: p.export.map(export_from_proto).unwrap_or_default(),
+        sensitivity: p.sensitivity.map(sensitivity_from_proto),
     };
     if errors.is_empty() {
         Ok(spec)
@@ -272,6 +274,17 @@ fn pruning_from_proto(p: pb::PruningSpec, errors: &mut Vec<FieldError>) -> Pruni
         overrides,
         structure: p.structure.unwrap_or(d.structure),
         channel_score: p.channel_score.unwrap_or(d.channel_score),
+        budget: p.budget.map(|b| BudgetSpec { max_bytes: b.max_bytes, max_accuracy_drop: b.max_accuracy_drop }),
+    }
+}
+
+fn sensitivity_from_proto(s: pb::SensitivitySpec) -> SensitivitySpec {
+    let d = SensitivitySpec::default();
+    SensitivitySpec {
+        levels: if s.levels.is_empty() { d.levels } else { s.levels },
+        include: s.include,
+        exclude: s.exclude,
+        target_accuracy_drop: s.target_accuracy_drop.unwrap_or(d.target_accuracy_drop),
     }
 }
 
@@ -388,6 +401,11 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             overrides: s.pruning.overrides.iter().map(override_to_proto).collect(),
             structure: Some(s.pruning.structure.clone()),
             channel_score: Some(s.pruning.channel_score.clone()),
+            budget: s
+                .pruning
+                .budget
+                .as_ref()
+                .map(|b| pb::BudgetSpec { max_bytes: b.max_bytes, max_accuracy_drop: b.max_accuracy_drop }),
         }),
         export: Some(pb::ExportSpec {
             formats: s.export.formats.clone(),
@@ -395,6 +413,12 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             sparse_format: Some(s.export.sparse_format.clone()),
             level: s.export.level,
             slim: Some(s.export.slim),
+        }),
+        sensitivity: s.sensitivity.as_ref().map(|x| pb::SensitivitySpec {
+            levels: x.levels.clone(),
+            include: x.include.clone(),
+            exclude: x.exclude.clone(),
+            target_accuracy_drop: Some(x.target_accuracy_drop),
         }),
     }
 }

@@ -101,6 +101,7 @@ fn finished(job_id: &str) -> WorkerMessage {
         inference: vec![],
         inference_note: None,
         channels: None,
+        ..Default::default()
     };
     let artifact = ArtifactFile {
         format: "safetensors".into(),
