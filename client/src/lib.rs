@@ -9,7 +9,6 @@ mod client;
 pub mod download;
 pub mod error;
 pub mod jobfile;
-pub mod plot;
 mod retry;
 pub mod sweep;
 pub mod tensorboard;
@@ -21,6 +20,8 @@ mod watch;
 pub use client::{new_request_id, Client, ConnectOptions, SubmitOptions, DEFAULT_TIMEOUT};
 pub use download::DownloadOutcome;
 pub use error::{ClientError, Result};
+/// The sweep's Pareto plot (`prune-plot`).
+pub use prune_plot::pareto as plot;
 pub use types::{
     ArtifactInfo, AttemptInfo, ChannelReport, JobInfo, JobState, LayerChannels, MetricRecord, Progress, Report,
     TensorSparsity, WatchEvent,

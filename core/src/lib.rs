@@ -6,6 +6,7 @@
 //! of `options` and the pruning [`PruningMethod`] of `method`.
 
 pub mod bitmask;
+pub mod budget;
 pub mod channels;
 pub mod compress;
 pub mod datasets;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
+use crate::analysis::budget::Plan;
 use crate::{tensors, EngineError};
 
 /// How many checkpoint files a job keeps: the newest, plus fallbacks in case it is corrupt.
@@ -44,6 +45,9 @@ struct Meta {
     /// models without any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     buffers: Vec<String>,
+    /// A budget's plan, once decided (absent before and in jobs without a budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plan: Option<Plan>,
 }
 
 pub struct Saved {
@@ -58,6 +62,8 @@ pub struct Saved {
     pub optim: Vec<(String, Tensor)>,
     /// The TorchScript module itself (keeps buffers such as BatchNorm statistics).
     pub script: Option<Vec<u8>>,
+    /// A budget's plan, once decided at the first pruning step.
+    pub plan: Option<Plan>,
 }
 
 pub struct Written {
@@ -75,6 +81,7 @@ pub fn write(dir: &Path, saved: &Saved) -> Result<Written, EngineError> {
         params: saved.params.iter().map(|(n, _)| n.clone()).collect(),
         masks: (0..saved.masks.len()).map(|i| format!("mask.{i}")).collect(),
         buffers: saved.buffers.iter().map(|(n, _)| n.clone()).collect(),
+        plan: saved.plan.clone(),
     };
     let mut named: Vec<(String, Tensor)> = Vec::new();
     for (i, (_, t)) in saved.params.iter().enumerate() {
@@ -170,5 +177,5 @@ pub fn read(path: &Path) -> Result<Saved, EngineError> {
         None => None,
     };
     let optim = by_name.into_iter().filter(|(n, _)| n.starts_with("optim.")).collect();
-    Ok(Saved { state: meta.state, params, buffers, masks, optim, script })
+    Ok(Saved { state: meta.state, params, buffers, masks, optim, script, plan: meta.plan })
 }

@@ -3,10 +3,12 @@
 //! compressed artifacts. No gRPC and no SQL here: the server runs this in worker processes.
 
 pub mod allocator;
+pub mod analysis;
 pub mod channels;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod evaluate;
 pub mod events;
 pub mod export;
 pub mod inputs;
@@ -45,6 +47,9 @@ pub enum EngineError {
     Checkpoint(String),
     #[error("export: {0}")]
     Export(String),
+    /// A `pruning.budget` that cannot be met; the message says how close the job came.
+    #[error("{0}")]
+    Budget(String),
     #[error("stopped at step {step} ({reason:?})")]
     Stopped { step: i64, reason: StopReason },
     #[error("event sink: {0}")]

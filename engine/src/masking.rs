@@ -290,6 +290,11 @@ impl Masks {
         Ok(())
     }
 
+    /// Replaces target `i`'s mask with `values` (a budget's further pruning, computed outside).
+    pub(crate) fn set_mask(&mut self, i: usize, values: Vec<f32>) -> Result<(), EngineError> {
+        self.set(i, values)
+    }
+
     fn set(&mut self, i: usize, values: Vec<f32>) -> Result<(), EngineError> {
         let shape: Vec<i64> = self.targets[i].shape.iter().map(|&d| d as i64).collect();
         self.active[i] = values.contains(&0.0);

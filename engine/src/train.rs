@@ -10,21 +10,22 @@ use prune_core::domain::ChannelReport;
 use prune_core::job::{DataSource, Training};
 use prune_core::options::Loss;
 use prune_core::Job;
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use crate::analysis::budget::{self, Plan, Sizer};
 use crate::checkpoint::{self, Saved, TrainState};
 use crate::data::{self, Dataset};
+use crate::evaluate::{self, evaluate, loss_and_correct};
 use crate::events::{Event, EventSink, MetricPoint, TensorSparsity};
 use crate::export::{self, Report};
 use crate::inputs::{JobInputs, JobOutcome, StopFlag, StopReason};
 use crate::masking::Masks;
 use crate::model::{Model, Script, Sequential};
 use crate::optim::Optimizer;
-use crate::{device, rng, speed, EngineError};
+use crate::{analysis, device, rng, speed, EngineError};
 
 /// Progress events are rate-limited so that per-step reporting never slows training.
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-const EVAL_BATCH: i64 = 1024;
 
 pub fn run(
     spec: &Job,
@@ -44,10 +45,19 @@ pub fn run(
     let t = &spec.training;
     let mut model =
         Model::load(&spec.model, inputs.model_file.as_deref(), inputs.weights_file.as_deref(), t.seed, device)?;
-    let mut masks = Masks::select(&spec.pruning, &model, spec.model.sequential.as_deref())?;
+    // A sensitivity job measures the dense model: nothing is masked while it trains.
+    let analysis_only = spec.sensitivity.is_some() && spec.pruning.budget.is_none();
+    let mut masks = if analysis_only {
+        Masks::new(vec![], model.params())
+    } else {
+        Masks::select(&spec.pruning, &model, spec.model.sequential.as_deref())?
+    };
     let pruned: Vec<String> = masks.targets.iter().map(|t| t.name.clone()).collect();
 
     if t.epochs == 0 {
+        if spec.sensitivity.is_some() || spec.pruning.budget.is_some() {
+            return one_shot_analysed(spec, inputs, model, masks, warnings, sink, stop, device);
+        }
         one_shot(&mut model, &mut masks, &pruned, warnings, sink)?;
         let finished = finish(spec, inputs, &mut model, &masks, &pruned, None, device)?;
         return Ok(outcome(finished, None, None, None, 0));
@@ -64,6 +74,7 @@ pub fn run(
     let split = data::load(data_spec, inputs.data_file.as_deref(), t.seed, device)?;
     check_fit(&model, &split.train, t.loss)?;
     let mut trainer = Trainer::new(t, model, masks, split.train, split.validation)?;
+    trainer.budget = spec.pruning.budget;
     if let Some(path) = &inputs.resume_from {
         trainer.resume(path, device)?;
     }
@@ -75,12 +86,137 @@ pub fn run(
         pruned: pruned.clone(),
         warnings,
     })?;
-    let dense_val_accuracy = trainer.train(inputs, sink, stop)?;
+    let dense_val_accuracy = trainer.train(spec, inputs, sink, stop)?;
     trainer.masks.apply(trainer.model.params());
-    let (val_loss, val_accuracy) = trainer.evaluate_final()?;
     let samples = trainer.train.x.shallow_clone();
+    let example = example_input(spec, Some(&samples), device);
+    let measured = trainer.validation.as_ref().unwrap_or(&trainer.train);
+    let extras = match (&trainer.plan, spec.pruning.budget) {
+        (Some(plan), Some(budget)) => {
+            let sizer = Sizer { job: spec, example: example.as_ref() };
+            let report = budget::refine(plan, &budget, spec, &mut trainer.model, &mut trainer.masks, measured, &sizer)?;
+            trainer.masks.apply(trainer.model.params());
+            Extras::budget(plan, report)
+        }
+        _ if analysis_only => {
+            let probes = analysis::probes(&spec.pruning, spec.sensitivity.as_ref(), trainer.model.params())?;
+            let levels = spec.analysis_levels();
+            let found = analysis::analyse(&mut trainer.model, &probes, &levels, measured, t.loss, trainer.state.step, stop)?;
+            Extras::sensitivity(spec, &probes, found, inputs)?
+        }
+        (None, Some(_)) => {
+            return Err(EngineError::Spec(format!(
+                "pruning.budget: the schedule never prunes within the job's {} steps, so no budget was planned (move begin_step into the training)",
+                trainer.state.step
+            )))
+        }
+        _ => Extras::default(),
+    };
+    // A budget's further pruning changed the weights since the last epoch's validation.
+    let (val_loss, val_accuracy) = if extras.budget.is_some() {
+        evaluate(&mut trainer.model, measured, t.loss == Loss::CrossEntropy)?
+    } else {
+        trainer.evaluate_final()?
+    };
     let finished = finish(spec, inputs, &mut trainer.model, &trainer.masks, &pruned, Some(&samples), device)?;
-    Ok(outcome(finished, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step))
+    let done = outcome(finished, Some(val_accuracy), Some(val_loss), dense_val_accuracy, trainer.state.step);
+    Ok(extras.add_to(done))
+}
+
+/// `epochs = 0` with a sensitivity analysis or a budget: the model as given is measured on the
+/// job's data; a budget then prunes it one-shot to its plan and checks the artifact.
+#[allow(clippy::too_many_arguments)]
+fn one_shot_analysed(
+    spec: &Job,
+    inputs: &JobInputs,
+    mut model: Model,
+    mut masks: Masks,
+    warnings: Vec<String>,
+    sink: &mut dyn EventSink,
+    stop: &StopFlag,
+    device: Device,
+) -> Result<JobOutcome, EngineError> {
+    let data_spec = spec.data.as_ref().ok_or_else(|| EngineError::Data("an analysis needs [data]".into()))?;
+    let split = data::load(data_spec, inputs.data_file.as_deref(), spec.training.seed, device)?;
+    check_fit(&model, &split.train, spec.training.loss)?;
+    let measured = evaluate::measured_on(&split);
+    let pruned: Vec<String> = masks.targets.iter().map(|t| t.name.clone()).collect();
+    sink.emit(Event::Started {
+        total_steps: 0,
+        steps_per_epoch: 0,
+        epochs: 0,
+        start_step: 0,
+        pruned: pruned.clone(),
+        warnings,
+    })?;
+    let levels = spec.analysis_levels();
+    let cross_entropy = spec.training.loss == Loss::CrossEntropy;
+    let (_, dense_accuracy) = evaluate(&mut model, measured, cross_entropy)?;
+    let samples = split.train.x.shallow_clone();
+    let example = example_input(spec, Some(&samples), device);
+    let extras = match spec.pruning.budget {
+        Some(budget) => {
+            let probes = budget::probes(&masks);
+            let found = analysis::analyse(&mut model, &probes, &levels, measured, spec.training.loss, 0, stop)?;
+            let sizer = Sizer { job: spec, example: example.as_ref() };
+            let plan = budget::plan(found, &budget, &model, &masks, &sizer)?;
+            plan.apply(&mut masks)?;
+            masks.one_shot(model.params())?;
+            masks.apply(model.params());
+            let report = budget::refine(&plan, &budget, spec, &mut model, &mut masks, measured, &sizer)?;
+            masks.apply(model.params());
+            let sparsity = masks.sparsities()?;
+            sink.emit(Event::Metrics { points: sparsity_points(0, &sparsity) })?;
+            Extras::budget(&plan, report)
+        }
+        None => {
+            let probes = analysis::probes(&spec.pruning, spec.sensitivity.as_ref(), model.params())?;
+            let found = analysis::analyse(&mut model, &probes, &levels, measured, spec.training.loss, 0, stop)?;
+            Extras::sensitivity(spec, &probes, found, inputs)?
+        }
+    };
+    let (val_loss, val_accuracy) = evaluate(&mut model, measured, cross_entropy)?;
+    let finished = finish(spec, inputs, &mut model, &masks, &pruned, Some(&samples), device)?;
+    let accuracy = |a: f64| cross_entropy.then_some(a);
+    let done = outcome(finished, accuracy(val_accuracy), Some(val_loss), accuracy(dense_accuracy), 0);
+    Ok(extras.add_to(done))
+}
+
+/// What an analysis adds to a job's outcome: its points, a sensitivity job's suggested
+/// overrides and plot, a budget's report.
+#[derive(Default)]
+struct Extras {
+    points: Vec<prune_core::domain::SensitivityPoint>,
+    suggested_overrides: Option<String>,
+    budget: Option<Box<prune_core::domain::BudgetReport>>,
+    artifacts: Vec<prune_core::domain::ArtifactFile>,
+}
+
+impl Extras {
+    fn budget(plan: &budget::Plan, report: prune_core::domain::BudgetReport) -> Extras {
+        Extras { points: plan.analysis.points.clone(), budget: Some(Box::new(report)), ..Extras::default() }
+    }
+
+    fn sensitivity(
+        spec: &Job,
+        probes: &[analysis::Probe],
+        found: analysis::Analysis,
+        inputs: &JobInputs,
+    ) -> Result<Extras, EngineError> {
+        let target = spec.sensitivity.as_ref().map_or(0.01, |s| s.target_accuracy_drop);
+        let overrides = analysis::overrides::suggest(&found, probes, spec.pruning.schedule, target);
+        let title = spec.name.as_deref().unwrap_or("model");
+        let artifacts = analysis::artifacts::write(&found, title, &overrides, &inputs.artifacts)?;
+        Ok(Extras { points: found.points, suggested_overrides: Some(overrides), budget: None, artifacts })
+    }
+
+    fn add_to(self, mut done: JobOutcome) -> JobOutcome {
+        done.report.sensitivity = self.points;
+        done.report.suggested_overrides = self.suggested_overrides;
+        done.report.budget = self.budget;
+        done.artifacts.extend(self.artifacts);
+        done
+    }
 }
 
 /// What the end of a job produced: the exported files, the timing of the model they hold and,
@@ -253,6 +389,10 @@ struct Trainer {
     /// The validation loss and accuracy measured at this step's epoch end, for the final report
     /// (the weights have not changed since).
     last_validation: Option<(i64, f64, f64)>,
+    /// `pruning.budget`, planned at the first pruning step into `plan`.
+    budget: Option<prune_core::job::Budget>,
+    plan: Option<Plan>,
+    loss: Loss,
 }
 
 impl Trainer {
@@ -279,6 +419,9 @@ impl Trainer {
             checkpoint_every: t.checkpoint_every.max(1),
             cross_entropy: t.loss == Loss::CrossEntropy,
             last_validation: None,
+            budget: None,
+            plan: None,
+            loss: t.loss,
         })
     }
 
@@ -319,6 +462,10 @@ impl Trainer {
             }
             Ok(())
         })?;
+        if let Some(plan) = saved.plan {
+            plan.apply(&mut self.masks)?;
+            self.plan = Some(plan);
+        }
         self.masks.restore(saved.masks)?;
         let optim = saved.optim.into_iter().map(|(n, t)| (n, t.to_device(device))).collect::<Vec<_>>();
         self.optimizer.restore(saved.state.optim_steps, &optim)?;
@@ -340,6 +487,7 @@ impl Trainer {
             masks: self.masks.masks().iter().map(|m| m.shallow_clone()).collect(),
             optim: self.optimizer.state_tensors(),
             script,
+            plan: self.plan.clone(),
         };
         let written = checkpoint::write(&inputs.checkpoints.dir, &saved)?;
         let sparsity = self.masks.sparsities()?;
@@ -357,6 +505,7 @@ impl Trainer {
     /// epoch that ended before any mask was applied (the dense warm-up), if there was one.
     fn train(
         &mut self,
+        spec: &Job,
         inputs: &JobInputs,
         sink: &mut dyn EventSink,
         stop: &StopFlag,
@@ -380,6 +529,9 @@ impl Trainer {
                     return Err(EngineError::Stopped { step: self.state.step, reason });
                 }
                 self.state.step += 1;
+                if self.state.step >= first_prune && self.plan.is_none() {
+                    self.plan_budget(spec, stop)?;
+                }
                 if self.masks.update(self.state.step, self.model.params())? {
                     let sparsity = self.masks.sparsities()?;
                     sink.emit(Event::Metrics { points: sparsity_points(self.state.step, &sparsity) })?;
@@ -409,6 +561,23 @@ impl Trainer {
             self.checkpoint(inputs, sink)?;
         }
         Ok(dense_val_accuracy)
+    }
+
+    /// A budget job's decision at its first pruning step: the dense model analysed on the
+    /// validation data, each target's final sparsity planned and its schedule scaled to it.
+    fn plan_budget(&mut self, spec: &Job, stop: &StopFlag) -> Result<(), EngineError> {
+        let Some(budget) = self.budget else { return Ok(()) };
+        let data = self.validation.as_ref().unwrap_or(&self.train);
+        let probes = budget::probes(&self.masks);
+        let levels = spec.analysis_levels();
+        let step = self.state.step;
+        let found = analysis::analyse(&mut self.model, &probes, &levels, data, self.loss, step, stop)?;
+        let example = self.train.x.narrow(0, 0, 1).copy();
+        let sizer = Sizer { job: spec, example: Some(&example) };
+        let plan = budget::plan(found, &budget, &self.model, &self.masks, &sizer)?;
+        plan.apply(&mut self.masks)?;
+        self.plan = Some(plan);
+        Ok(())
     }
 
     fn train_batch(&mut self, index: &Tensor) -> Result<(f64, f64), EngineError> {
@@ -485,37 +654,6 @@ impl Trainer {
         let data = self.validation.as_ref().unwrap_or(&self.train);
         evaluate(&mut self.model, data, self.cross_entropy)
     }
-}
-
-fn loss_and_correct(cross_entropy: bool, out: &Tensor, y: &Tensor) -> Result<(Tensor, f64), EngineError> {
-    if cross_entropy {
-        let loss = out.f_cross_entropy_loss::<Tensor>(y, None, Reduction::Mean, -100, 0.0)?;
-        let correct = f64::try_from(out.argmax(-1, false).eq_tensor(y).sum(Kind::Float))?;
-        Ok((loss, correct))
-    } else {
-        Ok((out.f_mse_loss(y, Reduction::Mean)?, f64::NAN))
-    }
-}
-
-/// Mean loss and accuracy over `data` in eval mode (no dropout; batch norm uses its statistics).
-fn evaluate(model: &mut Model, data: &Dataset, cross_entropy: bool) -> Result<(f64, f64), EngineError> {
-    model.set_train(false)?;
-    let result = tch::no_grad(|| -> Result<(f64, f64), EngineError> {
-        let (mut loss_sum, mut correct) = (0.0, 0.0);
-        let n = data.len();
-        let mut start = 0;
-        while start < n {
-            let len = EVAL_BATCH.min(n - start);
-            let out = model.forward(&data.x.narrow(0, start, len), false)?;
-            let (loss, c) = loss_and_correct(cross_entropy, &out, &data.y.narrow(0, start, len))?;
-            loss_sum += f64::try_from(&loss)? * len as f64;
-            correct += c;
-            start += len;
-        }
-        Ok((loss_sum / n as f64, correct / n as f64))
-    });
-    model.set_train(true)?;
-    result
 }
 
 /// `sparsity/<param>` points (1 - mean(mask), as tfmot's PruningSummaries) at `step`.

@@ -1,32 +1,11 @@
 //! The sweep's Pareto plot: validation accuracy against artifact size, one point per job,
-//! each labelled with its sparsity, the Pareto front joined by a line. Pure functions from
-//! points to PNG or SVG bytes, so they are tested without a server.
-//!
-//! Text is drawn with the embedded DejaVu Sans (`client/assets`, license beside it) through
-//! plotters' `ab_glyph` backend: no system font library at build or run time, and the same
-//! pixels on every machine.
-
-use std::ops::Range;
-use std::sync::Once;
+//! each labelled with its sparsity, the Pareto front joined by a line.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 
-/// Width and height of both plots, in pixels: readable at a glance on a laptop screen.
-pub const SIZE: (u32, u32) = (1000, 700);
-
-/// The family every text of the plot uses; registered once with the embedded font.
-const FAMILY: &str = "sans-serif";
-static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
-
-#[derive(Debug, thiserror::Error)]
-pub enum PlotError {
-    #[error("drawing the plot: {0}")]
-    Draw(String),
-    #[error("encoding the PNG: {0}")]
-    Png(#[from] png::EncodingError),
-}
+use crate::{draw_error, padded, png_of, svg_of, FAMILY};
+pub use crate::{PlotError, SIZE};
 
 /// One finished job of a sweep.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,32 +35,12 @@ pub fn pareto_front(points: &[Point]) -> Vec<usize> {
 
 /// The plot as a PNG of [`SIZE`].
 pub fn png(title: &str, points: &[Point]) -> Result<Vec<u8>, PlotError> {
-    let (width, height) = SIZE;
-    let mut rgb = vec![0u8; width as usize * height as usize * 3];
-    {
-        let root = BitMapBackend::with_buffer(&mut rgb, SIZE).into_drawing_area();
-        draw(&root, title, points)?;
-        root.present().map_err(draw_error)?;
-    }
-    let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, width, height);
-    encoder.set_color(png::ColorType::Rgb);
-    encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder.write_header()?;
-    writer.write_image_data(&rgb)?;
-    writer.finish()?;
-    Ok(out)
+    png_of(|root| draw(root, title, points))
 }
 
 /// The plot as an SVG document of [`SIZE`] (texts stay text: searchable, selectable).
 pub fn svg(title: &str, points: &[Point]) -> Result<String, PlotError> {
-    let mut out = String::new();
-    {
-        let root = SVGBackend::with_string(&mut out, SIZE).into_drawing_area();
-        draw(&root, title, points)?;
-        root.present().map_err(draw_error)?;
-    }
-    Ok(out)
+    svg_of(|root| draw(root, title, points))
 }
 
 /// The text next to a point: its final sparsity, as the sweep was given it.
@@ -89,20 +48,7 @@ pub fn point_label(sparsity: f64) -> String {
     format!("s={sparsity}")
 }
 
-fn draw_error(e: impl std::fmt::Display) -> PlotError {
-    PlotError::Draw(e.to_string())
-}
-
-fn register_embedded_font() {
-    static REGISTER: Once = Once::new();
-    REGISTER.call_once(|| {
-        // The bytes are ours and a valid TrueType file: failing here is a build defect.
-        register_font(FAMILY, FontStyle::Normal, FONT).unwrap_or_else(|_| panic!("the embedded font does not parse"));
-    });
-}
-
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, points: &[Point]) -> Result<(), PlotError> {
-    register_embedded_font();
     root.fill(&WHITE).map_err(draw_error)?;
     let kb = |p: &Point| p.artifact_bytes as f64 / 1000.0;
     let percent = |p: &Point| p.accuracy * 100.0;
@@ -161,17 +107,6 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, points: 
         .draw()
         .map_err(draw_error)?;
     Ok(())
-}
-
-/// The values' span with room around it for markers and labels (`empty` when there are none;
-/// a single value gets a span of its own).
-fn padded(values: impl Iterator<Item = f64>, empty: Range<f64>) -> Range<f64> {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
-    if !lo.is_finite() || !hi.is_finite() {
-        return empty;
-    }
-    let pad = ((hi - lo) * 0.15).max(hi.abs() * 0.05).max(0.5);
-    (lo - pad).max(0.0)..hi + pad
 }
 
 #[cfg(test)]
@@ -234,14 +169,5 @@ mod tests {
         let svg = svg("empty: accuracy vs artifact size", &[]).unwrap();
         assert!(svg.contains("artifact size (kB)"));
         assert!(png("empty", &[]).is_ok());
-    }
-
-    #[test]
-    fn ranges_leave_room_and_survive_one_point() {
-        let r = padded([5.0].into_iter(), 0.0..1.0);
-        assert!(r.start < 5.0 && r.end > 5.0, "{r:?}");
-        let r = padded([2.0, 10.0].into_iter(), 0.0..1.0);
-        assert!(r.start < 2.0 && r.end > 10.0 && r.start >= 0.0, "{r:?}");
-        assert_eq!(padded(std::iter::empty(), 0.0..100.0), 0.0..100.0);
     }
 }
