@@ -677,6 +677,47 @@ async fn corpus(client: &mut Client, scratch: &std::path::Path) -> Vec<Case> {
         fails("no channel can be pruned"),
     ));
 
+    // 5c. Sensitivity analyses and budgets.
+    let analyses: Vec<(&str, String, &str)> = vec![
+        ("empty levels", format!("{BASE}[sensitivity]\nlevels = []\n"), "sensitivity.levels: must list at least one"),
+        ("level 1.0", format!("{BASE}[sensitivity]\nlevels = [0.5, 1.0]\n"), "sensitivity.levels[1]: a level is a sparsity in (0, 1)"),
+        ("negative level", format!("{BASE}[sensitivity]\nlevels = [-0.1]\n"), "sensitivity.levels[0]"),
+        ("a level twice", format!("{BASE}[sensitivity]\nlevels = [0.5, 0.5]\n"), "sensitivity.levels[1]: 0.5 is listed twice"),
+        ("levels of strings", format!("{BASE}[sensitivity]\nlevels = [\"high\"]\n"), "sensitivity.levels"),
+        ("bad include", format!("{BASE}[sensitivity]\ninclude = [\"(\"]\n"), "sensitivity.include[0]"),
+        ("unknown field", format!("{BASE}[sensitivity]\nlevel = [0.5]\n"), "level"),
+        ("max_bytes 0", format!("{BASE}budget = {{ max_bytes = 0 }}\n"), "pruning.budget.max_bytes: must be >= 1"),
+        ("empty budget", format!("{BASE}budget = {{}}\n"), "pruning.budget: give max_bytes, max_accuracy_drop or both"),
+        ("drop 2", format!("{BASE}budget = {{ max_accuracy_drop = 2.0 }}\n"), "pruning.budget.max_accuracy_drop"),
+        (
+            "budget with an override's schedule",
+            format!(
+                "{BASE}budget = {{ max_bytes = 5000 }}\n[[pruning.overrides]]\nmatch = \"^0\\\\.weight$\"\nschedule = {{ kind = \"constant_sparsity\", target_sparsity = 0.3 }}\n"
+            ),
+            "pruning.overrides[0].schedule: contradicts pruning.budget",
+        ),
+        ("budget with m_by_n", format!("{BASE}budget = {{ max_bytes = 5000 }}\nm_by_n = [2, 4]\n"), "pruning.m_by_n"),
+        ("budget with global scope", format!("{BASE}budget = {{ max_bytes = 5000 }}\nscope = \"global\"\n"), "pruning.scope"),
+        (
+            "budget without data",
+            format!("{}budget = {{ max_bytes = 5000 }}\n", one_shot_blob(&state_dict)),
+            "pruning.budget: measures validation accuracy and loss",
+        ),
+    ];
+    for (name, text, field) in analyses {
+        cases.push(case(format!("analysis: {name}"), Input::Text(text), invalid(field)));
+    }
+    cases.push(case(
+        "analysis: a state dict has no forward pass",
+        Input::Text(format!("{}[data]\nbuiltin = \"digits\"\n[sensitivity]\n", one_shot_blob(&state_dict))),
+        fails("no forward pass"),
+    ));
+    cases.push(case(
+        "analysis: a budget too small for any sparsity",
+        Input::Text(base_with(&[("epochs = 1", "epochs = 0")]) + "budget = { max_bytes = 10 }\n"),
+        fails("pruning.budget.max_bytes = 10 cannot be met: the smallest"),
+    ));
+
     // 6. Unknown fields.
     let unknown: Vec<(&str, String, &str)> = vec![
         ("top level", format!("colour = \"blue\"\n{BASE}"), "colour"),

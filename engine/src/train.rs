@@ -56,6 +56,11 @@ pub fn run(
 
     if t.epochs == 0 {
         if spec.sensitivity.is_some() || spec.pruning.budget.is_some() {
+            if !model.can_train() {
+                return Err(EngineError::Model(
+                    "a sensitivity analysis or a budget measures the model on data, but a safetensors state dict has no forward pass: give a TorchScript model, or a model.sequential with model.weights".into(),
+                ));
+            }
             return one_shot_analysed(spec, inputs, model, masks, warnings, sink, stop, device);
         }
         one_shot(&mut model, &mut masks, &pruned, warnings, sink)?;

@@ -110,4 +110,8 @@ fn needs_whole_model_and_data(e: &mut Errors, spec: &JobSpec, field: &str) {
     e.check(!spec.model.is_sharded(), field, || {
         "needs the whole model in memory: a sharded checkpoint is pruned tensor by tensor".to_string()
     });
+    let state_dict = spec.model.file.as_deref().is_some_and(|f| f.to_ascii_lowercase().ends_with(".safetensors"));
+    e.check(!state_dict, field, || {
+        "runs the model on data, but model.file is a safetensors state dict (no forward pass): give a TorchScript model, or a model.sequential with model.weights".to_string()
+    });
 }

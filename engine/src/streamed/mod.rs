@@ -50,10 +50,13 @@ use index::WrittenShard;
 /// Whether [`run`] handles this job: one-shot, and the model is a sharded checkpoint or a file
 /// holding a safetensors state dict.
 pub fn applies(job: &Job, inputs: &JobInputs) -> bool {
-    // Channel groups need every weight of a layer at once: the libtorch path.
+    // Channel groups need every weight of a layer at once, and an analysis runs the model:
+    // the libtorch path (which says why a state dict cannot be analysed).
     if job.training.epochs != 0
         || job.model.sequential.is_some()
         || matches!(job.pruning.method, PruningMethod::Channel { .. })
+        || job.sensitivity.is_some()
+        || job.pruning.budget.is_some()
     {
         return false;
     }
