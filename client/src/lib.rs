@@ -22,8 +22,8 @@ pub use client::{new_request_id, Client, ConnectOptions, SubmitOptions, DEFAULT_
 pub use download::DownloadOutcome;
 pub use error::{ClientError, Result};
 pub use types::{
-    ArtifactInfo, AttemptInfo, ChannelReport, JobInfo, JobState, LayerChannels, MetricRecord, Progress, Report,
-    TensorSparsity, WatchEvent,
+    ArtifactInfo, AttemptInfo, BudgetReport, ChannelReport, ChosenSparsity, JobInfo, JobState, LayerChannels,
+    MetricRecord, Progress, Report, SensitivityPoint, TensorSparsity, WatchEvent,
 };
 pub use upload::Uploaded;
 

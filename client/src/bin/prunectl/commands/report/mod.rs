@@ -1,5 +1,8 @@
 //! `prunectl report ID`: what a finished job pruned, what its artifacts weigh and how fast the
-//! pruned model runs against the dense one.
+//! pruned model runs against the dense one; for a sensitivity analysis or a budget, also what
+//! each tensor can take and what was chosen ([`analysis`]).
+
+mod analysis;
 
 use std::fmt::Write as _;
 
@@ -79,6 +82,16 @@ fn describe(report: &Report) -> String {
     for (key, value) in facts {
         let _ = writeln!(out, "{key:<width$}  {value}");
     }
+    // The overrides last: TOML to copy, best not followed by anything else.
+    let sections = [
+        analysis::sensitivity_section(report),
+        report.budget.as_deref().map(analysis::budget_section),
+        analysis::overrides_section(report),
+    ];
+    for section in sections.into_iter().flatten() {
+        out.push('\n');
+        out.push_str(&section);
+    }
     out
 }
 
@@ -116,5 +129,167 @@ fn gzipped(gzip_dense_bytes: u64) -> String {
         "not measured, over 128 MiB".into()
     } else {
         bytes(gzip_dense_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prune_client::types::TensorReport;
+    use prune_client::{BudgetReport, ChosenSparsity, SensitivityPoint};
+
+    use super::*;
+
+    fn point(tensor: &str, sparsity: f64, accuracy: f64) -> SensitivityPoint {
+        SensitivityPoint {
+            tensor: tensor.into(),
+            sparsity,
+            accuracy: Some(accuracy),
+            loss: 1.0 - accuracy,
+            params_removed: 7,
+        }
+    }
+
+    /// A digits MLP analysed at three levels, then pruned to a budget.
+    fn analysed() -> Report {
+        let tensor = |name: &str, sparsity: f64| TensorReport {
+            name: name.into(),
+            shape: vec![10, 64],
+            pruned: true,
+            numel: 640,
+            nonzero: 320,
+            sparsity,
+        };
+        Report {
+            tensors: vec![tensor("0.weight", 0.5), tensor("2.weight", 0.9)],
+            dense_bytes: 40_000,
+            gzip_dense_bytes: 36_000,
+            artifact_bytes: [("safetensors".to_string(), 12_345)].into(),
+            final_val_accuracy: Some(0.96),
+            dense_val_accuracy: Some(0.975),
+            steps: 100,
+            sensitivity: vec![
+                point("0.weight", 0.5, 0.97),
+                point("0.weight", 0.8, 0.95),
+                point("0.weight", 0.95, 0.61),
+                point("2.weight", 0.5, 0.975),
+                point("2.weight", 0.8, 0.9711),
+                point("2.weight", 0.95, 0.93),
+            ],
+            suggested_overrides: Some("[[pruning.overrides]]\nmatch = \"^0\\\\.weight$\"\nskip = true\n".into()),
+            budget: Some(Box::new(BudgetReport {
+                max_bytes: Some(15_000),
+                max_accuracy_drop: Some(0.02),
+                chosen: vec![
+                    ChosenSparsity { tensor: "0.weight".into(), planned: 0.5, sparsity: 0.5 },
+                    ChosenSparsity { tensor: "2.weight".into(), planned: 0.8, sparsity: 0.9 },
+                ],
+                format: "safetensors".into(),
+                artifact_bytes: 12_345,
+                dense_accuracy: Some(0.975),
+                accuracy: Some(0.96),
+                further_steps: 1,
+                notes: vec!["pruned 2.weight further to 0.9 to fit max_bytes".into()],
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn line_of<'a>(text: &'a str, start: &str) -> &'a str {
+        text.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("no line starting {start:?} in\n{text}"))
+    }
+
+    fn sensitivity_header(text: &str) -> &str {
+        text.lines().find(|l| l.starts_with("TENSOR") && l.contains("DENSE")).expect(text)
+    }
+
+    #[test]
+    fn text_shows_sensitivity_budget_and_overrides() {
+        let text = describe(&analysed());
+        let header = sensitivity_header(&text);
+        assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["TENSOR", "DENSE", "0.5", "0.8", "0.95"]);
+        let row = |name: &str| {
+            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(name)).collect();
+            // The tensor table, the sensitivity table, the budget table, in that order.
+            assert_eq!(lines.len(), 3, "{text}");
+            lines.iter().map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>()).collect::<Vec<_>>()
+        };
+        assert_eq!(row("0.weight")[1], ["0.weight", "0.9750", "0.9700", "0.9500", "0.6100"]);
+        assert_eq!(row("2.weight")[1], ["2.weight", "0.9750", "0.9750", "0.9711", "0.9300"]);
+        assert_eq!(row("2.weight")[2], ["2.weight", "0.800", "0.900"]);
+        assert!(text.contains("TENSOR    PLANNED  FINAL"), "{text}");
+        assert_eq!(line_of(&text, "bounds"), "bounds         max_bytes 15000 (14.6 KiB), max_accuracy_drop 0.02");
+        assert_eq!(line_of(&text, "artifact "), "artifact       safetensors file 12.1 KiB (12345 B), within max_bytes");
+        assert_eq!(line_of(&text, "accuracy"), "accuracy       0.9600 (dense model: 0.9750), drop 0.0150");
+        assert_eq!(line_of(&text, "further steps"), "further steps  1");
+        assert_eq!(line_of(&text, "note"), "note           pruned 2.weight further to 0.9 to fit max_bytes");
+        // The TOML comes last, verbatim, so it can be copied as is.
+        assert!(text.ends_with("[[pruning.overrides]]\nmatch = \"^0\\\\.weight$\"\nskip = true\n"), "{text}");
+    }
+
+    #[test]
+    fn mse_analysis_shows_losses_and_missing_levels() {
+        let mut report = analysed();
+        report.budget = None;
+        report.suggested_overrides = None;
+        report.final_val_loss = Some(0.125);
+        for p in &mut report.sensitivity {
+            p.accuracy = None;
+        }
+        // An m-by-n tensor measured at m/n only.
+        report.sensitivity.push(SensitivityPoint {
+            tensor: "4.weight".into(),
+            sparsity: 0.75,
+            accuracy: None,
+            loss: 0.5,
+            params_removed: 48,
+        });
+        let text = describe(&report);
+        assert!(text.contains("validation loss (mse)"), "{text}");
+        let header = sensitivity_header(&text);
+        assert_eq!(header.split_whitespace().collect::<Vec<_>>(), ["TENSOR", "DENSE", "0.5", "0.75", "0.8", "0.95"]);
+        let row: Vec<&str> = line_of(&text, "4.weight").split_whitespace().collect();
+        assert_eq!(row, ["4.weight", "0.1250", "-", "0.5000", "-", "-"]);
+        let row: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("0.weight")).nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row, ["0.weight", "0.1250", "0.0300", "-", "0.0500", "0.3900"]);
+        assert!(!text.contains("budget") && !text.contains("suggested overrides"), "{text}");
+    }
+
+    #[test]
+    fn a_plain_report_has_no_analysis_sections() {
+        let mut report = analysed();
+        report.sensitivity.clear();
+        report.suggested_overrides = None;
+        report.budget = None;
+        let text = describe(&report);
+        assert!(!text.contains("sensitivity") && !text.contains("budget") && !text.contains("overrides"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        for key in ["sensitivity", "suggested_overrides", "budget"] {
+            assert!(json.get(key).is_none(), "{key} in {json}");
+        }
+    }
+
+    /// `--json` prints the report through serde as is: the analysis is in it, by these names.
+    #[test]
+    fn json_carries_the_analysis() {
+        let report = analysed();
+        let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        assert_eq!(
+            json["sensitivity"][1],
+            serde_json::json!({"tensor": "0.weight", "sparsity": 0.8, "accuracy": 0.95, "loss": 1.0 - 0.95, "params_removed": 7})
+        );
+        assert_eq!(json["sensitivity"].as_array().unwrap().len(), 6);
+        assert_eq!(json["suggested_overrides"], report.suggested_overrides.as_deref().unwrap());
+        let budget = &json["budget"];
+        assert_eq!(budget["max_bytes"], 15_000);
+        assert_eq!(budget["max_accuracy_drop"], 0.02);
+        assert_eq!(budget["chosen"][1], serde_json::json!({"tensor": "2.weight", "planned": 0.8, "sparsity": 0.9}));
+        assert_eq!(budget["format"], "safetensors");
+        assert_eq!(budget["artifact_bytes"], 12_345);
+        assert_eq!((budget["dense_accuracy"].as_f64(), budget["accuracy"].as_f64()), (Some(0.975), Some(0.96)));
+        assert_eq!(budget["further_steps"], 1);
+        assert_eq!(budget["notes"][0], "pruned 2.weight further to 0.9 to fit max_bytes");
+        // And it reads back whole.
+        assert_eq!(serde_json::from_value::<Report>(json).unwrap(), report);
     }
 }
