@@ -84,11 +84,7 @@ impl Client {
         std::fs::create_dir_all(dir).map_err(|e| ClientError::io(dir, e))?;
         let mut done = Vec::with_capacity(files.len());
         for file in files {
-            let name = if raw || file.compression == "none" {
-                file.file_name.as_str()
-            } else {
-                compressed_stem(&file.file_name)
-            };
+            let name = local_name(file, raw);
             // Names come from the server: never let one step out of `dir`.
             if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
                 return Err(ClientError::Protocol(format!("the server named an artifact file `{name}`")));
@@ -123,9 +119,7 @@ impl Client {
             }
         };
 
-        // An uncompressed artifact is moved as is rather than sniffed for magic bytes: a
-        // safetensors header length can happen to start like a gzip stream.
-        let keep_as_served = raw || artifact.compression == "none";
+        let keep_as_served = keeps_as_served(&artifact, raw);
         let target = path.to_path_buf();
         tokio::task::spawn_blocking(move || finish(&part, &target, keep_as_served))
             .await
@@ -199,6 +193,23 @@ struct Wanted<'a> {
     file_name: Option<&'a str>,
 }
 
+/// Whether the verified bytes are the file itself. An uncompressed artifact (as every
+/// `sensitivity_plot` and `suggested_overrides` file is) is moved as is rather than sniffed for
+/// magic bytes: a safetensors header length can happen to start like a gzip stream.
+fn keeps_as_served(artifact: &ArtifactInfo, raw: bool) -> bool {
+    raw || artifact.compression == "none"
+}
+
+/// The name a file of a downloaded export gets in its directory: as served when kept as
+/// served, else without its compression suffix.
+fn local_name(file: &ArtifactInfo, raw: bool) -> &str {
+    if keeps_as_served(file, raw) {
+        file.file_name.as_str()
+    } else {
+        compressed_stem(&file.file_name)
+    }
+}
+
 /// A served file's name once decompressed: without its `.zst` / `.gz`.
 fn compressed_stem(name: &str) -> &str {
     name.strip_suffix(".zst").or_else(|| name.strip_suffix(".gz")).unwrap_or(name)
@@ -242,6 +253,33 @@ mod tests {
     #[test]
     fn part_path_appends_to_the_file_name() {
         assert_eq!(part_path(Path::new("out/model.safetensors")), Path::new("out/model.safetensors.part"));
+    }
+
+    fn artifact(format: &str, file_name: &str, compression: &str) -> ArtifactInfo {
+        ArtifactInfo {
+            format: format.into(),
+            size: 3,
+            sha256: String::new(),
+            compression: compression.into(),
+            sparse_format: "dense".into(),
+            file_name: file_name.into(),
+        }
+    }
+
+    #[test]
+    fn uncompressed_analysis_files_keep_their_names_and_bytes() {
+        for (format, name) in
+            [("sensitivity_plot", "sensitivity.png"), ("suggested_overrides", "suggested_overrides.toml")]
+        {
+            let file = artifact(format, name, "none");
+            assert!(keeps_as_served(&file, false));
+            assert_eq!(local_name(&file, false), name);
+        }
+        let packed = artifact("safetensors", "model.safetensors.zst", "zstd");
+        assert!(!keeps_as_served(&packed, false));
+        assert_eq!(local_name(&packed, false), "model.safetensors");
+        assert!(keeps_as_served(&packed, true));
+        assert_eq!(local_name(&packed, true), "model.safetensors.zst");
     }
 
     #[test]

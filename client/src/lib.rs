@@ -23,8 +23,8 @@ pub use error::{ClientError, Result};
 /// The sweep's Pareto plot (`prune-plot`).
 pub use prune_plot::pareto as plot;
 pub use types::{
-    ArtifactInfo, AttemptInfo, ChannelReport, JobInfo, JobState, LayerChannels, MetricRecord, Progress, Report,
-    TensorSparsity, WatchEvent,
+    ArtifactInfo, AttemptInfo, BudgetReport, ChannelReport, ChosenSparsity, JobInfo, JobState, LayerChannels,
+    MetricRecord, Progress, Report, SensitivityPoint, TensorSparsity, WatchEvent,
 };
 pub use upload::Uploaded;
 

@@ -5,7 +5,10 @@
 use prune_proto as pb;
 use serde::Serialize;
 
-pub use prune_core::domain::{ChannelReport, JobState, LayerChannels, Report, TensorReport, TensorSparsity};
+pub use prune_core::domain::{
+    BudgetReport, ChannelReport, ChosenSparsity, JobState, LayerChannels, Report, SensitivityPoint, TensorReport,
+    TensorSparsity,
+};
 
 use crate::error::ClientError;
 
@@ -16,7 +19,8 @@ pub type MetricRecord = prune_core::domain::MetricPoint;
 /// One exported file of a finished job.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ArtifactInfo {
-    /// `safetensors` or `torchscript`.
+    /// `safetensors` or `torchscript`; a sensitivity analysis adds `sensitivity_plot` and
+    /// `suggested_overrides`.
     pub format: String,
     /// Bytes of the file as served (compressed).
     pub size: u64,

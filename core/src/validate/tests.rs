@@ -1147,3 +1147,240 @@ fn slim_export_needs_channels_of_a_sequential_model() {
         "only a model.sequential",
     );
 }
+
+// --- sensitivity analysis and budgets ------------------------------------------------------
+
+fn sensitivity(spec: &mut JobSpec) -> &mut crate::spec::SensitivitySpec {
+    spec.sensitivity.get_or_insert_with(Default::default)
+}
+
+fn budget(spec: &mut JobSpec) -> &mut crate::spec::BudgetSpec {
+    // The example's override skips `0.weight`; it sets no schedule, so a budget may keep it.
+    spec.pruning.budget.get_or_insert_with(Default::default)
+}
+
+#[test]
+fn sensitivity_section_parses_with_defaults_and_validates_sorted() {
+    let text = format!("{SPEC_EXAMPLE}\n[sensitivity]\nlevels = [0.9, 0.5, 0.7]\ninclude = [\"weight$\"]\n");
+    let spec = parse_toml(&text).unwrap();
+    let job = validate(&spec).unwrap();
+    let s = job.sensitivity.as_ref().expect("a typed [sensitivity]");
+    assert_eq!(s.levels, vec![0.5, 0.7, 0.9]);
+    assert_eq!(s.include, vec!["weight$".to_string()]);
+    assert!(s.exclude.is_empty());
+    assert_eq!(s.target_accuracy_drop, 0.01);
+    assert_eq!(job.analysis_levels(), vec![0.5, 0.7, 0.9]);
+
+    // An empty section takes the documented levels.
+    let spec = parse_toml(&format!("{SPEC_EXAMPLE}\n[sensitivity]\n")).unwrap();
+    let job = validate(&spec).unwrap();
+    assert_eq!(job.sensitivity.unwrap().levels, crate::spec::DEFAULT_SENSITIVITY_LEVELS.to_vec());
+    // Without the section: no analysis, and a budget would measure the built-in levels.
+    let job = validate(&example()).unwrap();
+    assert!(job.sensitivity.is_none());
+    assert!(job.pruning.budget.is_none());
+    assert_eq!(job.analysis_levels(), crate::job::BUDGET_LEVELS.to_vec());
+    // m-by-n is allowed: it measures one point per tensor at m/n.
+    assert_accepts(|s| {
+        s.pruning.m_by_n = Some([2, 4]);
+        sensitivity(s);
+    });
+}
+
+#[test]
+fn sensitivity_rejects_bad_levels() {
+    assert_rejects(|s| sensitivity(s).levels = vec![], "sensitivity.levels", "at least one sparsity");
+    for bad in [0.0, 1.0, -0.5, 1.5, f64::NAN] {
+        assert_rejects(|s| sensitivity(s).levels = vec![0.5, bad], "sensitivity.levels[1]", "in (0, 1)");
+    }
+    assert_rejects(|s| sensitivity(s).levels = vec![0.5, 0.7, 0.5], "sensitivity.levels[2]", "0.5 is listed twice");
+    let too_many: Vec<f64> = (1..=MAX_LEVELS + 1).map(|i| i as f64 / (MAX_LEVELS + 2) as f64).collect();
+    assert_rejects(|s| sensitivity(s).levels = too_many, "sensitivity.levels", "at most 64 levels (got 65)");
+    let most: Vec<f64> = (1..=MAX_LEVELS).map(|i| i as f64 / (MAX_LEVELS + 1) as f64).collect();
+    assert_accepts(|s| sensitivity(s).levels = most);
+}
+
+#[test]
+fn sensitivity_rejects_bad_patterns_and_drops() {
+    assert_rejects(
+        |s| sensitivity(s).include = vec!["ok".into(), "(".into()],
+        "sensitivity.include[1]",
+        "unclosed group",
+    );
+    assert_rejects(|s| sensitivity(s).exclude = vec!["[".into()], "sensitivity.exclude[0]", "regex parse error");
+    for bad in [-0.01, 1.01, f64::NAN] {
+        assert_rejects(
+            |s| sensitivity(s).target_accuracy_drop = bad,
+            "sensitivity.target_accuracy_drop",
+            "a fraction in [0, 1]",
+        );
+    }
+    assert_accepts(|s| sensitivity(s).target_accuracy_drop = 0.0);
+    assert_accepts(|s| sensitivity(s).target_accuracy_drop = 1.0);
+}
+
+#[test]
+fn sensitivity_needs_data_and_the_whole_model() {
+    assert_rejects(
+        |s| {
+            sensitivity(s);
+            s.data = None;
+            s.training.epochs = 0;
+        },
+        "sensitivity",
+        "give the job [data]",
+    );
+    assert_rejects(
+        |s| {
+            sharded(s);
+            sensitivity(s);
+        },
+        "sensitivity",
+        "a sharded checkpoint",
+    );
+    // Taken as given (no training), but still measured on the data.
+    assert_accepts(|s| {
+        sensitivity(s);
+        s.training.epochs = 0;
+    });
+}
+
+#[test]
+fn budget_validates_to_its_typed_form() {
+    let text = SPEC_EXAMPLE.replace(
+        "prune_bias = false\n",
+        "prune_bias = false\nbudget = { max_bytes = 20000, max_accuracy_drop = 0.02 }\n",
+    );
+    let spec = parse_toml(&text).unwrap();
+    let b = spec.pruning.budget.as_ref().unwrap();
+    assert_eq!((b.max_bytes, b.max_accuracy_drop), (Some(20_000), Some(0.02)));
+    let job = validate(&spec).unwrap();
+    assert_eq!(job.pruning.budget, Some(crate::job::Budget { max_bytes: Some(20_000), max_accuracy_drop: Some(0.02) }));
+    // Either bound alone; a size bound does not need accuracy.
+    let job = validate(&{
+        let mut s = example();
+        budget(&mut s).max_bytes = Some(1);
+        s.training.loss = "mse".into();
+        s
+    })
+    .unwrap();
+    assert_eq!(job.pruning.budget, Some(crate::job::Budget { max_bytes: Some(1), max_accuracy_drop: None }));
+    assert_accepts(|s| budget(s).max_accuracy_drop = Some(0.0));
+    // With [sensitivity] the budget measures its levels.
+    let mut spec = example();
+    budget(&mut spec).max_bytes = Some(10_000);
+    sensitivity(&mut spec).levels = vec![0.8, 0.4];
+    let job = validate(&spec).unwrap();
+    assert_eq!(job.analysis_levels(), vec![0.4, 0.8]);
+    // Not set: absent from the echoed spec.
+    assert!(!serde_json::to_string(&example()).unwrap().contains("budget"));
+}
+
+#[test]
+fn budget_rejects_missing_and_bad_bounds() {
+    assert_rejects(
+        |s| {
+            budget(s);
+        },
+        "pruning.budget",
+        "give max_bytes, max_accuracy_drop or both",
+    );
+    for bad in [0, -5] {
+        assert_rejects(|s| budget(s).max_bytes = Some(bad), "pruning.budget.max_bytes", "must be >= 1 byte");
+    }
+    for bad in [-0.1, 1.5, f64::NAN] {
+        assert_rejects(
+            |s| budget(s).max_accuracy_drop = Some(bad),
+            "pruning.budget.max_accuracy_drop",
+            "a fraction in [0, 1]",
+        );
+    }
+    assert_rejects(
+        |s| {
+            budget(s).max_accuracy_drop = Some(0.01);
+            s.training.loss = "mse".into();
+        },
+        "pruning.budget.max_accuracy_drop",
+        "training.loss = \"cross_entropy\" (got \"mse\")",
+    );
+}
+
+#[test]
+fn budget_rejects_whatever_fixes_a_sparsity() {
+    let bytes = |s: &mut JobSpec| budget(s).max_bytes = Some(10_000);
+    assert_rejects(
+        |s| {
+            bytes(s);
+            s.pruning.m_by_n = Some([2, 4]);
+        },
+        "pruning.m_by_n",
+        "pruning.budget chooses them",
+    );
+    assert_rejects(
+        |s| {
+            bytes(s);
+            s.pruning.scope = "global".into();
+        },
+        "pruning.scope",
+        "use scope = \"layer\"",
+    );
+    assert_rejects(
+        |s| {
+            bytes(s);
+            channel(s);
+        },
+        "pruning.structure",
+        "not available with structure = \"channel\"",
+    );
+    assert_rejects(
+        |s| {
+            bytes(s);
+            s.pruning.overrides.push(OverrideSpec {
+                pattern: "^2\\.".into(),
+                schedule: Some(poly(0, 10, 1)),
+                ..Default::default()
+            });
+        },
+        "pruning.overrides[1].schedule",
+        "contradicts pruning.budget",
+    );
+    assert_rejects(
+        |s| {
+            bytes(s);
+            s.pruning.overrides =
+                vec![OverrideSpec { pattern: "^2\\.".into(), m_by_n: Some([2, 4]), ..Default::default() }];
+        },
+        "pruning.overrides[0].m_by_n",
+        "contradicts pruning.budget",
+    );
+    // Overrides that skip tensors or set their block size stay allowed.
+    assert_accepts(|s| {
+        bytes(s);
+        s.pruning.overrides.push(OverrideSpec {
+            pattern: "^2\\.".into(),
+            block_size: Some([1, 4]),
+            ..Default::default()
+        });
+    });
+}
+
+#[test]
+fn budget_needs_data_and_the_whole_model() {
+    assert_rejects(
+        |s| {
+            budget(s).max_bytes = Some(10_000);
+            s.data = None;
+            s.training.epochs = 0;
+        },
+        "pruning.budget",
+        "give the job [data]",
+    );
+    assert_rejects(
+        |s| {
+            sharded(s);
+            budget(s).max_bytes = Some(10_000);
+        },
+        "pruning.budget",
+        "a sharded checkpoint",
+    );
+}

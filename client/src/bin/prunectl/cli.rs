@@ -186,10 +186,18 @@ fn parse_output_dir(text: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+/// `download --format`: an export, or a file a sensitivity analysis writes. Spelled on the
+/// command line as the server names the artifact's format (snake_case, not clap's kebab-case).
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 pub enum Format {
     Safetensors,
     Torchscript,
+    /// `sensitivity.png`: accuracy against sparsity, one line per tensor
+    #[value(name = "sensitivity_plot")]
+    SensitivityPlot,
+    /// `suggested_overrides.toml`: `[[pruning.overrides]]` within the target accuracy drop
+    #[value(name = "suggested_overrides")]
+    SuggestedOverrides,
 }
 
 impl Format {
@@ -197,6 +205,8 @@ impl Format {
         match self {
             Format::Safetensors => "safetensors",
             Format::Torchscript => "torchscript",
+            Format::SensitivityPlot => "sensitivity_plot",
+            Format::SuggestedOverrides => "suggested_overrides",
         }
     }
 }
@@ -232,6 +242,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn download_formats_are_spelled_as_the_server_names_them() {
+        for format in Format::value_variants() {
+            let name = format.to_possible_value().unwrap();
+            assert_eq!(name.get_name(), format.as_str());
+            let cli =
+                Cli::try_parse_from(["prunectl", "download", "j", "-o", "f", "--format", format.as_str()]).unwrap();
+            assert!(matches!(cli.command, Command::Download { format: Some(f), .. } if f == *format));
+        }
+        let names: Vec<&str> = Format::value_variants().iter().map(|f| f.as_str()).collect();
+        assert_eq!(names, ["safetensors", "torchscript", "sensitivity_plot", "suggested_overrides"]);
+        let err =
+            Cli::try_parse_from(["prunectl", "download", "j", "-o", "f", "--format", "sensitivity-plot"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]
