@@ -157,6 +157,7 @@ fn an_unreachable_size_fails_with_the_smallest_size_reached() {
     let (_, out) = run(&job(&training, "budget = { max_bytes = 200 }", BITMASK_ZSTD));
     let err = out.unwrap_err();
     let text = err.to_string();
+    eprintln!("{text}");
     assert!(matches!(err, EngineError::Budget(_)), "{text}");
     assert!(text.contains("max_bytes = 200 cannot be met") && text.contains("smallest"), "{text}");
 }

@@ -1009,6 +1009,18 @@ fn one_shot_and_m_by_n_get_no_schedule_warnings() {
 }
 
 #[test]
+fn a_sensitivity_job_gets_no_schedule_warnings_but_a_budget_does() {
+    let mut spec = example();
+    spec.pruning.schedule = poly(0, 250, 100);
+    spec.training.epochs = 1;
+    assert!(!warnings(&spec, Some(10)).is_empty(), "the schedule ends after the job");
+    spec.sensitivity = Some(crate::spec::SensitivitySpec::default());
+    assert!(warnings(&spec, Some(10)).is_empty());
+    spec.pruning.budget = Some(crate::spec::BudgetSpec { max_bytes: Some(5000), max_accuracy_drop: None });
+    assert!(!warnings(&spec, Some(10)).is_empty());
+}
+
+#[test]
 fn warns_about_overrides_that_set_nothing() {
     let w = warnings(
         &{
@@ -1383,4 +1395,20 @@ fn budget_needs_data_and_the_whole_model() {
         "pruning.budget",
         "a sharded checkpoint",
     );
+}
+
+#[test]
+fn every_shipped_example_is_a_valid_job() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec = parse_toml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            validate(&spec).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 16, "only {checked} examples found in {}", dir.display());
 }

@@ -8,7 +8,7 @@ use crate::spec::JobSpec;
 /// change nothing. `total_steps` is the job's number of training batches, when known.
 ///
 /// One-shot jobs (`epochs = 0`) get no schedule warnings: they prune once at the final
-/// sparsity, whatever the steps. m-by-n masks ignore the schedule, so theirs are skipped too.
+/// sparsity, whatever the steps; nor do sensitivity jobs, which do not prune. m-by-n masks ignore the schedule, so theirs are skipped too.
 pub fn warnings(spec: &JobSpec, total_steps: Option<i64>) -> Vec<String> {
     let p = &spec.pruning;
     let mut out: Vec<String> = p
@@ -26,7 +26,9 @@ pub fn warnings(spec: &JobSpec, total_steps: Option<i64>) -> Vec<String> {
             )
         })
         .collect();
-    if spec.training.epochs == 0 {
+    // A sensitivity job does not prune on the schedule (its steps only shape the suggestions).
+    let analysis_only = spec.sensitivity.is_some() && p.budget.is_none();
+    if spec.training.epochs == 0 || analysis_only {
         return out;
     }
     // `Schedule::warnings` takes a negative count as "unknown".

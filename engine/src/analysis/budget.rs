@@ -240,7 +240,7 @@ pub fn refine(
     if let Some(max) = budget.max_bytes {
         if bytes > max {
             return Err(EngineError::Budget(format!(
-                "pruning.budget.max_bytes = {max} cannot be met: the smallest {} artifact reached is {bytes} bytes, with every pruned tensor at sparsity {MAX_SPARSITY} (exclude fewer tensors, or choose another sparse_format or compression)",
+                "pruning.budget.max_bytes = {max} cannot be met: the smallest {} artifact reached is {bytes} bytes, with every pruned tensor at sparsity {MAX_SPARSITY} (prune more tensors: include/exclude, prune_bias; or another sparse_format or compression)",
                 job.export.formats[0]
             )));
         }

@@ -598,6 +598,53 @@ sparse_format = "bitmask"
         assert_eq!(spec_from_proto(spec_to_proto(&spec)).unwrap(), spec);
     }
 
+    /// `[sensitivity]` and `pruning.budget` are echoed as submitted, either way round.
+    #[test]
+    fn sensitivity_and_budget_round_trip() {
+        let toml = r#"
+[model]
+blob = "sha256:ab"
+[data]
+builtin = "digits"
+validation_split = 0.1
+[pruning]
+schedule = { kind = "polynomial_decay", initial_sparsity = 0.1, final_sparsity = 0.8, begin_step = 10, end_step = 100 }
+budget = { max_bytes = 20000, max_accuracy_drop = 0.02 }
+[sensitivity]
+levels = [0.9, 0.5, 0.7]
+include = ["weight$"]
+exclude = ["^0\\."]
+target_accuracy_drop = 0.005
+"#;
+        let spec = prune_core::validate::parse_toml(toml).unwrap();
+        assert_eq!(spec_from_proto(spec_to_proto(&spec)).unwrap(), spec);
+
+        let mut p = minimal();
+        p.data = Some(pb::DataSpec { builtin: Some("digits".into()), ..Default::default() });
+        p.pruning.as_mut().unwrap().budget = Some(pb::BudgetSpec { max_bytes: Some(20_000), max_accuracy_drop: None });
+        p.sensitivity = Some(pb::SensitivitySpec {
+            levels: vec![0.9, 0.5],
+            include: vec!["weight$".into()],
+            exclude: vec!["bias$".into()],
+            target_accuracy_drop: Some(0.02),
+        });
+        let spec = spec_from_proto(p.clone()).unwrap();
+        let budget = spec.pruning.budget.clone().unwrap();
+        assert_eq!((budget.max_bytes, budget.max_accuracy_drop), (Some(20_000), None));
+        assert_eq!(spec.sensitivity.as_ref().unwrap().levels, [0.9, 0.5]);
+        let echoed = spec_to_proto(&spec);
+        assert_eq!(echoed.sensitivity, p.sensitivity);
+        assert_eq!(echoed.pruning.unwrap().budget, p.pruning.unwrap().budget);
+
+        // Unset over the wire: the TOML defaults, and nothing when the message is absent.
+        let mut p = minimal();
+        p.sensitivity = Some(pb::SensitivitySpec::default());
+        let spec = spec_from_proto(p).unwrap();
+        assert_eq!(spec.sensitivity, Some(prune_core::spec::SensitivitySpec::default()));
+        let spec = spec_from_proto(minimal()).unwrap();
+        assert_eq!((spec.sensitivity, spec.pruning.budget), (None, None));
+    }
+
     #[test]
     fn structural_errors_name_their_fields() {
         let mut p = minimal();
