@@ -21,7 +21,8 @@ const PROGRESS_TO_DB_EVERY: Duration = Duration::from_secs(2);
 /// How an attempt ended, as seen from outside the worker.
 #[derive(Debug)]
 pub enum AttemptEnd {
-    Finished(JobOutcome),
+    /// Boxed: a report is large next to the other variants.
+    Finished(Box<JobOutcome>),
     /// The engine reported an error (one line).
     Failed(String),
     Stopped(StopReason),
@@ -97,7 +98,7 @@ pub fn follow(
             // Every line is stored before the end is known: a log read after it is complete.
             let _ = log_recorder.await;
             let end = match terminal {
-                Some(WorkerMessage::Finished(outcome)) => AttemptEnd::Finished(outcome),
+                Some(WorkerMessage::Finished(outcome)) => AttemptEnd::Finished(Box::new(outcome)),
                 Some(WorkerMessage::Failed { error }) => AttemptEnd::Failed(error),
                 Some(WorkerMessage::Stopped { reason, .. }) => AttemptEnd::Stopped(reason),
                 Some(WorkerMessage::Event(_)) | None => AttemptEnd::Crashed(crash),

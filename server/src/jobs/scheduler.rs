@@ -372,7 +372,7 @@ impl Scheduler {
         }
     }
 
-    async fn succeed(&mut self, job_id: &str, attempt: u32, outcome: JobOutcome) {
+    async fn succeed(&mut self, job_id: &str, attempt: u32, outcome: Box<JobOutcome>) {
         let artifacts: Vec<ArtifactRecord> = outcome
             .artifacts
             .iter()
