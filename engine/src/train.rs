@@ -534,7 +534,7 @@ impl Trainer {
                     return Err(EngineError::Stopped { step: self.state.step, reason });
                 }
                 self.state.step += 1;
-                if self.state.step >= first_prune && self.plan.is_none() {
+                if self.budget.is_some() && self.plan.is_none() && self.state.step >= first_prune {
                     self.plan_budget(spec, stop)?;
                 }
                 if self.masks.update(self.state.step, self.model.params())? {

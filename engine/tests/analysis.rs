@@ -185,3 +185,31 @@ fn a_budget_job_resumes_bitwise_across_its_plan() {
     let b = std::fs::read(artifact_path(dir.path(), &resumed.artifacts[0])).unwrap();
     assert_eq!(a, b, "resumed artifact differs");
 }
+
+#[test]
+fn each_method_measures_its_own_masks() {
+    let _one_job = common::one_job_at_a_time();
+    let one_shot = TRAINING.replace("epochs = 40", "epochs = 0");
+    let sensitivity = "[sensitivity]\nlevels = [0.5, 0.75]\n[export]\nformats = [\"safetensors\"]\n";
+    let removed = |pruning: &str| -> Vec<(String, f64, u64)> {
+        let (_, out) = run(&job(&one_shot, pruning, sensitivity));
+        out.unwrap().report.sensitivity.into_iter().map(|p| (p.tensor, p.sparsity, p.params_removed)).collect()
+    };
+    // m-by-n ignores the levels: one point per tensor at m/n.
+    assert_eq!(
+        removed("m_by_n = [2, 4]"),
+        [("0.weight".to_string(), 0.5, 128 * 64 / 2), ("2.weight".to_string(), 0.5, 10 * 128 / 2)]
+    );
+    // Blocks of 1 x 16: whole blocks removed, exactly k of them.
+    for (tensor, sparsity, n) in removed("block_size = [1, 16]") {
+        let blocks = if tensor == "0.weight" { 128 * 64 / 16 } else { 10 * 128 / 16 };
+        let kept = prune_core::mask::keep_count(blocks, sparsity as f32) as u64;
+        assert_eq!(n, (blocks as u64 - kept) * 16, "{tensor} at {sparsity}");
+    }
+    // Channels: whole output rows.
+    for (tensor, sparsity, n) in removed("structure = \"channel\"") {
+        let (rows, cols) = if tensor == "0.weight" { (128, 64) } else { (10, 128) };
+        let kept = prune_core::mask::keep_count(rows, sparsity as f32) as u64;
+        assert_eq!(n, (rows as u64 - kept) * cols, "{tensor} at {sparsity}");
+    }
+}
