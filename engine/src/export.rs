@@ -63,35 +63,8 @@ pub fn export_with(
     let dense = tensors::write(&state, header)?;
     let mut artifacts = Vec::new();
     for &format in &spec.formats {
-        let (file, raw, sparse_format) = match format {
-            ExportFormat::Safetensors => match spec.sparse_format {
-                SparseFormat::Bitmask => (
-                    "model.safetensors",
-                    bitmask::pack_safetensors(&dense).map_err(|e| EngineError::Export(e.to_string()))?,
-                    SparseFormat::Bitmask,
-                ),
-                SparseFormat::Dense => ("model.safetensors", dense.clone(), SparseFormat::Dense),
-            },
-            // A TorchScript module is saved whole: its weights are always dense.
-            ExportFormat::Torchscript => match model {
-                Model::Script(script) => ("model.pt", script.to_bytes(dir)?, SparseFormat::Dense),
-                Model::Sequential(seq) => {
-                    let example = example.ok_or_else(|| EngineError::Export(
-                        "torchscript export of a model.sequential traces one input: give the job [data] (or start the model with a linear layer)".into(),
-                    ))?;
-                    ("model.pt", module_bytes(&seq.trace(example)?, dir)?, SparseFormat::Dense)
-                }
-                _ => return Err(EngineError::Spec(
-                    "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)"
-                        .into(),
-                )),
-            },
-        };
-        // The job's threads (train::run set them) compress big artifacts in parallel.
-        let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
-        let settings = compress::Settings::for_artifact(compression, spec.level, raw.len() as u64, threads);
-        let mut bytes = Vec::new();
-        compress::compress_stream_with(&raw[..], &mut bytes, &settings).map_err(io)?;
+        let Rendered { file, raw, sparse_format } = render(spec, format, model, &dense, dir, example)?;
+        let bytes = compressed(spec, &raw).map_err(io)?;
         let path = dir.join(format!("{file}{}", compression.extension()));
         write_atomically(&path, |f| f.write_all(&bytes)).map_err(io)?;
         artifacts.push(ArtifactFile {
@@ -109,6 +82,73 @@ pub fn export_with(
         dense_bytes: dense.len() as u64,
         gzip_dense_bytes: gzip_dense_bytes(&dense),
     })
+}
+
+/// The bytes the first of `spec.formats` would be stored as, for the model as it is now,
+/// computed in memory (no artifact written, no report): what a budget is checked on.
+/// `scratch` holds a TorchScript module while it is serialised.
+pub fn stored_size(spec: &Export, model: &Model, example: Option<&Tensor>, scratch: &Path) -> Result<u64, EngineError> {
+    let format = *spec.formats.first().ok_or_else(|| EngineError::Spec("export.formats is empty".into()))?;
+    let dense = tensors::write(&model.state(), pytorch_metadata())?;
+    let rendered = render(spec, format, model, &dense, scratch, example)?;
+    let bytes = compressed(spec, &rendered.raw).map_err(|e| EngineError::Export(format!("compressing: {e}")))?;
+    Ok(bytes.len() as u64)
+}
+
+/// One format's file name and uncompressed bytes.
+struct Rendered {
+    file: &'static str,
+    raw: Vec<u8>,
+    sparse_format: SparseFormat,
+}
+
+/// The uncompressed file of `format`: the safetensors `dense` state dict (bitmask-packed when
+/// asked), or the TorchScript module (saved whole; a built-in model traced on `example`).
+fn render(
+    spec: &Export,
+    format: ExportFormat,
+    model: &Model,
+    dense: &[u8],
+    dir: &Path,
+    example: Option<&Tensor>,
+) -> Result<Rendered, EngineError> {
+    let (file, raw, sparse_format) = match format {
+        ExportFormat::Safetensors => match spec.sparse_format {
+            SparseFormat::Bitmask => (
+                "model.safetensors",
+                bitmask::pack_safetensors(dense).map_err(|e| EngineError::Export(e.to_string()))?,
+                SparseFormat::Bitmask,
+            ),
+            SparseFormat::Dense => ("model.safetensors", dense.to_vec(), SparseFormat::Dense),
+        },
+        // A TorchScript module is saved whole: its weights are always dense.
+        ExportFormat::Torchscript => {
+            match model {
+                Model::Script(script) => ("model.pt", script.to_bytes(dir)?, SparseFormat::Dense),
+                Model::Sequential(seq) => {
+                    let example = example.ok_or_else(|| EngineError::Export(
+                    "torchscript export of a model.sequential traces one input: give the job [data] (or start the model with a linear layer)".into(),
+                ))?;
+                    ("model.pt", module_bytes(&seq.trace(example)?, dir)?, SparseFormat::Dense)
+                }
+                _ => return Err(EngineError::Spec(
+                    "export.formats: torchscript needs a TorchScript input model (model.file / model.blob of a .pt)"
+                        .into(),
+                )),
+            }
+        }
+    };
+    Ok(Rendered { file, raw, sparse_format })
+}
+
+/// `raw` compressed as the job asks; the job's threads (train::run set them) compress big
+/// artifacts in parallel.
+fn compressed(spec: &Export, raw: &[u8]) -> std::io::Result<Vec<u8>> {
+    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1);
+    let settings = compress::Settings::for_artifact(spec.compression, spec.level, raw.len() as u64, threads);
+    let mut bytes = Vec::new();
+    compress::compress_stream_with(raw, &mut bytes, &settings)?;
+    Ok(bytes)
 }
 
 /// The report's gzip size of the dense model, 0 (not measured) above

@@ -13,7 +13,6 @@ use super::{Analysis, Probe};
 use crate::data::Dataset;
 use crate::evaluate::score;
 use crate::export;
-use crate::inputs::Output;
 use crate::masking::{HostValues, Masks};
 use crate::model::Model;
 use crate::EngineError;
@@ -75,8 +74,8 @@ fn bounds(b: &Budget) -> Bounds {
     Bounds { max_bytes: b.max_bytes, max_cost: b.max_accuracy_drop }
 }
 
-/// Measures artifact sizes: the job's first export format, exactly as configured, written to a
-/// scratch directory.
+/// Measures artifact sizes: the job's first export format, exactly as configured
+/// ([`export::stored_size`], in memory).
 pub struct Sizer<'a> {
     pub job: &'a Job,
     pub example: Option<&'a Tensor>,
@@ -84,13 +83,9 @@ pub struct Sizer<'a> {
 
 impl Sizer<'_> {
     /// The artifact bytes of the model as it is now.
-    pub fn bytes(&self, model: &Model, pruned: &[String]) -> Result<u64, EngineError> {
+    pub fn bytes(&self, model: &Model) -> Result<u64, EngineError> {
         let scratch = tempfile::tempdir().map_err(|e| EngineError::Export(format!("scratch directory: {e}")))?;
-        let out = Output { dir: scratch.path().to_path_buf(), key_prefix: String::new() };
-        let mut spec = self.job.export.clone();
-        spec.formats.truncate(1);
-        let exported = export::export(&spec, model, pruned, &out, self.example)?;
-        Ok(exported.artifacts.first().map_or(0, |a| a.bytes))
+        export::stored_size(&self.job.export, model, self.example, scratch.path())
     }
 
     /// The artifact bytes with each target one-shot pruned to `sparsity` from the current
@@ -101,8 +96,7 @@ impl Sizer<'_> {
         for (t, &s) in masks.targets.iter().zip(sparsity) {
             prune_in_place(&params[t.param].1, t.method, &t.shape, s)?;
         }
-        let pruned: Vec<String> = masks.targets.iter().map(|t| t.name.clone()).collect();
-        let bytes = self.bytes(model, &pruned);
+        let bytes = self.bytes(model);
         tch::no_grad(|| {
             for (t, w) in masks.targets.iter().zip(&saved) {
                 params[t.param].1.shallow_clone().copy_(w);
@@ -174,7 +168,6 @@ pub fn refine(
     data: &Dataset,
     sizer: &Sizer,
 ) -> Result<BudgetReport, EngineError> {
-    let pruned: Vec<String> = masks.targets.iter().map(|t| t.name.clone()).collect();
     let curves = curves(&plan.analysis, masks);
     let mut steps: Vec<(usize, f64)> = budget::greedy_order(&curves)
         .into_iter()
@@ -185,7 +178,7 @@ pub fn refine(
     steps.extend(by_size.into_iter().map(|t| (t, MAX_SPARSITY)));
 
     let mut current: Vec<f64> = masks.sparsities()?.iter().map(|s| s.sparsity).collect();
-    let mut bytes = sizer.bytes(model, &pruned)?;
+    let mut bytes = sizer.bytes(model)?;
     let tuned_bytes = bytes;
     let dense_accuracy = plan.analysis.dense_accuracy;
     let mut accuracy = score(model, data, job.training.loss)?.accuracy;
@@ -214,7 +207,7 @@ pub fn refine(
         let param = model.params()[target.param].1.shallow_clone();
         let saved = param.detach().copy();
         let mask = prune_in_place(&param, target.method, &target.shape, level)?;
-        let trial_bytes = sizer.bytes(model, &pruned)?;
+        let trial_bytes = sizer.bytes(model)?;
         let trial_accuracy = score(model, data, job.training.loss)?.accuracy;
         let needed = !size_met(bytes);
         if needed || within_drop(trial_accuracy) {
