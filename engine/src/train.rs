@@ -146,14 +146,7 @@ fn one_shot_analysed(
     check_fit(&model, &split.train, spec.training.loss)?;
     let measured = evaluate::measured_on(&split);
     let pruned: Vec<String> = masks.targets.iter().map(|t| t.name.clone()).collect();
-    sink.emit(Event::Started {
-        total_steps: 0,
-        steps_per_epoch: 0,
-        epochs: 0,
-        start_step: 0,
-        pruned: pruned.clone(),
-        warnings,
-    })?;
+    sink.emit(Event::started_one_shot(pruned.clone(), warnings))?;
     let levels = spec.analysis_levels();
     let cross_entropy = spec.training.loss == Loss::CrossEntropy;
     let (_, dense_accuracy) = evaluate(&mut model, measured, cross_entropy)?;
@@ -329,14 +322,7 @@ fn one_shot(
     warnings: Vec<String>,
     sink: &mut dyn EventSink,
 ) -> Result<(), EngineError> {
-    sink.emit(Event::Started {
-        total_steps: 0,
-        steps_per_epoch: 0,
-        epochs: 0,
-        start_step: 0,
-        pruned: pruned.to_vec(),
-        warnings,
-    })?;
+    sink.emit(Event::started_one_shot(pruned.to_vec(), warnings))?;
     masks.one_shot(model.params())?;
     masks.apply(model.params());
     let sparsity = masks.sparsities()?;

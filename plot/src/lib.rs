@@ -9,6 +9,7 @@
 use std::ops::Range;
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
@@ -77,6 +78,22 @@ fn svg_of(
         root.present().map_err(draw_error)?;
     }
     Ok(out)
+}
+
+/// The legend box every plot draws: white, framed, at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> Result<(), PlotError> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FAMILY, font_size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_error)
 }
 
 /// The values' span with room around it for markers and labels (`empty` when there are none;

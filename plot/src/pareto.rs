@@ -4,7 +4,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::{draw_error, padded, png_of, svg_of, FAMILY};
+use crate::{draw_error, draw_legend, padded, png_of, svg_of, FAMILY};
 pub use crate::{PlotError, SIZE};
 
 /// One finished job of a sweep.
@@ -98,15 +98,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, points: 
             EmptyElement::at((kb(p), percent(p))) + Text::new(point_label(p.sparsity), (9, -22), label_style.clone())
         }))
         .map_err(draw_error)?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FAMILY, 16))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 16)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::{draw_error, padded, png_of, svg_of, FAMILY};
+use crate::{draw_error, draw_legend, padded, png_of, svg_of, FAMILY};
 pub use crate::{PlotError, SIZE};
 
 /// One tensor's measurements, levels ascending.
@@ -117,15 +117,7 @@ fn draw<DB: DrawingBackend>(
         let style = if filled { colour.filled() } else { colour.stroke_width(2) };
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, style))).map_err(draw_error)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .label_font((FAMILY, 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(draw_error)?;
-    Ok(())
+    draw_legend(&mut chart, SeriesLabelPosition::LowerLeft, 15)
 }
 
 #[cfg(test)]

@@ -38,6 +38,13 @@ pub enum Event {
     Checkpoint { key: String, step: i64, epoch: i64, sha256: String, bytes: u64 },
 }
 
+impl Event {
+    /// [`Event::Started`] of a one-shot job (`epochs = 0`): no steps.
+    pub fn started_one_shot(pruned: Vec<String>, warnings: Vec<String>) -> Event {
+        Event::Started { total_steps: 0, steps_per_epoch: 0, epochs: 0, start_step: 0, pruned, warnings }
+    }
+}
+
 fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }

@@ -153,14 +153,7 @@ pub fn run(
             "training.device = \"{device}\": a one-shot safetensors state dict is pruned on the CPU, streamed a tensor at a time"
         )],
     };
-    sink.emit(Event::Started {
-        total_steps: 0,
-        steps_per_epoch: 0,
-        epochs: 0,
-        start_step: 0,
-        pruned: pruned.clone(),
-        warnings,
-    })?;
+    sink.emit(Event::started_one_shot(pruned.clone(), warnings))?;
 
     let mut global = global_selection(&source, &rules, stop)?;
     let dir = inputs.artifacts.dir.as_path();
