@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(o[0].pattern, r"^0\.weight$");
         assert_eq!(o[0].schedule, Some(schedule.with_final_sparsity(0.9)));
         assert!(o[1].skip && o[1].schedule.is_none());
-        assert!(text.contains("schedule = { kind = \"polynomial_decay\", initial_sparsity = 0.0, final_sparsity = 0.9,"), "{text}");
+        assert!(
+            text.contains("schedule = { kind = \"polynomial_decay\", initial_sparsity = 0.0, final_sparsity = 0.9,"),
+            "{text}"
+        );
         assert!(!text.contains("skip = false"), "{text}");
         let constant = Schedule::ConstantSparsity { target_sparsity: 0.3, begin_step: 7, end_step: -1, frequency: 3 };
         let text = suggest(&analysis, &[probe("0.weight")], constant, 0.01);
