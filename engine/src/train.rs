@@ -209,6 +209,11 @@ impl Extras {
     }
 
     fn add_to(self, mut done: JobOutcome) -> JobOutcome {
+        // A budget's drop is measured against the model its analysis saw, just before the first
+        // pruning step (the warm-up's last epoch ended up to one epoch earlier): one dense figure.
+        if let Some(dense) = self.budget.as_ref().and_then(|b| b.dense_accuracy) {
+            done.report.dense_val_accuracy = Some(dense);
+        }
         done.report.sensitivity = self.points;
         done.report.suggested_overrides = self.suggested_overrides;
         done.report.budget = self.budget;

@@ -148,6 +148,7 @@ fn an_accuracy_budget_is_smaller_than_uniform_80_percent_within_one_point() {
     let (dense, final_acc) = (b.dense_accuracy.unwrap(), budgeted.report.final_val_accuracy.unwrap());
     assert!(final_acc >= dense - 0.01 - 1e-9, "{final_acc} vs dense {dense}");
     assert_eq!(b.accuracy, Some(final_acc));
+    assert_eq!(budgeted.report.dense_val_accuracy, Some(dense), "one dense figure in the report");
 }
 
 #[test]
