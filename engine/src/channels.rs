@@ -214,6 +214,17 @@ impl ChannelPlan {
         Ok(t.contiguous())
     }
 
+    /// The shape [`Self::slim_tensor`] gives `name` of `shape`, without cutting anything.
+    fn slim_shape(&self, name: &str, shape: &[i64]) -> Vec<i64> {
+        let mut shape = shape.to_vec();
+        for (space, keep) in self.pruned_spaces() {
+            for m in space.members.iter().filter(|m| m.tensor == name) {
+                shape[m.dim] = channels::kept_indices(keep, m.group).len() as i64;
+            }
+        }
+        shape
+    }
+
     /// The state dict with removed channels cut out: what a slim artifact holds.
     pub fn slim_state(&self, state: &NamedParams) -> Result<NamedParams, EngineError> {
         state.iter().map(|(n, t)| Ok((n.clone(), self.slim_tensor(n, t)?))).collect()
@@ -242,14 +253,13 @@ impl ChannelPlan {
                 layer: link.layer.clone(),
                 kind: link.kind.to_string(),
                 shape_before: t.size(),
-                shape_after: self.slim_tensor(&link.weight, t)?.size(),
+                shape_after: self.slim_shape(&link.weight, &t.size()),
                 removed,
             });
         }
-        let count = |t: &Tensor| t.numel() as u64;
-        let params_before = state.iter().map(|(_, t)| count(t)).sum();
-        let params_after =
-            state.iter().map(|(n, t)| Ok(count(&self.slim_tensor(n, t)?))).sum::<Result<u64, EngineError>>()?;
+        let count = |shape: &[i64]| shape.iter().product::<i64>() as u64;
+        let params_before = state.iter().map(|(_, t)| count(&t.size())).sum();
+        let params_after = state.iter().map(|(n, t)| count(&self.slim_shape(n, &t.size()))).sum();
         let (flops_before, flops_after) = match (layers, input_shape) {
             (Some(layers), Some(shape)) => {
                 let slim_layers = self.graph.slim_layers(layers, &self.kept_counts());

@@ -122,6 +122,12 @@ fn slim_equals_masked(layers: &str, sparsity: f64) {
         }
     }
     assert!(report.params_after < report.params_before, "{report:?}");
+    // The report's shapes and counts are the slim artifact's.
+    for layer in &report.layers {
+        let (_, w) = slim_tensors.iter().find(|(n, _)| *n == format!("{}.weight", layer.layer)).unwrap();
+        assert_eq!(layer.shape_after, w.size(), "{}", layer.layer);
+    }
+    assert_eq!(report.params_after, slim_tensors.iter().map(|(_, t)| t.numel() as u64).sum::<u64>());
     assert!(report.flops_after.unwrap() < report.flops_before.unwrap(), "{report:?}");
     assert!(slim.report.dense_bytes < masked.report.dense_bytes);
     // The masked artifact keeps the dense shapes with whole channels zeroed.
