@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use prune_core::bitmask::{read_safetensors, TensorData};
-use prune_tests::{binary, python, run_python, sha256_hex, PrunectlRun, Server};
+use prune_tests::{binary, path_str, python, run_python, sha256_hex, CliHarness, PrunectlRun};
 use serde_json::Value;
 use tokio::process::Command;
 
@@ -36,60 +36,13 @@ async fn prunectl_at(addr: &str, args: &[&str]) -> Run {
     prune_tests::prunectl_at(addr, args, CALL_TIMEOUT).await
 }
 
-/// A `prune-server` (killed on drop, printing its log if the test failed) and a scratch
-/// directory for the files the test writes.
-struct Harness {
-    server: Server,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Harness {
-    async fn start() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("var"), &["--workers", "2"]).await;
-        let addr = format!("http://{}", server.addr);
-        Harness { server, addr, dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn prunectl(&self, args: &[&str]) -> Run {
-        prunectl_at(&self.addr, args).await
-    }
-
-    /// `prunectl ARGS`, which must succeed.
-    async fn ok(&self, args: &[&str]) -> Run {
-        let run = self.prunectl(args).await;
-        assert!(
-            run.status.success(),
-            "prunectl {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
-            run.status,
-            run.stdout,
-            run.stderr
-        );
-        run
-    }
-
-    /// Submits a job file and returns the job id.
-    async fn submit(&self, job_file: &Path) -> String {
-        let run = self.ok(&["submit", path(job_file), "--json"]).await;
-        run.json()["id"].as_str().expect("submit --json prints the id").to_string()
-    }
-
-    /// Watches a job to its end, which must be SUCCEEDED.
-    async fn wait_succeeded(&self, id: &str) {
-        let run = self.ok(&["watch", id, "--json"]).await;
-        let last = run.json_lines().pop().expect("watch printed events");
-        assert_eq!(last["event"], "job", "{last}");
-        assert_eq!(last["state"], "SUCCEEDED", "{last}");
-    }
+/// The CLI harness, with this file's call timeout.
+async fn harness() -> CliHarness {
+    CliHarness::start(CALL_TIMEOUT).await
 }
 
 fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 test paths")
+    path_str(p)
 }
 
 /// Tensors of a safetensors file, by name (file order is an implementation detail).
@@ -127,7 +80,7 @@ fn assert_same_weights(got: &Path, want: &Path) {
 /// cancel, and a TensorBoard export of the metrics.
 #[tokio::test(flavor = "multi_thread")]
 async fn quick_job_status_list_metrics_tensorboard() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let run = h.ok(&["submit", path(&example("constant_quick.toml")), "--wait"]).await;
     // The id comes first; the watch's plain progress lines follow (stdout is a pipe here).
     let id = run.stdout.lines().next().unwrap().trim().to_string();
@@ -188,7 +141,7 @@ async fn quick_job_status_list_metrics_tensorboard() {
 /// Labels, filters, logs, delete and server info through `prunectl`.
 #[tokio::test(flavor = "multi_thread")]
 async fn labels_filters_logs_delete_and_info() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let job_file = example("constant_quick.toml");
     let job = path(&job_file);
     let labelled =
@@ -255,7 +208,7 @@ async fn labels_filters_logs_delete_and_info() {
 /// to SUCCEEDED.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_example_succeeds() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let mut files: Vec<PathBuf> = std::fs::read_dir(example(""))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -277,7 +230,7 @@ async fn every_example_succeeds() {
 /// download loads back in PyTorch, with its first weight at the schedule's final sparsity.
 #[tokio::test(flavor = "multi_thread")]
 async fn torchscript_example_round_trips_through_pytorch() {
-    let h = Harness::start().await;
+    let h = harness().await;
     // The job file names `model.pt` relative to itself: copy it next to a fresh model.
     let job = h.file("torchscript.toml");
     std::fs::copy(example("torchscript.toml"), &job).unwrap();
@@ -332,7 +285,7 @@ async fn check_in_pytorch(job: &Path, artifact: &Path) -> Value {
 /// module with `load_state_dict(strict=True)`, where it scores what the report says.
 #[tokio::test(flavor = "multi_thread")]
 async fn resnet_example_reports_inference_and_loads_in_pytorch() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let job = example("resnet_digits.toml");
     let run = h.ok(&["submit", path(&job), "--wait", "--json"]).await;
     let id = run.json_lines()[0]["id"].as_str().unwrap().to_string();
@@ -385,7 +338,7 @@ async fn resnet_example_reports_inference_and_loads_in_pytorch() {
 /// where it scores what the report says.
 #[tokio::test(flavor = "multi_thread")]
 async fn channel_pruned_resnet_exports_a_slim_model_pytorch_loads() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let job = example("resnet_digits_channels.toml");
     let run = h.ok(&["submit", path(&job), "--wait", "--json"]).await;
     let id = run.json_lines()[0]["id"].as_str().unwrap().to_string();
@@ -456,7 +409,7 @@ async fn channel_pruned_resnet_exports_a_slim_model_pytorch_loads() {
 /// training run.
 #[tokio::test(flavor = "multi_thread")]
 async fn download_resumes_and_unpack_matches_dense() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let packed_job = h.submit(&example("digits_demo.toml")).await;
     // The same job with a dense export: same seed, same training, same weights.
     let dense_file = h.file("digits_dense.toml");
@@ -514,7 +467,7 @@ async fn download_resumes_and_unpack_matches_dense() {
 /// with the job's current state, carries on to the job's real end.
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_reconnects_across_a_server_restart() {
-    let h = Harness::start().await;
+    let h = harness().await;
     // digits_demo for long enough to be caught running (the server resumes it after the restart).
     let long = h.file("long.toml");
     let text = std::fs::read_to_string(example("digits_demo.toml")).unwrap();
@@ -537,7 +490,7 @@ async fn watch_reconnects_across_a_server_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let Harness { server, addr, dir } = h;
+    let CliHarness { server, addr, dir, .. } = h;
     let listen = server.addr.clone();
     assert_eq!(server.terminate(Duration::from_secs(60)).await, Some(0));
     // The same port again (the harness always picks a fresh one), the same data directory.
@@ -564,7 +517,7 @@ async fn watch_reconnects_across_a_server_restart() {
 /// already has.
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_is_content_addressed() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let file = h.file("weights.bin");
     let data: Vec<u8> = (0..(5 << 19) + 7).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     std::fs::write(&file, &data).unwrap();
@@ -599,7 +552,7 @@ async fn bad_job_file_names_the_field() {
 /// Unknown jobs and unreachable servers: non-zero exit and a one-line reason.
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_are_one_line_reasons() {
-    let h = Harness::start().await;
+    let h = harness().await;
     let never = h.file("never-written");
     for args in [
         &["status", "job-00000000deadbeef"][..],

@@ -574,6 +574,67 @@ pub async fn prunectl_at(addr: &str, args: &[&str], timeout: Duration) -> Prunec
     }
 }
 
+/// A `prune-server` with two workers (killed on drop, printing its log if the test failed), a
+/// scratch directory for the files a test writes, and the real `prunectl` run against it: the
+/// harness of the CLI tests (`client_cli`, `sweep`).
+pub struct CliHarness {
+    pub server: Server,
+    /// `http://host:port`, as `PRUNE_ADDR` takes it.
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    /// How long one `prunectl` call may take before it is killed.
+    call_timeout: Duration,
+}
+
+impl CliHarness {
+    pub async fn start(call_timeout: Duration) -> CliHarness {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(&dir.path().join("var"), &["--workers", "2"]).await;
+        let addr = format!("http://{}", server.addr);
+        CliHarness { server, addr, dir, call_timeout }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn prunectl(&self, args: &[&str]) -> PrunectlRun {
+        prunectl_at(&self.addr, args, self.call_timeout).await
+    }
+
+    /// `prunectl ARGS`, which must succeed.
+    pub async fn ok(&self, args: &[&str]) -> PrunectlRun {
+        let run = self.prunectl(args).await;
+        assert!(
+            run.status.success(),
+            "prunectl {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        run
+    }
+
+    /// Submits a job file and returns the job id.
+    pub async fn submit(&self, job_file: &Path) -> String {
+        let run = self.ok(&["submit", path_str(job_file), "--json"]).await;
+        run.json()["id"].as_str().expect("submit --json prints the id").to_string()
+    }
+
+    /// Watches a job to its end, which must be SUCCEEDED.
+    pub async fn wait_succeeded(&self, id: &str) {
+        let run = self.ok(&["watch", id, "--json"]).await;
+        let last = run.json_lines().pop().expect("watch printed events");
+        assert_eq!(last["event"], "job", "{last}");
+        assert_eq!(last["state"], "SUCCEEDED", "{last}");
+    }
+}
+
+/// A test path as a command-line argument.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 test paths")
+}
+
 /// `$PRUNE_VENV/bin/python`: the test virtualenv's Python (PyTorch, safetensors,
 /// compressed-tensors), to check artifacts as their users would.
 pub fn python() -> PathBuf {

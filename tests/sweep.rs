@@ -9,35 +9,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use prune_proto as pb;
-use prune_tests::{digits_mlp, mlp_state_dict, prunectl_at, sha256_hex, PrunectlRun, Server};
+use prune_tests::{digits_mlp, mlp_state_dict, path_str, sha256_hex, CliHarness};
 
 /// Longest one `prunectl sweep` may take: three 2-epoch jobs on two workers.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 const SPARSITIES: [f64; 3] = [0.5, 0.8, 0.9];
 
-struct Harness {
-    server: Server,
-    addr: String,
-    dir: tempfile::TempDir,
+/// What the sweep tests need beyond the CLI harness.
+trait SweepHarness {
+    fn job_file(&self, name: &str) -> PathBuf;
+    async fn jobs(&self) -> Vec<pb::Job>;
+    async fn has_blob(&self, bytes: &[u8]) -> bool;
 }
 
-impl Harness {
-    async fn start() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let server = Server::start(&dir.path().join("var"), &["--workers", "2"]).await;
-        let addr = format!("http://{}", server.addr);
-        Harness { server, addr, dir }
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn prunectl(&self, args: &[&str]) -> PrunectlRun {
-        prunectl_at(&self.addr, args, CALL_TIMEOUT).await
-    }
-
+impl SweepHarness for CliHarness {
     /// A digits MLP job (64 -> 32 -> 10, two epochs) starting from `init.safetensors` beside it,
     /// so that the sweep has a local file to upload.
     fn job_file(&self, name: &str) -> PathBuf {
@@ -60,7 +46,7 @@ impl Harness {
 }
 
 fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 test paths")
+    path_str(p)
 }
 
 /// `sweep.csv` as (header, rows of cells).
@@ -73,7 +59,7 @@ fn read_csv(file: &Path) -> (String, Vec<Vec<String>>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sweep_writes_the_table_and_plots_and_a_rerun_reattaches() {
-    let h = Harness::start().await;
+    let h = CliHarness::start(CALL_TIMEOUT).await;
     let job = h.job_file("sweep-mlp");
     let out = h.file("out");
     let args = ["sweep", path(&job), "--sparsities", "0.9,0.5,0.8", "-o", path(&out), "--json"];
@@ -156,7 +142,7 @@ async fn sweep_writes_the_table_and_plots_and_a_rerun_reattaches() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_sweeps_submit_nothing_and_say_why() {
-    let h = Harness::start().await;
+    let h = CliHarness::start(CALL_TIMEOUT).await;
     let job = h.job_file("mlp");
     let out = h.file("out");
     let sweep = |list: &str| {
@@ -210,7 +196,7 @@ async fn bad_sweeps_submit_nothing_and_say_why() {
 /// still has their rows, the plots are still written.
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_jobs_exit_3_and_keep_their_rows() {
-    let h = Harness::start().await;
+    let h = CliHarness::start(CALL_TIMEOUT).await;
     let job = h.job_file("gpu-mlp");
     let text = std::fs::read_to_string(&job).unwrap().replace("threads = 1", "threads = 1\ndevice = \"cuda:9\"");
     std::fs::write(&job, text).unwrap();
