@@ -27,7 +27,8 @@ pub struct Target {
     pub global: bool,
 }
 
-fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>, EngineError> {
+/// `patterns` compiled, an error naming `field[i]` for one that does not.
+pub(crate) fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>, EngineError> {
     patterns
         .iter()
         .enumerate()

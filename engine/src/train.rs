@@ -104,9 +104,7 @@ pub fn run(
             Extras::budget(plan, report)
         }
         _ if analysis_only => {
-            let probes = analysis::probes(&spec.pruning, spec.sensitivity.as_ref(), trainer.model.params())?;
-            let levels = spec.analysis_levels();
-            let found = analysis::analyse(&mut trainer.model, &probes, &levels, measured, t.loss, trainer.state.step, stop)?;
+            let (probes, found) = analysis::measure(spec, &mut trainer.model, measured, trainer.state.step, stop)?;
             Extras::sensitivity(spec, &probes, found, inputs)?
         }
         (None, Some(_)) => {
@@ -147,18 +145,14 @@ fn one_shot_analysed(
     let measured = evaluate::measured_on(&split);
     let pruned: Vec<String> = masks.targets.iter().map(|t| t.name.clone()).collect();
     sink.emit(Event::started_one_shot(pruned.clone(), warnings))?;
-    let levels = spec.analysis_levels();
     let cross_entropy = spec.training.loss == Loss::CrossEntropy;
     let (_, dense_accuracy) = evaluate(&mut model, measured, cross_entropy)?;
     let samples = split.train.x.shallow_clone();
     let example = example_input(spec, Some(&samples), device);
     let extras = match spec.pruning.budget {
         Some(budget) => {
-            let probes = budget::probes(&masks);
-            let found = analysis::analyse(&mut model, &probes, &levels, measured, spec.training.loss, 0, stop)?;
             let sizer = Sizer { job: spec, example: example.as_ref() };
-            let plan = budget::plan(found, &budget, &model, &masks, &sizer)?;
-            plan.apply(&mut masks)?;
+            let plan = budget::decide(&budget, spec, &mut model, &mut masks, measured, 0, stop, &sizer)?;
             masks.one_shot(model.params())?;
             masks.apply(model.params());
             let report = budget::refine(&plan, &budget, spec, &mut model, &mut masks, measured, &sizer)?;
@@ -168,8 +162,7 @@ fn one_shot_analysed(
             Extras::budget(&plan, report)
         }
         None => {
-            let probes = analysis::probes(&spec.pruning, spec.sensitivity.as_ref(), model.params())?;
-            let found = analysis::analyse(&mut model, &probes, &levels, measured, spec.training.loss, 0, stop)?;
+            let (probes, found) = analysis::measure(spec, &mut model, measured, 0, stop)?;
             Extras::sensitivity(spec, &probes, found, inputs)?
         }
     };
@@ -388,7 +381,6 @@ struct Trainer {
     /// `pruning.budget`, planned at the first pruning step into `plan`.
     budget: Option<prune_core::job::Budget>,
     plan: Option<Plan>,
-    loss: Loss,
 }
 
 impl Trainer {
@@ -417,7 +409,6 @@ impl Trainer {
             last_validation: None,
             budget: None,
             plan: None,
-            loss: t.loss,
         })
     }
 
@@ -564,15 +555,10 @@ impl Trainer {
     fn plan_budget(&mut self, spec: &Job, stop: &StopFlag) -> Result<(), EngineError> {
         let Some(budget) = self.budget else { return Ok(()) };
         let data = self.validation.as_ref().unwrap_or(&self.train);
-        let probes = budget::probes(&self.masks);
-        let levels = spec.analysis_levels();
-        let step = self.state.step;
-        let found = analysis::analyse(&mut self.model, &probes, &levels, data, self.loss, step, stop)?;
         let example = self.train.x.narrow(0, 0, 1).copy();
         let sizer = Sizer { job: spec, example: Some(&example) };
-        let plan = budget::plan(found, &budget, &self.model, &self.masks, &sizer)?;
-        plan.apply(&mut self.masks)?;
-        self.plan = Some(plan);
+        let step = self.state.step;
+        self.plan = Some(budget::decide(&budget, spec, &mut self.model, &mut self.masks, data, step, stop, &sizer)?);
         Ok(())
     }
 

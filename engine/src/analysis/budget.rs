@@ -13,6 +13,7 @@ use super::{Analysis, Probe};
 use crate::data::Dataset;
 use crate::evaluate::score;
 use crate::export;
+use crate::inputs::StopFlag;
 use crate::masking::{HostValues, Masks};
 use crate::model::Model;
 use crate::EngineError;
@@ -49,7 +50,7 @@ impl Plan {
 }
 
 /// The analysis's probes: exactly the mask targets.
-pub fn probes(masks: &Masks) -> Vec<Probe> {
+fn probes(masks: &Masks) -> Vec<Probe> {
     masks
         .targets
         .iter()
@@ -124,14 +125,27 @@ fn prune_in_place(
     Ok(mask)
 }
 
-/// Plans the targets' sparsities from `analysis` (run on the current, dense weights).
-pub fn plan(
-    analysis: Analysis,
+/// The budget's decision at training step `step`: the current (dense) model analysed on
+/// `data`, each target's final sparsity planned, and the targets' schedules scaled to it.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
     budget: &Budget,
-    model: &Model,
-    masks: &Masks,
+    job: &Job,
+    model: &mut Model,
+    masks: &mut Masks,
+    data: &Dataset,
+    step: i64,
+    stop: &StopFlag,
     sizer: &Sizer,
 ) -> Result<Plan, EngineError> {
+    let found = super::analyse(model, &probes(masks), &job.analysis_levels(), data, job.training.loss, step, stop)?;
+    let plan = plan(found, budget, model, masks, sizer)?;
+    plan.apply(masks)?;
+    Ok(plan)
+}
+
+/// Plans the targets' sparsities from `analysis` (run on the current, dense weights).
+fn plan(analysis: Analysis, budget: &Budget, model: &Model, masks: &Masks, sizer: &Sizer) -> Result<Plan, EngineError> {
     let curves = curves(&analysis, masks);
     let order = budget::greedy_order(&curves);
     // Size is linear in the weights kept, near enough for a plan (the check after fine-tuning

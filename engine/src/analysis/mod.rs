@@ -8,17 +8,16 @@ pub mod budget;
 pub mod overrides;
 
 use prune_core::domain::SensitivityPoint;
-use prune_core::job::{Pruning, Sensitivity};
+use prune_core::job::{Job, Pruning, Sensitivity};
 use prune_core::options::Loss;
 use prune_core::PruningMethod;
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::data::Dataset;
 use crate::evaluate::{score, Score};
 use crate::inputs::StopFlag;
-use crate::masking::{HostValues, Selector};
+use crate::masking::{compile, HostValues, Selector};
 use crate::model::{Model, NamedParams};
 use crate::EngineError;
 
@@ -66,13 +65,6 @@ pub fn probes(
     params: &NamedParams,
 ) -> Result<Vec<Probe>, EngineError> {
     let selector = Selector::new(pruning)?;
-    let compile = |patterns: &[String], field: &str| -> Result<Vec<Regex>, EngineError> {
-        patterns
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Regex::new(p).map_err(|e| EngineError::Spec(format!("{field}[{i}]: {e}"))))
-            .collect()
-    };
     let (include, exclude) = match narrowed {
         Some(s) => (compile(&s.include, "sensitivity.include")?, compile(&s.exclude, "sensitivity.exclude")?),
         None => (vec![], vec![]),
@@ -101,6 +93,20 @@ pub fn probes(
         ));
     }
     Ok(probes)
+}
+
+/// A `[sensitivity]` job's analysis of the model as it is now (at training step `step`): the
+/// selected tensors measured at the job's levels on `data`.
+pub fn measure(
+    job: &Job,
+    model: &mut Model,
+    data: &Dataset,
+    step: i64,
+    stop: &StopFlag,
+) -> Result<(Vec<Probe>, Analysis), EngineError> {
+    let probes = probes(&job.pruning, job.sensitivity.as_ref(), model.params())?;
+    let found = analyse(model, &probes, &job.analysis_levels(), data, job.training.loss, step, stop)?;
+    Ok((probes, found))
 }
 
 /// The levels one probe is measured at: m-by-n ignores the level (one point at m/n).
