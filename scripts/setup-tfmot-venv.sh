@@ -12,7 +12,7 @@ if [ ! -f "$STAMP" ]; then
   rm -rf "$VENV"
   mkdir -p "$(dirname "$VENV")"
   "$PY" -m venv "$VENV"
-  PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
+  PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir)
   "${PIP[@]}" --upgrade pip >&2
   "${PIP[@]}" tensorflow-cpu==2.18.1 tf-keras==2.18.0 tensorflow-model-optimization==0.8.1 safetensors numpy >&2
   TF_USE_LEGACY_KERAS=1 "$VENV/bin/python" -c 'import tensorflow_model_optimization as t, tf_keras; print(t.__version__)' >&2

@@ -10,14 +10,15 @@ VENV="${PRUNE_VENV:-$HOME/.cache/prune/venv-torch-2.13.0}"
 STAMP="$VENV/.prune-ready-v1"
 GRPC_STAMP="$VENV/.prune-grpc-v1"
 CT_STAMP="$VENV/.prune-compressed-tensors-v1"
-PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
+# No pip cache: the wheels (torch's CUDA libraries among them) would take as much disk again.
+PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir)
 if [ ! -f "$STAMP" ]; then
   PY="${PYTHON:-python3}"
   echo "setting up $VENV (torch 2.13.0 from PyPI, a few GB, once)" >&2
   rm -rf "$VENV"
   mkdir -p "$(dirname "$VENV")"
   "$PY" -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check --upgrade pip >&2
+  "${PIP[@]}" --upgrade pip >&2
   "${PIP[@]}" torch==2.13.0 safetensors numpy >&2
   "$VENV/bin/python" -c 'import torch, safetensors; assert torch.__version__.startswith("2.13.0"), torch.__version__' >&2
   touch "$STAMP"

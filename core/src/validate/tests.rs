@@ -1021,6 +1021,26 @@ fn a_sensitivity_job_gets_no_schedule_warnings_but_a_budget_does() {
 }
 
 #[test]
+fn a_budget_that_plans_before_one_epoch_of_dense_training_is_warned_about() {
+    let mut spec = example();
+    spec.training.epochs = 2;
+    spec.pruning.budget = Some(crate::spec::BudgetSpec { max_bytes: Some(5000), max_accuracy_drop: None });
+    // 100 steps, 50 per epoch: pruning from step 10 analyses a barely trained model.
+    spec.pruning.schedule = poly(0, 80, 10);
+    let w = warnings(&spec, Some(100));
+    assert!(
+        w.iter().any(|w| w.starts_with("pruning.budget: the schedule first prunes at step 10, before one epoch")),
+        "{w:?}"
+    );
+    spec.pruning.schedule = poly(50, 90, 10);
+    assert!(warnings(&spec, Some(100)).iter().all(|w| !w.starts_with("pruning.budget")));
+    // Without a budget the same early schedule is no budget matter.
+    spec.pruning.schedule = poly(0, 80, 10);
+    spec.pruning.budget = None;
+    assert!(warnings(&spec, Some(100)).iter().all(|w| !w.starts_with("pruning.budget")));
+}
+
+#[test]
 fn warns_about_overrides_that_set_nothing() {
     let w = warnings(
         &{
