@@ -149,6 +149,7 @@ fn an_accuracy_budget_is_smaller_than_uniform_80_percent_within_one_point() {
     assert!(final_acc >= dense - 0.01 - 1e-9, "{final_acc} vs dense {dense}");
     assert_eq!(b.accuracy, Some(final_acc));
     assert_eq!(budgeted.report.dense_val_accuracy, Some(dense), "one dense figure in the report");
+    assert!(b.dense_loss.is_some_and(|l| l.is_finite() && l > 0.0), "{:?}", b.dense_loss);
 }
 
 #[test]

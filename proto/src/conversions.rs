@@ -233,6 +233,7 @@ impl From<&BudgetReport> for pb::BudgetReport {
             artifact_bytes: b.artifact_bytes,
             dense_accuracy: b.dense_accuracy,
             accuracy: b.accuracy,
+            dense_loss: b.dense_loss,
             further_steps: b.further_steps,
             notes: b.notes.clone(),
         }
@@ -253,6 +254,7 @@ impl From<pb::BudgetReport> for BudgetReport {
             artifact_bytes: b.artifact_bytes,
             dense_accuracy: b.dense_accuracy,
             accuracy: b.accuracy,
+            dense_loss: b.dense_loss,
             further_steps: b.further_steps,
             notes: b.notes,
         }
@@ -348,6 +350,7 @@ mod tests {
                 artifact_bytes: 4900,
                 dense_accuracy: Some(0.97),
                 accuracy: Some(0.95),
+                dense_loss: Some(0.3),
                 further_steps: 1,
                 notes: vec!["pruned further".into()],
             })),

@@ -114,6 +114,10 @@ pub struct BudgetReport {
     /// Validation accuracy of the dense model the analysis measured, and of the result.
     pub dense_accuracy: Option<f64>,
     pub accuracy: Option<f64>,
+    /// Validation loss of that dense model (the result's is the report's `final_val_loss`).
+    /// Absent from reports written before it was kept.
+    #[serde(default)]
+    pub dense_loss: Option<f64>,
     /// Tensors pruned beyond the plan after fine-tuning (one-shot steps), to meet `max_bytes`
     /// or, with only an accuracy budget, while the accuracy allowed.
     pub further_steps: u32,

@@ -275,6 +275,7 @@ pub fn refine(
         artifact_bytes: bytes,
         dense_accuracy,
         accuracy,
+        dense_loss: Some(plan.analysis.dense_loss),
         further_steps: further,
         notes,
     })

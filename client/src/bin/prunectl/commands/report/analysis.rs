@@ -48,12 +48,12 @@ pub fn sensitivity_section(report: &Report) -> Option<String> {
 }
 
 /// The dense model's value the levels compare against. A budget job's final loss is of the
-/// pruned model, and the report keeps no dense loss: unknown there.
+/// pruned model: its dense loss is the budget's.
 fn dense_measure(report: &Report, accuracy: bool) -> Option<f64> {
     match (&report.budget, accuracy) {
         (Some(b), true) => b.dense_accuracy.or(report.dense_val_accuracy),
         (None, true) => report.dense_val_accuracy,
-        (Some(_), false) => None,
+        (Some(b), false) => b.dense_loss,
         // A sensitivity job's final model is the dense one.
         (None, false) => report.final_val_loss,
     }

@@ -187,6 +187,7 @@ mod tests {
                 artifact_bytes: 12_345,
                 dense_accuracy: Some(0.975),
                 accuracy: Some(0.96),
+                dense_loss: Some(0.08),
                 further_steps: 1,
                 notes: vec!["pruned 2.weight further to 0.9 to fit max_bytes".into()],
             })),
@@ -253,6 +254,24 @@ mod tests {
             text.lines().filter(|l| l.starts_with("0.weight")).nth(1).unwrap().split_whitespace().collect();
         assert_eq!(row, ["0.weight", "0.1250", "0.0300", "-", "0.0500", "0.3900"]);
         assert!(!text.contains("budget") && !text.contains("suggested overrides"), "{text}");
+    }
+
+    #[test]
+    fn an_mse_budget_compares_with_the_budgets_dense_loss() {
+        let mut report = analysed();
+        // The final loss is the pruned model's; the dense one is the budget's.
+        report.final_val_loss = Some(0.5);
+        for p in &mut report.sensitivity {
+            p.accuracy = None;
+        }
+        // The tensor table's row comes first, the sensitivity table's second.
+        let dense_column = |text: &str| -> String {
+            let row = text.lines().filter(|l| l.starts_with("2.weight")).nth(1).expect(text);
+            row.split_whitespace().nth(1).unwrap().to_string()
+        };
+        assert_eq!(dense_column(&describe(&report)), "0.0800");
+        report.budget.as_mut().unwrap().dense_loss = None;
+        assert_eq!(dense_column(&describe(&report)), "-");
     }
 
     #[test]
