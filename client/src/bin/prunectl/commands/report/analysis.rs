@@ -85,7 +85,9 @@ pub fn overrides_section(report: &Report) -> Option<String> {
 }
 
 /// The bounds, the sparsity planned and reached per tensor, and the result against the bounds.
-pub fn budget_section(b: &BudgetReport) -> String {
+/// `final_loss`: the result's validation loss (the report's), shown under `mse`, where there is
+/// no accuracy.
+pub fn budget_section(b: &BudgetReport, final_loss: Option<f64>) -> String {
     let rows: Vec<Vec<String>> = b
         .chosen
         .iter()
@@ -112,10 +114,14 @@ pub fn budget_section(b: &BudgetReport) -> String {
         (Some(dense), Some(now)) => format!(", drop {:.4}", dense - now),
         _ => String::new(),
     };
-    facts.push((
-        "accuracy",
-        format!("{} (dense model: {}){drop}", opt_number(b.accuracy, 4), opt_number(b.dense_accuracy, 4)),
-    ));
+    if b.accuracy.is_none() && b.dense_accuracy.is_none() {
+        facts.push(("loss", format!("{} (dense model: {})", opt_number(final_loss, 4), opt_number(b.dense_loss, 4))));
+    } else {
+        facts.push((
+            "accuracy",
+            format!("{} (dense model: {}){drop}", opt_number(b.accuracy, 4), opt_number(b.dense_accuracy, 4)),
+        ));
+    }
     facts.push(("further steps", b.further_steps.to_string()));
     facts.extend(b.notes.iter().map(|n| ("note", n.clone())));
     let width = facts.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -85,7 +85,7 @@ fn describe(report: &Report) -> String {
     // The overrides last: TOML to copy, best not followed by anything else.
     let sections = [
         analysis::sensitivity_section(report),
-        report.budget.as_deref().map(analysis::budget_section),
+        report.budget.as_deref().map(|b| analysis::budget_section(b, report.final_val_loss)),
         analysis::overrides_section(report),
     ];
     for section in sections.into_iter().flatten() {
@@ -264,12 +264,19 @@ mod tests {
         for p in &mut report.sensitivity {
             p.accuracy = None;
         }
+        let b = report.budget.as_mut().unwrap();
+        (b.dense_accuracy, b.accuracy, b.max_accuracy_drop) = (None, None, None);
         // The tensor table's row comes first, the sensitivity table's second.
         let dense_column = |text: &str| -> String {
             let row = text.lines().filter(|l| l.starts_with("2.weight")).nth(1).expect(text);
             row.split_whitespace().nth(1).unwrap().to_string()
         };
-        assert_eq!(dense_column(&describe(&report)), "0.0800");
+        let text = describe(&report);
+        assert_eq!(dense_column(&text), "0.0800");
+        // No accuracies under mse: the budget section gives the losses.
+        let budget = &text[text.find("\nbudget\n").expect(&text)..];
+        assert!(budget.contains("\nloss           0.5000 (dense model: 0.0800)\n"), "{budget}");
+        assert!(!budget.contains("\naccuracy"), "{budget}");
         report.budget.as_mut().unwrap().dense_loss = None;
         assert_eq!(dense_column(&describe(&report)), "-");
     }
