@@ -1028,10 +1028,13 @@ fn a_budget_that_plans_before_one_epoch_of_dense_training_is_warned_about() {
     // 100 steps, 50 per epoch: pruning from step 10 analyses a barely trained model.
     spec.pruning.schedule = poly(0, 80, 10);
     let w = warnings(&spec, Some(100));
-    assert!(
-        w.iter().any(|w| w.starts_with("pruning.budget: the schedule first prunes at step 10, before one epoch")),
-        "{w:?}"
-    );
+    let budget_warning = |w: &[String]| w.iter().find(|w| w.starts_with("pruning.budget: ")).cloned();
+    let text = budget_warning(&w).unwrap_or_else(|| panic!("{w:?}"));
+    assert!(text.starts_with("pruning.budget: the schedule first prunes at step 10, before one epoch"), "{text}");
+    assert!(!text.contains("max_accuracy_drop"), "only a size bound: {text}");
+    spec.pruning.budget = Some(crate::spec::BudgetSpec { max_bytes: None, max_accuracy_drop: Some(0.01) });
+    let text = budget_warning(&warnings(&spec, Some(100))).unwrap();
+    assert!(text.contains("max_accuracy_drop is measured from that model's accuracy"), "{text}");
     spec.pruning.schedule = poly(50, 90, 10);
     assert!(warnings(&spec, Some(100)).iter().all(|w| !w.starts_with("pruning.budget")));
     // Without a budget the same early schedule is no budget matter.

@@ -36,16 +36,19 @@ pub fn warnings(spec: &JobSpec, total_steps: Option<i64>) -> Vec<String> {
     if p.m_by_n.is_none() {
         out.extend(schedule_warnings("pruning.schedule", &p.schedule, total));
     }
-    if let (Some(_), Some(first), true) = (&p.budget, p.schedule.first_pruning_step(), total > 0) {
+    if let (Some(budget), Some(first), true) = (&p.budget, p.schedule.first_pruning_step(), total > 0) {
         // The budget's analysis runs at the first pruning step: on a barely trained model its
         // curves (and the dense accuracy max_accuracy_drop is measured from) mean little.
         let epoch = total / spec.training.epochs.max(1);
         if first < epoch {
+            let drop = match budget.max_accuracy_drop {
+                Some(_) => ", and max_accuracy_drop is measured from that model's accuracy",
+                None => "",
+            };
             out.push(format!(
                 "pruning.budget: the schedule first prunes at step {first}, before one epoch of dense training \
-                 ({epoch} steps); the budget's sensitivity analysis runs there, on a barely trained model, and \
-                 max_accuracy_drop is measured from that model's accuracy: give pruning.schedule a begin_step after a \
-                 dense warm-up"
+                 ({epoch} steps); the budget's sensitivity analysis runs there, on a barely trained model{drop}: give \
+                 pruning.schedule a begin_step after a dense warm-up"
             ));
         }
     }
