@@ -118,10 +118,7 @@ fn prune_in_place(
         let host = HostValues::of(w)?;
         method.mask(host.as_slice(), shape, sparsity as f32)
     };
-    let m = Tensor::from_slice(&mask).reshape(w.size()).to_device(w.device());
-    tch::no_grad(|| {
-        let _ = w.shallow_clone().g_mul_(&m);
-    });
+    let _ = super::multiply_in_place(w, &mask);
     Ok(mask)
 }
 
@@ -195,7 +192,6 @@ pub fn refine(
     let mut bytes = sizer.bytes(model)?;
     let tuned_bytes = bytes;
     let dense_accuracy = plan.analysis.dense_accuracy;
-    let mut accuracy = score(model, data, job.training.loss)?.accuracy;
     let within_drop = |acc: Option<f64>| match (budget.max_accuracy_drop, dense_accuracy, acc) {
         (Some(max), Some(dense), Some(acc)) => dense - acc <= max + 1e-12,
         _ => true,
@@ -222,13 +218,12 @@ pub fn refine(
         let saved = param.detach().copy();
         let mask = prune_in_place(&param, target.method, &target.shape, level)?;
         let trial_bytes = sizer.bytes(model)?;
-        let trial_accuracy = score(model, data, job.training.loss)?.accuracy;
+        // A step the size needs is taken whatever it costs: only the others are scored.
         let needed = !size_met(bytes);
-        if needed || within_drop(trial_accuracy) {
+        if needed || within_drop(score(model, data, job.training.loss)?.accuracy) {
             masks.set_mask(t, mask)?;
             current[t] = level;
             bytes = trial_bytes;
-            accuracy = trial_accuracy;
             further += 1;
         } else {
             tch::no_grad(|| param.shallow_clone().copy_(&saved));
@@ -252,6 +247,8 @@ pub fn refine(
             )));
         }
     }
+    // The model as it ends (an undone step restored it bitwise).
+    let accuracy = score(model, data, job.training.loss)?.accuracy;
     if let (Some(max), Some(dense), Some(acc)) = (budget.max_accuracy_drop, dense_accuracy, accuracy) {
         if dense - acc > max + 1e-12 {
             notes.push(format!(

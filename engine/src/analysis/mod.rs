@@ -109,6 +109,15 @@ pub fn measure(
     Ok((probes, found))
 }
 
+/// `w *= mask` (no grad); returns the mask as a tensor shaped like `w`.
+fn multiply_in_place(w: &Tensor, mask: &[f32]) -> Tensor {
+    let m = Tensor::from_slice(mask).reshape(w.size()).to_device(w.device());
+    tch::no_grad(|| {
+        let _ = w.shallow_clone().g_mul_(&m);
+    });
+    m
+}
+
 /// The levels one probe is measured at: m-by-n ignores the level (one point at m/n).
 fn levels_of(method: PruningMethod, levels: &[f64]) -> Vec<f64> {
     match method {
@@ -146,9 +155,8 @@ pub fn analyse(
             }
             let mask = probe.method.mask(values.as_slice(), &probe.shape, level as f32);
             let removed = mask.iter().filter(|&&m| m == 0.0).count() as u64;
-            let mask_tensor = Tensor::from_slice(&mask).reshape(weight.size()).to_device(weight.device());
+            let mask_tensor = multiply_in_place(&weight, &mask);
             tch::no_grad(|| {
-                let _ = weight.shallow_clone().g_mul_(&mask_tensor);
                 if let Some(b) = &bias {
                     // A channel's bias entry goes with its weights' output row.
                     let rows = mask_tensor.reshape([probe.shape[0] as i64, -1]).amax(1, false);
