@@ -24,6 +24,69 @@ pub struct Job {
     pub export: Export,
     /// `[sensitivity]`: measure the dense model tensor by tensor instead of pruning it.
     pub sensitivity: Option<Sensitivity>,
+    /// `[calibration]`: set exactly when the pruning criterion is calibrated (checked).
+    pub calibration: Option<Calibration>,
+    /// `[evaluation]`: a language model's perplexity before and after pruning.
+    pub evaluation: Option<Evaluation>,
+}
+
+/// A checked `[calibration]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    pub source: TokenSource,
+    /// >= 1.
+    pub samples: usize,
+    /// >= 1; the model's `max_position_embeddings` is checked when the model is read.
+    pub seq_len: usize,
+    pub seed: u64,
+}
+
+/// Where calibration tokens come from: a path (client side) or blob id (server side) of either.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenSource {
+    /// UTF-8 text, tokenized with the model's `tokenizer.json`.
+    Text(String),
+    /// A safetensors file with int64 `input_ids` of shape [N, L].
+    Tokens(String),
+}
+
+/// A checked `[evaluation]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// UTF-8 text: a path (client side) or blob id (server side).
+    pub text: String,
+    /// >= 1.
+    pub seq_len: usize,
+    /// >= 1 where set.
+    pub max_windows: Option<usize>,
+}
+
+/// `pruning.method` resolved: what ranks the weights, with its settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Criterion {
+    /// `|w|`, tfmot's.
+    Magnitude,
+    /// `|W_ij| * ||X_j||` within each output row (locuslab/wanda).
+    Wanda,
+    /// Optimal-brain-surgeon pruning with weight updates (IST-DASLab/sparsegpt).
+    SparseGpt { block_size: usize, dampening: f64 },
+}
+
+impl Criterion {
+    /// Whether the criterion needs calibration inputs run through the model.
+    pub fn is_calibrated(&self) -> bool {
+        !matches!(self, Criterion::Magnitude)
+    }
+
+    /// The job file's name for it.
+    pub fn name(&self) -> &'static str {
+        let named = match self {
+            Criterion::Magnitude => crate::options::Criterion::Magnitude,
+            Criterion::Wanda => crate::options::Criterion::Wanda,
+            Criterion::SparseGpt { .. } => crate::options::Criterion::SparseGpt,
+        };
+        named.as_str()
+    }
 }
 
 impl Job {
@@ -125,6 +188,9 @@ pub struct Pruning {
     /// The job chooses each tensor's final sparsity to fit it (element-wise or block methods,
     /// layer scope, overrides that set no schedule: checked).
     pub budget: Option<Budget>,
+    /// `pruning.method`: calibrated criteria go with element-wise or m-by-n methods, layer
+    /// scope, one-shot, a language model and `[calibration]` (checked).
+    pub criterion: Criterion,
 }
 
 /// One `[[pruning.overrides]]` entry.

@@ -115,6 +115,16 @@ named_enum! {
 }
 
 named_enum! {
+    /// `pruning.method`: what ranks the weights. `magnitude` is tfmot's `|w|`; `wanda` and
+    /// `sparsegpt` are calibrated methods for language models (docs/language-models.md).
+    pub enum Criterion {
+        Magnitude = "magnitude",
+        Wanda = "wanda",
+        SparseGpt = "sparsegpt",
+    }
+}
+
+named_enum! {
     /// `pruning.channel_score`: the norm of a channel's weights that ranks it.
     pub enum ChannelScore {
         L2 = "l2",

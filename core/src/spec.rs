@@ -18,7 +18,21 @@ use crate::schedule::Schedule;
 /// `sha256:` blob id (server side). The one list every crate uses.
 /// A sharded model's shards are references too: `model.shards.<file name>` (see
 /// [`JobSpec::blob_refs`]).
-pub const FILE_REFERENCE_FIELDS: [&str; 4] = ["model.blob", "model.weights", "model.index", "data.blob"];
+pub const FILE_REFERENCE_FIELDS: [&str; 7] = [
+    "model.blob",
+    "model.weights",
+    "model.index",
+    "data.blob",
+    "calibration.text",
+    "calibration.tokens",
+    "evaluation.text",
+];
+
+/// The model directory's file that makes a model a language model the engine runs
+/// (`model.files`): its Hugging Face `config.json`.
+pub const CONFIG_FILE: &str = "config.json";
+/// The tokenizer the engine reads calibration and evaluation text with (`model.files`).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +51,78 @@ pub struct JobSpec {
     /// takes) the model dense and measures each selected tensor pruned alone at each level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensitivity: Option<SensitivitySpec>,
+    /// Extension: what a calibrated method (`pruning.method = "wanda" | "sparsegpt"`) runs the
+    /// language model on (docs/language-models.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSpec>,
+    /// Extension: the language model's perplexity before and after pruning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationSpec>,
+}
+
+/// `[calibration]`: exactly one of `text` (read with the model's `tokenizer.json`) or `tokens`
+/// (a safetensors file with int64 `input_ids` [N, L]); each a local path on the client, a
+/// `sha256:` blob id on the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<String>,
+    /// Windows of `seq_len` tokens drawn from the token stream.
+    #[serde(default = "default_calibration_samples")]
+    pub samples: i64,
+    #[serde(default = "default_seq_len")]
+    pub seq_len: i64,
+    /// Seeds where the windows start.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl Default for CalibrationSpec {
+    fn default() -> Self {
+        CalibrationSpec {
+            text: None,
+            tokens: None,
+            samples: default_calibration_samples(),
+            seq_len: default_seq_len(),
+            seed: 0,
+        }
+    }
+}
+
+/// `[evaluation]`: perplexity over non-overlapping `seq_len` windows of `text`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSpec {
+    /// A local path on the client, a `sha256:` blob id on the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Unset: `calibration.seq_len` where there is a `[calibration]`, else 2048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<i64>,
+    /// At most this many windows (the first ones); unset: every whole window of the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_windows: Option<i64>,
+}
+
+/// `pruning.sparsegpt`: SparseGPT's own settings (IST-DASLab/sparsegpt's `blocksize`, `percdamp`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseGptSpec {
+    /// Columns updated together (the lazy batch of the OBS updates).
+    #[serde(default = "default_sparsegpt_block")]
+    pub block_size: i64,
+    /// Added to the Hessian's diagonal, as a fraction of its mean.
+    #[serde(default = "default_dampening")]
+    pub dampening: f64,
+}
+
+impl Default for SparseGptSpec {
+    fn default() -> Self {
+        SparseGptSpec { block_size: default_sparsegpt_block(), dampening: default_dampening() }
+    }
 }
 
 /// `[sensitivity]`: which tensors are measured at which sparsities.
@@ -105,12 +191,24 @@ pub struct ModelSpec {
     /// With `index`: each shard's file name, as the index names it, and its blob id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<BTreeMap<String, String>>,
+    /// A Hugging Face model directory's other files on the server (`config.json`,
+    /// `tokenizer.json`, `generation_config.json`, ...): file name -> blob id. With a
+    /// `config.json` the model is a language model (docs/language-models.md); `prunectl submit`
+    /// fills it from `dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<BTreeMap<String, String>>,
 }
 
 impl ModelSpec {
     /// Whether the model is a sharded checkpoint (`dir` on the client, `index` on the server).
     pub fn is_sharded(&self) -> bool {
         self.dir.is_some() || self.index.is_some()
+    }
+
+    /// Whether the model is a Hugging Face directory with a `config.json` (on the server: in
+    /// `files`; on the client `dir` may still hold one, which `prunectl submit` finds).
+    pub fn has_config(&self) -> bool {
+        self.files.as_ref().is_some_and(|f| f.contains_key(CONFIG_FILE))
     }
 }
 
@@ -287,6 +385,13 @@ pub struct PruningSpec {
     /// Extension: a size and/or accuracy budget; the job picks each tensor's final sparsity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetSpec>,
+    /// `magnitude` (default: `|w|`, tfmot's), `wanda` or `sparsegpt` (language models, one-shot,
+    /// with `[calibration]`).
+    #[serde(default = "default_method", skip_serializing_if = "is_default_method")]
+    pub method: String,
+    /// With `method = "sparsegpt"`: its block size and dampening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sparsegpt: Option<SparseGptSpec>,
 }
 
 impl Default for PruningSpec {
@@ -304,6 +409,8 @@ impl Default for PruningSpec {
             structure: default_structure(),
             channel_score: default_channel_score(),
             budget: None,
+            method: default_method(),
+            sparsegpt: None,
         }
     }
 }
@@ -359,12 +466,22 @@ impl JobSpec {
     pub fn blob_refs(&self) -> Vec<(String, &str)> {
         let data_blob = self.data.as_ref().and_then(|d| d.blob.as_deref());
         let m = &self.model;
+        let calibration = self.calibration.as_ref();
         let fixed = FILE_REFERENCE_FIELDS
             .into_iter()
-            .zip([m.blob.as_deref(), m.weights.as_deref(), m.index.as_deref(), data_blob])
+            .zip([
+                m.blob.as_deref(),
+                m.weights.as_deref(),
+                m.index.as_deref(),
+                data_blob,
+                calibration.and_then(|c| c.text.as_deref()),
+                calibration.and_then(|c| c.tokens.as_deref()),
+                self.evaluation.as_ref().and_then(|e| e.text.as_deref()),
+            ])
             .filter_map(|(field, id)| id.map(|id| (field.to_string(), id)));
         let shards = m.shards.iter().flatten().map(|(name, id)| (format!("model.shards.{name}"), id.as_str()));
-        fixed.chain(shards).collect()
+        let files = m.files.iter().flatten().map(|(name, id)| (format!("model.files.{name}"), id.as_str()));
+        fixed.chain(shards).chain(files).collect()
     }
 }
 
@@ -388,6 +505,24 @@ fn default_structure() -> String {
 }
 fn is_default_structure(s: &str) -> bool {
     s == "element"
+}
+fn default_method() -> String {
+    "magnitude".into()
+}
+fn is_default_method(s: &str) -> bool {
+    s == "magnitude"
+}
+fn default_calibration_samples() -> i64 {
+    128
+}
+fn default_seq_len() -> i64 {
+    2048
+}
+fn default_sparsegpt_block() -> i64 {
+    128
+}
+fn default_dampening() -> f64 {
+    0.01
 }
 fn default_channel_score() -> String {
     "l2".into()

@@ -4,6 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::analysis::{check_budget, check_sensitivity};
+use super::language::check_language;
 use super::layers::{check_sequential, input_shape};
 use super::pruning::check_pruning;
 use super::{
@@ -36,6 +37,7 @@ pub fn validate(spec: &JobSpec) -> Result<Job, SpecErrors> {
     let data = check_data(&mut e, spec.data.as_ref(), spec.training.epochs);
     let training = check_training(&mut e, &spec.training);
     let mut pruning = check_pruning(&mut e, &spec.pruning);
+    let (calibration, evaluation) = check_language(&mut e, spec, pruning.as_ref().map(|p| p.criterion));
     let budget = spec.pruning.budget.as_ref().map(|b| check_budget(&mut e, spec, b));
     let sensitivity = spec.sensitivity.as_ref().map(|s| check_sensitivity(&mut e, spec, s));
     let export = check_export(&mut e, &spec.export, &spec.model);
@@ -52,6 +54,8 @@ pub fn validate(spec: &JobSpec) -> Result<Job, SpecErrors> {
             pruning,
             export,
             sensitivity: sensitivity.flatten(),
+            calibration,
+            evaluation,
         }),
         // A section is `None` only when one of its fields was reported.
         _ => {

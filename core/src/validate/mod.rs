@@ -20,6 +20,7 @@ use crate::options::{BlockPooling, BuiltinData, ExportFormat, Loss, Optimizer, S
 
 mod analysis;
 mod check;
+mod language;
 mod layers;
 mod parse;
 mod pruning;
@@ -27,6 +28,7 @@ mod warnings;
 
 pub use analysis::MAX_LEVELS;
 pub use check::{is_blob_id, is_device, validate};
+pub use language::{is_plain_file_name, MAX_CALIBRATION_SAMPLES, MAX_SEQ_LEN};
 pub use layers::MAX_RESIDUAL_DEPTH;
 pub use parse::{parse_json, parse_toml};
 pub use warnings::{steps_per_epoch, warnings};

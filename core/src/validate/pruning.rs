@@ -3,7 +3,7 @@
 //! into one [`PruningMethod`] per rule.
 
 use super::check::Errors;
-use crate::job::{Override, OverrideRule, Pruning};
+use crate::job::{Criterion, Override, OverrideRule, Pruning};
 use crate::method::PruningMethod;
 use crate::options::{BlockPooling, ChannelScore, Scope, Structure};
 use crate::schedule::Schedule;
@@ -44,6 +44,7 @@ pub(super) fn check_pruning(e: &mut Errors, p: &PruningSpec) -> Option<Pruning> 
         Structure::Channel => PruningMethod::Channel { score: score? },
         Structure::Element => PruningMethod::resolve(p.block_size, pooling?, p.m_by_n)?,
     };
+    let criterion = check_criterion(e, p);
     let overrides: Vec<Override> = overrides.into_iter().collect::<Option<_>>()?;
     // An override under channel pruning sets at most its schedule: its method is the top one.
     let overrides = if channel {
@@ -68,6 +69,53 @@ pub(super) fn check_pruning(e: &mut Errors, p: &PruningSpec) -> Option<Pruning> 
         prune_bias: p.prune_bias,
         overrides,
         budget: None,
+        criterion: criterion?,
+    })
+}
+
+/// Largest `pruning.sparsegpt.block_size` accepted.
+const MAX_SPARSEGPT_BLOCK: i64 = 1 << 16;
+
+/// `pruning.method` and `pruning.sparsegpt`; a calibrated criterion's other sections are checked
+/// by `language`. Calibrated criteria rank single weights within a layer: blocks and channels
+/// (top level or in an override) and global scope are refused here.
+fn check_criterion(e: &mut Errors, p: &PruningSpec) -> Option<Criterion> {
+    use crate::options::Criterion as Named;
+    let named = e.parse::<Named>("pruning.method", &p.method);
+    let sparsegpt = p.sparsegpt.unwrap_or_default();
+    if let Some(settings) = &p.sparsegpt {
+        e.check(named.is_none() || named == Some(Named::SparseGpt), "pruning.sparsegpt", || {
+            format!("applies only to pruning.method = \"sparsegpt\" (got \"{}\")", p.method)
+        });
+        e.check((1..=MAX_SPARSEGPT_BLOCK).contains(&settings.block_size), "pruning.sparsegpt.block_size", || {
+            format!("must be between 1 and {MAX_SPARSEGPT_BLOCK} (got {})", settings.block_size)
+        });
+        e.check(settings.dampening.is_finite() && settings.dampening >= 0.0, "pruning.sparsegpt.dampening", || {
+            format!("must be a finite number >= 0 (got {})", settings.dampening)
+        });
+    }
+    let named = named?;
+    if named != Named::Magnitude {
+        let why = || format!("pruning.method = \"{named}\" prunes single weights or m_by_n groups");
+        e.check(p.block_size == [1, 1], "pruning.block_size", || format!("{} (got {:?})", why(), p.block_size));
+        e.check(p.structure == "element", "pruning.structure", || format!("{} (got \"{}\")", why(), p.structure));
+        e.check(p.scope != "global", "pruning.scope", || {
+            format!("pruning.method = \"{named}\" ranks weights within each layer: use scope = \"layer\"")
+        });
+        for (i, o) in p.overrides.iter().enumerate() {
+            e.check(o.block_size.is_none_or(|b| b == [1, 1]), format!("pruning.overrides[{i}].block_size"), why);
+        }
+        e.check(p.budget.is_none(), "pruning.budget", || {
+            format!("pruning.method = \"{named}\" takes each tensor's sparsity from the schedule: remove the budget")
+        });
+    }
+    Some(match named {
+        Named::Magnitude => Criterion::Magnitude,
+        Named::Wanda => Criterion::Wanda,
+        Named::SparseGpt => Criterion::SparseGpt {
+            block_size: usize::try_from(sparsegpt.block_size).unwrap_or(1).max(1),
+            dampening: sparsegpt.dampening,
+        },
     })
 }
 

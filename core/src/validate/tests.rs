@@ -1435,3 +1435,205 @@ fn every_shipped_example_is_a_valid_job() {
     }
     assert!(checked >= 16, "only {checked} examples found in {}", dir.display());
 }
+
+/// A Wanda job on an uploaded language model (one safetensors file and its config).
+fn language_model(s: &mut JobSpec) {
+    s.model = crate::spec::ModelSpec {
+        blob: Some(BLOB.into()),
+        files: Some([("config.json".to_string(), BLOB.to_string())].into()),
+        ..Default::default()
+    };
+    s.data = None;
+    s.training.epochs = 0;
+    s.pruning.method = "wanda".into();
+    s.calibration = Some(crate::spec::CalibrationSpec { text: Some(BLOB.into()), ..Default::default() });
+}
+
+#[test]
+fn calibrated_methods_resolve_with_their_settings() {
+    let mut s = example();
+    language_model(&mut s);
+    s.pruning.method = "sparsegpt".into();
+    s.pruning.sparsegpt = Some(crate::spec::SparseGptSpec { block_size: 64, dampening: 0.05 });
+    s.evaluation = Some(crate::spec::EvaluationSpec { text: Some(BLOB.into()), ..Default::default() });
+    let job = validate(&s).unwrap();
+    assert_eq!(job.pruning.criterion, crate::job::Criterion::SparseGpt { block_size: 64, dampening: 0.05 });
+    let calibration = job.calibration.unwrap();
+    assert_eq!((calibration.samples, calibration.seq_len), (128, 2048));
+    assert_eq!(calibration.source, crate::job::TokenSource::Text(BLOB.into()));
+    // Evaluation windows default to the calibration's length.
+    assert_eq!(job.evaluation.unwrap().seq_len, 2048);
+    // The default stays magnitude, spelled nowhere.
+    let job = validate(&example()).unwrap();
+    assert_eq!(job.pruning.criterion, crate::job::Criterion::Magnitude);
+    assert!(!toml::to_string(&example()).unwrap().contains("method"));
+}
+
+#[test]
+fn calibrated_methods_name_what_they_miss() {
+    assert_rejects(|s| s.pruning.method = "obs".into(), "pruning.method", "not one of: magnitude, wanda, sparsegpt");
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.calibration = None;
+        },
+        "calibration",
+        "needs a [calibration] table",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.model = crate::spec::ModelSpec { blob: Some(BLOB.into()), ..Default::default() };
+        },
+        "model",
+        "config.json",
+    );
+    assert_rejects(|s| s.pruning.method = "wanda".into(), "training.epochs", "prunes one-shot");
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.pruning.block_size = [1, 16];
+        },
+        "pruning.block_size",
+        "single weights or m_by_n groups",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.pruning.scope = "global".into();
+        },
+        "pruning.scope",
+        "within each layer",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.pruning.sparsegpt = Some(Default::default());
+        },
+        "pruning.sparsegpt",
+        "applies only to pruning.method = \"sparsegpt\"",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.pruning.method = "sparsegpt".into();
+            s.pruning.sparsegpt = Some(crate::spec::SparseGptSpec { block_size: 0, dampening: 0.01 });
+        },
+        "pruning.sparsegpt.block_size",
+        "between 1 and",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.pruning.method = "sparsegpt".into();
+            s.pruning.sparsegpt = Some(crate::spec::SparseGptSpec { block_size: 128, dampening: f64::NAN });
+        },
+        "pruning.sparsegpt.dampening",
+        "finite",
+    );
+}
+
+#[test]
+fn calibration_and_evaluation_sections() {
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.calibration.as_mut().unwrap().tokens = Some(BLOB.into());
+        },
+        "calibration",
+        "found both",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.calibration.as_mut().unwrap().text = None;
+        },
+        "calibration",
+        "must be set",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.calibration.as_mut().unwrap().seq_len = 0;
+        },
+        "calibration.seq_len",
+        "between 1 and",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.calibration.as_mut().unwrap().samples = -3;
+        },
+        "calibration.samples",
+        "between 1 and",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.evaluation = Some(Default::default());
+        },
+        "evaluation.text",
+        "must be set",
+    );
+    assert_rejects(
+        |s| s.evaluation = Some(crate::spec::EvaluationSpec { text: Some(BLOB.into()), ..Default::default() }),
+        "evaluation",
+        "needs a Hugging Face language model",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.model.files = Some([("../config.json".to_string(), BLOB.to_string())].into());
+        },
+        "model.files.../config.json",
+        "file name",
+    );
+    assert_rejects(
+        |s| {
+            language_model(s);
+            s.pruning.method = "magnitude".into();
+            s.training.epochs = 2;
+        },
+        "training.epochs",
+        "pruned one-shot",
+    );
+}
+
+#[test]
+fn calibration_without_a_calibrated_method_is_a_warning() {
+    let mut s = example();
+    language_model(&mut s);
+    s.pruning.method = "magnitude".into();
+    let job = validate(&s).unwrap();
+    assert_eq!(job.calibration, None);
+    assert!(warnings(&s, None).iter().any(|w| w.contains("magnitude pruning ignores it")), "{:?}", warnings(&s, None));
+}
+
+#[test]
+fn language_model_sections_round_trip_through_toml() {
+    let text = r#"
+[model]
+dir = "smollm2"
+[pruning]
+method = "sparsegpt"
+m_by_n = [2, 4]
+schedule = { kind = "constant_sparsity", target_sparsity = 0.5 }
+sparsegpt = { block_size = 64 }
+[calibration]
+text = "calib.txt"
+samples = 32
+seq_len = 256
+seed = 7
+[evaluation]
+text = "eval.txt"
+max_windows = 10
+"#;
+    let spec = parse_toml(text).unwrap();
+    let job = validate(&spec).unwrap();
+    assert_eq!(job.pruning.criterion, crate::job::Criterion::SparseGpt { block_size: 64, dampening: 0.01 });
+    assert_eq!(job.pruning.method, PruningMethod::MByN { m: 2, n: 4 });
+    let evaluation = job.evaluation.unwrap();
+    assert_eq!((evaluation.seq_len, evaluation.max_windows), (256, Some(10)));
+    let again = parse_toml(&toml::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(again, spec);
+}

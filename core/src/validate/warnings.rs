@@ -26,6 +26,12 @@ pub fn warnings(spec: &JobSpec, total_steps: Option<i64>) -> Vec<String> {
             )
         })
         .collect();
+    if spec.calibration.is_some() && spec.pruning.method == "magnitude" {
+        out.push(
+            "calibration: only pruning.method = \"wanda\" or \"sparsegpt\" reads it; magnitude pruning ignores it"
+                .to_string(),
+        );
+    }
     // A sensitivity job does not prune on the schedule (its steps only shape the suggestions).
     let analysis_only = spec.sensitivity.is_some() && p.budget.is_none();
     if spec.training.epochs == 0 || analysis_only {
