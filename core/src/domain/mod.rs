@@ -9,7 +9,7 @@ mod state;
 
 pub use events::{Event, JobOutcome, StopReason};
 pub use report::{
-    ArtifactFile, BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, LayerChannels, MetricPoint, Report,
-    SensitivityPoint, TensorReport, TensorSparsity, NO_FORWARD_PASS,
+    ArtifactFile, BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, LanguageModelReport, LayerChannels,
+    LinearError, MetricPoint, Perplexity, Report, SensitivityPoint, TensorReport, TensorSparsity, NO_FORWARD_PASS,
 };
 pub use state::JobState;

@@ -84,6 +84,60 @@ pub struct Report {
     /// `pruning.budget`: what was chosen and whether it was met.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Box<BudgetReport>>,
+    /// A language model pruned layer by layer (docs/language-models.md): perplexity, each
+    /// Linear's reconstruction error, the calibration it ran on, the worker's peak memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_model: Option<Box<LanguageModelReport>>,
+}
+
+/// What pruning did to a language model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct LanguageModelReport {
+    /// `pruning.method`: `magnitude`, `wanda` or `sparsegpt`.
+    pub method: String,
+    /// The config's `architectures[0]`.
+    pub architecture: String,
+    /// Decoder layers pruned (all of them, on success).
+    pub layers: u64,
+    /// Calibration windows and their length (0 for magnitude, which reads none).
+    pub calibration_samples: u64,
+    pub calibration_seq_len: u64,
+    /// `[evaluation]`: perplexity of the dense and the pruned model on the same windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<Perplexity>,
+    /// Per pruned Linear, in model order: `||WX - ŴX||² / ||WX||²` on the calibration inputs
+    /// that reached it (through the already pruned layers before it). Empty for magnitude.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconstruction: Vec<LinearError>,
+    /// The worker process's peak resident memory (VmHWM) when pruning ended.
+    pub peak_memory_bytes: u64,
+    /// Wall-clock seconds of the layer-by-layer pass (calibration statistics, pruning,
+    /// recomputing outputs), evaluation excluded.
+    pub prune_seconds: f64,
+    /// What the engine did that the user should know (a Hessian that needed the identity
+    /// fallback, a calibration text that had to wrap around, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// Perplexity = exp(mean token negative log-likelihood) over `windows` non-overlapping windows of
+/// `seq_len` tokens of the evaluation text.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Perplexity {
+    pub dense: f64,
+    pub pruned: f64,
+    pub seq_len: u64,
+    pub windows: u64,
+}
+
+/// One pruned Linear's relative reconstruction error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearError {
+    /// The weight's name (`model.layers.3.mlp.down_proj.weight`).
+    pub tensor: String,
+    /// Its decoder layer.
+    pub layer: u64,
+    pub relative_error: f64,
 }
 
 /// One tensor pruned alone at one level, all others dense, no fine-tuning.
