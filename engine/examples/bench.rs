@@ -67,6 +67,10 @@ fn scratch_inputs(dir: &std::path::Path, model_file: Option<&std::path::Path>, t
         artifacts: Output { dir: dir.join("a"), key_prefix: "artifacts/bench/".into() },
         resume_from: None,
         threads,
+        model_files: Default::default(),
+        calibration_file: None,
+        evaluation_file: None,
+        store: None,
     }
 }
 

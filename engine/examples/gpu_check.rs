@@ -59,6 +59,10 @@ fn inputs(dir: &Path) -> JobInputs {
         artifacts: Output { dir: dir.join("a"), key_prefix: "artifacts/gpu/".into() },
         resume_from: None,
         threads: 0,
+        model_files: Default::default(),
+        calibration_file: None,
+        evaluation_file: None,
+        store: None,
     }
 }
 

@@ -28,14 +28,73 @@ pub struct JobInputs {
     pub resume_from: Option<PathBuf>,
     /// libtorch intra-op threads (results depend on it: a resumed job must use the same).
     pub threads: usize,
+    /// `model.files`: a Hugging Face directory's other files (`config.json`, `tokenizer.json`,
+    /// ...) by file name.
+    pub model_files: BTreeMap<String, PathBuf>,
+    /// `calibration.text` / `calibration.tokens`.
+    pub calibration_file: Option<PathBuf>,
+    /// `evaluation.text`.
+    pub evaluation_file: Option<PathBuf>,
+    /// The file store, for checkpoint files beyond the one each checkpoint event publishes (a
+    /// language model keeps every pruned layer, which a resumed attempt reads back). `None`:
+    /// files stay in `checkpoints.dir` (engine tests).
+    pub store: Option<StoreAccess>,
 }
 
-/// A sharded checkpoint's local files: its index and each shard by the file name the index
-/// gives it.
-#[derive(Debug, Clone)]
-pub struct ShardFiles {
-    pub index: PathBuf,
-    pub shards: BTreeMap<String, PathBuf>,
+/// What the engine may do with the file store besides reporting checkpoints.
+pub trait KeyStore: Send + Sync {
+    /// A local copy of the file stored under `key`.
+    fn fetch(&self, key: &str) -> Result<PathBuf, String>;
+    /// Publishes the finished local file `path` under `key`.
+    fn publish(&self, key: &str, path: &Path) -> Result<(), String>;
+    /// Removes the file under `key`, if any.
+    fn delete(&self, key: &str) -> Result<(), String>;
+}
+
+/// A shared [`KeyStore`].
+#[derive(Clone)]
+pub struct StoreAccess(pub Arc<dyn KeyStore>);
+
+impl std::fmt::Debug for StoreAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreAccess")
+    }
+}
+
+impl JobInputs {
+    /// A local copy of checkpoint file `key`: in place when this attempt's checkpoint directory
+    /// holds it, else from the store.
+    pub fn checkpoint_file(&self, key: &str) -> Result<PathBuf, String> {
+        if let Some(path) = self.checkpoints.path(key).filter(|p| p.exists()) {
+            return Ok(path);
+        }
+        match &self.store {
+            Some(store) => store.0.fetch(key),
+            None => Err(format!("checkpoint {key} is not in {}", self.checkpoints.dir.display())),
+        }
+    }
+
+    /// Publishes a checkpoint file the engine wrote under this attempt's checkpoint prefix
+    /// without reporting it as a checkpoint.
+    pub fn keep_checkpoint_file(&self, path: &Path) -> Result<String, String> {
+        let key = self.checkpoints.key(path);
+        if let Some(store) = &self.store {
+            store.0.publish(&key, path)?;
+        }
+        Ok(key)
+    }
+
+    /// Removes checkpoint file `key` (local copy and stored file), best effort.
+    pub fn drop_checkpoint_file(&self, key: &str) {
+        if let Some(path) = self.checkpoints.path(key) {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(store) = &self.store {
+            if let Err(e) = store.0.delete(key) {
+                tracing::warn!("could not remove {key}: {e}");
+            }
+        }
+    }
 }
 
 /// A local directory for files the engine writes, and the file-store key prefix they are known

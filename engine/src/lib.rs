@@ -24,7 +24,7 @@ pub mod tensors;
 pub mod train;
 
 pub use events::{Event, EventSink, MetricPoint, TensorSparsity, VecSink};
-pub use inputs::ShardFiles;
+pub use inputs::{KeyStore, ShardFiles, StoreAccess};
 pub use job::{run_job, run_typed, JobInputs, JobOutcome, Output, StopFlag, StopReason};
 pub use prune_core::domain::{ArtifactFile, Report, TensorReport};
 

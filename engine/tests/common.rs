@@ -28,6 +28,10 @@ pub fn inputs(dir: &Path) -> JobInputs {
         artifacts: Output { dir: dir.join("artifacts"), key_prefix: "artifacts/job/".into() },
         resume_from: None,
         threads: 1,
+        model_files: Default::default(),
+        calibration_file: None,
+        evaluation_file: None,
+        store: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and back: what the engine wrote is published in the store under its key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prune_core::domain::JobOutcome;
 use prune_core::worker_protocol::WorkerRequest;
@@ -26,12 +27,14 @@ impl Outputs {
 /// Resolves the request into the engine's local inputs.
 pub fn resolve(
     request: &WorkerRequest,
-    store: &dyn FileStore,
+    shared_store: &Arc<dyn FileStore>,
     scratch: &Path,
 ) -> Result<(JobInputs, Outputs), EngineError> {
+    let store = shared_store.as_ref();
     let spec = &request.spec;
     let blob = |field: &str, id: Option<&str>| id.map(|id| local_blob(store, scratch, field, id)).transpose();
     let inputs = &request.inputs;
+    let calibration = spec.calibration.as_ref();
     let checkpoints = output(store, scratch, &inputs.checkpoint_prefix)?;
     let artifacts = output(store, scratch, &inputs.artifact_prefix)?;
     let resume_from = match &inputs.resume_from {
@@ -47,6 +50,13 @@ pub fn resolve(
         artifacts: artifacts.clone(),
         resume_from,
         threads: inputs.threads,
+        model_files: model_files(spec, store, scratch)?,
+        calibration_file: blob("calibration", calibration.and_then(|c| c.text.as_deref().or(c.tokens.as_deref())))?,
+        evaluation_file: blob("evaluation.text", spec.evaluation.as_ref().and_then(|e| e.text.as_deref()))?,
+        store: Some(prune_engine::StoreAccess(Arc::new(WorkerStore {
+            store: shared_store.clone(),
+            scratch: scratch.to_path_buf(),
+        }))),
     };
     Ok((job_inputs, Outputs { artifacts }))
 }
@@ -71,6 +81,42 @@ fn shard_files(
         shards.insert(name.clone(), local_blob(store, scratch, &format!("model.shards.{name}"), id)?);
     }
     Ok(Some(ShardFiles { index, shards }))
+}
+
+/// A Hugging Face directory's other files (`model.files`) as local files, by name.
+fn model_files(
+    spec: &prune_core::JobSpec,
+    store: &dyn FileStore,
+    scratch: &Path,
+) -> Result<std::collections::BTreeMap<String, PathBuf>, EngineError> {
+    let mut files = std::collections::BTreeMap::new();
+    for (name, id) in spec.model.files.iter().flatten() {
+        files.insert(name.clone(), local_blob(store, scratch, &format!("model.files.{name}"), id)?);
+    }
+    Ok(files)
+}
+
+/// The store as the engine sees it beyond checkpoint events (a language model's pruned layers).
+struct WorkerStore {
+    store: Arc<dyn FileStore>,
+    scratch: PathBuf,
+}
+
+impl prune_engine::KeyStore for WorkerStore {
+    fn fetch(&self, key: &str) -> Result<PathBuf, String> {
+        let key = Key::parse(key).map_err(|e| e.to_string())?;
+        self.store.fetch(&key, &self.scratch).map_err(|e| e.to_string())
+    }
+
+    fn publish(&self, key: &str, path: &Path) -> Result<(), String> {
+        let key = Key::parse(key).map_err(|e| e.to_string())?;
+        self.store.put(&key, path).map_err(|e| e.to_string())
+    }
+
+    fn delete(&self, key: &str) -> Result<(), String> {
+        let key = Key::parse(key).map_err(|e| e.to_string())?;
+        self.store.delete(&key).map_err(|e| e.to_string())
+    }
 }
 
 /// Publishes a file the engine wrote under `output` (a no-op where the store is this machine's

@@ -41,7 +41,7 @@ pub enum WorkerError {
 
 /// The command line: where the file store is, and this machine's scratch directory.
 struct Args {
-    store: Box<dyn FileStore>,
+    store: std::sync::Arc<dyn FileStore>,
     scratch: PathBuf,
 }
 
@@ -52,7 +52,7 @@ fn parse_args() -> Result<Args, WorkerError> {
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| WorkerError::Usage(format!("{flag} needs a value")))?;
         match flag.as_str() {
-            STORE_FLAG => store = Some(prune_store::open(&value)?),
+            STORE_FLAG => store = Some(std::sync::Arc::from(prune_store::open(&value)?)),
             SCRATCH_FLAG => scratch = Some(PathBuf::from(value)),
             other => return Err(WorkerError::Usage(format!("unknown argument {other}"))),
         }
@@ -98,11 +98,12 @@ fn run_attempt() -> Result<(), WorkerError> {
 
     let stop = StopFlag::default();
     watch_stdin(stop.clone());
-    let store = &*args.store;
+    let shared_store = &args.store;
+    let store = &**shared_store;
     // A panic is a bug, as deterministic as an engine error: report it rather than crash, so
     // that it is not retried and its message (not a backtrace line) is the job's error.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let (inputs, outputs) = inputs::resolve(&request, store, &args.scratch)?;
+        let (inputs, outputs) = inputs::resolve(&request, shared_store, &args.scratch)?;
         let mut sink = LineSink { out: &mut out, store, checkpoints: &inputs.checkpoints };
         let outcome = prune_engine::run_job(&request.spec, &inputs, &mut sink, &stop)?;
         log_peak_memory();

@@ -29,23 +29,42 @@ pub struct WrittenShard {
     pub data_len: u64,
 }
 
-/// Writes the index (and the config when packed) next to the shards; uncompressed, since
-/// they are small and tools read them as they are.
+/// Writes the index of a sharded artifact and the config (the model's own, `model_config`,
+/// and/or, when packed, compressed-tensors' sparsity config) next to the shards; uncompressed,
+/// since they are small and tools read them as they are.
 pub fn write(
     dir: &Path,
     output: &Output,
     job: &Job,
     shards: &[WrittenShard],
     reports: &[TensorReport],
+    sharded: bool,
+    model_config: Option<&serde_json::Value>,
 ) -> io::Result<Vec<ArtifactFile>> {
     let total_size = shards.iter().map(|s| s.data_len).sum::<u64>();
     let index = ShardIndex {
         metadata: Some([("total_size".to_string(), json!(total_size))].into_iter().collect()),
         weight_map: shards.iter().flat_map(|s| s.tensors.iter().map(|t| (t.clone(), s.name.clone()))).collect(),
     };
-    let mut files = vec![write_json(dir, output, job, INDEX_FILE, &serde_json::to_value(&index)?)?];
-    if job.export.sparse_format == SparseFormat::Bitmask {
-        files.push(write_json(dir, output, job, CONFIG_FILE, &compressed_tensors_config(job, reports))?);
+    let mut files = Vec::with_capacity(2);
+    if sharded {
+        files.push(write_json(dir, output, job, INDEX_FILE, &serde_json::to_value(&index)?)?);
+    }
+    let packed = (job.export.sparse_format == SparseFormat::Bitmask).then(|| compressed_tensors_config(job, reports));
+    let config = match (model_config, packed) {
+        // The model's config keeps every key; compressed-tensors reads its quantization_config.
+        (Some(base), Some(packed)) => {
+            let mut merged = base.clone();
+            if let (Some(m), Some(p)) = (merged.as_object_mut(), packed.as_object()) {
+                m.extend(p.clone());
+            }
+            Some(merged)
+        }
+        (Some(base), None) => Some(base.clone()),
+        (None, packed) => packed,
+    };
+    if let Some(config) = config {
+        files.push(write_json(dir, output, job, CONFIG_FILE, &config)?);
     }
     Ok(files)
 }

@@ -75,13 +75,13 @@ fn model_error(e: impl std::fmt::Display) -> EngineError {
 
 /// The checkpoint being pruned: one safetensors file (a single shard, no index) or the
 /// checked shards of a sharded one. The artifact mirrors it: one packed file per shard.
-struct Source {
+pub(crate) struct Source {
     shards: Vec<Shard>,
     sharded: bool,
 }
 
 impl Source {
-    fn open(inputs: &JobInputs) -> Result<Source, EngineError> {
+    pub(crate) fn open(inputs: &JobInputs) -> Result<Source, EngineError> {
         if let Some(files) = &inputs.model_shards {
             let checkpoint = ShardedCheckpoint::open(&files.index, &files.shards)
                 .map_err(|e| EngineError::Model(format!("sharded checkpoint: {e}")))?;
@@ -92,7 +92,7 @@ impl Source {
         Ok(Source { shards: vec![Shard { name: SINGLE_FILE.into(), file }], sharded: false })
     }
 
-    fn tensors(&self) -> impl Iterator<Item = (&Shard, &TensorInfo)> {
+    pub(crate) fn tensors(&self) -> impl Iterator<Item = (&Shard, &TensorInfo)> {
         self.shards.iter().flat_map(|s| s.file.tensors.iter().map(move |t| (s, t)))
     }
 
@@ -155,7 +155,77 @@ pub fn run(
     };
     sink.emit(Event::started_one_shot(pruned.clone(), warnings))?;
 
-    let mut global = global_selection(&source, &rules, stop)?;
+    let global = global_selection(&source, &rules, stop)?;
+    let written = write_artifacts(job, inputs, &source, &rules, global, &NoReplacements, None, stop)?;
+    let Written { artifacts, reports, sparsity, dense_bytes, gzip_dense_bytes } = written;
+    sink.emit(Event::Metrics {
+        points: sparsity
+            .iter()
+            .map(|s| MetricPoint { step: 0, name: format!("sparsity/{}", s.name), value: s.sparsity })
+            .collect(),
+    })?;
+    sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
+
+    let format = ExportFormat::Safetensors.as_str().to_string();
+    let report = Report {
+        tensors: reports,
+        dense_bytes,
+        gzip_dense_bytes,
+        artifact_bytes: [(format, artifacts.iter().map(|a| a.bytes).sum())].into_iter().collect(),
+        final_val_accuracy: None,
+        final_val_loss: None,
+        dense_val_accuracy: None,
+        steps: 0,
+        inference: vec![],
+        inference_note: Some(prune_core::domain::NO_FORWARD_PASS.to_string()),
+        channels: None,
+        ..Default::default()
+    };
+    Ok(JobOutcome { artifacts, report })
+}
+
+/// Values pruned before the export (a language model's layer-by-layer pass): the export writes
+/// them instead of the input's and masks nothing more in those tensors.
+pub(crate) trait Replacements {
+    /// The replacement bytes of `tensor` in its own dtype, if it is replaced.
+    fn values(&self, tensor: &TensorInfo) -> Result<Option<Vec<u8>>, EngineError>;
+}
+
+/// Nothing replaced: every pruned tensor is masked by its rule.
+pub(crate) struct NoReplacements;
+
+impl Replacements for NoReplacements {
+    fn values(&self, _: &TensorInfo) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(None)
+    }
+}
+
+/// What [`write_artifacts`] wrote and measured.
+pub(crate) struct Written {
+    pub artifacts: Vec<ArtifactFile>,
+    pub reports: Vec<TensorReport>,
+    /// Per pruned tensor, in order.
+    pub sparsity: Vec<TensorSparsity>,
+    pub dense_bytes: u64,
+    pub gzip_dense_bytes: u64,
+}
+
+/// Writes the artifact of `source`: each tensor masked by its rule (or taken from
+/// `replacements`), packed and compressed as the job's export says, one file per input shard,
+/// plus the index of a sharded checkpoint. `model_config`: a Hugging Face model's
+/// `config.json`, written next to the weights (with compressed-tensors' sparsity config when
+/// packed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_artifacts(
+    job: &Job,
+    inputs: &JobInputs,
+    source: &Source,
+    rules: &[Option<Rule>],
+    global: Option<GlobalSelection>,
+    replacements: &dyn Replacements,
+    model_config: Option<&serde_json::Value>,
+    stop: &StopFlag,
+) -> Result<Written, EngineError> {
     let dir = inputs.artifacts.dir.as_path();
     let io_error = |e: io::Error| EngineError::Export(format!("cannot write artifacts in {}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(io_error)?;
@@ -178,8 +248,9 @@ pub fn run(
     let mut gzip = (dense_bytes <= compress::GZIP_REPORT_MAX).then(GzipCounter::default);
 
     let mut reports = Vec::with_capacity(rules.len());
-    let mut sparsity = Vec::with_capacity(pruned.len());
+    let mut sparsity = Vec::with_capacity(rules.iter().flatten().count());
     let mut rules = rules.iter();
+    let mut global = global;
     let mut written = Vec::with_capacity(source.shards.len());
     let mut artifacts = Vec::with_capacity(source.shards.len() + 2);
     for (shard, dense_header) in source.shards.iter().zip(&dense_headers) {
@@ -194,8 +265,17 @@ pub fn run(
                 return Err(EngineError::Stopped { step: 0, reason });
             }
             let rule = rules.next().expect("one rule per tensor");
-            let mut data = shard.file.read(info).map_err(model_error)?;
-            if values::is_float(info.dtype) {
+            let replaced = replacements.values(info)?;
+            let was_replaced = replaced.is_some();
+            let mut data = match replaced {
+                Some(data) => data,
+                None => shard.file.read(info).map_err(model_error)?,
+            };
+            if was_replaced {
+                // Pruned elsewhere (a language model's layer pass): reported as it is.
+                let kept = values::count_nonzero(info.dtype, &data) as usize;
+                sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: reported_sparsity(kept, info.numel()) });
+            } else if values::is_float(info.dtype) {
                 let not_finite = || source.not_finite(shard, &info.name);
                 match rule {
                     // Element-wise (the common case for big checkpoints): chunk by chunk, in
@@ -266,39 +346,19 @@ pub fn run(
         };
         artifacts.push(artifact);
     }
-    if source.sharded {
-        artifacts.extend(index::write(dir, &inputs.artifacts, job, &written, &reports).map_err(io_error)?);
+    if source.sharded || model_config.is_some() {
+        artifacts.extend(
+            index::write(dir, &inputs.artifacts, job, &written, &reports, source.sharded, model_config)
+                .map_err(io_error)?,
+        );
     }
-
-    sink.emit(Event::Metrics {
-        points: sparsity
-            .iter()
-            .map(|s| MetricPoint { step: 0, name: format!("sparsity/{}", s.name), value: s.sparsity })
-            .collect(),
-    })?;
-    sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
-
-    let format = ExportFormat::Safetensors.as_str().to_string();
-    let report = Report {
-        tensors: reports,
-        dense_bytes,
-        gzip_dense_bytes: gzip.map_or(0, GzipCounter::finish),
-        artifact_bytes: [(format, artifacts.iter().map(|a| a.bytes).sum())].into_iter().collect(),
-        final_val_accuracy: None,
-        final_val_loss: None,
-        dense_val_accuracy: None,
-        steps: 0,
-        inference: vec![],
-        inference_note: Some(prune_core::domain::NO_FORWARD_PASS.to_string()),
-        channels: None,
-        ..Default::default()
-    };
-    Ok(JobOutcome { artifacts, report })
+    Ok(Written { artifacts, reports, sparsity, dense_bytes, gzip_dense_bytes: gzip.map_or(0, GzipCounter::finish) })
 }
+
 
 /// The global threshold, when some tensors are ranked together: two passes reading only them,
 /// shard after shard, holding one tensor and two histograms at a time.
-fn global_selection(
+pub(crate) fn global_selection(
     source: &Source,
     rules: &[Option<Rule>],
     stop: &StopFlag,
