@@ -64,6 +64,15 @@ impl Schedule {
     /// The schedule with its final sparsity replaced (`final_sparsity` of `polynomial_decay`,
     /// `target_sparsity` of `constant_sparsity`); everything else is kept, except that a
     /// polynomial decay's `initial_sparsity` is lowered to the new final one where it lay above.
+    /// The final sparsity as the job file wrote it (f64): calibrated methods count pruned
+    /// weights as their references do, `int(columns * sparsity)` in double precision.
+    pub fn final_sparsity_f64(&self) -> f64 {
+        match *self {
+            Schedule::PolynomialDecay { final_sparsity, .. } => final_sparsity,
+            Schedule::ConstantSparsity { target_sparsity, .. } => target_sparsity,
+        }
+    }
+
     pub fn with_final_sparsity(self, sparsity: f64) -> Schedule {
         match self {
             Schedule::PolynomialDecay { initial_sparsity, begin_step, end_step, power, frequency, .. } => {

@@ -27,6 +27,10 @@ pub fn run_typed(
     sink: &mut dyn EventSink,
     stop: &StopFlag,
 ) -> Result<JobOutcome, EngineError> {
+    // A Hugging Face language model (its directory's config.json came along): layer by layer.
+    if crate::llm::applies(inputs) {
+        return crate::llm::run(job, inputs, sink, stop);
+    }
     // A one-shot state dict needs no libtorch: pruned a tensor at a time, in bounded memory.
     if crate::streamed::applies(job, inputs) {
         return crate::streamed::run(job, inputs, sink, stop);

@@ -19,7 +19,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in `0..bound` (bound > 0), without modulo bias worth caring about for shuffling.
-    fn below(&mut self, bound: u64) -> u64 {
+    pub fn below(&mut self, bound: u64) -> u64 {
         ((self.next_u64() as u128 * bound as u128) >> 64) as u64
     }
 }

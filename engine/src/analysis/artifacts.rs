@@ -46,7 +46,8 @@ pub fn write(
     ])
 }
 
-fn file(out: &Output, format: &str, name: &str, bytes: &[u8]) -> Result<ArtifactFile, EngineError> {
+/// Writes `bytes` as artifact `name` of `format`, uncompressed.
+pub(crate) fn file(out: &Output, format: &str, name: &str, bytes: &[u8]) -> Result<ArtifactFile, EngineError> {
     let path = out.dir.join(name);
     std::fs::create_dir_all(&out.dir)
         .and_then(|()| write_atomically(&path, |f| f.write_all(bytes)))

@@ -22,7 +22,7 @@
 mod chunked;
 mod index;
 mod select;
-mod values;
+pub(crate) mod values;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, Write};
