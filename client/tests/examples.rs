@@ -41,3 +41,28 @@ fn every_example_validates_without_warnings() {
         assert!(found.is_empty(), "{}: {found:?}", file.display());
     }
 }
+
+/// The language-model examples (`examples/llm/`) parse, validate and draw no warning; their
+/// model directory is made by `scripts/setup-smollm2.sh`, so only the shipped texts are checked
+/// to exist here.
+#[test]
+fn language_model_examples_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/llm");
+    let mut count = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let file = entry.unwrap().path();
+        if file.extension().is_none_or(|x| x != "toml") {
+            continue;
+        }
+        count += 1;
+        let spec = prune_client::jobfile::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        let job = prune_core::validate::validate(&spec).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert!(job.pruning.criterion.is_calibrated(), "{}", file.display());
+        let found = warnings(&spec, None);
+        assert!(found.is_empty(), "{}: {found:?}", file.display());
+        for text in [spec.calibration.and_then(|c| c.text), spec.evaluation.and_then(|e| e.text)].into_iter().flatten() {
+            assert!(dir.join(&text).is_file(), "{}: {text} is not shipped", file.display());
+        }
+    }
+    assert!(count >= 2, "expected the language-model examples in {}", dir.display());
+}
