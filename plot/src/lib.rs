@@ -1,6 +1,7 @@
 //! The service's plots, as pure functions from numbers to PNG or SVG bytes: a sweep's accuracy
 //! against artifact size (`pareto`, drawn by `prunectl sweep`) and a sensitivity analysis's
-//! accuracy against sparsity per tensor (`sensitivity`, drawn by the worker as a job artifact).
+//! accuracy against sparsity per tensor (`sensitivity`, drawn by the worker as a job artifact)
+//! and a pruned language model's reconstruction error per decoder layer (`reconstruction`).
 //!
 //! Text is drawn with the embedded DejaVu Sans (`plot/assets`, license beside it) through
 //! plotters' `ab_glyph` backend: no system font library at build or run time, and the same
@@ -14,6 +15,7 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 pub mod pareto;
+pub mod reconstruction;
 pub mod sensitivity;
 
 /// Width and height of every plot, in pixels: readable at a glance on a laptop screen.
