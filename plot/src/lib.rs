@@ -1,6 +1,7 @@
 //! The service's plots, as pure functions from numbers to PNG or SVG bytes: a sweep's accuracy
 //! against artifact size (`pareto`, drawn by `prunectl sweep`) and a sensitivity analysis's
-//! accuracy against sparsity per tensor (`sensitivity`, drawn by the worker as a job artifact).
+//! accuracy against sparsity per tensor (`sensitivity`, drawn by the worker as a job artifact)
+//! and a pruned language model's reconstruction error per decoder layer (`reconstruction`).
 //!
 //! Text is drawn with the embedded DejaVu Sans (`plot/assets`, license beside it) through
 //! plotters' `ab_glyph` backend: no system font library at build or run time, and the same
@@ -9,12 +10,12 @@
 use std::ops::Range;
 use std::sync::Once;
 
-use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 pub mod pareto;
+pub mod reconstruction;
 pub mod sensitivity;
 
 /// Width and height of every plot, in pixels: readable at a glance on a laptop screen.
@@ -80,9 +81,24 @@ fn svg_of(
     Ok(out)
 }
 
+/// matplotlib's `tab10`: ten colours told apart at a glance; more series reuse them with
+/// another marker.
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
 /// The legend box every plot draws: white, framed, at `position`.
-fn draw_legend<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
     position: SeriesLabelPosition,
     font_size: u32,
 ) -> Result<(), PlotError> {

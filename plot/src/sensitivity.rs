@@ -5,7 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::{draw_error, draw_legend, padded, png_of, svg_of, FAMILY};
+use crate::{draw_error, draw_legend, padded, png_of, svg_of, FAMILY, PALETTE};
 pub use crate::{PlotError, SIZE};
 
 /// One tensor's measurements, levels ascending.
@@ -50,21 +50,6 @@ pub fn png(title: &str, measure: Measure, dense: Option<f64>, series: &[Series])
 pub fn svg(title: &str, measure: Measure, dense: Option<f64>, series: &[Series]) -> Result<String, PlotError> {
     svg_of(|root| draw(root, title, measure, dense, series))
 }
-
-/// matplotlib's `tab10`: ten colours told apart at a glance; more tensors reuse them with
-/// another marker.
-const PALETTE: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
 
 fn draw<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
