@@ -26,8 +26,18 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use sha2::{Digest, Sha256};
 
-create_exception!(_core, SpecError, PyValueError, "A pruning spec the service would reject; one `field: reason` line per problem.");
-create_exception!(_core, ArtifactError, PyValueError, "A tensor file that cannot be written or read in the service's formats.");
+create_exception!(
+    _core,
+    SpecError,
+    PyValueError,
+    "A pruning spec the service would reject; one `field: reason` line per problem."
+);
+create_exception!(
+    _core,
+    ArtifactError,
+    PyValueError,
+    "A tensor file that cannot be written or read in the service's formats."
+);
 
 /// Everything that can go wrong here, each mapped to the Python exception a user expects.
 #[derive(Debug, thiserror::Error)]
@@ -182,9 +192,9 @@ impl Spec {
         let (pruning, document) = if whole_job.contains_key("model") {
             checked(parse_toml(text).map_err(|e| Error::Spec(e.0))?)?
         } else {
-            let table = whole_job.get("pruning").ok_or_else(|| {
-                Error::Spec(vec![FieldError::new("pruning", "the job file has no [pruning] table")])
-            })?;
+            let table = whole_job
+                .get("pruning")
+                .ok_or_else(|| Error::Spec(vec![FieldError::new("pruning", "the job file has no [pruning] table")]))?;
             pruning_from_json(&serde_json::to_string(table).map_err(|e| Error::Value(e.to_string()))?)?
         };
         Ok(Spec::new(pruning, document)?)
@@ -284,7 +294,9 @@ impl Targets {
     /// The targets whose mask is recomputed before the batch of training step `step` (tfmot's
     /// rule: the schedule's pruning steps; m-by-n masks once, at step 1).
     fn due(&self, step: i64) -> Vec<usize> {
-        (0..self.items.len()).filter(|&i| self.items[i].rule.method.recompute_at(&self.items[i].rule.schedule, step)).collect()
+        (0..self.items.len())
+            .filter(|&i| self.items[i].rule.method.recompute_at(&self.items[i].rule.schedule, step))
+            .collect()
     }
 
     /// Whether any mask is due at `step`.
