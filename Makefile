@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test lint demo bench bench-channels bench-vs-tfmot gpu-check bench-big clean-data fuzz load bench-cluster cluster-demo
+.PHONY: all setup build test python-test lint demo bench bench-channels bench-vs-tfmot gpu-check bench-big clean-data fuzz load bench-cluster cluster-demo
 
 all: build
 
@@ -22,10 +22,22 @@ build: setup
 
 test: build
 	@$(ENV) cargo test --workspace --no-fail-fast
+	@$(MAKE) --no-print-directory python-test
+
+# The `prune` Python package (python/, docs/python.md): its tools into the project venv
+# (scripts/setup-python-package.sh), the extension built and installed there (maturin develop,
+# release: the masks are the hot path), then its pytest suite, examples/python included.
+# python/ is its own Cargo workspace (python/Cargo.toml): target/python keeps its build apart.
+PY_ENV := $(ENV) PY_VENV=$$(scripts/setup-python-package.sh); export VIRTUAL_ENV=$$PY_VENV PATH=$$PY_VENV/bin:$$PATH;
+python-test:
+	@$(PY_ENV) CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(CURDIR)/target/python} maturin develop --release --quiet --manifest-path python/Cargo.toml \
+		&& python -m pytest -q python/tests
 
 # Formatting (rustfmt.toml) and clippy on every target, warnings as errors; CI runs it first.
 lint: setup
 	@$(ENV) cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings
+	@$(ENV) cargo fmt --manifest-path python/Cargo.toml --check \
+		&& CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(CURDIR)/target/python} cargo clippy --manifest-path python/Cargo.toml --all-targets -- -D warnings
 
 demo: build
 	@$(ENV) scripts/demo.sh

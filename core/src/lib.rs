@@ -17,6 +17,7 @@ pub mod mask;
 pub mod method;
 pub mod options;
 pub mod schedule;
+pub mod select;
 pub mod sharded;
 pub mod spec;
 pub mod tensorfile;
