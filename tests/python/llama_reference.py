@@ -167,14 +167,12 @@ def tiny(out_dir):
         out = out_dir / name
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
         randomize(model)
-        # The reference is computed from exactly the values saved (bf16-rounded where saved so).
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.to(dtype).float())
         kwargs = {"max_shard_size": shard} if shard else {}
         model.to(dtype).save_pretrained(out, safe_serialization=True, **kwargs)
-        model.float()
         tokenizer.save_pretrained(out)
+        # The reference is the saved directory loaded back in f32, as a user would load it
+        # (casting the model in place would also round its RoPE inv_freq buffer to bf16).
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
         ids, stream = random_tokens(config.vocab_size, seq_len=24, stream_len=24 * 5 + 7)
         reference(model, AutoTokenizer.from_pretrained(out), out, ids, stream)
 

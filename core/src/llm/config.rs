@@ -198,7 +198,10 @@ impl LlmConfig {
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: Raw = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            ConfigError::Json { field: if path == "." { "(document)".into() } else { path }, reason: e.into_inner().to_string() }
+            ConfigError::Json {
+                field: if path == "." { "(document)".into() } else { path },
+                reason: e.into_inner().to_string(),
+            }
         })?;
         LlmConfig::from_raw(raw)
     }
@@ -206,7 +209,9 @@ impl LlmConfig {
     fn from_raw(raw: Raw) -> Result<LlmConfig, ConfigError> {
         let architecture = match raw.architectures.as_deref() {
             Some([first, ..]) => Architecture::parse(first)?,
-            _ => return Err(field("architectures", "missing: the model class is needed (e.g. [\"LlamaForCausalLM\"])")),
+            _ => {
+                return Err(field("architectures", "missing: the model class is needed (e.g. [\"LlamaForCausalLM\"])"))
+            }
         };
         let defaults = architecture.defaults();
         let hidden_size = positive("hidden_size", raw.hidden_size)?;
@@ -240,8 +245,10 @@ impl LlmConfig {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(field("head_dim", format!("{head_dim}: RoPE needs a positive even head dimension")));
         }
-        let max_position_embeddings =
-            positive("max_position_embeddings", Some(raw.max_position_embeddings.unwrap_or(defaults.max_position_embeddings)))?;
+        let max_position_embeddings = positive(
+            "max_position_embeddings",
+            Some(raw.max_position_embeddings.unwrap_or(defaults.max_position_embeddings)),
+        )?;
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(defaults.rms_norm_eps);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
             return Err(field("rms_norm_eps", format!("{rms_norm_eps} is not a positive number")));

@@ -39,8 +39,7 @@ impl Checkpoint {
 
     /// One safetensors file holding the whole model.
     pub fn from_file(path: &Path) -> Result<Checkpoint, EngineError> {
-        let file =
-            StreamedFile::open(path).map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
+        let file = StreamedFile::open(path).map_err(|e| EngineError::Model(format!("{}: {e}", path.display())))?;
         Ok(Checkpoint::new(vec![file]))
     }
 
