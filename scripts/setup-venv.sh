@@ -10,6 +10,7 @@ VENV="${PRUNE_VENV:-$HOME/.cache/prune/venv-torch-2.13.0}"
 STAMP="$VENV/.prune-ready-v1"
 GRPC_STAMP="$VENV/.prune-grpc-v1"
 CT_STAMP="$VENV/.prune-compressed-tensors-v1"
+HF_STAMP="$VENV/.prune-transformers-v1"
 # No pip cache: the wheels (torch's CUDA libraries among them) would take as much disk again.
 PIP=("$VENV/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir)
 if [ ! -f "$STAMP" ]; then
@@ -38,5 +39,14 @@ if [ ! -f "$CT_STAMP" ]; then
   "${PIP[@]}" compressed-tensors==0.14.0.1 psutil >&2
   "$VENV/bin/python" -c 'import torch, compressed_tensors; from compressed_tensors.compressors import ModelCompressor; assert torch.__version__.startswith("2.13.0"), torch.__version__' >&2
   touch "$CT_STAMP"
+fi
+# transformers 4.57 (+ tokenizers, gguf, accelerate): the reference the Llama-family decoder's
+# logits and tokenizer ids are checked against (tests/python/llama_reference.py), and what
+# dequantizes SmolLM2's GGUF file (scripts/setup-smollm2.sh). Hugging Face Hub is never reached.
+if [ ! -f "$HF_STAMP" ]; then
+  echo "adding transformers 4.57, tokenizers, gguf and accelerate to $VENV (once)" >&2
+  "${PIP[@]}" 'transformers==4.57.*' 'tokenizers==0.22.*' 'gguf==0.19.*' 'accelerate==1.16.*' >&2
+  HF_HUB_OFFLINE=1 "$VENV/bin/python" -c 'import torch, transformers, tokenizers, gguf, accelerate; assert transformers.__version__.startswith("4.57."), transformers.__version__; assert torch.__version__.startswith("2.13.0"), torch.__version__' >&2
+  touch "$HF_STAMP"
 fi
 echo "$VENV"

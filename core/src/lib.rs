@@ -13,6 +13,7 @@ pub mod datasets;
 pub mod domain;
 pub mod files;
 pub mod job;
+pub mod llm;
 pub mod mask;
 pub mod method;
 pub mod options;
