@@ -13,6 +13,7 @@ pub mod events;
 pub mod export;
 pub mod inputs;
 pub mod job;
+pub mod llm;
 pub mod masking;
 pub mod model;
 pub mod optim;
