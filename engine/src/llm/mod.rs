@@ -10,9 +10,14 @@
 pub mod dense;
 pub mod head;
 pub mod model;
+pub mod pattern;
 pub mod perplexity;
+pub mod reconstruction;
 pub mod rope;
+pub mod sparsegpt;
+pub mod stats;
 pub mod tokenize;
+pub mod wanda;
 pub mod weights;
 
 mod pass;
@@ -29,3 +34,14 @@ pub use rope::Rope;
 pub use run::{applies, run, RECONSTRUCTION_PLOT_FORMAT};
 pub use tokenize::Tokenizer;
 pub use weights::Checkpoint;
+
+pub use pattern::{Pattern, PatternError};
+pub use reconstruction::{relative_reconstruction_error, ReconstructionError};
+pub use sparsegpt::{sparsegpt_prune, SparseGptError, SparseGptOutcome};
+pub use stats::{HessianStats, StatsError, WandaStats};
+pub use wanda::{wanda_mask, WandaError};
+
+/// libtorch messages carry multi-line C++ backtraces; the first line is the message.
+pub(crate) fn torch_message(e: tch::TchError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
