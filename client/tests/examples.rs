@@ -60,7 +60,8 @@ fn language_model_examples_validate() {
         assert!(job.pruning.criterion.is_calibrated(), "{}", file.display());
         let found = warnings(&spec, None);
         assert!(found.is_empty(), "{}: {found:?}", file.display());
-        for text in [spec.calibration.and_then(|c| c.text), spec.evaluation.and_then(|e| e.text)].into_iter().flatten() {
+        for text in [spec.calibration.and_then(|c| c.text), spec.evaluation.and_then(|e| e.text)].into_iter().flatten()
+        {
             assert!(dir.join(&text).is_file(), "{}: {text} is not shipped", file.display());
         }
     }

@@ -30,7 +30,7 @@ pub const FILE_REFERENCE_FIELDS: [&str; 7] = [
 
 /// The model directory's file that makes a model a language model the engine runs
 /// (`model.files`): its Hugging Face `config.json`.
-pub const CONFIG_FILE: &str = "config.json";
+pub use crate::sharded::CONFIG_FILE;
 /// The tokenizer the engine reads calibration and evaluation text with (`model.files`).
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 

@@ -41,6 +41,14 @@ pub struct JobInputs {
     pub store: Option<StoreAccess>,
 }
 
+/// A sharded checkpoint's local files: its index and each shard by the file name the index
+/// gives it.
+#[derive(Debug, Clone)]
+pub struct ShardFiles {
+    pub index: PathBuf,
+    pub shards: BTreeMap<String, PathBuf>,
+}
+
 /// What the engine may do with the file store besides reporting checkpoints.
 pub trait KeyStore: Send + Sync {
     /// A local copy of the file stored under `key`.

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 /// The file name every message names.
-pub const CONFIG_FILE: &str = "config.json";
+pub use crate::sharded::CONFIG_FILE;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {

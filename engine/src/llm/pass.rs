@@ -15,12 +15,13 @@ use prune_core::job::Criterion;
 use prune_core::llm::LlmConfig;
 use tch::{Kind, Tensor};
 
-use super::model::{Layer, Rope, Site};
+use super::model::{Layer, Site};
 use super::plan::{Plan, Target};
-use super::reconstruction::relative_error;
+use super::reconstruction::relative_reconstruction_error;
+use super::rope::Rope;
 use super::sparsegpt::sparsegpt_prune;
 use super::state::{Progress, Streams};
-use super::stats::{Hessian, WandaStats};
+use super::stats::{HessianStats, WandaStats};
 use super::wanda::wanda_mask;
 use super::weights::Checkpoint;
 use crate::EngineError;
@@ -51,13 +52,18 @@ pub struct Pass<'a> {
 struct SiteStats {
     wanda: Option<WandaStats>,
     /// SparseGPT's Hessian; for Wanda only the Gram matrix the reconstruction error needs.
-    gram: Hessian,
+    gram: HessianStats,
 }
 
 impl Pass<'_> {
     /// Prunes decoder layer `i` in place of `streams` (which then hold layer i's outputs);
     /// returns the pruned weights by full name and adds to `progress`.
-    pub fn layer(&self, i: usize, streams: &mut Streams, progress: &mut Progress) -> Result<Vec<(String, Tensor)>, EngineError> {
+    pub fn layer(
+        &self,
+        i: usize,
+        streams: &mut Streams,
+        progress: &mut Progress,
+    ) -> Result<Vec<(String, Tensor)>, EngineError> {
         let started = Instant::now();
         let mut layer = Layer::load(self.weights, self.config, i)?;
         let targets = &self.plan.layers[i];
@@ -65,28 +71,35 @@ impl Pass<'_> {
         let mut stats: BTreeMap<Site, SiteStats> = BTreeMap::new();
         if self.criterion.is_calibrated() {
             for site in Site::ALL {
-                let Some(columns) = targets.iter().find(|t| site.linears().contains(&t.local.as_str())).map(|t| {
-                    layer.weight(&t.local).size()[1]
-                }) else {
-                    continue;
-                };
+                let Some(target) = targets.iter().find(|t| Site::of(t.linear) == site) else { continue };
+                let columns = layer.weight(target.linear).size()[1];
                 let wanda = matches!(self.criterion, Criterion::Wanda).then(|| WandaStats::new(columns));
-                stats.insert(site, SiteStats { wanda, gram: Hessian::new(columns) });
+                stats.insert(site, SiteStats { wanda, gram: HessianStats::new(columns) });
             }
             let hidden = streams.calibration.as_ref().expect("a calibrated pass has calibration windows");
             let rope = self.calibration_rope.as_ref().expect("a calibrated pass has its rope");
-            forward_batches(self.config, &layer, rope, hidden, &mut |site, x| {
-                if let Some(s) = stats.get_mut(&site) {
-                    // One window at a time, as the references' batch size of 1 accumulates.
-                    for w in 0..x.size()[0] {
-                        let window = x.get(w);
-                        if let Some(wanda) = &mut s.wanda {
-                            wanda.add_batch(&window);
-                        }
-                        s.gram.add_batch(&window);
+            let mut failed = None;
+            // The dense outputs are not kept: the next layer gets the pruned layer's.
+            observe_batches(self.config, &layer, rope, hidden, &mut |site, x| {
+                let Some(s) = stats.get_mut(&site) else { return };
+                // One window at a time, as the references' batch size of 1 accumulates.
+                for w in 0..x.size()[0] {
+                    let window = x.get(w);
+                    let added = match &mut s.wanda {
+                        Some(wanda) => wanda.add_batch(&window).and_then(|()| s.gram.add_batch(&window)),
+                        None => s.gram.add_batch(&window),
+                    };
+                    if let Err(e) = added {
+                        failed.get_or_insert((site, e));
                     }
                 }
             })?;
+            if let Some((site, e)) = failed {
+                return Err(EngineError::Model(format!(
+                    "model.layers.{i}: the calibration inputs of {} ({e})",
+                    site.linears().iter().map(|l| l.module()).collect::<Vec<_>>().join(", ")
+                )));
+            }
         }
         // 2. The evaluation stream through the dense layer.
         if let (Some(x), Some(rope)) = (&streams.eval_dense, &self.evaluation_rope) {
@@ -95,20 +108,19 @@ impl Pass<'_> {
         // 3. Prune each target.
         let mut pruned = Vec::with_capacity(targets.len());
         for target in targets {
-            let w = layer.weight(&target.local).to_kind(Kind::Float);
-            let site = Site::ALL
-                .into_iter()
-                .find(|s| s.linears().contains(&target.local.as_str()))
-                .ok_or_else(|| EngineError::Model(format!("{}: no input site feeds it", target.name)))?;
+            let w = layer.weight(target.linear).shallow_clone();
+            let site = Site::of(target.linear);
             let new = self.prune(target, &w, stats.get(&site), progress)?;
             if let Some(s) = stats.get(&site) {
+                let relative_error = relative_reconstruction_error(&w, &new, s.gram.hessian())
+                    .map_err(|e| EngineError::Model(format!("{}: reconstruction error: {e}", target.name)))?;
                 progress.reconstruction.push(LinearError {
                     tensor: target.name.clone(),
                     layer: i as u64,
-                    relative_error: relative_error(&w, &new, s.gram.matrix()),
+                    relative_error,
                 });
             }
-            layer.set_weight(&target.local, new.shallow_clone());
+            layer.set_weight(target.linear, new.shallow_clone())?;
             pruned.push((target.name.clone(), new));
         }
         drop(stats);
@@ -149,12 +161,12 @@ impl Pass<'_> {
             }
             Criterion::Wanda => {
                 let s = stats.and_then(|s| s.wanda.as_ref()).expect("wanda statistics gathered");
-                let mask = wanda_mask(w, s.scaler_row(), target.pattern());
+                let mask = wanda_mask(w, s.scaler_row(), target.pattern()).map_err(|e| with_layer(e.to_string()))?;
                 w * mask.to_kind(Kind::Float)
             }
             Criterion::SparseGpt { block_size, dampening } => {
                 let s = stats.expect("sparsegpt statistics gathered");
-                let outcome = sparsegpt_prune(w, s.gram.matrix(), target.pattern(), block_size as i64, dampening)
+                let outcome = sparsegpt_prune(w, s.gram.hessian(), target.pattern(), block_size as i64, dampening)
                     .map_err(|e| with_layer(e.to_string()))?;
                 if let Some(warning) = outcome.warning {
                     progress.warnings.push(format!("{}: {warning}", target.name));
@@ -165,8 +177,8 @@ impl Pass<'_> {
     }
 }
 
-/// Runs `layer` over `x` ([windows, seq_len, hidden]) in batches of windows, passing every
-/// Linear input to `observe`; returns the outputs, same shape.
+/// Runs `layer` over `x` ([windows, seq_len, hidden]) in batches of windows; returns the
+/// outputs, same shape.
 fn forward_batches(
     config: &LlmConfig,
     layer: &Layer,
@@ -174,10 +186,24 @@ fn forward_batches(
     x: &Tensor,
     observe: &mut dyn FnMut(Site, &Tensor),
 ) -> Result<Tensor, EngineError> {
-    let size = x.size();
-    let batch = batch_windows(config, size[1]);
-    let outs: Vec<Tensor> = x.split(batch, 0).iter().map(|b| layer.forward(config, rope, b, observe)).collect();
+    let batch = batch_windows(config, x.size()[1]);
+    let outs: Vec<Tensor> = x.split(batch, 0).iter().map(|b| layer.forward(config, rope, b, &mut *observe)).collect();
     Ok(Tensor::cat(&outs, 0))
+}
+
+/// Runs `layer` over `x` in batches only for what `observe` sees: no outputs are kept.
+fn observe_batches(
+    config: &LlmConfig,
+    layer: &Layer,
+    rope: &Rope,
+    x: &Tensor,
+    observe: &mut dyn FnMut(Site, &Tensor),
+) -> Result<(), EngineError> {
+    let batch = batch_windows(config, x.size()[1]);
+    for b in x.split(batch, 0) {
+        drop(layer.forward(config, rope, &b, &mut *observe));
+    }
+    Ok(())
 }
 
 fn check_finite(x: &Tensor, layer: usize, what: &str) -> Result<(), EngineError> {

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use prune_core::job::Job;
+use prune_core::llm::config::{layer_prefix, Linear};
 use prune_core::method::PruningMethod;
 use prune_core::tensorstream::TensorInfo;
 
@@ -22,8 +23,8 @@ use crate::EngineError;
 pub struct Target {
     /// Its full name (`model.layers.3.mlp.down_proj.weight`).
     pub name: String,
-    /// Its name inside the decoder layer (`mlp.down_proj.weight`).
-    pub local: String,
+    /// Which Linear of its decoder layer it is.
+    pub linear: Linear,
     pub rule: Rule,
 }
 
@@ -35,12 +36,11 @@ impl Target {
             _ => Pattern::Unstructured { sparsity: self.rule.schedule.final_sparsity_f64() },
         }
     }
+}
 
-    /// The Linear kind for plots and summaries: `q_proj`, `down_proj`, ...
-    pub fn kind(&self) -> &str {
-        let stem = self.local.strip_suffix(".weight").unwrap_or(&self.local);
-        stem.rsplit('.').next().unwrap_or(stem)
-    }
+/// Decoder layer `i`'s Linear weights in the layer's order: (full name, which Linear).
+pub fn decoder_linears(i: usize) -> Vec<(String, Linear)> {
+    Linear::ALL.iter().map(|&l| (format!("{}{}", layer_prefix(i), l.weight()), l)).collect()
 }
 
 pub struct Plan {
@@ -54,30 +54,28 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `linears[i]`: decoder layer i's Linear weights in the layer's order, as (full name, name
-    /// inside the layer).
-    pub fn new(job: &Job, tensors: &[TensorInfo], linears: &[Vec<(String, String)>]) -> Result<Plan, EngineError> {
+    /// `linears[i]`: decoder layer i's Linear weights ([`decoder_linears`]).
+    pub fn new(job: &Job, tensors: &[TensorInfo], linears: &[Vec<(String, Linear)>]) -> Result<Plan, EngineError> {
         let selector = Selector::new(&job.pruning)?;
         let explicit = !job.pruning.include.is_empty();
-        let layer_of: BTreeMap<&str, (usize, &str)> = linears
+        let layer_of: BTreeMap<&str, (usize, Linear)> = linears
             .iter()
             .enumerate()
-            .flat_map(|(i, names)| names.iter().map(move |(full, local)| (full.as_str(), (i, local.as_str()))))
+            .flat_map(|(i, names)| names.iter().map(move |(full, linear)| (full.as_str(), (i, *linear))))
             .collect();
         let mut layers: Vec<Vec<Target>> = vec![Vec::new(); linears.len()];
         let mut export_rules = Vec::with_capacity(tensors.len());
         let mut pruned = Vec::new();
         for t in tensors {
             let decoder = layer_of.get(t.name.as_str());
-            let rule = if decoder.is_some() || explicit {
-                selector.rule(&t.name, &t.shape, is_float(t.dtype))?
-            } else {
-                None
-            };
-            if let Some(rule) = rule {
+            let rule =
+                if decoder.is_some() || explicit { selector.rule(&t.name, &t.shape, is_float(t.dtype))? } else { None };
+            if let Some(rule) = rule.clone() {
                 match decoder {
-                    Some(&(i, local)) => {
-                        layers[i].push(Target { name: t.name.clone(), local: local.to_string(), rule })
+                    Some(&(i, linear)) => {
+                        let target = Target { name: t.name.clone(), linear, rule };
+                        check_pattern(&target, &t.shape)?;
+                        layers[i].push(target)
                     }
                     None if job.pruning.criterion.is_calibrated() => {
                         return Err(EngineError::Spec(format!(
@@ -98,14 +96,21 @@ impl Plan {
             ));
         }
         // Layers keep the decoder's order (q, k, v, o, gate, up, down), not the file's.
-        for (targets, names) in layers.iter_mut().zip(linears) {
-            targets.sort_by_key(|t| names.iter().position(|(full, _)| *full == t.name));
+        for targets in &mut layers {
+            targets.sort_by_key(|t| t.linear);
         }
         Ok(Plan { layers, export_rules, pruned })
     }
+}
 
-    /// Whether the layer pass prunes anything (a magnitude job may prune only at export).
-    pub fn prunes_layers(&self) -> bool {
-        self.layers.iter().any(|l| !l.is_empty())
-    }
+/// An m-by-n group must divide the Linear's input width (the error names the field and tensor).
+fn check_pattern(target: &Target, shape: &[usize]) -> Result<(), EngineError> {
+    let columns = shape.get(1).copied().unwrap_or(0) as i64;
+    target.pattern().check(columns).map_err(|e| {
+        let field = match target.rule.method {
+            PruningMethod::MByN { .. } => "pruning.m_by_n",
+            _ => "pruning.schedule",
+        };
+        EngineError::Spec(format!("{field}: {}: {e}", target.name))
+    })
 }

@@ -7,21 +7,22 @@ use std::path::PathBuf;
 
 use prune_core::domain::{LanguageModelReport, LinearError, Perplexity};
 use prune_core::job::Job;
-use prune_core::options::Scope;
 use prune_core::llm::LlmConfig;
 use prune_core::options::ExportFormat;
+use prune_core::options::Scope;
 use prune_core::spec::{CONFIG_FILE, TOKENIZER_FILE};
 use prune_core::tensorstream::{StreamedFile, TensorInfo};
 use tch::Tensor;
 
-use super::model::{Embedding, Head, Rope};
+use super::head::{Embedding, Head};
 use super::pass::Pass;
-use super::plan::Plan;
+use super::plan::{decoder_linears, Plan};
+use super::rope::Rope;
 use super::state::{self, Progress, Stored, Streams};
 use super::weights::Checkpoint;
 use super::windows::{self, Windows};
 use crate::events::{Event, EventSink, MetricPoint, TensorSparsity};
-use crate::export::{ArtifactFile, Report};
+use crate::export::Report;
 use crate::inputs::{JobInputs, JobOutcome, StopFlag};
 use crate::streamed::{self, Replacements, Source};
 use crate::EngineError;
@@ -34,7 +35,12 @@ pub fn applies(inputs: &JobInputs) -> bool {
     inputs.model_files.contains_key(CONFIG_FILE)
 }
 
-pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopFlag) -> Result<JobOutcome, EngineError> {
+pub fn run(
+    job: &Job,
+    inputs: &JobInputs,
+    sink: &mut dyn EventSink,
+    stop: &StopFlag,
+) -> Result<JobOutcome, EngineError> {
     if inputs.threads > 0 {
         tch::set_num_threads(inputs.threads as i32);
     }
@@ -45,22 +51,21 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopF
         ));
     }
     let config_path = &inputs.model_files[CONFIG_FILE];
-    let config_text = std::fs::read_to_string(config_path)
-        .map_err(|e| EngineError::Model(format!("{CONFIG_FILE}: {e}")))?;
+    let config_text =
+        std::fs::read_to_string(config_path).map_err(|e| EngineError::Model(format!("{CONFIG_FILE}: {e}")))?;
     let config = LlmConfig::from_json(&config_text).map_err(|e| EngineError::Model(e.to_string()))?;
     let config_json: serde_json::Value =
         serde_json::from_str(&config_text).map_err(|e| EngineError::Model(format!("{CONFIG_FILE}: {e}")))?;
     let source = Source::open(inputs)?;
     let infos: Vec<TensorInfo> = source.tensors().map(|(_, t)| t.clone()).collect();
-    let linears: Vec<Vec<(String, String)>> =
-        (0..config.num_hidden_layers).map(|i| config.decoder_linears(i)).collect();
+    let linears: Vec<_> = (0..config.num_hidden_layers).map(decoder_linears).collect();
     let plan = Plan::new(job, &infos, &linears)?;
     let layered = job.pruning.criterion.is_calibrated() || job.evaluation.is_some();
     if layered {
         check_layered(job, &plan, &linears)?;
     }
     let tokenizer = inputs.model_files.get(TOKENIZER_FILE).map(PathBuf::as_path);
-    let max_positions = config.max_position_embeddings;
+    let max_positions = config.max_seq_len();
     let evaluation = match (&job.evaluation, &inputs.evaluation_file) {
         (Some(x), Some(file)) => Some(windows::evaluation(x, file, tokenizer, max_positions)?),
         (Some(_), None) => return Err(EngineError::Spec("evaluation.text: no file was given to the worker".into())),
@@ -70,7 +75,7 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopF
     let mut outcome_progress = Progress::default();
     let mut perplexity = None;
     if layered {
-        let weights = Checkpoint::open(inputs)?;
+        let weights = open_weights(inputs)?;
         let (mut progress, mut streams) = match &inputs.resume_from {
             Some(path) => state::read_state(path)?,
             None => {
@@ -79,8 +84,8 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopF
                     warnings.extend(w.warnings.iter().cloned());
                 }
                 let embedding = Embedding::load(&weights, &config)?;
-                let calibration = calibration.map(|w| embedding.forward(&w.tokens));
-                let eval_dense = evaluation.as_ref().map(|w| embedding.forward(&w.tokens));
+                let calibration = calibration.map(|w| embedding.forward(&w.tokens)).transpose()?;
+                let eval_dense = evaluation.as_ref().map(|w| embedding.forward(&w.tokens)).transpose()?;
                 let eval_pruned = eval_dense.as_ref().map(Tensor::copy);
                 let progress = Progress { warnings: warnings.clone(), ..Default::default() };
                 (progress, Streams { calibration, eval_dense, eval_pruned })
@@ -99,15 +104,15 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopF
             weights: &weights,
             plan: &plan,
             criterion: job.pruning.criterion,
-            calibration_rope: streams.calibration.as_ref().map(|c| Rope::new(&config, c.size()[1])),
-            evaluation_rope: evaluation.as_ref().map(|w| Rope::new(&config, w.tokens.size()[1])),
+            calibration_rope: streams.calibration.as_ref().map(|c| Rope::new(&config, c.size()[1] as usize)),
+            evaluation_rope: evaluation.as_ref().map(|w| Rope::new(&config, w.tokens.size()[1] as usize)),
         };
         run_layers(&pass, inputs, sink, stop, &mut progress, &mut streams)?;
         if let (Some(w), Some(dense), Some(pruned)) = (&evaluation, &streams.eval_dense, &streams.eval_pruned) {
             let head = Head::load(&weights, &config)?;
             perplexity = Some(Perplexity {
-                dense: head.perplexity(dense, &w.tokens)?,
-                pruned: head.perplexity(pruned, &w.tokens)?,
+                dense: windowed_perplexity(&head, &config, dense, &w.tokens),
+                pruned: windowed_perplexity(&head, &config, pruned, &w.tokens),
                 seq_len: w.tokens.size()[1] as u64,
                 windows: w.count() as u64,
             });
@@ -121,7 +126,11 @@ pub fn run(job: &Job, inputs: &JobInputs, sink: &mut dyn EventSink, stop: &StopF
 
 /// What the layer pass cannot do: global ranking, or measuring a pruned perplexity when
 /// tensors outside the decoder layers are pruned too.
-fn check_layered(job: &Job, plan: &Plan, linears: &[Vec<(String, String)>]) -> Result<(), EngineError> {
+fn check_layered(
+    job: &Job,
+    plan: &Plan,
+    linears: &[Vec<(String, prune_core::llm::config::Linear)>],
+) -> Result<(), EngineError> {
     if job.pruning.scope == Scope::Global {
         return Err(EngineError::Spec(
             "pruning.scope: the layer-by-layer pass (evaluation or a calibrated method) ranks within each layer: use scope = \"layer\"".into(),
@@ -201,6 +210,33 @@ fn run_layers(
     Ok(())
 }
 
+/// The model's weights, read a tensor at a time: one safetensors file or an index and shards.
+fn open_weights(inputs: &JobInputs) -> Result<Checkpoint, EngineError> {
+    if let Some(files) = &inputs.model_shards {
+        let sharded = prune_core::sharded::ShardedCheckpoint::open(&files.index, &files.shards)
+            .map_err(|e| EngineError::Model(format!("sharded checkpoint: {e}")))?;
+        return Ok(Checkpoint::from_sharded(sharded));
+    }
+    let file = inputs.model_file.as_deref().ok_or_else(|| EngineError::Model("no model file".into()))?;
+    Checkpoint::from_file(file)
+}
+
+/// exp(mean token NLL) of final hidden states `x` over windows `ids`, each window on its own,
+/// in batches so the logits stay small.
+fn windowed_perplexity(head: &Head, config: &LlmConfig, x: &Tensor, ids: &Tensor) -> f64 {
+    let batch = super::pass::batch_windows(config, ids.size()[1]);
+    let (mut nll, mut tokens) = (0.0, 0i64);
+    for (xb, ib) in x.split(batch, 0).iter().zip(ids.split(batch, 0).iter()) {
+        let (n, t) = head.nll(xb, ib);
+        nll += n;
+        tokens += t;
+    }
+    if tokens == 0 {
+        return f64::NAN;
+    }
+    (nll / tokens as f64).exp()
+}
+
 fn zero_fraction(w: &Tensor) -> f64 {
     let numel = w.numel();
     if numel == 0 {
@@ -245,8 +281,9 @@ impl Replacements for LayerFiles {
     fn values(&self, tensor: &TensorInfo) -> Result<Option<Vec<u8>>, EngineError> {
         let Some((i, info)) = self.by_name.get(&tensor.name) else { return Ok(None) };
         let values = state::read_f32(&self.files[*i], info).map_err(EngineError::Checkpoint)?;
-        let kind = crate::tensors::kind_of(tensor.dtype)
-            .ok_or_else(|| EngineError::Model(format!("tensor {}: unsupported dtype {:?}", tensor.name, tensor.dtype)))?;
+        let kind = crate::tensors::kind_of(tensor.dtype).ok_or_else(|| {
+            EngineError::Model(format!("tensor {}: unsupported dtype {:?}", tensor.name, tensor.dtype))
+        })?;
         let cast = values.to_kind(kind).contiguous();
         let mut bytes = vec![0u8; cast.numel() * kind.elt_size_in_bytes()];
         cast.f_copy_data_u8(&mut bytes, cast.numel())?;
@@ -289,10 +326,20 @@ fn export(
             continue; // written with the weights (and compressed-tensors' sparsity config)
         }
         let bytes = std::fs::read(path).map_err(|e| EngineError::Model(format!("model.files.{name}: {e}")))?;
-        artifacts.push(crate::analysis::artifacts::file(&inputs.artifacts, ExportFormat::Safetensors.as_str(), name, &bytes)?);
+        artifacts.push(crate::analysis::artifacts::file(
+            &inputs.artifacts,
+            ExportFormat::Safetensors.as_str(),
+            name,
+            &bytes,
+        )?);
     }
     if let Some(plot) = reconstruction_plot(job, config, &progress.reconstruction)? {
-        artifacts.push(crate::analysis::artifacts::file(&inputs.artifacts, RECONSTRUCTION_PLOT_FORMAT, "reconstruction.png", &plot)?);
+        artifacts.push(crate::analysis::artifacts::file(
+            &inputs.artifacts,
+            RECONSTRUCTION_PLOT_FORMAT,
+            "reconstruction.png",
+            &plot,
+        )?);
     }
     let sparsity = written.sparsity;
     sink.emit(Event::Metrics {
@@ -302,14 +349,21 @@ fn export(
             .collect(),
     })?;
     let layers = config.num_hidden_layers as i64;
-    sink.emit(Event::Progress { step: layers, total_steps: layers, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
+    sink.emit(Event::Progress {
+        step: layers,
+        total_steps: layers,
+        epoch: 0,
+        loss: f64::NAN,
+        accuracy: f64::NAN,
+        sparsity,
+    })?;
     let safetensors = ExportFormat::Safetensors.as_str().to_string();
     let model_bytes = artifacts.iter().filter(|a| a.format == safetensors).map(|a| a.bytes).sum();
     let calibrated = job.pruning.criterion.is_calibrated();
     let calibration = job.calibration.as_ref().filter(|_| calibrated);
     let language_model = LanguageModelReport {
         method: job.pruning.criterion.name().to_string(),
-        architecture: config.architecture.as_str().to_string(),
+        architecture: config.architecture.class_name().to_string(),
         layers: progress.layers_done as u64,
         calibration_samples: calibration.map_or(0, |c| c.samples as u64),
         calibration_seq_len: calibration.map_or(0, |c| c.seq_len as u64),
@@ -350,7 +404,7 @@ fn reconstruction_plot(job: &Job, config: &LlmConfig, errors: &[LinearError]) ->
             }),
         }
     }
-    let name = job.name.clone().unwrap_or_else(|| config.architecture.as_str().to_string());
+    let name = job.name.clone().unwrap_or_else(|| config.architecture.class_name().to_string());
     let title = format!("{name}: {} reconstruction error per layer", job.pruning.criterion.name());
     prune_plot::reconstruction::png(&title, &series).map(Some).map_err(|e| EngineError::Export(e.to_string()))
 }

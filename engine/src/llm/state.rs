@@ -77,7 +77,11 @@ impl Streams {
 }
 
 /// Writes layer `layer`'s pruned weights into `dir`; returns the file and its sha256.
-pub fn write_layer(dir: &Path, layer: usize, weights: &[(String, Tensor)]) -> Result<(std::path::PathBuf, String, u64), EngineError> {
+pub fn write_layer(
+    dir: &Path,
+    layer: usize,
+    weights: &[(String, Tensor)],
+) -> Result<(std::path::PathBuf, String, u64), EngineError> {
     let path = dir.join(format!("llm-layer-{layer:05}.safetensors"));
     let named: Vec<(&str, &Tensor)> = weights.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let (sha256, bytes) = write_tensors(&path, &named, HashMap::new())?;
@@ -110,11 +114,14 @@ pub fn read_state(path: &Path) -> Result<(Progress, Streams), EngineError> {
     if meta.format != FORMAT {
         return Err(bad(format!("state format {} (this engine writes {FORMAT})", meta.format)));
     }
-    let mut take = |name: &str| -> Result<Option<Tensor>, EngineError> {
+    let take = |name: &str| -> Result<Option<Tensor>, EngineError> {
         file.tensors.iter().find(|t| t.name == name).map(|t| read_f32(&file, t).map_err(&bad)).transpose()
     };
-    let streams =
-        Streams { calibration: take("calibration")?, eval_dense: take("eval_dense")?, eval_pruned: take("eval_pruned")? };
+    let streams = Streams {
+        calibration: take("calibration")?,
+        eval_dense: take("eval_dense")?,
+        eval_pruned: take("eval_pruned")?,
+    };
     Ok((meta.progress, streams))
 }
 
@@ -133,10 +140,13 @@ const SLICE_BYTES: usize = 16 << 20;
 
 /// Writes f32 tensors as safetensors without assembling the file in memory; returns its
 /// sha256 and size.
-fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: HashMap<String, String>) -> Result<(String, u64), EngineError> {
+fn write_tensors(
+    path: &Path,
+    tensors: &[(&str, &Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<(String, u64), EngineError> {
     let err = |e: std::io::Error| EngineError::Checkpoint(format!("cannot write {}: {e}", path.display()));
-    let tensors: Vec<(&str, Tensor)> =
-        tensors.iter().map(|(n, t)| (*n, t.to_kind(Kind::Float).contiguous())).collect();
+    let tensors: Vec<(&str, Tensor)> = tensors.iter().map(|(n, t)| (*n, t.to_kind(Kind::Float).contiguous())).collect();
     let entries: Vec<Entry> = tensors
         .iter()
         .map(|(n, t)| Entry {
@@ -147,6 +157,9 @@ fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)], metadata: HashMap<Str
         })
         .collect();
     let header = header_bytes(&entries, Some(metadata)).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
     let mut sha = Sha256::new();
     let mut total = 0u64;
     write_atomically(path, |f| {
@@ -188,8 +201,16 @@ mod tests {
         let streams = Streams { calibration: Some(calibration.shallow_clone()), eval_dense: None, eval_pruned: None };
         let progress = Progress {
             layers_done: 2,
-            layer_files: vec![Stored { key: "checkpoints/j/llm-layer-00000.safetensors".into(), sha256: "ab".into(), bytes: 9 }],
-            reconstruction: vec![LinearError { tensor: "model.layers.0.mlp.up_proj.weight".into(), layer: 0, relative_error: 0.25 }],
+            layer_files: vec![Stored {
+                key: "checkpoints/j/llm-layer-00000.safetensors".into(),
+                sha256: "ab".into(),
+                bytes: 9,
+            }],
+            reconstruction: vec![LinearError {
+                tensor: "model.layers.0.mlp.up_proj.weight".into(),
+                layer: 0,
+                relative_error: 0.25,
+            }],
             warnings: vec!["w".into()],
             prune_seconds: 1.5,
         };
@@ -200,7 +221,8 @@ mod tests {
         assert_eq!(back, progress);
         assert!(streams.calibration.unwrap().equal(&calibration));
         assert!(streams.eval_dense.is_none());
-        let (layer, _, _) = write_layer(dir.path(), 0, &[("w".into(), Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu)))]).unwrap();
+        let (layer, _, _) =
+            write_layer(dir.path(), 0, &[("w".into(), Tensor::ones([2, 2], (Kind::Float, tch::Device::Cpu)))]).unwrap();
         assert!(read_state(&layer).unwrap_err().to_string().contains("not a language-model pass state"));
     }
 }

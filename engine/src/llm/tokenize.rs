@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::EngineError;
 
 /// The file name every message names.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub use prune_core::spec::TOKENIZER_FILE;
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,

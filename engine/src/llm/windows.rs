@@ -120,7 +120,7 @@ pub fn evaluation(
 fn check_length(field: &str, seq_len: usize, max_positions: usize) -> Result<(), EngineError> {
     if seq_len > max_positions {
         return Err(EngineError::Spec(format!(
-            "{field}: {seq_len} is above the model's max_position_embeddings ({max_positions}, config.json)"
+            "{field}: {seq_len} is above the model's longest sequence ({max_positions}: max_position_embeddings, or the sliding window, in config.json)"
         )));
     }
     Ok(())
@@ -187,6 +187,6 @@ mod tests {
         let e = draw("calibration.text", &stream, 1, 26, 0).err().unwrap().to_string();
         assert!(e.contains("fewer than one window"), "{e}");
         let e = check_length("calibration.seq_len", 4096, 2048).unwrap_err().to_string();
-        assert!(e.contains("calibration.seq_len: 4096 is above the model's max_position_embeddings (2048"), "{e}");
+        assert!(e.contains("calibration.seq_len: 4096 is above the model's longest sequence (2048"), "{e}");
     }
 }

@@ -274,7 +274,8 @@ pub(crate) fn write_artifacts(
             if was_replaced {
                 // Pruned elsewhere (a language model's layer pass): reported as it is.
                 let kept = values::count_nonzero(info.dtype, &data) as usize;
-                sparsity.push(TensorSparsity { name: info.name.clone(), sparsity: reported_sparsity(kept, info.numel()) });
+                sparsity
+                    .push(TensorSparsity { name: info.name.clone(), sparsity: reported_sparsity(kept, info.numel()) });
             } else if values::is_float(info.dtype) {
                 let not_finite = || source.not_finite(shard, &info.name);
                 match rule {
@@ -354,7 +355,6 @@ pub(crate) fn write_artifacts(
     }
     Ok(Written { artifacts, reports, sparsity, dense_bytes, gzip_dense_bytes: gzip.map_or(0, GzipCounter::finish) })
 }
-
 
 /// The global threshold, when some tensors are ranked together: two passes reading only them,
 /// shard after shard, holding one tensor and two histograms at a time.
