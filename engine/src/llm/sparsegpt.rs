@@ -116,14 +116,15 @@ pub fn sparsegpt_prune(
     for i1 in (0..columns).step_by(block_size as usize) {
         let count = block_size.min(columns - i1);
         let hinv1 = hinv.f_narrow(0, i1, count)?.f_narrow(1, i1, count)?;
-        let (q1, err1, pruned1) = prune_block(&w.f_narrow(1, i1, count)?, &hinv1, pattern)?;
+        let (q1, neg_err1, pruned1) = prune_block(&w.f_narrow(1, i1, count)?, &hinv1, pattern)?;
         w.f_narrow(1, i1, count)?.f_copy_(&q1)?;
         let _ = kept.f_narrow(1, i1, count)?.f_masked_fill_(&pruned1, 0)?;
         let i2 = i1 + count;
         if i2 < columns {
-            // `W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])`: the lazy update of later columns.
-            let update = err1.f_matmul(&hinv.f_narrow(0, i1, count)?.f_narrow(1, i2, columns - i2)?)?;
-            let _ = w.f_narrow(1, i2, columns - i2)?.f_sub_(&update)?;
+            // `W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])`, the lazy update of later columns, as
+            // `+= (-Err1) @ Hinv`: negating a factor negates the product exactly.
+            let update = neg_err1.f_matmul(&hinv.f_narrow(0, i1, count)?.f_narrow(1, i2, columns - i2)?)?;
+            let _ = w.f_narrow(1, i2, columns - i2)?.f_add_(&update)?;
         }
     }
     Ok(SparseGptOutcome { weight: w, mask: kept, warning })
@@ -148,13 +149,13 @@ fn inverse_factor(h: &mut Tensor, dampening: f64) -> Result<Option<Tensor>, Spar
     Ok((i64::try_from(&info)? == 0).then_some(upper))
 }
 
-/// One block of columns: returns `Q1` (the block's new weights), `Err1` (the scaled errors that
-/// the lazy update spreads to later columns) and the block's pruned mask.
+/// One block of columns: returns `Q1` (the block's new weights), `-Err1` (the negated scaled
+/// errors that the lazy update spreads to later columns) and the block's pruned mask.
 fn prune_block(w_block: &Tensor, hinv1: &Tensor, pattern: Pattern) -> Result<(Tensor, Tensor, Tensor), SparseGptError> {
     let count = w_block.size()[1];
     let w1 = w_block.f_to_dtype(Kind::Float, false, true)?; // `W1 = W[:, i1:i2].clone()`
     let q1 = w1.f_zeros_like()?;
-    let err1 = w1.f_zeros_like()?;
+    let neg_err1 = w1.f_zeros_like()?;
     // `diag(Hinv1).reshape((1, -1)) ** 2`, the denominator of every `tmp`.
     let diag_sq = hinv1.f_diag(0)?.f_reshape([1, -1])?.f_pow_tensor_scalar(2)?;
     let pruned1 = match pattern {
@@ -182,13 +183,16 @@ fn prune_block(w_block: &Tensor, hinv1: &Tensor, pattern: Pattern) -> Result<(Te
         let q = w.f_masked_fill(&pruned1.f_select(1, i)?, 0.0)?;
         q1.f_select(1, i)?.f_copy_(&q)?;
         // `err1 = (w - q) / d; W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))`
-        let err = w.f_sub(&q)?.f_div(&d)?;
+        // with the error negated, `(q - w) / d` (negation is exact): one in-place rank-1 update
+        // (`addr_`: each product rounded once, as by the reference's k = 1 matmul, then one
+        // rounded addition, as by its subtraction) gives the same values in one pass over the
+        // block instead of a product tensor and a subtraction.
+        let neg_err = q.f_sub(&w)?.f_div(&d)?;
         let row = hinv1.f_get(i)?.f_narrow(0, i, count - i)?;
-        let update = err.f_unsqueeze(1)?.f_matmul(&row.f_unsqueeze(0)?)?;
-        let _ = w1.f_narrow(1, i, count - i)?.f_sub_(&update)?;
-        err1.f_select(1, i)?.f_copy_(&err)?;
+        let _ = w1.f_narrow(1, i, count - i)?.f_addr_(&neg_err, &row)?;
+        neg_err1.f_select(1, i)?.f_copy_(&neg_err)?;
     }
-    Ok((q1, err1, pruned1))
+    Ok((q1, neg_err1, pruned1))
 }
 
 #[cfg(test)]
