@@ -1,9 +1,8 @@
 //! Which parameters are pruned, with which rule, and their masks: tfmot's wrapper logic
 //! (recompute on schedule, multiply before every batch) over the numerics of `prune_core::mask`.
 
-use prune_core::job::{Override, OverrideRule, Pruning};
+use prune_core::job::Pruning;
 use prune_core::mask;
-use prune_core::options::Scope;
 use prune_core::{PruningMethod, Schedule};
 use regex::Regex;
 use tch::{Device, Kind, Tensor};
@@ -38,79 +37,20 @@ pub(crate) fn compile(patterns: &[String], field: &str) -> Result<Vec<Regex>, En
         .collect()
 }
 
-/// How one selected tensor is pruned.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rule {
-    pub schedule: Schedule,
-    pub method: PruningMethod,
-    /// scope = global and no override.
-    pub global: bool,
-}
+pub use prune_core::select::Rule;
 
-impl Rule {
-    /// Ranked in the one global selection (as `Masks::recompute` partitions targets).
-    pub fn in_global_selection(&self) -> bool {
-        self.global && self.method == PruningMethod::ElementWise
-    }
-}
-
-/// A `[pruning]` section's selection rules with its patterns compiled, for deciding tensor by
-/// tensor from name, shape and dtype alone (the libtorch path and the streamed one share it).
-pub struct Selector<'a> {
-    spec: &'a Pruning,
-    include: Vec<Regex>,
-    exclude: Vec<Regex>,
-    overrides: Vec<(Regex, &'a Override)>,
-}
+/// prune-core's selection (`prune_core::select`, which the Python package shares), with its
+/// errors as the engine's.
+pub struct Selector<'a>(prune_core::select::Selector<'a>);
 
 impl<'a> Selector<'a> {
     pub fn new(spec: &'a Pruning) -> Result<Selector<'a>, EngineError> {
-        let overrides = spec
-            .overrides
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let pattern = Regex::new(&o.pattern)
-                    .map_err(|e| EngineError::Spec(format!("pruning.overrides[{i}].match: {e}")))?;
-                Ok((pattern, o))
-            })
-            .collect::<Result<Vec<_>, EngineError>>()?;
-        Ok(Selector {
-            spec,
-            include: compile(&spec.include, "pruning.include")?,
-            exclude: compile(&spec.exclude, "pruning.exclude")?,
-            overrides,
-        })
+        prune_core::select::Selector::new(spec).map(Selector).map_err(|e| EngineError::Spec(e.to_string()))
     }
 
-    /// The rule of tensor `name`, or `None` when it is not pruned: every floating tensor of
-    /// rank >= 2 by default (rank-1 biases only with `prune_bias`), or those matching `include`;
-    /// minus `exclude`; overrides last. A method that cannot apply to the shape is an error.
+    /// The rule of tensor `name`, or `None` when it is not pruned (`prune_core::select`).
     pub fn rule(&self, name: &str, shape: &[usize], floating: bool) -> Result<Option<Rule>, EngineError> {
-        let spec = self.spec;
-        if !floating {
-            return Ok(None);
-        }
-        // An explicit include asks for exactly what it matches (biases too); by default only
-        // rank >= 2 weights, plus biases with `prune_bias`.
-        let selected = if self.include.is_empty() {
-            shape.len() >= 2 || (spec.prune_bias && shape.len() == 1 && name.ends_with("bias"))
-        } else {
-            self.include.iter().any(|r| r.is_match(name))
-        };
-        if !selected || self.exclude.iter().any(|r| r.is_match(name)) || shape.is_empty() {
-            return Ok(None);
-        }
-        let mut rule = Rule { schedule: spec.schedule, method: spec.method, global: spec.scope == Scope::Global };
-        if let Some((_, o)) = self.overrides.iter().find(|(r, _)| r.is_match(name)) {
-            match o.rule {
-                OverrideRule::Skip => return Ok(None),
-                OverrideRule::Inherit => {}
-                OverrideRule::Prune { schedule, method } => rule = Rule { schedule, method, global: false },
-            }
-        }
-        rule.method.check_shape(name, shape).map_err(EngineError::Spec)?;
-        Ok(Some(rule))
+        self.0.rule(name, shape, floating).map_err(|e| EngineError::Spec(e.to_string()))
     }
 }
 

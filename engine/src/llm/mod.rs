@@ -4,7 +4,7 @@
 //! The model on tch, computed in f32 as transformers computes it, one decoder layer at a time
 //! (`weights`, `model`, `rope`, `head`, `tokenize`, `perplexity`, `dense`); the per-Linear
 //! methods (`pattern`, `stats`, `wanda`, `sparsegpt`, `reconstruction`); and the job around
-//! them (`plan`: what is pruned; `windows`: calibration and evaluation tokens; `pass`: the
+//! them (`plan`: what is pruned; `tokens`: calibration and evaluation windows of the job's texts; `pass`: the
 //! layer-by-layer pass; `state`: its checkpoints; `run`: start to artifact).
 
 pub mod dense;
@@ -24,12 +24,12 @@ mod pass;
 mod plan;
 mod run;
 mod state;
-mod windows;
+mod tokens;
 
 pub use dense::DenseModel;
 pub use head::{Embedding, Head};
 pub use model::{Layer, Site};
-pub use perplexity::{perplexity, windows as eval_windows, LayerSource, Perplexity};
+pub use perplexity::{perplexity, windows, LayerSource, Perplexity};
 pub use rope::Rope;
 pub use run::{applies, run, RECONSTRUCTION_PLOT_FORMAT};
 pub use tokenize::Tokenizer;

@@ -19,8 +19,8 @@ use super::pass::Pass;
 use super::plan::{decoder_linears, Plan};
 use super::rope::Rope;
 use super::state::{self, Progress, Stored, Streams};
+use super::tokens::{self, Windows};
 use super::weights::Checkpoint;
-use super::windows::{self, Windows};
 use crate::events::{Event, EventSink, MetricPoint, TensorSparsity};
 use crate::export::Report;
 use crate::inputs::{JobInputs, JobOutcome, StopFlag};
@@ -67,7 +67,7 @@ pub fn run(
     let tokenizer = inputs.model_files.get(TOKENIZER_FILE).map(PathBuf::as_path);
     let max_positions = config.max_seq_len();
     let evaluation = match (&job.evaluation, &inputs.evaluation_file) {
-        (Some(x), Some(file)) => Some(windows::evaluation(x, file, tokenizer, max_positions)?),
+        (Some(x), Some(file)) => Some(tokens::evaluation(x, file, tokenizer, max_positions)?),
         (Some(_), None) => return Err(EngineError::Spec("evaluation.text: no file was given to the worker".into())),
         _ => None,
     };
@@ -156,7 +156,7 @@ fn calibration_windows(
         .calibration_file
         .as_deref()
         .ok_or_else(|| EngineError::Spec("calibration: no file was given to the worker".into()))?;
-    windows::calibration(c, file, tokenizer, max_positions).map(Some)
+    tokens::calibration(c, file, tokenizer, max_positions).map(Some)
 }
 
 /// Layers from `progress.layers_done` on, each followed by its checkpoint.
