@@ -57,6 +57,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 DECODER_LAYERS = r"re:model\.layers\.\d+$"
 
+try:  # llmcompressor's loguru sink is stdout: move it to stderr, stdout is the JSON line
+    import llmcompressor  # noqa: F401, E402
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="INFO")
+except ImportError:  # dense and magnitude also run without it
+    pass
+
 
 def vm_hwm_bytes() -> int:
     with open("/proc/self/status") as f:
