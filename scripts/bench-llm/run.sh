@@ -155,7 +155,9 @@ if has prune; then
   start_server "$work"
   # The model's files uploaded once beforehand (as a user's would be): every timed submit then
   # only hashes them and finds them on the server.
-  for f in "$MODEL"/*; do [ -f "$f" ] && "$BIN/prunectl" upload "$f" >/dev/null; done
+  for f in "$MODEL"/*; do
+    if [ -f "$f" ]; then "$BIN/prunectl" upload "$f" >/dev/null; fi
+  done
 fi
 if has llmc; then
   run_llmc dense 50% | tee -a "$work/llmc.jsonl" | sed 's/^/dense reference: /'
