@@ -17,7 +17,8 @@
 # (BENCH_LLM_MAX_WINDOWS caps it). Threads: BENCH_LLM_THREADS (default: all cores).
 # Development knobs: BENCH_LLM_METHODS ("magnitude wanda sparsegpt"), BENCH_LLM_STRUCTURES
 # ("50% 2:4"), BENCH_LLM_SIDES ("prune llmc": run one half alone), BENCH_LLM_MODEL (another HF
-# directory), BENCH_LLM_OUT (keep the JSON lines there). Expects the binaries built
+# directory), BENCH_LLM_OUT (keep the JSON lines and logs there), BENCH_LLM_JOBS (write prune's job
+# files and the tokens there and stop). Expects the binaries built
 # (`make bench-llm` does it) unless BENCH_LLM_SIDES leaves prune out.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -52,6 +53,7 @@ cleanup() {
 }
 trap cleanup EXIT
 now() { date +%s.%N; }
+tag() { case $1 in 2:4) echo 2of4 ;; 50%) echo 50pct ;; *) echo "$1" ;; esac; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 cores=$(nproc)
 check_load() { # warn when the 1-minute load average is above a quarter of the cores
@@ -77,9 +79,9 @@ echo "model: $MODEL; calibration: $SAMPLES x $SEQ_LEN tokens of data/text/calibr
 
 # --- prune -----------------------------------------------------------------------------------
 job_toml() { # METHOD STRUCTURE -> a job file in $work
-  local method=$1 structure=$2 file="$work/job-$1-${2/:/of}.toml"
+  local method=$1 structure=$2 file="$work/job-$1-$(tag "$2").toml"
   {
-    echo "name = \"bench-llm-$method-${structure/:/of}\""
+    echo "name = \"bench-llm-$method-$(tag "$structure")\""
     echo "[model]"
     echo "dir = \"$MODEL\""
     echo "[training]"
@@ -134,7 +136,7 @@ PY
 
 # --- llm-compressor (and the dense / plain-PyTorch magnitude references) ----------------------
 run_llmc() { # METHOD STRUCTURE -> one JSON line
-  local method=$1 structure=$2 log="$work/llmc-$1-${2/:/of}.log"
+  local method=$1 structure=$2 log="$work/llmc-$1-$(tag "$2").log"
   local args=(--model "$MODEL" --method "$method" --structure "$structure" --threads "$THREADS"
     --tokens "$work/cal.safetensors" --samples "$SAMPLES"
     --eval-text data/text/evaluation.txt --eval-seq-len "$EVAL_SEQ_LEN")
@@ -151,6 +153,14 @@ run_llmc() { # METHOD STRUCTURE -> one JSON line
     "$(echo "$t1 - $t0" | bc -l)"
 }
 
+if [ -n "${BENCH_LLM_JOBS:-}" ]; then # development: write prune's job files (and tokens) there, run nothing
+  mkdir -p "$BENCH_LLM_JOBS"
+  for structure in $STRUCTURES; do for method in $METHODS; do cp "$(job_toml "$method" "$structure")" "$BENCH_LLM_JOBS"/; done; done
+  cp "$work/cal.safetensors" "$BENCH_LLM_JOBS"/
+  sed -i "s|$work/cal.safetensors|$(cd "$BENCH_LLM_JOBS" && pwd)/cal.safetensors|" "$BENCH_LLM_JOBS"/*.toml
+  ls "$BENCH_LLM_JOBS"
+  exit 0
+fi
 if has prune; then
   start_server "$work"
   # The model's files uploaded once beforehand (as a user's would be): every timed submit then

@@ -6,7 +6,8 @@ Columns: method, structure, prune ppl, llmc ppl (llm-compressor oneshot; `torch`
 plain-PyTorch magnitude reference, `hf` the dense model in transformers), ppl ratio (prune / llmc),
 prune s (language_model.prune_seconds: the layer-by-layer pass), llmc s (the oneshot call alone),
 time ratio (prune s / llmc s), prune wall s (the job from `prunectl submit` to SUCCEEDED, uploads
-beforehand, dense and pruned evaluation and export included), the peak resident memory of each
+beforehand, dense and pruned evaluation and export included), llmc process s (the whole
+llmcompressor_run.py process: imports, model load, oneshot, the pruned model's evaluation), the peak resident memory of each
 (prune: the worker's VmHWM; llmc: its process's VmHWM right after pruning, model load included),
 and whether the issue's goals hold (perplexity at most 2% above llm-compressor's, time at most
 0.8x), for the rows where llm-compressor ran. A missing side prints as "-".
@@ -40,14 +41,15 @@ def gib(b):
 def main():
     prune, llmc = load(sys.argv[1]), load(sys.argv[2])
     header = ["method", "structure", "prune ppl", "llmc ppl", "ppl ratio", "prune s", "llmc s", "time ratio",
-              "prune wall s", "prune peak GiB", "llmc peak GiB", "goals"]
+              "prune wall s", "llmc process s", "prune peak GiB", "llmc peak GiB", "goals"]
     lines = []
     dense_prune = next((r["dense_perplexity"] for r in prune.values() if r.get("dense_perplexity")), None)
     dense_ref = llmc.get(("dense", "dense"))
     if dense_prune is not None or dense_ref:
         ref = dense_ref and dense_ref.get("perplexity")
         lines.append(["dense", "-", fmt(dense_prune, ".3f"), fmt(ref, ".3f") + (" (hf)" if ref else ""),
-                      fmt(dense_prune / ref if dense_prune and ref else None, ".4f"), "-", "-", "-", "-", "-",
+                      fmt(dense_prune / ref if dense_prune and ref else None, ".4f"), "-", "-", "-", "-",
+                      fmt(dense_ref and dense_ref.get("process_seconds"), ".1f"), "-",
                       fmt(gib(dense_ref and dense_ref.get("peak_rss_bytes")), ".2f"), ""])
     keys = [k for k in list(prune) + list(llmc) if k[0] != "dense"]
     order = {"magnitude": 0, "wanda": 1, "sparsegpt": 2}
@@ -63,7 +65,8 @@ def main():
             goals = ("ppl ok" if ppl_ratio <= 1.02 else "ppl MISS") + ", " + ("time ok" if time_ratio <= 0.8 else "time MISS")
         lines.append([key[0], key[1], fmt(pp, ".3f"), fmt(lp, ".3f") + (f" ({tool})" if lp and tool != "llmcompressor" else ""),
                       fmt(ppl_ratio, ".4f"), fmt(ps, ".2f"), fmt(ls, ".2f") if tool == "llmcompressor" else "-",
-                      fmt(time_ratio, ".2f"), fmt(p and p.get("wall_seconds"), ".2f"),
+                      fmt(time_ratio, ".2f"), fmt(p and p.get("wall_seconds"), ".1f"),
+                      fmt(l and l.get("process_seconds"), ".1f"),
                       fmt(gib(p and p.get("peak_rss_bytes")), ".2f"), fmt(gib(l and l.get("peak_rss_bytes")), ".2f"), goals])
     widths = [max(len(str(r[i])) for r in [header] + lines) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths]] + lines:
