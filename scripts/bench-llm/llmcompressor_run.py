@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--tokens", help="calibration input_ids [N, L] (tokens.py); not needed for dense/magnitude")
     ap.add_argument("--samples", type=int, help="use the first SAMPLES rows (default: all)")
     ap.add_argument("--method", required=True, choices=["dense", "magnitude", "wanda", "sparsegpt"])
-    ap.add_argument("--structure", default="50%", choices=["50%", "2:4"], help="50%% unstructured or 2:4")
+    ap.add_argument("--structure", default="50%", choices=["50%", "2:4", "dense"], help="50%% unstructured or 2:4")
     ap.add_argument("--sparsity", type=float, default=0.5)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--dampening", type=float, default=0.01)

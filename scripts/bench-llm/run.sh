@@ -65,7 +65,7 @@ check_load() { # warn when the 1-minute load average is above a quarter of the c
   fi
 }
 
-echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $cores cores, $(free -g | awk '/^Mem:/{print $2}') GiB;" \
+echo "machine: $(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n1), $cores cores, $(free -g | awk '/^Mem:/{print $2}') GiB;" \
   "$(uname -sr); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 check_load "before the run"
 echo "model: $MODEL; calibration: $SAMPLES x $SEQ_LEN tokens of data/text/calibration.txt (seed 0);" \
@@ -169,16 +169,26 @@ if has prune; then
     if [ -f "$f" ]; then "$BIN/prunectl" upload "$f" >/dev/null; fi
   done
 fi
-if has llmc; then
-  run_llmc dense 50% | tee -a "$work/llmc.jsonl" | sed 's/^/dense reference: /'
-fi
+# A failed run is reported and left out of the table; the others go on; the exit status says so.
+failed=0
+record() { # SIDE METHOD STRUCTURE: run_SIDE, its JSON line appended to SIDE.jsonl and shown
+  local line
+  if line=$("run_$1" "$2" "$3"); then
+    echo "$line" >>"$work/$1.jsonl"
+    echo "$1 $2 $3: $line"
+  else
+    failed=1
+  fi
+}
+if has llmc; then record llmc dense dense; fi
 for structure in $STRUCTURES; do
   for method in $METHODS; do
-    if has prune; then run_prune "$method" "$structure" | tee -a "$work/prune.jsonl" | sed "s/^/prune $method $structure: /"; fi
-    if has llmc; then run_llmc "$method" "$structure" | tee -a "$work/llmc.jsonl" | sed "s/^/llmc $method $structure: /"; fi
+    if has prune; then record prune "$method" "$structure"; fi
+    if has llmc; then record llmc "$method" "$structure"; fi
   done
 done
 
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 check_load "after the run"
 "$PY" scripts/bench-llm/table.py "$work/prune.jsonl" "$work/llmc.jsonl"
+exit "$failed"
