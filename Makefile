@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 ENV := set -euo pipefail; eval "$$(scripts/libtorch-env.sh)";
 
-.PHONY: all setup build test python-test lint demo bench bench-channels bench-vs-tfmot gpu-check bench-big clean-data fuzz load bench-cluster cluster-demo
+.PHONY: all setup build test python-test lint demo bench bench-channels bench-vs-tfmot bench-llm gpu-check bench-big clean-data fuzz load bench-cluster cluster-demo
 
 all: build
 
@@ -60,6 +60,14 @@ bench-channels: build
 # PyTorch eager loop; medians of ROUNDS (3) and their ratios. Not part of `make test`.
 bench-vs-tfmot: build
 	@$(ENV) scripts/bench-vs-tfmot/run.sh
+
+# SmolLM2-135M-Instruct at 50% and 2:4 by magnitude, Wanda and SparseGPT, side by side in one run:
+# prune-server jobs (prunectl report's perplexity, prune_seconds, peak memory) against
+# llm-compressor 0.14's oneshot (its own cached venv, scripts/setup-llmcompressor-venv.sh) on the
+# same calibration tokens and thread count. BENCH_LLM_SAMPLES (32), BENCH_LLM_SEQ_LEN (256),
+# BENCH_LLM_THREADS (all cores); see scripts/bench-llm/run.sh. Not part of `make test`.
+bench-llm: build
+	@$(ENV) scripts/bench-llm/run.sh
 
 # CUDA checks for a GPU machine (build with PRUNE_CUDA=1 + ldd, CUDA masks == CPU masks, mask
 # update, seed job epochs against PyTorch eager on the same GPU, bitwise resume). Exits 2 where
