@@ -35,6 +35,11 @@ pub enum ClientError {
     #[error("{}", spec_lines(path, errors))]
     Spec { path: PathBuf, errors: SpecErrors },
 
+    /// The local files a job file names do not fit it (checked before anything is uploaded):
+    /// one `field: reason` line per problem, the reason naming the path.
+    #[error("{}", field_lines(.0))]
+    LocalFiles(SpecErrors),
+
     /// A bad safetensors / bitmask file.
     #[error("{}: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
@@ -178,6 +183,10 @@ fn spec_lines(path: &std::path::Path, errors: &SpecErrors) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn field_lines(errors: &SpecErrors) -> String {
+    errors.0.iter().map(|e| format!("{}: {}", e.field, e.reason)).collect::<Vec<_>>().join("\n")
 }
 
 pub(crate) use prune_core::text::one_line;

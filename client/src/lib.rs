@@ -9,6 +9,7 @@ mod client;
 pub mod download;
 pub mod error;
 pub mod jobfile;
+pub mod model_dir;
 mod retry;
 pub mod sweep;
 pub mod tensorboard;
@@ -23,8 +24,9 @@ pub use error::{ClientError, Result};
 /// The sweep's Pareto plot (`prune-plot`).
 pub use prune_plot::pareto as plot;
 pub use types::{
-    ArtifactInfo, AttemptInfo, BudgetReport, ChannelReport, ChosenSparsity, JobInfo, JobState, LayerChannels,
-    MetricRecord, Progress, Report, SensitivityPoint, TensorSparsity, WatchEvent,
+    ArtifactInfo, AttemptInfo, BudgetReport, ChannelReport, ChosenSparsity, JobInfo, JobState, LanguageModelReport,
+    LayerChannels, LinearError, MetricRecord, Perplexity, Progress, Report, SensitivityPoint, TensorSparsity,
+    WatchEvent,
 };
 pub use upload::Uploaded;
 

@@ -6,8 +6,8 @@ use prune_proto as pb;
 use serde::Serialize;
 
 pub use prune_core::domain::{
-    BudgetReport, ChannelReport, ChosenSparsity, JobState, LayerChannels, Report, SensitivityPoint, TensorReport,
-    TensorSparsity,
+    BudgetReport, ChannelReport, ChosenSparsity, JobState, LanguageModelReport, LayerChannels, LinearError, Perplexity,
+    Report, SensitivityPoint, TensorReport, TensorSparsity,
 };
 
 use crate::error::ClientError;

@@ -3,8 +3,8 @@
 //! every Rust client use these.
 
 use prune_core::domain::{
-    BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, JobState, LayerChannels, MetricPoint, Report,
-    SensitivityPoint, TensorReport, TensorSparsity,
+    BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, JobState, LanguageModelReport, LayerChannels,
+    LinearError, MetricPoint, Perplexity, Report, SensitivityPoint, TensorReport, TensorSparsity,
 };
 
 use crate as pb;
@@ -170,6 +170,7 @@ impl From<&Report> for pb::Report {
             sensitivity: r.sensitivity.iter().map(Into::into).collect(),
             suggested_overrides: r.suggested_overrides.clone().unwrap_or_default(),
             budget: r.budget.as_deref().map(Into::into),
+            language_model: r.language_model.as_deref().map(Into::into),
         }
     }
 }
@@ -191,6 +192,7 @@ impl From<pb::Report> for Report {
             sensitivity: r.sensitivity.into_iter().map(Into::into).collect(),
             suggested_overrides: (!r.suggested_overrides.is_empty()).then_some(r.suggested_overrides),
             budget: r.budget.map(|b| Box::new(b.into())),
+            language_model: r.language_model.map(|l| Box::new(l.into())),
         }
     }
 }
@@ -257,6 +259,58 @@ impl From<pb::BudgetReport> for BudgetReport {
             dense_loss: b.dense_loss,
             further_steps: b.further_steps,
             notes: b.notes,
+        }
+    }
+}
+
+impl From<&LanguageModelReport> for pb::LanguageModelReport {
+    fn from(l: &LanguageModelReport) -> Self {
+        pb::LanguageModelReport {
+            method: l.method.clone(),
+            architecture: l.architecture.clone(),
+            layers: l.layers,
+            calibration_samples: l.calibration_samples,
+            calibration_seq_len: l.calibration_seq_len,
+            perplexity: l.perplexity.map(|p| pb::Perplexity {
+                dense: p.dense,
+                pruned: p.pruned,
+                seq_len: p.seq_len,
+                windows: p.windows,
+            }),
+            reconstruction: l
+                .reconstruction
+                .iter()
+                .map(|e| pb::LinearError { tensor: e.tensor.clone(), layer: e.layer, relative_error: e.relative_error })
+                .collect(),
+            peak_memory_bytes: l.peak_memory_bytes,
+            prune_seconds: l.prune_seconds,
+            warnings: l.warnings.clone(),
+        }
+    }
+}
+
+impl From<pb::LanguageModelReport> for LanguageModelReport {
+    fn from(l: pb::LanguageModelReport) -> Self {
+        LanguageModelReport {
+            method: l.method,
+            architecture: l.architecture,
+            layers: l.layers,
+            calibration_samples: l.calibration_samples,
+            calibration_seq_len: l.calibration_seq_len,
+            perplexity: l.perplexity.map(|p| Perplexity {
+                dense: p.dense,
+                pruned: p.pruned,
+                seq_len: p.seq_len,
+                windows: p.windows,
+            }),
+            reconstruction: l
+                .reconstruction
+                .into_iter()
+                .map(|e| LinearError { tensor: e.tensor, layer: e.layer, relative_error: e.relative_error })
+                .collect(),
+            peak_memory_bytes: l.peak_memory_bytes,
+            prune_seconds: l.prune_seconds,
+            warnings: l.warnings,
         }
     }
 }
@@ -354,9 +408,41 @@ mod tests {
                 further_steps: 1,
                 notes: vec!["pruned further".into()],
             })),
+            language_model: Some(Box::new(language_model())),
         };
         let message = pb::Report::from(&report);
         assert_eq!(serde_json::from_str::<Report>(&message.json).unwrap(), report);
         assert_eq!(Report::from(message), report);
+    }
+
+    fn language_model() -> LanguageModelReport {
+        LanguageModelReport {
+            method: "sparsegpt".into(),
+            architecture: "LlamaForCausalLM".into(),
+            layers: 30,
+            calibration_samples: 32,
+            calibration_seq_len: 256,
+            perplexity: Some(Perplexity { dense: 24.1, pruned: 42.5, seq_len: 256, windows: 17 }),
+            reconstruction: vec![
+                LinearError { tensor: "model.layers.0.self_attn.q_proj.weight".into(), layer: 0, relative_error: 0.02 },
+                LinearError { tensor: "model.layers.1.mlp.down_proj.weight".into(), layer: 1, relative_error: 0.31 },
+            ],
+            peak_memory_bytes: 900 << 20,
+            prune_seconds: 61.5,
+            warnings: vec!["layer 3: Hessian dampened further".into()],
+        }
+    }
+
+    /// Unset in the domain is unset on the wire (no empty message that reads as a report), and
+    /// a report without perplexity or errors (magnitude, no `[evaluation]`) survives too.
+    #[test]
+    fn language_model_reports_round_trip() {
+        let full = language_model();
+        assert_eq!(LanguageModelReport::from(pb::LanguageModelReport::from(&full)), full);
+        let bare = LanguageModelReport { perplexity: None, reconstruction: vec![], warnings: vec![], ..full };
+        let message = pb::LanguageModelReport::from(&bare);
+        assert!(message.perplexity.is_none() && message.reconstruction.is_empty());
+        assert_eq!(LanguageModelReport::from(message), bare);
+        assert!(pb::Report::from(&Report::default()).language_model.is_none());
     }
 }

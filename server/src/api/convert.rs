@@ -8,8 +8,8 @@
 
 use prune_core::schedule::Schedule;
 use prune_core::spec::{
-    BudgetSpec, DataSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, OverrideSpec, ProjectionSpec, PruningSpec,
-    SensitivitySpec, TrainingSpec,
+    BudgetSpec, CalibrationSpec, DataSpec, EvaluationSpec, ExportSpec, JobSpec, LayerSpec, ModelSpec, OverrideSpec,
+    ProjectionSpec, PruningSpec, SensitivitySpec, SparseGptSpec, TrainingSpec,
 };
 use prune_core::validate::{FieldError, SpecErrors};
 use prune_proto as pb;
@@ -51,6 +51,12 @@ pub fn spec_from_proto(p: pb::JobSpec) -> Result<JobSpec, SpecErrors> {
         pruning,
         export: p.export.map(export_from_proto).unwrap_or_default(),
         sensitivity: p.sensitivity.map(sensitivity_from_proto),
+        calibration: p.calibration.map(calibration_from_proto),
+        evaluation: p.evaluation.map(|e| EvaluationSpec {
+            text: e.text,
+            seq_len: e.seq_len,
+            max_windows: e.max_windows,
+        }),
     };
     if errors.is_empty() {
         Ok(spec)
@@ -69,7 +75,8 @@ fn model_from_proto(m: pb::ModelSpec, errors: &mut Vec<FieldError>) -> ModelSpec
     });
     // An empty map is "unset", like the other repeated fields.
     let shards = (!m.shards.is_empty()).then(|| m.shards.into_iter().collect());
-    ModelSpec { file: m.file, blob: m.blob, sequential, weights: m.weights, dir: m.dir, index: m.index, shards }
+    let files = (!m.files.is_empty()).then(|| m.files.into_iter().collect());
+    ModelSpec { file: m.file, blob: m.blob, sequential, weights: m.weights, dir: m.dir, index: m.index, shards, files }
 }
 
 /// Checks which of a message's optional fields are set against what its kind allows.
@@ -275,6 +282,25 @@ fn pruning_from_proto(p: pb::PruningSpec, errors: &mut Vec<FieldError>) -> Pruni
         structure: p.structure.unwrap_or(d.structure),
         channel_score: p.channel_score.unwrap_or(d.channel_score),
         budget: p.budget.map(|b| BudgetSpec { max_bytes: b.max_bytes, max_accuracy_drop: b.max_accuracy_drop }),
+        method: p.method.unwrap_or(d.method),
+        sparsegpt: p.sparsegpt.map(|g| {
+            let d = SparseGptSpec::default();
+            SparseGptSpec {
+                block_size: g.block_size.unwrap_or(d.block_size),
+                dampening: g.dampening.unwrap_or(d.dampening),
+            }
+        }),
+    }
+}
+
+fn calibration_from_proto(c: pb::CalibrationSpec) -> CalibrationSpec {
+    let d = CalibrationSpec::default();
+    CalibrationSpec {
+        text: c.text,
+        tokens: c.tokens,
+        samples: c.samples.unwrap_or(d.samples),
+        seq_len: c.seq_len.unwrap_or(d.seq_len),
+        seed: c.seed.unwrap_or(d.seed),
     }
 }
 
@@ -378,6 +404,7 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             dir: s.model.dir.clone(),
             index: s.model.index.clone(),
             shards: s.model.shards.clone().unwrap_or_default().into_iter().collect(),
+            files: s.model.files.clone().unwrap_or_default().into_iter().collect(),
         }),
         data: s.data.as_ref().map(|d| pb::DataSpec {
             file: d.file.clone(),
@@ -406,6 +433,11 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
                 .budget
                 .as_ref()
                 .map(|b| pb::BudgetSpec { max_bytes: b.max_bytes, max_accuracy_drop: b.max_accuracy_drop }),
+            method: Some(s.pruning.method.clone()),
+            sparsegpt: s
+                .pruning
+                .sparsegpt
+                .map(|g| pb::SparseGptSpec { block_size: Some(g.block_size), dampening: Some(g.dampening) }),
         }),
         export: Some(pb::ExportSpec {
             formats: s.export.formats.clone(),
@@ -419,6 +451,19 @@ pub fn spec_to_proto(s: &JobSpec) -> pb::JobSpec {
             include: x.include.clone(),
             exclude: x.exclude.clone(),
             target_accuracy_drop: Some(x.target_accuracy_drop),
+        }),
+        calibration: s.calibration.as_ref().map(|c| pb::CalibrationSpec {
+            text: c.text.clone(),
+            tokens: c.tokens.clone(),
+            samples: Some(c.samples),
+            seq_len: Some(c.seq_len),
+            seed: Some(c.seed),
+        }),
+        // `seq_len` stays unset when it was: its default depends on `[calibration]`.
+        evaluation: s.evaluation.as_ref().map(|e| pb::EvaluationSpec {
+            text: e.text.clone(),
+            seq_len: e.seq_len,
+            max_windows: e.max_windows,
         }),
     }
 }
@@ -643,6 +688,85 @@ target_accuracy_drop = 0.005
         assert_eq!(spec.sensitivity, Some(prune_core::spec::SensitivitySpec::default()));
         let spec = spec_from_proto(minimal()).unwrap();
         assert_eq!((spec.sensitivity, spec.pruning.budget), (None, None));
+    }
+
+    const BLOB_A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const BLOB_B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    /// A language-model job as `prunectl submit` sends it (blob ids in every file field)
+    /// survives proto -> JobSpec -> proto -> JobSpec, and is a valid job.
+    #[test]
+    fn language_model_spec_round_trips() {
+        let toml = format!(
+            r#"
+[model]
+index = "{BLOB_A}"
+shards = {{ "model-00001-of-00001.safetensors" = "{BLOB_B}" }}
+files = {{ "config.json" = "{BLOB_A}", "tokenizer.json" = "{BLOB_B}" }}
+[training]
+epochs = 0
+[pruning]
+schedule = {{ kind = "constant_sparsity", target_sparsity = 0.5 }}
+method = "sparsegpt"
+m_by_n = [2, 4]
+sparsegpt = {{ block_size = 64, dampening = 0.05 }}
+[calibration]
+text = "{BLOB_A}"
+samples = 32
+seq_len = 256
+seed = 7
+[evaluation]
+text = "{BLOB_B}"
+seq_len = 512
+max_windows = 8
+"#
+        );
+        let spec = prune_core::validate::parse_toml(&toml).unwrap();
+        prune_core::validate::validate(&spec).unwrap();
+        let message = spec_to_proto(&spec);
+        assert_eq!(message.model.as_ref().unwrap().files.len(), 2);
+        assert_eq!(message.pruning.as_ref().unwrap().method.as_deref(), Some("sparsegpt"));
+        let back = spec_from_proto(message.clone()).unwrap();
+        assert_eq!(back, spec);
+        assert_eq!(spec_to_proto(&back), message);
+
+        // `tokens` instead of `text`, and a single-file model with its files.
+        let tokens = toml.replace(&format!("text = \"{BLOB_A}\""), &format!("tokens = \"{BLOB_B}\"")).replace(
+            &format!("index = \"{BLOB_A}\"\nshards = {{ \"model-00001-of-00001.safetensors\" = \"{BLOB_B}\" }}"),
+            &format!("blob = \"{BLOB_A}\""),
+        );
+        let spec = prune_core::validate::parse_toml(&tokens).unwrap();
+        assert_eq!(spec.calibration.as_ref().unwrap().tokens.as_deref(), Some(BLOB_B));
+        assert_eq!(spec.model.blob.as_deref(), Some(BLOB_A));
+        assert_eq!(spec_from_proto(spec_to_proto(&spec)).unwrap(), spec);
+    }
+
+    /// Unset over the wire means what leaving the keys out of a TOML file means.
+    #[test]
+    fn unset_language_model_fields_get_the_toml_defaults() {
+        let mut p = minimal();
+        p.calibration = Some(pb::CalibrationSpec { text: Some(BLOB_A.into()), ..Default::default() });
+        p.evaluation = Some(pb::EvaluationSpec { text: Some(BLOB_B.into()), ..Default::default() });
+        p.pruning.as_mut().unwrap().sparsegpt = Some(pb::SparseGptSpec::default());
+        let from_proto = spec_from_proto(p).unwrap();
+        let from_toml = prune_core::validate::parse_toml(&format!(
+            "[model]\nblob = \"sha256:ab\"\n[pruning]\nschedule = {{ kind = \"constant_sparsity\", target_sparsity = 0.5 }}\nsparsegpt = {{}}\n[calibration]\ntext = \"{BLOB_A}\"\n[evaluation]\ntext = \"{BLOB_B}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(from_proto, from_toml);
+        let calibration = from_proto.calibration.as_ref().unwrap();
+        assert_eq!((calibration.samples, calibration.seq_len, calibration.seed), (128, 2048, 0));
+        assert_eq!(from_proto.pruning.method, "magnitude");
+        assert_eq!(from_proto.pruning.sparsegpt.map(|g| (g.block_size, g.dampening)), Some((128, 0.01)));
+        // The evaluation's seq_len default follows [calibration], so the echo leaves it unset.
+        assert_eq!(spec_to_proto(&from_proto).evaluation.unwrap().seq_len, None);
+
+        // Absent messages and an empty files map are "unset", not empty sections.
+        let spec = spec_from_proto(minimal()).unwrap();
+        assert_eq!(
+            (spec.calibration, spec.evaluation, spec.model.files, spec.pruning.sparsegpt),
+            (None, None, None, None)
+        );
     }
 
     #[test]

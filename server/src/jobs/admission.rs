@@ -348,6 +348,7 @@ fn safetensors_first_dim(file: &mut dyn Read, name: &str) -> Result<i64, String>
 mod tests {
     use super::*;
     use crate::storage::test_support::db;
+    use crate::storage::BlobRecord;
 
     const MLP: &str = r#"
 [model]
@@ -404,6 +405,57 @@ schedule = { kind = "polynomial_decay", initial_sparsity = 0.0, final_sparsity =
             fields(admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), spec).await.unwrap_err()),
             ["model.blob"]
         );
+    }
+
+    /// A language model's companion files and texts are blobs like its weights: each one the
+    /// tenant has not uploaded is refused by its own field path.
+    #[tokio::test]
+    async fn language_model_files_and_texts_must_be_uploaded() {
+        let (db, dir) = db().await;
+        let defaults = Defaults { threads: 1, max_attempts: 3 };
+        let id = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let toml = format!(
+            r#"
+[model]
+blob = "{weights}"
+files = {{ "config.json" = "{config}", "tokenizer.json" = "{tokenizer}" }}
+[training]
+epochs = 0
+[pruning]
+schedule = {{ kind = "constant_sparsity", target_sparsity = 0.5 }}
+method = "wanda"
+[calibration]
+text = "{calibration}"
+[evaluation]
+text = "{evaluation}"
+"#,
+            weights = id('a'),
+            config = id('b'),
+            tokenizer = id('c'),
+            calibration = id('d'),
+            evaluation = id('e'),
+        );
+        let spec = parse_text(&toml).unwrap();
+        let upload = |c: char| {
+            let db = db.clone();
+            async move {
+                let blob = BlobRecord { id: id(c), size: 1, path: format!("blobs/{c}") };
+                db.insert_blob("t", &blob).await.unwrap();
+            }
+        };
+        upload('a').await;
+        upload('b').await;
+        let only = |spec: &JobSpec| Submission { spec: spec.clone(), validate_only: true, ..Submission::default() };
+        let e = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), only(&spec)).await.unwrap_err();
+        assert_eq!(fields(e), ["calibration.text", "evaluation.text", "model.files.tokenizer.json"]);
+        for c in ['c', 'd', 'e'] {
+            upload(c).await;
+        }
+        let admitted = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), only(&spec)).await.unwrap();
+        assert!(matches!(admitted, Admitted::Validated { .. }), "{admitted:?}");
+        // Another tenant's uploads do not count.
+        let e = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("u")), only(&spec)).await.unwrap_err();
+        assert_eq!(fields(e).len(), 5);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ struct Created<'a> {
 pub async fn run(ctx: &Ctx, job_file: &Path, wait: bool, options: &prune_client::SubmitOptions) -> Result<()> {
     // Parse and validate before connecting: a typo is reported even with no server around.
     let mut spec = prune_client::jobfile::load(job_file)?;
+    prune_client::jobfile::check_local_files(&spec, prune_client::jobfile::base_dir(job_file))?;
     let client = ctx.connect().await?;
     for uploaded in client.upload_job_files(&mut spec, prune_client::jobfile::base_dir(job_file)).await? {
         let what = if uploaded.uploaded { "uploaded" } else { "already on the server:" };

@@ -47,6 +47,7 @@ pub async fn run(ctx: &Ctx, job_file: &Path, sparsities: &[f64], dir: &Path) -> 
     // Everything local first: a typo costs no upload and submits nothing.
     let mut spec = prune_client::jobfile::load(job_file)?;
     plan::check(&spec, job_file, sparsities)?;
+    prune_client::jobfile::check_local_files(&spec, prune_client::jobfile::base_dir(job_file))?;
     let base = plan::base_name(&spec, job_file);
     let title = format!("{}: accuracy vs artifact size", plan::model_title(&spec, job_file));
     let format = spec.export.formats.first().cloned().unwrap_or_else(|| "safetensors".into());

@@ -1,8 +1,10 @@
 //! `prunectl report ID`: what a finished job pruned, what its artifacts weigh and how fast the
 //! pruned model runs against the dense one; for a sensitivity analysis or a budget, also what
-//! each tensor can take and what was chosen ([`analysis`]).
+//! each tensor can take and what was chosen ([`analysis`]); for a language model, its
+//! perplexity and each Linear's reconstruction error ([`language`]).
 
 mod analysis;
+mod language;
 
 use std::fmt::Write as _;
 
@@ -84,6 +86,7 @@ fn describe(report: &Report) -> String {
     }
     // The overrides last: TOML to copy, best not followed by anything else.
     let sections = [
+        report.language_model.as_deref().map(language::language_section),
         analysis::sensitivity_section(report),
         report.budget.as_deref().map(|b| analysis::budget_section(b, report.final_val_loss)),
         analysis::overrides_section(report),
@@ -293,6 +296,41 @@ mod tests {
         for key in ["sensitivity", "suggested_overrides", "budget"] {
             assert!(json.get(key).is_none(), "{key} in {json}");
         }
+    }
+
+    /// The language model's section comes after the facts; `--json` carries it whole, by the
+    /// domain type's names.
+    #[test]
+    fn a_language_model_report_has_its_section_in_text_and_json() {
+        let mut report = analysed();
+        report.sensitivity.clear();
+        report.suggested_overrides = None;
+        report.budget = None;
+        let text = describe(&report);
+        assert!(!text.contains("language model"), "{text}");
+        report.language_model = Some(Box::new(super::language::tests::report()));
+        let text = describe(&report);
+        let section = &text[text.find("\nlanguage model\n").expect(&text)..];
+        assert!(section.contains("\nperplexity    24.10 -> 42.20"), "{section}");
+        assert!(section.contains("\nKIND  LINEARS  MEAN RELATIVE ERROR\n"), "{section}");
+
+        let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
+        let lm = &json["language_model"];
+        assert_eq!((lm["method"].as_str(), lm["architecture"].as_str()), (Some("sparsegpt"), Some("LlamaForCausalLM")));
+        assert_eq!(
+            (lm["layers"].as_u64(), lm["calibration_samples"].as_u64(), lm["calibration_seq_len"].as_u64()),
+            (Some(2), Some(32), Some(256))
+        );
+        assert_eq!(lm["perplexity"], serde_json::json!({"dense": 24.1, "pruned": 42.2, "seq_len": 256, "windows": 17}));
+        assert_eq!(lm["reconstruction"].as_array().unwrap().len(), 14);
+        assert_eq!(
+            lm["reconstruction"][0],
+            serde_json::json!({"tensor": "model.layers.0.self_attn.q_proj.weight", "layer": 0, "relative_error": 0.0})
+        );
+        assert_eq!(lm["peak_memory_bytes"], 900u64 << 20);
+        assert_eq!(lm["prune_seconds"], 61.54);
+        assert_eq!(lm["warnings"].as_array().unwrap().len(), 1);
+        assert_eq!(serde_json::from_value::<Report>(json).unwrap(), report);
     }
 
     /// `--json` prints the report through serde as is: the analysis is in it, by these names.
