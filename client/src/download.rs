@@ -75,8 +75,7 @@ impl Client {
         raw: bool,
     ) -> Result<Vec<DownloadOutcome>> {
         let job = self.get_job(job_id).await?;
-        // Artifacts are listed by format name: safetensors first where it was exported.
-        let format = format.or_else(|| job.artifacts.first().map(|a| a.format.as_str())).unwrap_or("safetensors");
+        let format = format.or_else(|| job.default_format()).unwrap_or("safetensors");
         let files: Vec<&ArtifactInfo> = job.artifacts.iter().filter(|a| a.format == format).collect();
         if files.is_empty() {
             return Err(ClientError::Protocol(format!("job {job_id} has no `{format}` artifact")));
@@ -268,9 +267,11 @@ mod tests {
 
     #[test]
     fn uncompressed_analysis_files_keep_their_names_and_bytes() {
-        for (format, name) in
-            [("sensitivity_plot", "sensitivity.png"), ("suggested_overrides", "suggested_overrides.toml")]
-        {
+        for (format, name) in [
+            ("sensitivity_plot", "sensitivity.png"),
+            ("suggested_overrides", "suggested_overrides.toml"),
+            ("reconstruction_plot", "reconstruction.png"),
+        ] {
             let file = artifact(format, name, "none");
             assert!(keeps_as_served(&file, false));
             assert_eq!(local_name(&file, false), name);

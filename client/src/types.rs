@@ -107,6 +107,14 @@ impl From<pb::AttemptInfo> for AttemptInfo {
 }
 
 impl JobInfo {
+    /// The export a download takes without `--format`: the model (`safetensors`) where it was
+    /// exported, else the first listed (artifacts are listed by format name, so a plot's could
+    /// come first).
+    pub fn default_format(&self) -> Option<&str> {
+        let formats = || self.artifacts.iter().map(|a| a.format.as_str());
+        formats().find(|f| *f == "safetensors").or_else(|| formats().next())
+    }
+
     /// Mean sparsity over the pruned tensors: the one number progress displays show.
     pub fn mean_sparsity(&self) -> Option<f64> {
         mean_sparsity(&self.sparsity)

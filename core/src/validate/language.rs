@@ -118,7 +118,7 @@ fn check_evaluation(e: &mut Errors, x: &EvaluationSpec, default_len: i64) -> Opt
 fn within(e: &mut Errors, field: &str, value: i64, max: i64) -> Option<usize> {
     let ok = (1..=max).contains(&value);
     e.check(ok, field, || format!("must be between 1 and {max} (got {value})"));
-    ok.then(|| value as usize)
+    ok.then_some(value as usize)
 }
 
 /// `model.files`: plain file names to blob ids, beside the weights they describe.

@@ -186,6 +186,7 @@ fn run_layers(
         if let Some(old) = previous_state.replace(key) {
             inputs.drop_checkpoint_file(&old);
         }
+        crash_if_asked(i + 1);
         let sparsity: Vec<TensorSparsity> =
             pruned.iter().map(|(name, w)| TensorSparsity { name: name.clone(), sparsity: zero_fraction(w) }).collect();
         let mut points: Vec<MetricPoint> = sparsity
@@ -235,6 +236,20 @@ fn windowed_perplexity(head: &Head, config: &LlmConfig, x: &Tensor, ids: &Tensor
         return f64::NAN;
     }
     (nll / tokens as f64).exp()
+}
+
+/// TEST HOOK, for tests/language_models.rs only; never set it in production.
+/// `PRUNE_TEST_CRASH_AFTER_LAYER=<n>` aborts the worker process right after the checkpoint of
+/// layer n (1-based) is reported, as a kill -9 there would: the next attempt must resume at
+/// layer n + 1. The server passes its environment on to its workers.
+pub const TEST_CRASH_AFTER_LAYER_ENV: &str = "PRUNE_TEST_CRASH_AFTER_LAYER";
+
+fn crash_if_asked(layers_done: usize) {
+    let asked = std::env::var(TEST_CRASH_AFTER_LAYER_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok());
+    if asked == Some(layers_done) {
+        eprintln!("{TEST_CRASH_AFTER_LAYER_ENV}={layers_done}: aborting after layer {layers_done}");
+        std::process::abort();
+    }
 }
 
 fn zero_fraction(w: &Tensor) -> f64 {

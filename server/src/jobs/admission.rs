@@ -177,6 +177,7 @@ pub async fn admit(
     }
     if errors.is_empty() {
         errors.extend(index_problems(blobs, spec).await);
+        errors.extend(config_problems(blobs, spec).await);
     }
     if !errors.is_empty() {
         return Err(AdmissionError::Spec(SpecErrors(errors)));
@@ -238,8 +239,67 @@ fn client_side_paths(spec: &JobSpec) -> Vec<FieldError> {
     if spec.model.dir.is_some() {
         errors.push(FieldError::new(
             "model.dir",
-            "upload the index and each shard, and pass model.index and model.shards (file name -> blob id)",
+            "upload the weights (model.blob, or model.index and model.shards: file name -> blob id) and the \
+             directory's other files (model.files: file name -> blob id)",
         ));
+    }
+    let texts = [
+        ("calibration.text", spec.calibration.as_ref().and_then(|c| c.text.as_deref())),
+        ("calibration.tokens", spec.calibration.as_ref().and_then(|c| c.tokens.as_deref())),
+        ("evaluation.text", spec.evaluation.as_ref().and_then(|e| e.text.as_deref())),
+    ];
+    for (field, value) in texts {
+        if value.is_some_and(|v| !v.starts_with("sha256:")) {
+            errors.push(FieldError::new(field, "upload the file and pass its blob id (sha256:...)"));
+        }
+    }
+    errors
+}
+
+/// Largest `config.json` read at admission: far beyond any real model's.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// A language model's `config.json` must name an architecture the engine implements, and a
+/// calibration or evaluation text needs its `tokenizer.json`: refused at submission, naming the
+/// file, rather than by the worker after the upload of the weights.
+async fn config_problems(blobs: &BlobStore, spec: &JobSpec) -> Vec<FieldError> {
+    let Some(files) = &spec.model.files else { return Vec::new() };
+    let mut errors = Vec::new();
+    let needs_tokenizer = [
+        ("calibration.text", spec.calibration.as_ref().is_some_and(|c| c.text.is_some())),
+        ("evaluation.text", spec.evaluation.is_some()),
+    ];
+    for (field, text) in needs_tokenizer {
+        if text
+            && files.contains_key(prune_core::spec::CONFIG_FILE)
+            && !files.contains_key(prune_core::spec::TOKENIZER_FILE)
+        {
+            errors.push(FieldError::new(
+                field,
+                format!("text needs the model's {} in model.files", prune_core::spec::TOKENIZER_FILE),
+            ));
+        }
+    }
+    let Some(config) = files.get(prune_core::spec::CONFIG_FILE) else { return errors };
+    let Ok(id) = BlobId::parse(config) else { return errors };
+    let key = BlobStore::key(&id);
+    let store = blobs.store().clone();
+    let field = format!("model.files.{}", prune_core::spec::CONFIG_FILE);
+    let read = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let mut bytes = Vec::new();
+        let reader = store.open(&key, 0).map_err(|e| e.to_string())?;
+        reader.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(format!("more than the {MAX_CONFIG_BYTES} bytes a config may have"));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+        prune_core::llm::LlmConfig::from_json(&text).map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => errors.push(FieldError::new(field, reason)),
+        Err(e) => errors.push(FieldError::new(field, format!("cannot read it: {e}"))),
     }
     errors
 }

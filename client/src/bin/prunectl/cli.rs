@@ -186,7 +186,8 @@ fn parse_output_dir(text: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// `download --format`: an export, or a file a sensitivity analysis writes. Spelled on the
+/// `download --format`: an export, or a file a sensitivity analysis or a language model's pass
+/// writes. Spelled on the
 /// command line as the server names the artifact's format (snake_case, not clap's kebab-case).
 #[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
 pub enum Format {
@@ -198,6 +199,9 @@ pub enum Format {
     /// `suggested_overrides.toml`: `[[pruning.overrides]]` within the target accuracy drop
     #[value(name = "suggested_overrides")]
     SuggestedOverrides,
+    /// `reconstruction.png`: a language model's reconstruction error per layer and Linear
+    #[value(name = "reconstruction_plot")]
+    ReconstructionPlot,
 }
 
 impl Format {
@@ -207,6 +211,7 @@ impl Format {
             Format::Torchscript => "torchscript",
             Format::SensitivityPlot => "sensitivity_plot",
             Format::SuggestedOverrides => "suggested_overrides",
+            Format::ReconstructionPlot => "reconstruction_plot",
         }
     }
 }
@@ -254,7 +259,10 @@ mod tests {
             assert!(matches!(cli.command, Command::Download { format: Some(f), .. } if f == *format));
         }
         let names: Vec<&str> = Format::value_variants().iter().map(|f| f.as_str()).collect();
-        assert_eq!(names, ["safetensors", "torchscript", "sensitivity_plot", "suggested_overrides"]);
+        assert_eq!(
+            names,
+            ["safetensors", "torchscript", "sensitivity_plot", "suggested_overrides", "reconstruction_plot"]
+        );
         let err =
             Cli::try_parse_from(["prunectl", "download", "j", "-o", "f", "--format", "sensitivity-plot"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);

@@ -20,7 +20,7 @@ pub async fn run(ctx: &Ctx, id: &str, output: &Path, format: Option<&str>, raw: 
         return Ok(());
     }
     let job = client.get_job(id).await?;
-    let wanted = format.or_else(|| job.artifacts.first().map(|a| a.format.as_str()));
+    let wanted = format.or_else(|| job.default_format());
     let count = job.artifacts.iter().filter(|a| Some(a.format.as_str()) == wanted).count();
     if count > 1 {
         anyhow::bail!(
@@ -28,7 +28,7 @@ pub async fn run(ctx: &Ctx, id: &str, output: &Path, format: Option<&str>, raw: 
             output.display()
         );
     }
-    let done = client.download_to(id, output, format, raw).await?;
+    let done = client.download_to(id, output, wanted, raw).await?;
     ctx.out.show(&done, line)?;
     Ok(())
 }
