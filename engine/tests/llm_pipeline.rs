@@ -40,7 +40,7 @@ fn fixtures() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         python("llama_reference.py", &["tiny", dir.path().to_str().unwrap()]);
-        let _ = tch::manual_seed(3);
+        tch::manual_seed(3);
         let ids = Tensor::randint(320, [WINDOWS, SEQ_LEN], (Kind::Int64, tch::Device::Cpu));
         Tensor::write_safetensors(&[("input_ids", &ids)], dir.path().join("tokens.safetensors")).unwrap();
         dir
@@ -261,7 +261,7 @@ fn bad_input_names_the_field() {
     let _one = one_job_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let inputs = model_inputs(dir.path(), "llama");
-    let error = |toml: String, inputs: &JobInputs| run(&toml, inputs).err().expect("refused").to_string();
+    let error = |toml: String, inputs: &JobInputs| run(&toml, inputs).expect_err("refused").to_string();
     // 64 inputs are not groups of 7.
     let e = error(job_toml("wanda", "m_by_n = [3, 7]", ""), &inputs);
     assert!(e.contains("pruning.m_by_n") && e.contains("does not divide"), "{e}");

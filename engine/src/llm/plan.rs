@@ -70,7 +70,7 @@ impl Plan {
             let decoder = layer_of.get(t.name.as_str());
             let rule =
                 if decoder.is_some() || explicit { selector.rule(&t.name, &t.shape, is_float(t.dtype))? } else { None };
-            if let Some(rule) = rule.clone() {
+            if let Some(rule) = rule {
                 match decoder {
                     Some(&(i, linear)) => {
                         let target = Target { name: t.name.clone(), linear, rule };
