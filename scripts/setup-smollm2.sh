@@ -36,4 +36,9 @@ EOF
   mv "$DIR.tmp" "$DIR"
   touch "$STAMP"
 fi
+# The language-model examples (examples/llm/*.toml) name it `smollm2` next to them (git ignores it).
+EXAMPLES="$(cd "$(dirname "$0")/.." && pwd)/examples/llm"
+if [ -d "$EXAMPLES" ] && [ ! -e "$EXAMPLES/smollm2" ]; then
+  ln -s "$DIR" "$EXAMPLES/smollm2"
+fi
 echo "$DIR"

@@ -101,9 +101,12 @@ impl Pass<'_> {
                 )));
             }
         }
-        // 2. The evaluation stream through the dense layer.
+        // 2. The evaluation stream through the dense layer (not counted as pruning time).
+        let mut evaluating = std::time::Duration::ZERO;
         if let (Some(x), Some(rope)) = (&streams.eval_dense, &self.evaluation_rope) {
+            let clock = Instant::now();
             streams.eval_dense = Some(forward_batches(self.config, &layer, rope, x, &mut |_, _| {})?);
+            evaluating += clock.elapsed();
         }
         // 3. Prune each target.
         let mut pruned = Vec::with_capacity(targets.len());
@@ -132,12 +135,14 @@ impl Pass<'_> {
             streams.calibration = Some(out);
         }
         if let (Some(x), Some(rope)) = (&streams.eval_pruned, &self.evaluation_rope) {
+            let clock = Instant::now();
             let out = forward_batches(self.config, &layer, rope, x, &mut |_, _| {})?;
             check_finite(&out, i, "evaluation")?;
             streams.eval_pruned = Some(out);
+            evaluating += clock.elapsed();
         }
         progress.layers_done = i + 1;
-        progress.prune_seconds += started.elapsed().as_secs_f64();
+        progress.prune_seconds += started.elapsed().saturating_sub(evaluating).as_secs_f64();
         Ok(pruned)
     }
 

@@ -511,6 +511,20 @@ text = "{evaluation}"
         for c in ['c', 'd', 'e'] {
             upload(c).await;
         }
+        // The config is read: an architecture the engine lacks is refused naming the file.
+        let config = |architecture: &str| {
+            let text = format!(
+                r#"{{"architectures": ["{architecture}"], "hidden_size": 64, "intermediate_size": 96,
+                    "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 320}}"#
+            );
+            let path = dir.path().join("blobs").join("b".repeat(64));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        config("GPT2LMHeadModel");
+        let e = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), only(&spec)).await.unwrap_err();
+        assert!(e.to_string().contains("model.files.config.json") && e.to_string().contains("GPT2LMHeadModel"), "{e}");
+        config("LlamaForCausalLM");
         let admitted = admit(&db, &store(dir.path()), defaults, queue(&Tenant::new("t")), only(&spec)).await.unwrap();
         assert!(matches!(admitted, Admitted::Validated { .. }), "{admitted:?}");
         // Another tenant's uploads do not count.
