@@ -222,10 +222,15 @@ fn open_weights(inputs: &JobInputs) -> Result<Checkpoint, EngineError> {
     Checkpoint::from_file(file)
 }
 
+/// Bytes of logits (and their log-softmax) one perplexity batch may take: a vocabulary of 50k
+/// makes them far larger than a decoder layer's activations.
+const LOGITS_BYTES: i64 = 128 << 20;
+
 /// exp(mean token NLL) of final hidden states `x` over windows `ids`, each window on its own,
 /// in batches so the logits stay small.
 fn windowed_perplexity(head: &Head, config: &LlmConfig, x: &Tensor, ids: &Tensor) -> f64 {
-    let batch = super::pass::batch_windows(config, ids.size()[1]);
+    let per_window = ids.size()[1] * config.vocab_size as i64 * 4 * 2;
+    let batch = (LOGITS_BYTES / per_window.max(1)).max(1);
     let (mut nll, mut tokens) = (0.0, 0i64);
     for (xb, ib) in x.split(batch, 0).iter().zip(ids.split(batch, 0).iter()) {
         let (n, t) = head.nll(xb, ib);
