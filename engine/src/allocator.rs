@@ -1,5 +1,5 @@
-//! The C allocator's settings for a process that trains: called once by the worker (and the
-//! benchmarks) before any tensor exists.
+//! The C allocator's settings for a process that trains (called once by the worker, and the
+//! benchmarks, before any tensor exists), and the peak resident memory it reaches.
 
 /// Every training step allocates and frees the same activation and gradient buffers (a few MB
 /// each). With glibc's defaults, each free at the top of the heap returned the memory to the
@@ -15,4 +15,14 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }
+}
+
+/// This process's peak resident memory so far (`VmHWM` of /proc/self/status), where /proc says.
+pub fn peak_resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
 }

@@ -128,13 +128,8 @@ fn run_attempt() -> Result<(), WorkerError> {
 /// Logs this process's peak resident memory (`VmHWM`): the figure the memory goal of big
 /// checkpoints is about (`docs/big-checkpoints.md`), read by tests and `make bench-big`.
 fn log_peak_memory() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
-    if let Some(kib) = kib {
-        tracing::info!("peak memory: VmHWM {} bytes", kib * 1024);
+    if let Some(bytes) = prune_engine::allocator::peak_resident_bytes() {
+        tracing::info!("peak memory: VmHWM {bytes} bytes");
     }
 }
 

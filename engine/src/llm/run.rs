@@ -389,7 +389,7 @@ fn export(
         calibration_seq_len: calibration.map_or(0, |c| c.seq_len as u64),
         perplexity,
         reconstruction: progress.reconstruction,
-        peak_memory_bytes: peak_memory_bytes(),
+        peak_memory_bytes: crate::allocator::peak_resident_bytes().unwrap_or(0),
         prune_seconds: progress.prune_seconds,
         warnings: progress.warnings,
     };
@@ -427,14 +427,4 @@ fn reconstruction_plot(job: &Job, config: &LlmConfig, errors: &[LinearError]) ->
     let name = job.name.clone().unwrap_or_else(|| config.architecture.class_name().to_string());
     let title = format!("{name}: {} reconstruction error per layer", job.pruning.criterion.name());
     prune_plot::reconstruction::png(&title, &series).map(Some).map_err(|e| EngineError::Export(e.to_string()))
-}
-
-/// The process's peak resident memory so far (VmHWM), 0 where /proc does not say.
-fn peak_memory_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
 }
