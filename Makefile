@@ -26,11 +26,14 @@ test: build
 
 # The `prune` Python package (python/, docs/python.md): its tools into the project venv
 # (scripts/setup-python-package.sh), the extension built and installed there (maturin develop,
-# release: the masks are the hot path), then its pytest suite, examples/python included.
-# python/ is its own Cargo workspace (python/Cargo.toml): target/python keeps its build apart.
+# release: the masks are the hot path), then its pytest suite, examples/python included. The suite
+# runs the service's debug binaries (the parity test's prune-worker, the tracked runs' prune-server),
+# built first here (a no-op after `make build`). python/ is its own Cargo workspace
+# (python/Cargo.toml): target/python keeps its build apart.
 PY_ENV := $(ENV) PY_VENV=$$(scripts/setup-python-package.sh); export VIRTUAL_ENV=$$PY_VENV PATH=$$PY_VENV/bin:$$PATH;
 python-test:
-	@$(PY_ENV) CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(CURDIR)/target/python} maturin develop --release --quiet --manifest-path python/Cargo.toml \
+	@$(PY_ENV) cargo build --quiet -p prune-server -p prune-worker \
+		&& CARGO_TARGET_DIR=$${CARGO_TARGET_DIR:-$(CURDIR)/target/python} maturin develop --release --quiet --manifest-path python/Cargo.toml \
 		&& python -m pytest -q python/tests
 
 # Formatting (rustfmt.toml) and clippy on every target, warnings as errors; CI runs it first.

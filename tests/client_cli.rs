@@ -86,6 +86,13 @@ async fn quick_job_status_list_metrics_tensorboard() {
     let id = run.stdout.lines().next().unwrap().trim().to_string();
     assert!(id.starts_with("job-"), "{}", run.stdout);
     assert!(run.stdout.contains("SUCCEEDED"), "{}", run.stdout);
+    // Every line after the id starts with it, and no state line repeats.
+    let lines: Vec<&str> = run.stdout.lines().skip(1).collect();
+    assert!(lines.iter().all(|l| l.starts_with(&format!("{id} "))), "{}", run.stdout);
+    for state in ["RUNNING", "SUCCEEDED"] {
+        let said = lines.iter().filter(|l| l.starts_with(&format!("{id} {state}"))).count();
+        assert_eq!(said, 1, "one {state} line:\n{}", run.stdout);
+    }
 
     let status = h.ok(&["status", &id, "--json"]).await.json();
     assert_eq!(status["id"], id.as_str());
@@ -102,7 +109,8 @@ async fn quick_job_status_list_metrics_tensorboard() {
     let list = h.ok(&["list", "--json"]).await.json();
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [second.as_str(), id.as_str()]);
-    assert!(h.ok(&["list"]).await.stdout.starts_with("ID "));
+    let text = h.ok(&["list"]).await.stdout;
+    assert!(text.starts_with("ID ") && text.lines().next().unwrap().ends_with("LABELS"), "{text}");
     let cancelled = h.ok(&["cancel", &second, "--json"]).await.json();
     assert_eq!(cancelled["id"], second.as_str());
     // Cancelling may race with the job finishing; either way watch's exit status must agree.
@@ -126,8 +134,15 @@ async fn quick_job_status_list_metrics_tensorboard() {
     assert!((last_sparsity["value"].as_f64().unwrap() - 0.5).abs() < 1e-6, "{last_sparsity}");
     assert!(h.ok(&["metrics", &id]).await.stdout.starts_with("NAME"));
 
-    let logdir = h.file("tb");
-    h.ok(&["tensorboard", &id, "--logdir", path(&logdir)]).await;
+    let tb = h.file("tb");
+    h.ok(&["tensorboard", &id, "--logdir", path(&tb)]).await;
+    // One run directory per job, named by the job; a second export replaces the first.
+    let runs: Vec<PathBuf> = std::fs::read_dir(&tb).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run_dir = runs[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert!(run_dir.ends_with(&format!("-{id}")), "{run_dir}");
+    h.ok(&["tensorboard", &id, "--logdir", path(&tb)]).await;
+    let logdir = tb.join(&run_dir);
     let files: Vec<PathBuf> = std::fs::read_dir(&logdir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(files.len(), 1, "{files:?}");
     assert!(files[0].file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
@@ -158,7 +173,7 @@ async fn labels_filters_logs_delete_and_info() {
     };
     assert_eq!(ids(h.ok(&["list", "--label", "team=vision", "--json"]).await), std::slice::from_ref(&labelled));
     assert_eq!(
-        ids(h.ok(&["list", "--label", "team=vision", "--state", "running", "--json"]).await),
+        ids(h.ok(&["list", "--label", "team=vision", "--state", "RUNNING", "--json"]).await),
         Vec::<String>::new()
     );
     let both = ids(h.ok(&["list", "--filter", "state = SUCCEEDED", "--json"]).await);
@@ -173,15 +188,24 @@ async fn labels_filters_logs_delete_and_info() {
     assert!(bad.stderr.contains("unknown field `colour`") && bad.stderr.contains("[FILTER_INVALID]"), "{}", bad.stderr);
 
     let logs = h.ok(&["logs", &labelled, "--json"]).await;
+    let mut epochs = 0;
     for line in logs.json_lines() {
         assert_eq!(line["attempt"], 1, "{line}");
-        assert!(line["text"].is_string(), "{line}");
+        let text = line["text"].as_str().unwrap();
+        // One line per epoch, with its figures.
+        if text.contains("epoch ") && text.contains("(step ") {
+            assert!(text.contains("loss ") && text.contains("mean sparsity") && text.ends_with(" s"), "{text}");
+            epochs += 1;
+        }
     }
+    assert_eq!(epochs, 2, "{}", logs.stdout);
 
     let info = h.ok(&["info", "--json"]).await.json();
     assert_eq!(info["api_version"], "pruning.v1");
     assert!(info["data_dir_bytes"].as_u64().unwrap() > 0, "{info}");
     assert_eq!(info["workers"], 2);
+    let text = h.ok(&["info"]).await.stdout;
+    assert!(text.contains("exports: safetensors, torchscript; compressions: none, gzip, zstd"), "{text}");
 
     let deleted = h.ok(&["delete", &other, "--json"]).await.json();
     assert_eq!(deleted["deleted"], true);

@@ -154,6 +154,11 @@ async fn a_finished_job_in_the_browser() {
     assert!(dom.contains("<svg") && dom.contains("<path") && dom.contains("<circle"), "drawn charts:\n{dom}");
     assert!(dom.contains("schedule target"), "the schedule's target line:\n{dom}");
     assert!(dom.contains("Download safetensors"), "download buttons:\n{dom}");
+    // The default export is zstd-compressed: the page says what the download is.
+    assert!(
+        dom.contains("Downloads are the files as stored (zstd-compressed") && dom.contains("prunectl unpack"),
+        "{dom}"
+    );
 
     // Without a token: a form, no job data.
     let bare = browse(&tmp.path().join("chromium-bare"), &format!("http://{dash}/jobs/{id}"), &["--dump-dom"]).await;
@@ -165,10 +170,21 @@ async fn a_finished_job_in_the_browser() {
     let bad = format!("http://{dash}/jobs/nope#token={ALICE}");
     let bad = browse(&tmp.path().join("chromium-bad"), &bad, &["--dump-dom"]).await;
     assert!(bad.contains("job nope not found"), "{bad}");
-    // The jobs page lists it.
+    // The jobs page lists it, and a tracked run (a loop outside reporting) with its badge.
+    let spec = "name = \"my-loop\"\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.5 }\n";
+    let start = pb::StartTrackedRunRequest {
+        source: Some(pb::start_tracked_run_request::Source::SpecToml(spec.into())),
+        client: "laptop:7".into(),
+        ..Default::default()
+    };
+    let tracked = client.start_tracked_run(start).await.unwrap().into_inner().job.unwrap().id;
     let list = format!("http://{dash}/#token={ALICE}");
     let list = browse(&tmp.path().join("chromium-list2"), &list, &["--dump-dom"]).await;
     assert!(list.contains("jobs-table") && list.contains(&id) && list.contains("constant-quick"), "{list}");
+    assert!(list.contains(&tracked) && list.contains("my-loop <span class=\"label\">tracked</span>"), "{list}");
+    let page = format!("http://{dash}/jobs/{tracked}#token={ALICE}");
+    let page = browse(&tmp.path().join("chromium-tracked"), &page, &["--dump-dom"]).await;
+    assert!(page.contains("reported by laptop:7"), "{page}");
 
     // A screenshot of the job page.
     let png = tmp.path().join("job.png");

@@ -366,7 +366,8 @@ async fn tls_with_tokens() {
         Ok(client) => client.list_jobs().await.map(drop),
         Err(e) => Err(e),
     };
-    assert!(wrong_ca.is_err(), "a server certificate from an untrusted CA must be refused");
+    let refused = wrong_ca.expect_err("a server certificate from an untrusted CA must be refused").to_string();
+    assert!(refused.contains("not signed by a CA this client trusts"), "{refused}");
     let plain = match LibClient::connect(&format!("http://127.0.0.1:{port}"), Some(ALICE)).await {
         Ok(client) => client.list_jobs().await.map(drop),
         Err(e) => Err(e),
@@ -390,4 +391,84 @@ async fn tls_with_tokens() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
+
+    // prunectl with a plain address for the TLS port says to use https://, not an h2 frame error.
+    for plain in [format!("http://127.0.0.1:{port}"), format!("127.0.0.1:{port}")] {
+        let out = prunectl_as(ALICE, &["list", "--addr", &plain]).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(&format!("is a TLS server: use https://127.0.0.1:{port}")), "{stderr}");
+    }
+}
+
+/// `prunectl ARGS` with `token` in PRUNE_TOKEN.
+async fn prunectl_as(token: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(binary("prunectl"))
+        .args(args)
+        .env("PRUNE_TOKEN", token)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap()
+}
+
+/// The README's TLS recipe, exactly (`scripts/tls-certs.sh`): a private CA and a server
+/// certificate it signs for `localhost` and `127.0.0.1`; prunectl reaches the server by either
+/// name over a real rustls handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_tls_recipe_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/tls-certs.sh");
+    let made = tokio::process::Command::new(&script).arg(&certs).output().await.unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let tokens = tokens_file(tmp.path());
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    let args = [
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    let server = Server::start(&tmp.path().join("data"), &args).await;
+    let port = server.addr.rsplit(':').next().unwrap();
+    for host in ["localhost", "127.0.0.1"] {
+        let out = tokio::process::Command::new(binary("prunectl"))
+            .args(["list", "--json", "--addr", &format!("https://{host}:{port}")])
+            .args(["--ca-cert", certs.join("ca.pem").to_str().unwrap()])
+            .env("PRUNE_TOKEN", ALICE)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{host}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // A --ca-cert file without a certificate (the key, say): said so before any call.
+    let https = format!("https://localhost:{port}");
+    let out =
+        prunectl_as(ALICE, &["list", "--addr", &https, "--ca-cert", certs.join("server.key").to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no certificate in it"), "{stderr}");
+    // A token the server does not know: said so, without suggesting to pass one.
+    let ca = certs.join("ca.pem");
+    let out =
+        prunectl_as("not-a-known-token-0123456789", &["list", "--addr", &https, "--ca-cert", ca.to_str().unwrap()])
+            .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the token is not accepted by this server") && !stderr.contains("pass --token"),
+        "{stderr}"
+    );
+    // The usual mistake: the CA's own certificate served as the server's. Said in words.
+    let ca_key = certs.join("ca.key");
+    let args = ["--tls-cert", ca.to_str().unwrap(), "--tls-key", ca_key.to_str().unwrap()];
+    let wrong = Server::start(&tmp.path().join("data2"), &args).await;
+    let wrong_port = wrong.addr.rsplit(':').next().unwrap();
+    let addr = format!("https://127.0.0.1:{wrong_port}");
+    let out = prunectl_as(ALICE, &["list", "--addr", &addr, "--ca-cert", ca.to_str().unwrap()]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the server's TLS certificate is a CA certificate"), "{stderr}");
 }

@@ -34,7 +34,7 @@ pub struct Client {
     rpc: Rpc,
     addr: String,
     /// Deadline of each unary call (streams have none: a watch may last hours).
-    timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// What comes with a job besides its spec.
@@ -54,6 +54,44 @@ pub fn new_request_id() -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let seed = format!("{}:{}:{}", now.as_nanos(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     hex::encode(&Sha256::digest(seed.as_bytes())[..16])
+}
+
+/// The endpoint `addr` names (`http://` or `https://`; bare `host:port` is plain HTTP) with the
+/// TLS and keep-alive settings, the address as normalised, and the credentials of every call.
+fn endpoint(addr: &str, options: &ConnectOptions) -> Result<(Endpoint, String, BearerToken)> {
+    let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let auth = BearerToken::new(options.token.as_deref())?;
+    let bad_address = |reason: String| ClientError::BadAddress { addr: addr.clone(), reason };
+    let mut endpoint = Endpoint::from_shared(addr.clone()).map_err(|e| bad_address(error_chain(&e)))?;
+    if addr.starts_with("https://") {
+        // Several rustls providers are compiled in where prune-store is: choose ring.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = match &options.ca_cert {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| ClientError::io(path, e))?;
+                // Otherwise rustls only says, at the first call, that no issuer is known.
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(ClientError::Format {
+                        path: path.clone(),
+                        reason: "no certificate in it (a CA certificate is a PEM file with a \
+                                 `-----BEGIN CERTIFICATE-----` block)"
+                            .into(),
+                    });
+                }
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+            }
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        endpoint = endpoint.tls_config(tls).map_err(|e| bad_address(error_chain(&e)))?;
+    } else if options.ca_cert.is_some() {
+        return Err(bad_address("a CA certificate was given: use an https:// address".into()));
+    }
+    let endpoint = endpoint
+        .connect_timeout(Duration::from_secs(10))
+        // Keep-alives notice a server that vanished while a watch waits quietly.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    Ok((endpoint, addr, auth))
 }
 
 /// How to reach the server beyond its address.
@@ -78,35 +116,24 @@ impl Client {
 
     /// [`Client::connect`] with TLS settings.
     pub async fn connect_with(addr: &str, options: &ConnectOptions) -> Result<Client> {
-        let addr = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let auth = BearerToken::new(options.token.as_deref())?;
-        let bad_address = |reason: String| ClientError::BadAddress { addr: addr.clone(), reason };
-        let mut endpoint = Endpoint::from_shared(addr.clone()).map_err(|e| bad_address(error_chain(&e)))?;
-        if addr.starts_with("https://") {
-            // Several rustls providers are compiled in where prune-store is: choose ring.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let tls = match &options.ca_cert {
-                Some(path) => {
-                    let pem = std::fs::read(path).map_err(|e| ClientError::io(path, e))?;
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
-                }
-                None => ClientTlsConfig::new().with_native_roots(),
-            };
-            endpoint = endpoint.tls_config(tls).map_err(|e| bad_address(error_chain(&e)))?;
-        } else if options.ca_cert.is_some() {
-            return Err(bad_address("a CA certificate was given: use an https:// address".into()));
-        }
-        let endpoint = endpoint
-            .connect_timeout(Duration::from_secs(10))
-            // Keep-alives notice a server that vanished while a watch waits quietly.
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+        let (endpoint, addr, auth) = endpoint(addr, options)?;
         let channel = endpoint
             .connect()
             .await
             .map_err(|e| ClientError::Connect { addr: addr.clone(), reason: error_chain(&e) })?;
+        Ok(Client::over(channel, auth, addr, options))
+    }
+
+    /// [`Client::connect_with`] without connecting yet: the first call connects (and fails
+    /// like any call while the server is down), so a client can be made before its server is up.
+    pub fn connect_lazy(addr: &str, options: &ConnectOptions) -> Result<Client> {
+        let (endpoint, addr, auth) = endpoint(addr, options)?;
+        Ok(Client::over(endpoint.connect_lazy(), auth, addr, options))
+    }
+
+    fn over(channel: Channel, auth: BearerToken, addr: String, options: &ConnectOptions) -> Client {
         let rpc = PruningServiceClient::with_interceptor(channel, auth).max_decoding_message_size(MAX_REPLY_BYTES);
-        Ok(Client { rpc, addr, timeout: options.timeout.unwrap_or(DEFAULT_TIMEOUT) })
+        Client { rpc, addr, timeout: options.timeout.unwrap_or(DEFAULT_TIMEOUT) }
     }
 
     /// The server address, as connected to.
@@ -166,7 +193,7 @@ impl Client {
     }
 
     /// A unary call's request with the client's deadline (`grpc-timeout`).
-    fn deadline<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn deadline<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.timeout);
         request

@@ -40,7 +40,7 @@ pub enum ClientError {
     #[error("{}", field_lines(.0))]
     LocalFiles(SpecErrors),
 
-    /// A bad safetensors / bitmask file.
+    /// A local file that is not what it must be (safetensors, bitmask, a CA certificate).
     #[error("{}: {reason}", path.display())]
     Format { path: PathBuf, reason: String },
 
@@ -76,6 +76,16 @@ impl ClientError {
     pub fn reason(&self) -> Option<String> {
         match self {
             ClientError::Rpc(status) => status.get_error_details().error_info().map(|i| i.reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// A value of the server's `google.rpc.ErrorInfo.metadata` (e.g. `state` of a RUN_ENDED).
+    pub fn error_metadata(&self, key: &str) -> Option<String> {
+        match self {
+            ClientError::Rpc(status) => {
+                status.get_error_details().error_info().and_then(|i| i.metadata.get(key).cloned())
+            }
             _ => None,
         }
     }
@@ -151,7 +161,9 @@ fn describe_message(status: &Status) -> String {
         Code::NotFound => "not found",
         Code::InvalidArgument => "invalid request",
         Code::FailedPrecondition => "not possible in the job's current state",
-        Code::Unauthenticated => "unauthenticated (pass --token or set PRUNE_TOKEN)",
+        // Only a missing token is helped by passing one; a refused one says so itself.
+        Code::Unauthenticated if msg.starts_with("missing") => "unauthenticated (pass --token or set PRUNE_TOKEN)",
+        Code::Unauthenticated => "unauthenticated",
         Code::PermissionDenied => "permission denied",
         Code::Unavailable => "server unavailable",
         Code::DeadlineExceeded => "timed out",
@@ -167,7 +179,32 @@ fn describe_message(status: &Status) -> String {
     }
     // Transport errors say little at the top ("transport error"); their cause is the useful part.
     append_sources(&mut out, status.source());
-    out
+    with_certificate_advice(out)
+}
+
+/// `text` with what to do in front where it is rustls refusing the server's certificate (its
+/// own words, e.g. `invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))`, say what
+/// is wrong only to those who know rustls).
+fn with_certificate_advice(text: String) -> String {
+    if !text.contains("invalid peer certificate") {
+        return text;
+    }
+    let advice = if text.contains("CaUsedAsEndEntity") {
+        "the server's TLS certificate is a CA certificate (what `openssl req -x509` makes with \
+         OpenSSL 3), which TLS refuses as a server's own: give the server a certificate that a CA \
+         signed (scripts/tls-certs.sh makes a CA and one) and trust that CA"
+    } else if text.contains("UnknownIssuer") {
+        "the server's TLS certificate is not signed by a CA this client trusts: pass the CA's \
+         certificate (prunectl --ca-cert or PRUNE_CA_CERT; the Python package's `ca=`)"
+    } else if text.contains("NotValidForName") {
+        "the server's TLS certificate does not name the host of the address: connect by a name \
+         or IP it lists, or issue it for this one"
+    } else if text.contains("Expired") || text.contains("NotValidYet") {
+        "the server's TLS certificate is outside its validity period: renew it (or check the clocks)"
+    } else {
+        return text;
+    };
+    format!("{advice} ({text})")
 }
 
 fn spec_lines(path: &std::path::Path, errors: &SpecErrors) -> String {
@@ -196,7 +233,7 @@ pub(crate) use prune_core::text::one_line;
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = one_line(&err.to_string());
     append_sources(&mut out, err.source());
-    out
+    with_certificate_advice(out)
 }
 
 /// Appends each cause in turn as `: cause`, skipping those already said.
@@ -231,6 +268,28 @@ mod tests {
     #[test]
     fn server_internal_error_is_final() {
         assert!(!ClientError::from(Status::internal("boom")).is_transient());
+    }
+
+    #[test]
+    fn refused_certificates_say_what_to_do() {
+        let said = |reason: &str| {
+            ClientError::from(Status::unavailable(format!("transport error: invalid peer certificate: {reason}")))
+                .to_string()
+        };
+        let ca = said("Other(OtherError(CaUsedAsEndEntity))");
+        assert!(ca.starts_with("the server's TLS certificate is a CA certificate"), "{ca}");
+        assert!(
+            ca.ends_with(
+                "(server unavailable: transport error: invalid peer certificate: Other(OtherError(CaUsedAsEndEntity)))"
+            ),
+            "{ca}"
+        );
+        assert!(said("UnknownIssuer").contains("not signed by a CA this client trusts"));
+        assert!(said("NotValidForNameContext { expected: DnsName(\"h\"), presented: [] }")
+            .contains("does not name the host"));
+        assert!(said("Expired").contains("validity period"));
+        assert_eq!(said("BadSignature"), "server unavailable: transport error: invalid peer certificate: BadSignature");
+        assert_eq!(ClientError::from(Status::unavailable("down")).to_string(), "server unavailable: down");
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub mod model_dir;
 mod retry;
 pub mod sweep;
 pub mod tensorboard;
+mod tls_probe;
+pub mod tracked;
 pub mod types;
 pub mod unpack;
 pub mod upload;
@@ -23,10 +25,12 @@ pub use download::DownloadOutcome;
 pub use error::{ClientError, Result};
 /// The sweep's Pareto plot (`prune-plot`).
 pub use prune_plot::pareto as plot;
+pub use tls_probe::tls_hint;
+pub use tracked::{Reporter, ReporterConfig, ReporterStatus, TrackedRun, TrackedRunOptions};
 pub use types::{
-    ArtifactInfo, AttemptInfo, BudgetReport, ChannelReport, ChosenSparsity, JobInfo, JobState, LanguageModelReport,
-    LayerChannels, LinearError, MetricRecord, Perplexity, Progress, Report, SensitivityPoint, TensorSparsity,
-    WatchEvent,
+    ArtifactInfo, AttemptInfo, BudgetReport, ChannelReport, ChosenSparsity, JobInfo, JobKind, JobState,
+    LanguageModelReport, LayerChannels, LinearError, MetricRecord, Perplexity, Progress, Report, SensitivityPoint,
+    TensorSparsity, WatchEvent,
 };
 pub use upload::Uploaded;
 

@@ -6,8 +6,8 @@ use prune_proto as pb;
 use serde::Serialize;
 
 pub use prune_core::domain::{
-    BudgetReport, ChannelReport, ChosenSparsity, JobState, LanguageModelReport, LayerChannels, LinearError, Perplexity,
-    Report, SensitivityPoint, TensorReport, TensorSparsity,
+    BudgetReport, ChannelReport, ChosenSparsity, JobKind, JobState, LanguageModelReport, LayerChannels, LinearError,
+    Perplexity, Report, SensitivityPoint, TensorReport, TensorSparsity,
 };
 
 use crate::error::ClientError;
@@ -76,6 +76,12 @@ pub struct JobInfo {
     pub node: Option<String>,
     /// Every attempt so far, first first.
     pub attempt_history: Vec<AttemptInfo>,
+    /// `service` (the service trains it) or `tracked` (a loop outside reports to it).
+    pub kind: JobKind,
+    /// TRACKED: who reports (`host:pid`, as the loop said when it started the run).
+    pub client: Option<String>,
+    /// TRACKED: when the loop last reported; `None` once it no longer reports.
+    pub reported_unix_ms: Option<i64>,
 }
 
 /// One attempt (worker process) of a job.
@@ -150,6 +156,9 @@ impl TryFrom<pb::Job> for JobInfo {
             priority: j.priority,
             node: Some(j.node).filter(|n| !n.is_empty()),
             attempt_history: j.attempt_history.into_iter().map(Into::into).collect(),
+            kind: prune_proto::conversions::job_kind(j.kind),
+            client: Some(j.client).filter(|c| !c.is_empty()),
+            reported_unix_ms: Some(j.reported_unix_ms).filter(|&t| t > 0),
         })
     }
 }
@@ -232,6 +241,20 @@ mod tests {
         assert_eq!(v["error"], "data: bad");
         assert_eq!(v["warnings"][0], "w");
         assert!(v["started_unix_ms"].is_null());
+        assert_eq!(v["kind"], "service");
+        let tracked = JobInfo::try_from(pb::Job {
+            state: pb::JobState::Running as i32,
+            kind: pb::JobKind::Tracked as i32,
+            client: "host:42".into(),
+            reported_unix_ms: 7,
+            ..Default::default()
+        })
+        .unwrap();
+        let v = serde_json::to_value(&tracked).unwrap();
+        assert_eq!(
+            (v["kind"].as_str(), v["client"].as_str(), v["reported_unix_ms"].as_i64()),
+            (Some("tracked"), Some("host:42"), Some(7))
+        );
     }
 
     #[test]

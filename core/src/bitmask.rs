@@ -115,38 +115,51 @@ impl Rows {
 /// are kept as they are, in order.
 ///
 /// Weights with no elements are kept dense: there is nothing to pack, and the row offsets of a
-/// shape like `[huge, 0]` would be absurdly large.
+/// shape like `[huge, 0]` would be absurdly large. So is a weight whose packed parts would take
+/// at least its dense bytes (little or no sparsity: a bitmask row costs an eighth of a byte per
+/// element plus 8 bytes): compressed-tensors reads a dense weight next to packed ones as it is.
 pub fn pack(tensors: &[TensorData]) -> Result<Vec<TensorData>, FormatError> {
+    Ok(pack_reporting(tensors)?.0)
+}
+
+/// [`pack`], also naming the weights it kept dense because packing would have made them larger.
+pub fn pack_reporting(tensors: &[TensorData]) -> Result<(Vec<TensorData>, Vec<String>), FormatError> {
     check_unique_names(tensors)?;
     let mut out = Vec::with_capacity(tensors.len() + 3 * tensors.len());
+    let mut kept_dense = Vec::new();
     for t in tensors {
-        t.check_len()?;
-        match packed_module(t) {
-            Some(module) => out.extend(pack_weight(module, t)?),
-            None => {
-                check_not_a_part_name(t)?;
-                out.push(t.clone());
-            }
+        let parts = pack_one(t.clone())?;
+        if parts.len() == 1 && packed_module(t).is_some() {
+            kept_dense.push(t.name.clone());
         }
+        out.extend(parts);
     }
     // A packed part may collide with a tensor kept as it was (`a.weight` next to `a.shape`
     // is caught above; this catches the rest).
     check_unique_names(&out)?;
-    Ok(out)
+    Ok((out, kept_dense))
 }
 
 /// [`pack`] for one tensor of a file handled a tensor at a time: its four packed parts, or the
-/// tensor itself when it is not a packed weight. The caller checks that names stay unique
-/// across the file.
+/// tensor itself when it is not a packed weight or packing would not make it smaller (a weight
+/// of rank >= 2 that comes back alone was kept dense for that reason). The caller checks that
+/// names stay unique across the file.
 pub fn pack_one(t: TensorData) -> Result<Vec<TensorData>, FormatError> {
     t.check_len()?;
-    match packed_module(&t) {
-        Some(module) => Ok(pack_weight(module, &t)?.into()),
-        None => {
-            check_not_a_part_name(&t)?;
-            Ok(vec![t])
+    if let Some(module) = packed_module(&t) {
+        let parts = pack_weight(module, &t)?;
+        if parts.iter().map(|p| p.data.len()).sum::<usize>() < t.data.len() {
+            return Ok(parts.into());
         }
     }
+    check_not_a_part_name(&t)?;
+    Ok(vec![t])
+}
+
+/// Whether [`pack`] packs `t` when packing makes it smaller: a `<module>.weight` of rank >= 2
+/// with elements.
+pub fn is_packable(t: &TensorData) -> bool {
+    packed_module(t).is_some()
 }
 
 /// The module whose weight `t` is, when `t` is packed.
@@ -400,10 +413,16 @@ fn check_row_offsets(
 
 /// Packs a dense safetensors file, marking it `sparsity_format = sparse-bitmask`.
 pub fn pack_safetensors(bytes: &[u8]) -> Result<Vec<u8>, FormatError> {
+    Ok(pack_safetensors_reporting(bytes)?.0)
+}
+
+/// [`pack_safetensors`], also naming the weights kept dense ([`pack_reporting`]).
+pub fn pack_safetensors_reporting(bytes: &[u8]) -> Result<(Vec<u8>, Vec<String>), FormatError> {
     let (tensors, metadata) = read_safetensors(bytes)?;
     let mut metadata = metadata.unwrap_or_default();
     metadata.insert(SPARSITY_FORMAT_KEY.into(), SPARSE_BITMASK.into());
-    write_safetensors(&pack(&tensors)?, Some(metadata))
+    let (packed, kept_dense) = pack_reporting(&tensors)?;
+    Ok((write_safetensors(&packed, Some(metadata))?, kept_dense))
 }
 
 /// Unpacks a bitmask-packed safetensors file into a plain dense one (`prunectl unpack`).

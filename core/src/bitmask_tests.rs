@@ -8,6 +8,18 @@ fn f32_tensor(name: &str, shape: &[usize], values: &[f32]) -> TensorData {
     TensorData::new(name, Dtype::F32, shape.to_vec(), data).unwrap()
 }
 
+/// [`pack`] without its size test: every packable weight in packed form, so that the layout of
+/// tensors too small to gain from packing can be checked.
+fn pack_all(tensors: &[TensorData]) -> Vec<TensorData> {
+    tensors
+        .iter()
+        .flat_map(|t| match packed_module(t) {
+            Some(module) => pack_weight(module, t).unwrap().to_vec(),
+            None => vec![t.clone()],
+        })
+        .collect()
+}
+
 fn by_name<'a>(tensors: &'a [TensorData], name: &str) -> &'a TensorData {
     tensors.iter().find(|t| t.name == name).unwrap_or_else(|| panic!("no tensor {name}"))
 }
@@ -132,7 +144,7 @@ fn packs_other_dtypes_keeping_them() {
         [0.0f64, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect(),
     )
     .unwrap();
-    let packed = pack(&[bf16, f16, f64s]).unwrap();
+    let packed = pack_all(&[bf16, f16, f64s]);
     assert_eq!(by_name(&packed, "b.compressed").data, [0x80, 0x3f]);
     assert_eq!(by_name(&packed, "b.bitmask").data, [0b010]);
     assert_eq!(
@@ -140,6 +152,28 @@ fn packs_other_dtypes_keeping_them() {
         (Dtype::F16, vec![0b01])
     );
     assert_eq!(by_name(&packed, "d.compressed").data, (-2.5f64).to_le_bytes());
+}
+
+#[test]
+fn a_weight_packing_would_enlarge_stays_dense_and_is_named() {
+    let dense: Vec<f32> = (0..64 * 64).map(|i| 1.0 + i as f32).collect();
+    let sparse: Vec<f32> = dense.iter().enumerate().map(|(i, &v)| if i % 10 == 0 { v } else { 0.0 }).collect();
+    // 3% zeros: packed, 4 bytes per kept value plus the bitmask and offsets come to more.
+    let few: Vec<f32> = dense.iter().enumerate().map(|(i, &v)| if i % 32 == 0 { 0.0 } else { v }).collect();
+    let tensors = [
+        f32_tensor("a.weight", &[64, 64], &dense),
+        f32_tensor("b.weight", &[64, 64], &sparse),
+        f32_tensor("c.weight", &[64, 64], &few),
+    ];
+    let (packed, kept) = pack_reporting(&tensors).unwrap();
+    assert_eq!(kept, ["a.weight", "c.weight"]);
+    let names: Vec<&str> = packed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a.weight", "b.shape", "b.compressed", "b.bitmask", "b.row_offsets", "c.weight"]);
+    assert_eq!(unpack(&packed).unwrap(), tensors);
+    let file = write_safetensors(&tensors, None).unwrap();
+    let (bytes, kept_again) = pack_safetensors_reporting(&file).unwrap();
+    assert_eq!(kept_again, kept);
+    assert!(bytes.len() < file.len());
 }
 
 #[test]
@@ -269,16 +303,26 @@ proptest! {
     #[test]
     fn pack_round_trips_through_a_file(weight in sparse_tensor()) {
         let bias = f32_tensor("layer.bias", &[2], &[1.0, -0.0]);
-        let file = write_safetensors(&pack(&[weight.clone(), bias.clone()]).unwrap(), None).unwrap();
+        let file = write_safetensors(&pack_all(&[weight.clone(), bias.clone()]), None).unwrap();
         let (read, _) = read_safetensors(&file).unwrap();
         let unpacked = unpack(&read).unwrap();
         prop_assert_eq!(by_name(&unpacked, "layer.weight"), &canonical_zeros(&weight));
+        // `pack` itself packs or keeps the weight, whichever is smaller; both read back.
+        let (packed, kept) = pack_reporting(&[weight.clone(), bias.clone()]).unwrap();
+        let unpacked = unpack(&packed).unwrap();
+        if kept.is_empty() {
+            prop_assert!(packed.iter().map(|t| t.data.len()).sum::<usize>() < weight.data.len() + bias.data.len());
+            prop_assert_eq!(by_name(&unpacked, "layer.weight"), &canonical_zeros(&weight));
+        } else {
+            prop_assert_eq!(kept, vec!["layer.weight".to_string()]);
+            prop_assert_eq!(by_name(&unpacked, "layer.weight"), &weight);
+        }
         prop_assert_eq!(by_name(&unpacked, "layer.bias"), &bias);
     }
 
     #[test]
     fn packed_sizes_follow_the_layout(weight in sparse_tensor()) {
-        let packed = pack(std::slice::from_ref(&weight)).unwrap();
+        let packed = pack_all(std::slice::from_ref(&weight));
         let (zero, size) = packable_element(&weight.name, weight.dtype).unwrap();
         let nnz = weight.data.chunks_exact(size).filter(|e| !zero.is_zero(e)).count();
         let bitmask = by_name(&packed, "layer.bitmask");

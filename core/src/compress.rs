@@ -307,8 +307,10 @@ pub fn decompress_safetensors(data: &[u8], max_bytes: u64) -> io::Result<Vec<u8>
     stream.read_exact(&mut prefix).map_err(|e| truncated(e, "its 8-byte header length"))?;
     let header_len = u64::from_le_bytes(prefix);
     if header_len > MAX_HEADER_LEN as u64 {
+        // What a log file or any other text looks like read as a safetensors file.
         return Err(invalid(format!(
-            "safetensors header length {header_len} exceeds the limit of {MAX_HEADER_LEN} bytes"
+            "not a safetensors file: its first 8 bytes, read as the header length a safetensors file starts \
+             with, say {header_len} bytes, over the limit of {MAX_HEADER_LEN}"
         )));
     }
     let mut header = Vec::with_capacity(header_len as usize);
@@ -514,9 +516,10 @@ mod tests {
 
     #[test]
     fn safetensors_decompression_names_a_broken_header() {
-        let cases: [(&[u8], &str); 4] = [
+        let cases: [(&[u8], &str); 5] = [
             (b"\x05\0\0", "ends before its 8-byte header length"),
-            (&[0xff; 8], "header length 18446744073709551615 exceeds"),
+            (&[0xff; 8], "not a safetensors file: its first 8 bytes"),
+            (b"2026-12-07 INFO job started\n", "not a safetensors file"),
             (b"\x10\0\0\0\0\0\0\0{}", "ends inside its 16-byte safetensors header"),
             (b"\x05\0\0\0\0\0\0\0{\"w\":", "not a JSON object"),
         ];

@@ -39,6 +39,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Required by every job document; a tracked run's leaves it out (`validate::parse_tracked`).
     pub model: ModelSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataSpec>,

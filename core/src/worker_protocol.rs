@@ -43,13 +43,17 @@ pub struct WorkerInputs {
     pub resume_from: Option<String>,
     /// libtorch intra-op threads (results depend on it: a resumed job must use the same).
     pub threads: usize,
+    /// The model's zeros are its masks (a tracked run's final weights, pruned in the client's
+    /// loop): the export takes the selected tensors as they are instead of masking them again.
+    #[serde(default)]
+    pub masks_applied: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerMessage {
     Event(Event),
-    Finished(JobOutcome),
+    Finished(Box<JobOutcome>),
     /// The engine returned an error: deterministic, so not worth a retry.
     Failed {
         error: String,

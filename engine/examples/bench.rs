@@ -71,6 +71,7 @@ fn scratch_inputs(dir: &std::path::Path, model_file: Option<&std::path::Path>, t
         calibration_file: None,
         evaluation_file: None,
         store: None,
+        masks_applied: false,
     }
 }
 

@@ -63,6 +63,7 @@ fn inputs(dir: &Path) -> JobInputs {
         calibration_file: None,
         evaluation_file: None,
         store: None,
+        masks_applied: false,
     }
 }
 

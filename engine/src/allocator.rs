@@ -17,6 +17,17 @@ pub fn keep_freed_memory() {
     }
 }
 
+/// Returns the heap's free memory to the kernel now (glibc's `malloc_trim`), which
+/// [`keep_freed_memory`] otherwise keeps for reuse: for a phase that allocates differently from
+/// the one before it (the language-model pass's perplexity head after its layers).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only hands free pages back; glibc locks its arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// This process's peak resident memory so far (`VmHWM` of /proc/self/status), where /proc says.
 pub fn peak_resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -24,6 +24,8 @@ pub struct Exported {
     pub tensors: Vec<TensorReport>,
     pub dense_bytes: u64,
     pub gzip_dense_bytes: u64,
+    /// Bitmask exports: weights stored dense, their packed form being larger.
+    pub kept_dense: Vec<String>,
 }
 
 fn pytorch_metadata() -> HashMap<String, String> {
@@ -62,8 +64,11 @@ pub fn export_with(
     header.extend(metadata);
     let dense = tensors::write(&state, header)?;
     let mut artifacts = Vec::new();
+    let mut kept_dense = Vec::new();
     for &format in &spec.formats {
-        let Rendered { file, raw, sparse_format } = render(spec, format, model, &dense, dir, example)?;
+        let Rendered { file, raw, sparse_format, kept_dense: kept } =
+            render(spec, format, model, &dense, dir, example)?;
+        kept_dense.extend(kept);
         let bytes = compressed(spec, &raw).map_err(io)?;
         let path = dir.join(format!("{file}{}", compression.extension()));
         write_atomically(&path, |f| f.write_all(&bytes)).map_err(io)?;
@@ -81,6 +86,7 @@ pub fn export_with(
         tensors: tensor_reports(&state, pruned)?,
         dense_bytes: dense.len() as u64,
         gzip_dense_bytes: gzip_dense_bytes(&dense),
+        kept_dense,
     })
 }
 
@@ -100,6 +106,7 @@ struct Rendered {
     file: &'static str,
     raw: Vec<u8>,
     sparse_format: SparseFormat,
+    kept_dense: Vec<String>,
 }
 
 /// The uncompressed file of `format`: the safetensors `dense` state dict (bitmask-packed when
@@ -112,13 +119,15 @@ fn render(
     dir: &Path,
     example: Option<&Tensor>,
 ) -> Result<Rendered, EngineError> {
+    let mut kept_dense = Vec::new();
     let (file, raw, sparse_format) = match format {
         ExportFormat::Safetensors => match spec.sparse_format {
-            SparseFormat::Bitmask => (
-                "model.safetensors",
-                bitmask::pack_safetensors(dense).map_err(|e| EngineError::Export(e.to_string()))?,
-                SparseFormat::Bitmask,
-            ),
+            SparseFormat::Bitmask => {
+                let (packed, kept) =
+                    bitmask::pack_safetensors_reporting(dense).map_err(|e| EngineError::Export(e.to_string()))?;
+                kept_dense = kept;
+                ("model.safetensors", packed, SparseFormat::Bitmask)
+            }
             SparseFormat::Dense => ("model.safetensors", dense.to_vec(), SparseFormat::Dense),
         },
         // A TorchScript module is saved whole: its weights are always dense.
@@ -138,7 +147,7 @@ fn render(
             }
         }
     };
-    Ok(Rendered { file, raw, sparse_format })
+    Ok(Rendered { file, raw, sparse_format, kept_dense })
 }
 
 /// `raw` compressed as the job asks; the job's threads (train::run set them) compress big

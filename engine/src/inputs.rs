@@ -39,6 +39,9 @@ pub struct JobInputs {
     /// language model keeps every pruned layer, which a resumed attempt reads back). `None`:
     /// files stay in `checkpoints.dir` (engine tests).
     pub store: Option<StoreAccess>,
+    /// The model's zeros are its masks (a tracked run's weights, pruned in the client's loop):
+    /// the one-shot export takes the selected tensors as they are (`streamed::run`).
+    pub masks_applied: bool,
 }
 
 /// A sharded checkpoint's local files: its index and each shard by the file name the index

@@ -299,6 +299,7 @@ fn outcome(
         tensors: exported.tensors,
         dense_bytes: exported.dense_bytes,
         gzip_dense_bytes: exported.gzip_dense_bytes,
+        kept_dense: exported.kept_dense,
         artifact_bytes: exported.artifacts.iter().map(|a| (a.format.clone(), a.bytes)).collect(),
         final_val_accuracy,
         final_val_loss,
@@ -502,6 +503,7 @@ impl Trainer {
         let first_prune = self.masks.targets.iter().map(first_pruning_step).min().unwrap_or(i64::MAX);
         self.model.set_train(true)?;
         while self.state.epoch < self.epochs {
+            let epoch_started = Instant::now();
             let order = Tensor::from_slice(&rng::epoch_permutation(
                 self.train.len() as usize,
                 self.seed,
@@ -541,7 +543,7 @@ impl Trainer {
                     self.checkpoint(inputs, sink)?;
                 }
             }
-            let ended = self.end_epoch(sink)?;
+            let ended = self.end_epoch(sink, epoch_started)?;
             if self.state.step < first_prune {
                 dense_val_accuracy = ended;
             }
@@ -594,7 +596,7 @@ impl Trainer {
     }
 
     /// Epoch end: masks applied, training and validation metrics recorded, counters reset.
-    fn end_epoch(&mut self, sink: &mut dyn EventSink) -> Result<Option<f64>, EngineError> {
+    fn end_epoch(&mut self, sink: &mut dyn EventSink, started: Instant) -> Result<Option<f64>, EngineError> {
         self.masks.apply(self.model.params());
         let step = self.state.step;
         let seen = self.state.seen.max(1) as f64;
@@ -615,6 +617,19 @@ impl Trainer {
                 val_accuracy = Some(acc);
             }
         }
+        // One line per epoch in the job's log (`prunectl logs`): what a person scrolls through.
+        let sparsities = self.masks.sparsities()?;
+        let mean = |s: &[TensorSparsity]| s.iter().map(|t| t.sparsity).sum::<f64>() / s.len().max(1) as f64;
+        let figures: Vec<String> =
+            points.iter().filter(|p| p.name != "learning_rate").map(|p| format!("{} {:.4}", p.name, p.value)).collect();
+        tracing::info!(
+            "epoch {}/{} (step {step}): {}, mean sparsity {:.4}, {:.1} s",
+            self.state.epoch + 1,
+            self.epochs,
+            figures.join(", "),
+            mean(&sparsities),
+            started.elapsed().as_secs_f64()
+        );
         sink.emit(Event::Metrics { points })?;
         // The epoch's own figures, before the counters restart: the last progress of a job.
         self.progress(sink)?;

@@ -32,6 +32,7 @@ pub fn inputs(dir: &Path) -> JobInputs {
         calibration_file: None,
         evaluation_file: None,
         store: None,
+        masks_applied: false,
     }
 }
 

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::venv_python;
 use prune_core::llm::Linear;
-use prune_engine::llm::{perplexity, windows, DenseModel, Layer, LayerSource, Rope, Site, Tokenizer};
+use prune_engine::llm::{perplexity, windows, DenseModel, Layer, LayerSource, Observer, Rope, Site, Tokenizer};
 use prune_engine::EngineError;
 use tch::{Kind, Tensor};
 
@@ -60,6 +60,22 @@ fn relative_error(ours: &Tensor, theirs: &Tensor) -> f64 {
     diff / theirs.abs().max().double_value(&[])
 }
 
+/// Every input and output a forward pass shows.
+#[derive(Default)]
+struct Recorder {
+    inputs: Vec<(Site, Tensor)>,
+    outputs: Vec<(Linear, Tensor)>,
+}
+
+impl Observer for Recorder {
+    fn input(&mut self, site: Site, x: &Tensor) {
+        self.inputs.push((site, x.shallow_clone()));
+    }
+    fn output(&mut self, linear: Linear, y: &Tensor) {
+        self.outputs.push((linear, y.shallow_clone()));
+    }
+}
+
 /// Everything the reference holds for one model directory, checked; returns (logits error,
 /// our perplexity, transformers' perplexity).
 fn check_model(dir: &Path, reference: &Path) -> (f64, f64, f64) {
@@ -84,10 +100,17 @@ fn check_model(dir: &Path, reference: &Path) -> (f64, f64, f64) {
     let mut x = model.embedding().unwrap().forward(ids).unwrap();
     for i in 0..cfg.num_hidden_layers {
         let layer = model.layer(i).unwrap();
-        let mut seen = Vec::new();
-        x = layer.forward(cfg, &rope, &x, &mut |site, t| seen.push((site, t.shallow_clone())));
-        assert_eq!(seen.iter().map(|(s, _)| *s).collect::<Vec<_>>(), Site::ALL);
-        for (site, t) in seen {
+        let mut seen = Recorder::default();
+        x = layer.forward(cfg, &rope, &x, &mut seen);
+        assert_eq!(seen.inputs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), Site::ALL);
+        // Every Linear's output, in order, as its input times its weight plus its bias.
+        assert_eq!(seen.outputs.iter().map(|(l, _)| *l).collect::<Vec<_>>(), Linear::ALL);
+        for (linear, y) in &seen.outputs {
+            let (_, input) = seen.inputs.iter().find(|(s, _)| *s == Site::of(*linear)).unwrap();
+            let expected = input.linear(layer.weight(*linear), layer.bias(*linear));
+            assert!(y.allclose(&expected, 1e-5, 1e-6, false), "{}: layer {i} {linear:?} output", dir.display());
+        }
+        for (site, t) in seen.inputs {
             let name = format!(
                 "input.{i}.{}",
                 match site {

@@ -142,6 +142,19 @@ fn decoder_linears(tensors: &HashMap<String, Tensor>) -> Vec<String> {
     names
 }
 
+/// The report's reconstruction error of every pruned Linear against the reference pass's,
+/// computed there directly from the inputs in f64 (ours come from output sums and a Gram
+/// matrix, a Hessian or the kept inputs, by site and method).
+fn compare_errors(outcome: &JobOutcome, theirs: &HashMap<String, Tensor>, what: &str) {
+    let lm = outcome.report.language_model.as_ref().expect("a language-model report");
+    assert_eq!(lm.reconstruction.len(), decoder_linears(theirs).len(), "{what}: one error per pruned Linear");
+    for ours in &lm.reconstruction {
+        let expected = theirs[&format!("reconstruction_error.{}", ours.tensor)].double_value(&[]);
+        let error = ours.relative_error;
+        assert!((error - expected).abs() <= 1e-4 * expected, "{what}: {} error {error} vs {expected}", ours.tensor);
+    }
+}
+
 /// Compares our pruned decoder Linears with a reference state dict: masks equal, values within
 /// `tolerance` of the largest weight.
 fn compare(ours: &HashMap<String, Tensor>, theirs: &HashMap<String, Tensor>, tolerance: f64, what: &str) {
@@ -171,7 +184,9 @@ fn wanda_masks_equal_the_reference_sequential_pass() {
             let theirs = reference("wanda_reference.py", model, &args, &dir.path().join("reference.safetensors"));
             // bf16 weights: ours are cast back to bf16 on export, the reference keeps f32.
             let tolerance = if model == "mistral" { 1e-2 } else { 0.0 };
-            compare(&artifact_tensors(&inputs, &outcome), &theirs, tolerance, &format!("wanda {model} {pattern}"));
+            let what = format!("wanda {model} {pattern}");
+            compare(&artifact_tensors(&inputs, &outcome), &theirs, tolerance, &what);
+            compare_errors(&outcome, &theirs, &what);
         }
     }
 }
@@ -185,7 +200,9 @@ fn sparsegpt_weights_match_the_reference_sequential_pass() {
             let inputs = model_inputs(dir.path(), model);
             let outcome = run(&job_toml("sparsegpt", pattern, ""), &inputs).unwrap();
             let theirs = reference("sparsegpt_reference.py", model, &args, &dir.path().join("reference.safetensors"));
-            compare(&artifact_tensors(&inputs, &outcome), &theirs, 1e-5, &format!("sparsegpt {model} {pattern}"));
+            let what = format!("sparsegpt {model} {pattern}");
+            compare(&artifact_tensors(&inputs, &outcome), &theirs, 1e-5, &what);
+            compare_errors(&outcome, &theirs, &what);
         }
     }
 }
@@ -293,4 +310,28 @@ fn bad_input_names_the_field() {
     big.calibration_file = Some(tokens);
     let e = error(job_toml("wanda", "", ""), &big);
     assert!(e.contains("vocabulary"), "{e}");
+    // NaN in the activations: layer 1's input norm poisons its q/k/v inputs; the error names
+    // the layer and the Linears, for both methods (their statistics are checked once, at the end).
+    let mut tensors: Vec<(String, Tensor)> = match (&inputs.model_file, &inputs.model_shards) {
+        (Some(file), _) => Tensor::read_safetensors(file).unwrap(),
+        (None, Some(sharded)) => sharded.shards.values().flat_map(|f| Tensor::read_safetensors(f).unwrap()).collect(),
+        (None, None) => unreachable!("the fixture has weights"),
+    };
+    for (name, t) in &mut tensors {
+        if name == "model.layers.1.input_layernorm.weight" {
+            *t = t.full_like(f64::NAN);
+        }
+    }
+    let poisoned_file = dir.path().join("poisoned.safetensors");
+    Tensor::write_safetensors(&tensors.iter().map(|(n, t)| (n.as_str(), t)).collect::<Vec<_>>(), &poisoned_file)
+        .unwrap();
+    let mut poisoned = model_inputs(dir.path(), "llama");
+    (poisoned.model_file, poisoned.model_shards) = (Some(poisoned_file), None);
+    for method in ["wanda", "sparsegpt"] {
+        let e = error(job_toml(method, "", ""), &poisoned);
+        assert!(
+            e.contains("model.layers.1") && e.contains("self_attn.q_proj") && e.contains("NaN or infinite"),
+            "{method}: {e}"
+        );
+    }
 }

@@ -165,3 +165,65 @@ fn a_cancel_stops_between_tensors_and_publishes_nothing() {
     let left: Vec<_> = std::fs::read_dir(dir.path().join("artifacts")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A tracked run's weights (`masks_applied`): the selected tensors are exported exactly as
+/// uploaded, whatever their zeros are (here every third element, which no magnitude mask at the
+/// schedule's 0.9 would pick), reported as they are, and no step-0 events overwrite what the
+/// run's loop reported.
+#[test]
+fn masks_applied_exports_the_uploaded_zeros() {
+    let _one = one_job_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let thirds = |n: usize| (0..n).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 + i as f32 }).collect::<Vec<f32>>();
+    let tensors = vec![
+        TensorData::new("fc.weight", Dtype::F32, vec![6, 8], bytes(Dtype::F32, &thirds(48))).unwrap(),
+        TensorData::new("fc.bias", Dtype::F32, vec![6], bytes(Dtype::F32, &[0.5; 6])).unwrap(),
+    ];
+    let model = dir.path().join("model.safetensors");
+    std::fs::write(&model, write_safetensors(&tensors, None).unwrap()).unwrap();
+    let toml = "[model]\nfile = \"model.safetensors\"\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.9 }\n[export]\ncompression = \"zstd\"\nsparse_format = \"bitmask\"\n";
+    let job = prune_core::validate::validate(&spec(toml)).unwrap();
+    let inputs = JobInputs { masks_applied: true, ..job_inputs(dir.path(), &model) };
+    let mut sink = VecSink::default();
+    let outcome = streamed::run(&job, &inputs, &mut sink, &StopFlag::default()).unwrap();
+    assert!(sink.0.is_empty(), "events: {:?}", sink.0);
+    let exported = artifact_tensors(dir.path(), &outcome);
+    let by_name = |name: &str| exported.iter().find(|t| t.name == name).unwrap().data.clone();
+    assert_eq!(by_name("fc.weight"), tensors[0].data);
+    assert_eq!(by_name("fc.bias"), tensors[1].data);
+    let weight = outcome.report.tensors.iter().find(|t| t.name == "fc.weight").unwrap();
+    assert!(weight.pruned);
+    assert_eq!(weight.nonzero, 32);
+    assert!((weight.sparsity - 16.0 / 48.0).abs() < 1e-12, "{weight:?}");
+
+    // Without the flag the same job masks by magnitude at 0.9.
+    let again = tempfile::tempdir().unwrap();
+    let pruned =
+        streamed::run(&job, &job_inputs(again.path(), &model), &mut VecSink::default(), &StopFlag::default()).unwrap();
+    let weight = pruned.report.tensors.iter().find(|t| t.name == "fc.weight").unwrap();
+    assert!(weight.sparsity > 0.85, "{weight:?}");
+}
+
+/// A schedule that prunes nothing, exported as bitmask: packing would make every weight larger,
+/// so each is stored dense and the report names them; the artifact is no larger than the dense
+/// file and unpacks to the input.
+#[test]
+fn weights_packing_would_enlarge_are_stored_dense_and_reported() {
+    let _one = one_job_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let model = state_dict(dir.path());
+    let toml = "[model]\nfile = \"model.safetensors\"\n[pruning]\nschedule = { kind = \"constant_sparsity\", target_sparsity = 0.0 }\n[export]\ncompression = \"none\"\nsparse_format = \"bitmask\"\n";
+    let job = prune_core::validate::validate(&spec(toml)).unwrap();
+    let outcome =
+        streamed::run(&job, &job_inputs(dir.path(), &model), &mut VecSink::default(), &StopFlag::default()).unwrap();
+    let weights = ["enc.weight", "mid.weight", "conv.weight", "head.weight"];
+    let mut kept = outcome.report.kept_dense.clone();
+    kept.sort();
+    let mut expected = weights.map(String::from).to_vec();
+    expected.sort();
+    assert_eq!(kept, expected);
+    assert!(outcome.artifacts[0].bytes <= outcome.report.dense_bytes + 64, "{:?}", outcome.artifacts[0]);
+    let path = common::artifact_path(dir.path(), &outcome.artifacts[0]);
+    let (tensors, _) = read_safetensors(&std::fs::read(path).unwrap()).unwrap();
+    assert!(weights.iter().all(|w| tensors.iter().any(|t| &t.name == w)), "stored under their own names");
+}

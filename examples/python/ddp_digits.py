@@ -4,9 +4,13 @@ Each rank writes the digest of its masks at every update to OUT/rank<r>.json.
 
     torchrun --nproc_per_node 2 examples/python/ddp_digits.py --out /tmp/ddp
     python examples/python/ddp_digits.py --out /tmp/single --world 2   # one process, same global batches
+
+With `--track ADDR` the run is tracked by the prune service at ADDR: only rank 0 reports (the
+other ranks' `track` returns a run that does nothing), and finishes it at the end.
 """
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -30,6 +34,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--world", type=int, default=2, help="single process: the world size whose global batches it replays")
+    ap.add_argument("--track", metavar="ADDR", help="a prune server that tracks the run (rank 0 reports)")
+    ap.add_argument("--label", default="", help="the run's `ddp` label (with --track)")
     args = ap.parse_args()
     distributed = "RANK" in os.environ
     if distributed:
@@ -44,6 +50,10 @@ def main():
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     pruner.attach(optimizer)
+    run = None
+    if args.track:
+        # Every rank calls track(); only rank 0 gets a run that reports.
+        run = prune.Client(args.track).track(pruner, name="ddp-digits", labels={"ddp": args.label}, total_steps=args.steps)
     g = torch.Generator().manual_seed(3)
     order = torch.randperm(len(x), generator=g)
     updates = []
@@ -56,14 +66,16 @@ def main():
             updates.append([pruner.step_count, digest(pruner.masks)])
         optimizer.zero_grad()
         if distributed:
-            torch.nn.functional.cross_entropy(net(x[batch]), y[batch]).backward()
+            loss = torch.nn.functional.cross_entropy(net(x[batch]), y[batch])
+            loss.backward()
         else:
             # What DDP computes, op for op: each rank's gradient divided by the world size, then
             # summed (gloo's all-reduce; with two ranks the order of the sum cannot matter).
             shares = []
             for r in range(world):
                 part = batch[r * BATCH : (r + 1) * BATCH]
-                grads = torch.autograd.grad(torch.nn.functional.cross_entropy(net(x[part]), y[part]), list(net.parameters()))
+                loss = torch.nn.functional.cross_entropy(net(x[part]), y[part])
+                grads = torch.autograd.grad(loss, list(net.parameters()))
                 shares.append([g / world for g in grads])
             for p, *gs in zip(net.parameters(), *shares):
                 total = gs[0].clone()
@@ -71,11 +83,20 @@ def main():
                     total += g
                 p.grad = total
         optimizer.step()
+        if run is not None:
+            run.log(loss=loss.item())
+    if run is not None:
+        run.finish()  # rank 0 uploads and waits for the export; elsewhere nothing happens
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump({"updates": updates, "final": digest(pruner.masks), "sparsity": pruner.sparsity()}, f)
+        json.dump({"updates": updates, "final": digest(pruner.masks), "sparsity": pruner.sparsity(), "run": run.id if run else None}, f)
     print(f"rank {rank}: {len(updates)} mask updates, final {updates[-1][1][:16]}")
     if distributed:
+        # DDP holds the process group, inside reference cycles: collect it now, so that gloo's
+        # threads are joined while Python runs. Left to interpreter shutdown, a gloo thread that
+        # frees a tensor needs the GIL, is ended by Python and aborts the process (torch 2.13).
+        del net, optimizer
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -33,7 +33,9 @@ class Digits(pl.LightningModule):
 
     def training_step(self, batch, _):
         x, y = batch
-        return torch.nn.functional.cross_entropy(self.net(x), y)
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)  # the epoch's mean, for a tracked run
+        return loss
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
@@ -43,21 +45,24 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--track", metavar="ADDR", help="a prune server that tracks the run")
     args = ap.parse_args()
     (x, y), (vx, vy) = digits()
     module = Digits()
     pruner = prune.Pruner(module, PRUNING)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    run = prune.Client(args.track).track(pruner, name="lightning-digits") if args.track else None
     trainer = pl.Trainer(
-        max_epochs=args.epochs, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=args.out, callbacks=[prune.integrations.LightningCallback(pruner)],
+        max_epochs=args.epochs, accelerator="cpu", logger=False, enable_progress_bar=False, log_every_n_steps=10,
+        enable_model_summary=False, default_root_dir=args.out, callbacks=[prune.integrations.LightningCallback(pruner, run=run)],
     )
     trainer.fit(module, loader)
+    job = run.finish() if run else None
     pruner.strip()
     with torch.no_grad():
         accuracy = (module.net(vx).argmax(1) == vy).float().mean().item()
     result = {"step": pruner.step_count, "global_step": trainer.global_step, "digest": digest(pruner.masks),
-              "sparsity": pruner.sparsity(), "val_accuracy": accuracy}
+              "sparsity": pruner.sparsity(), "val_accuracy": accuracy, "run": job and job["id"]}
     print(json.dumps(result))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "result.json"), "w") as f:

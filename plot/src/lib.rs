@@ -123,9 +123,23 @@ fn padded(values: impl Iterator<Item = f64>, empty: Range<f64>) -> Range<f64> {
     (lo - pad).max(0.0)..hi + pad
 }
 
+/// [`padded`] for a percentage (accuracy): the axis never passes 100% nor goes below 0%.
+fn padded_percent(values: impl Iterator<Item = f64>) -> Range<f64> {
+    let r = padded(values, 0.0..100.0);
+    r.start.clamp(0.0, 100.0)..r.end.clamp(0.0, 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_axes_stay_within_0_and_100() {
+        assert_eq!(padded_percent([98.0, 99.5, 100.0].into_iter()).end, 100.0);
+        let r = padded_percent([97.0, 98.0].into_iter());
+        assert!(r.start < 97.0 && r.end > 98.0 && r.end <= 100.0, "{r:?}");
+        assert_eq!(padded_percent([0.0, 1.0].into_iter()).start, 0.0);
+    }
 
     #[test]
     fn ranges_leave_room_and_survive_one_point() {

@@ -4,7 +4,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::{draw_error, draw_legend, padded, png_of, svg_of, FAMILY};
+use crate::{draw_error, draw_legend, padded, padded_percent, png_of, svg_of, FAMILY};
 pub use crate::{PlotError, SIZE};
 
 /// One finished job of a sweep.
@@ -53,7 +53,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, title: &str, points: 
     let kb = |p: &Point| p.artifact_bytes as f64 / 1000.0;
     let percent = |p: &Point| p.accuracy * 100.0;
     let x_range = padded(points.iter().map(kb), 0.0..1.0);
-    let y_range = padded(points.iter().map(percent), 0.0..100.0);
+    let y_range = padded_percent(points.iter().map(percent));
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FAMILY, 26))
         .margin(20)

@@ -5,7 +5,7 @@
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::{draw_error, draw_legend, padded, png_of, svg_of, FAMILY, PALETTE};
+use crate::{draw_error, draw_legend, padded, padded_percent, png_of, svg_of, FAMILY, PALETTE};
 pub use crate::{PlotError, SIZE};
 
 /// One tensor's measurements, levels ascending.
@@ -60,10 +60,10 @@ fn draw<DB: DrawingBackend>(
 ) -> Result<(), PlotError> {
     root.fill(&WHITE).map_err(draw_error)?;
     let values = series.iter().flat_map(|s| s.points.iter().map(|&(_, v)| measure.scale(v)));
-    let y_range = padded(values.chain(dense.map(|d| measure.scale(d))), 0.0..100.0);
+    let values = values.chain(dense.map(|d| measure.scale(d)));
     let y_range = match measure {
-        Measure::Accuracy => y_range.start..y_range.end.min(105.0),
-        Measure::Loss => y_range,
+        Measure::Accuracy => padded_percent(values),
+        Measure::Loss => padded(values, 0.0..100.0),
     };
     let mut chart = ChartBuilder::on(root)
         .caption(title, (FAMILY, 26))

@@ -3,8 +3,8 @@
 //! every Rust client use these.
 
 use prune_core::domain::{
-    BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, JobState, LanguageModelReport, LayerChannels,
-    LinearError, MetricPoint, Perplexity, Report, SensitivityPoint, TensorReport, TensorSparsity,
+    BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, JobKind, JobState, LanguageModelReport,
+    LayerChannels, LinearError, MetricPoint, Perplexity, Report, SensitivityPoint, TensorReport, TensorSparsity,
 };
 
 use crate as pb;
@@ -46,6 +46,24 @@ impl TryFrom<pb::JobState> for JobState {
 /// errors.
 pub fn job_state(value: i32) -> Result<JobState, ConversionError> {
     pb::JobState::try_from(value).map_err(|_| ConversionError::JobState(value))?.try_into()
+}
+
+impl From<JobKind> for pb::JobKind {
+    fn from(kind: JobKind) -> Self {
+        match kind {
+            JobKind::Service => pb::JobKind::Service,
+            JobKind::Tracked => pb::JobKind::Tracked,
+        }
+    }
+}
+
+/// A `JobKind` as it arrives on the wire: JOB_KIND_UNSPECIFIED (jobs from servers before kinds
+/// existed) and unknown values read as SERVICE.
+pub fn job_kind(value: i32) -> JobKind {
+    match pb::JobKind::try_from(value) {
+        Ok(pb::JobKind::Tracked) => JobKind::Tracked,
+        _ => JobKind::Service,
+    }
 }
 
 impl From<&TensorSparsity> for pb::TensorSparsity {
@@ -171,6 +189,7 @@ impl From<&Report> for pb::Report {
             suggested_overrides: r.suggested_overrides.clone().unwrap_or_default(),
             budget: r.budget.as_deref().map(Into::into),
             language_model: r.language_model.as_deref().map(Into::into),
+            kept_dense: r.kept_dense.clone(),
         }
     }
 }
@@ -193,6 +212,7 @@ impl From<pb::Report> for Report {
             suggested_overrides: (!r.suggested_overrides.is_empty()).then_some(r.suggested_overrides),
             budget: r.budget.map(|b| Box::new(b.into())),
             language_model: r.language_model.map(|l| Box::new(l.into())),
+            kept_dense: r.kept_dense,
         }
     }
 }
@@ -409,6 +429,7 @@ mod tests {
                 notes: vec!["pruned further".into()],
             })),
             language_model: Some(Box::new(language_model())),
+            kept_dense: vec!["embed.weight".into()],
         };
         let message = pb::Report::from(&report);
         assert_eq!(serde_json::from_str::<Report>(&message.json).unwrap(), report);

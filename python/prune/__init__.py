@@ -9,6 +9,10 @@ semantics) inside your own PyTorch training loop, on the service's own Rust core
     pruner.strip()
     prune.export(model, "model.safetensors", format="bitmask", compression="zstd")
 
+Tracked runs (the service shows your loop like its own jobs):
+
+    run = prune.Client("http://prune:50051").track(pruner, name="digits", request_id="digits-1")
+
 See docs/python.md.
 """
 
@@ -20,15 +24,20 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import torch
 
 from . import _core
-from ._core import ArtifactError, SpecError
+from ._core import ArtifactError, SpecError, TrackingError
 from ._tensors import bool_tensor, f32_bytes, from_raw, raw_bytes, safetensors_dtype
 from .pruner import Pruner, PruneWarning, _LIVE, _table_json
+from .tracking import Client, Run, TrackingWarning
 
 __all__ = [
     "Pruner",
     "PruneWarning",
     "SpecError",
     "ArtifactError",
+    "Client",
+    "Run",
+    "TrackingError",
+    "TrackingWarning",
     "export",
     "load",
     "mask",

@@ -108,6 +108,10 @@ class Pruner:
         self._unmasked: Dict[int, tuple] = {}
         self._hooks: list = []
         self._stripped = False
+        self._total_steps = total_steps
+        # Called as listener(pruner, masks_updated) after every step() and one_shot(): a tracked
+        # run (tracking.py) reports from there. They only read the pruner.
+        self._listeners: List[Any] = []
         _LIVE[self._model] = self
 
     # -- the loop ----------------------------------------------------------------------------
@@ -132,6 +136,7 @@ class Pruner:
             for i in range(len(self._params)):
                 if self._active[i]:
                     self._params[i].mul_(self._masks[i])
+        self._notify(bool(due))
         return bool(due)
 
     def apply(self) -> None:
@@ -173,6 +178,7 @@ class Pruner:
             for i in range(len(self._params)):
                 if self._active[i]:
                     self._params[i].mul_(self._masks[i])
+        self._notify(True)
 
     def strip(self) -> torch.nn.Module:
         """Multiplies the masks in a last time and removes every hook: the model is a plain
@@ -279,6 +285,13 @@ class Pruner:
             p = self._params[i]
             self._masks[i] = bool_tensor(mask, p.shape, p.device)
             self._active[i] = not bool(self._masks[i].all())
+
+    def _notify(self, updated: bool) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(self, updated)
+            except Exception as e:  # a report must never stop the loop
+                warnings.warn(f"prune: a listener of the pruner failed: {e!r}", RuntimeWarning, stacklevel=3)
 
     def _check_live(self, what: str) -> None:
         if self._stripped:

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use prune_core::compress::{self, Settings};
 use prune_core::job::{Export, Pruning};
-use prune_core::options::{BlockPooling, SparseFormat, Structure};
+use prune_core::options::{BlockPooling, SparseFormat};
 use prune_core::select::{Rule, SelectError, Selector, NOTHING_SELECTED};
 use prune_core::spec::{DataSpec, ExportSpec, JobSpec, ModelSpec, PruningSpec, TrainingSpec};
 use prune_core::tensorfile::{read_safetensors, write_safetensors, FormatError, TensorData};
@@ -25,6 +25,8 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use sha2::{Digest, Sha256};
+
+mod tracking;
 
 create_exception!(
     _core,
@@ -81,25 +83,10 @@ fn stand_in_job(pruning: PruningSpec) -> JobSpec {
     }
 }
 
-/// What needs the service's own loop or model graph, refused with the reason.
+/// What needs the service's own loop or model graph (the rules the service applies to a
+/// tracked run's table too), refused with the reason.
 fn refuse_whole_model_features(p: &PruningSpec) -> Result<()> {
-    let mut errors = Vec::new();
-    if p.budget.is_some() {
-        errors.push(FieldError::new(
-            "pruning.budget",
-            "a budget measures validation accuracy tensor by tensor inside the service's training loop; \
-             the package prunes inside yours: give the schedule's final sparsities (a sensitivity job in \
-             the service suggests them as overrides)",
-        ));
-    }
-    if p.structure == Structure::Channel.as_str() {
-        errors.push(FieldError::new(
-            "pruning.structure",
-            "channel pruning follows a model's layer graph (which tensors carry each channel), which only \
-             the service knows for its built-in models; the package prunes tensor by tensor: use \
-             \"element\" with element, block or m-by-n masks",
-        ));
-    }
+    let errors = validate::outside_service_loop(p);
     if errors.is_empty() {
         Ok(())
     } else {
@@ -518,5 +505,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(export, m)?)?;
     m.add_function(wrap_pyfunction!(read_artifact, m)?)?;
     m.add_function(wrap_pyfunction!(block_poolings, m)?)?;
+    m.add("TrackingError", m.py().get_type::<tracking::TrackingError>())?;
+    m.add_class::<tracking::ServiceClient>()?;
+    m.add_class::<tracking::Run>()?;
+    m.add_function(wrap_pyfunction!(tracking::tracked_spec, m)?)?;
     Ok(())
 }

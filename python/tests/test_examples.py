@@ -1,5 +1,6 @@
 """Each example in examples/python runs, small: the plain digits loop, DDP under torchrun
-against its single-process replay, a Trainer stopped and resumed mid-schedule, Lightning."""
+against its single-process replay, a Trainer stopped and resumed mid-schedule, Lightning, and the
+tracked digits loop against a real prune-server (conftest's `server`)."""
 
 import json
 import os
@@ -14,7 +15,9 @@ from conftest import EXAMPLES
 
 
 def run(*args, timeout=240):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # gloo on loopback: otherwise it resolves the host name to pick an interface, which a
+    # sandbox or a busy resolver can make fail now and then.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "GLOO_SOCKET_IFNAME": "lo"}
     done = subprocess.run([*args], capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, f"{args}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
@@ -63,3 +66,20 @@ def test_lightning_module(tmp_path):
     assert result["step"] == result["global_step"] == 90
     assert result["sparsity"] == {"net.0.weight": 0.5, "net.2.weight": pytest.approx(0.75, abs=1e-2)}
     assert result["val_accuracy"] > 0.8
+
+
+def test_tracked_digits_loop(server, tmp_path):
+    run(sys.executable, os.path.join(EXAMPLES, "tracked_digits.py"), "--addr", server.addr, "--out", str(tmp_path))
+    result = json.load(open(tmp_path / "result.json"))
+    steps = 4 * 45  # 4 epochs of 45 batches
+    assert (result["state"], result["step"]) == ("SUCCEEDED", steps)
+    assert result["sparsity"] == {"0.weight": pytest.approx(0.8, abs=1e-3), "2.weight": pytest.approx(0.8, abs=1e-2)}
+    back = prune.load(result["artifact"])
+    assert 1 - (back["0.weight"] != 0).float().mean().item() == pytest.approx(0.8, abs=1e-3)
+    points = prune.Client(server.addr).metrics(result["job"])
+    by_name = {}
+    for p in points:
+        by_name.setdefault(p["name"], []).append(p["step"])
+    assert by_name["loss"] == by_name["accuracy"] == list(range(1, steps + 1))
+    assert by_name["val_accuracy"] == [45, 90, 135, 180]
+    assert by_name["sparsity/0.weight"] == [40, 60, 80, 100, 120]

@@ -7,7 +7,15 @@ use std::time::Duration;
 use clap::Parser;
 
 #[derive(Debug, Parser)]
-#[command(name = "prune-server", version, about = "Runs neural-network pruning jobs behind a gRPC API")]
+// Every option has a default or is optional: clap's generated usage line, after an error, lists
+// the options given as though they were required (`--tls-cert` alone showed `--listen <LISTEN>
+// --data-dir <DATA_DIR>`).
+#[command(
+    name = "prune-server",
+    version,
+    about = "Runs neural-network pruning jobs behind a gRPC API",
+    override_usage = "prune-server [OPTIONS]"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -43,7 +51,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PRUNE_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_secs: u64,
     /// libtorch threads of a job whose spec does not set `training.threads` (default: this
-    /// machine's cores divided among `--workers`, at least 1; see [`ServeArgs::threads_per_job`]).
+    /// machine's cores divided among `--workers`, at least 1).
     #[arg(long = "threads-per-job", env = "PRUNE_THREADS_PER_JOB", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub threads_per_job_flag: Option<u32>,
     /// Worker crashes a job survives: after this many attempts it FAILS.
@@ -112,6 +120,11 @@ pub struct LimitArgs {
     #[arg(long, env = "PRUNE_MAX_MESSAGE_BYTES", default_value_t = 4 << 20,
           value_parser = clap::value_parser!(u64).range(64 << 10..=1 << 30))]
     pub max_message_bytes: u64,
+    /// A tracked run whose client has not reported for this many seconds FAILS ("client
+    /// stopped reporting"); its loop can re-attach with the same request id.
+    #[arg(long, env = "PRUNE_TRACKED_TIMEOUT_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub tracked_timeout_secs: u32,
 }
 
 impl ServeArgs {
@@ -289,5 +302,11 @@ mod tests {
         assert!(Cli::try_parse_from(["prune-server", "--tls-key", "k.pem"]).is_err());
         let cli = Cli::try_parse_from(["prune-server", "--tls-cert", "c.pem", "--tls-key", "k.pem"]).unwrap();
         assert_eq!(cli.serve.security.tls_cert.unwrap(), PathBuf::from("c.pem"));
+        // One of the pair alone: the error names the other; the usage line requires nothing.
+        let args = ["prune-server", "--listen", "127.0.0.1:1", "--data-dir", "d", "--tls-cert", "c.pem"];
+        let error = Cli::try_parse_from(args).unwrap_err().to_string();
+        assert!(error.contains("--tls-key"), "{error}");
+        assert!(error.contains("Usage: prune-server [OPTIONS]\n"), "{error}");
+        assert!(!error.contains("--listen <LISTEN>"), "{error}");
     }
 }

@@ -155,6 +155,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
         max_running_per_tenant: args.max_running_per_tenant,
     };
     jobs::retention::start(db.clone(), store.clone(), args.retention(), args.blob_grace(), shutdown.clone());
+    let tracked_timeout = std::time::Duration::from_secs(u64::from(args.limits.tracked_timeout_secs));
+    jobs::tracked::start_expiry(db.clone(), live.clone(), tracked_timeout, shutdown.clone());
     let facts = api::service::Facts {
         node: node.clone(),
         database: if db.is_sqlite() { "sqlite" } else { "postgres" },

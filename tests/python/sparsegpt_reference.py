@@ -158,8 +158,8 @@ def main():
     else:
         model = load_llama(args.model_dir)
         input_ids = load_file(args.tokens)["input_ids"].long()
-        sequential_pass(model, input_ids, SparseGPT, prune)
-        save_state_dict(model, args.output)
+        errors = sequential_pass(model, input_ids, SparseGPT, prune)
+        save_state_dict(model, args.output, errors)
     print(f"topk_disagreements {counter[0]} fallbacks {fallbacks}")
 
 

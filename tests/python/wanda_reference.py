@@ -20,7 +20,8 @@ Usage:
       [out, in] u8 (1 = kept), `weight` (pruned), `topk_disagreements` [1] i64.
   python wanda_reference.py model MODEL_DIR TOKENS.safetensors OUT.safetensors (--sparsity S | --nm N M)
       A Hugging Face Llama-family directory and `input_ids` [windows, L] int64: the whole
-      sequential pass in f32; OUT is the pruned state dict. Needs transformers (imported only here).
+      sequential pass in f32; OUT is the pruned state dict, with each pruned weight's relative
+      reconstruction error as `reconstruction_error.NAME`. Needs transformers (imported only here).
 """
 
 import argparse
@@ -97,7 +98,10 @@ def sequential_pass(model, input_ids, make_wrapper, prune):
     """prune_wanda's (and sparsegpt llama.py llama_sequential's) layer-by-layer structure, for a
     transformers Llama-family model in f32 and `input_ids` [windows, L], one window at a time.
     `make_wrapper(linear)` returns an object with add_batch(inp, out); `prune(name, linear,
-    wrapper)` prunes the Linear in place."""
+    wrapper)` prunes the Linear in place. Returns each pruned weight's relative reconstruction
+    error ||W X - Ŵ X||² / ||W X||² on its calibration inputs X, computed directly in f64 (what
+    prune's report must say; not part of the references)."""
+    errors = {}
     model.config.use_cache = False
     layers = model.model.layers
     inps, captured = [], {}
@@ -127,9 +131,12 @@ def sequential_pass(model, input_ids, make_wrapper, prune):
         subset = find_layers(layer)
         wrappers = {name: make_wrapper(subset[name]) for name in subset}
 
+        inputs = {name: [] for name in subset}
+
         def add_batch(name):
             def hook(_, inp, out):
                 wrappers[name].add_batch(inp[0].data, out.data)
+                inputs[name].append(inp[0].data.clone())
             return hook
 
         handles = [subset[name].register_forward_hook(add_batch(name)) for name in subset]
@@ -138,8 +145,17 @@ def sequential_pass(model, input_ids, make_wrapper, prune):
         for h in handles:
             h.remove()
         for name in subset:
+            dense = subset[name].weight.data.clone()
             prune(f"model.layers.{i}.{name}", subset[name], wrappers[name])
+            errors[f"model.layers.{i}.{name}.weight"] = relative_error(dense, subset[name].weight.data, inputs[name])
         inps = [run(layer, inps[j]) for j in range(len(inps))]
+    return errors
+
+
+def relative_error(dense, pruned, inputs):
+    x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs]).double()
+    wx = x @ dense.double().t()
+    return float(((wx - x @ pruned.double().t()) ** 2).sum() / (wx ** 2).sum())
 
 
 def load_llama(model_dir):
@@ -149,9 +165,13 @@ def load_llama(model_dir):
     return model.eval()
 
 
-def save_state_dict(model, path):
+def save_state_dict(model, path, errors=None):
+    """The pruned state dict, plus `reconstruction_error.NAME` (f64 scalars) from `errors`."""
     # Tied embeddings share storage, which save_file refuses: write independent copies.
-    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, path)
+    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    for name, error in (errors or {}).items():
+        tensors[f"reconstruction_error.{name}"] = torch.tensor(error, dtype=torch.float64)
+    save_file(tensors, path)
 
 
 def pattern_args(parser):
@@ -201,12 +221,12 @@ def main():
     else:
         model = load_llama(args.model_dir)
         input_ids = load_file(args.tokens)["input_ids"].long()
-        sequential_pass(
+        errors = sequential_pass(
             model, input_ids, WrappedGPT,
             lambda name, linear, wrapped: wanda_prune_linear(
                 linear, wrapped, args.sparsity, args.prune_n, args.prune_m, counter),
         )
-        save_state_dict(model, args.output)
+        save_state_dict(model, args.output, errors)
     print(f"topk_disagreements {counter[0]}")
 
 

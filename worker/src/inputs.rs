@@ -50,6 +50,7 @@ pub fn resolve(
         artifacts: artifacts.clone(),
         resume_from,
         threads: inputs.threads,
+        masks_applied: inputs.masks_applied,
         model_files: model_files(spec, store, scratch)?,
         calibration_file: blob("calibration", calibration.and_then(|c| c.text.as_deref().or(c.tokens.as_deref())))?,
         evaluation_file: blob("evaluation.text", spec.evaluation.as_ref().and_then(|e| e.text.as_deref()))?,

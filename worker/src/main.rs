@@ -111,7 +111,7 @@ fn run_attempt() -> Result<(), WorkerError> {
         Ok::<_, EngineError>(outcome)
     }));
     let terminal = match result {
-        Ok(Ok(outcome)) => WorkerMessage::Finished(outcome),
+        Ok(Ok(outcome)) => WorkerMessage::Finished(Box::new(outcome)),
         Ok(Err(EngineError::Stopped { step, reason })) => WorkerMessage::Stopped { step, reason },
         Ok(Err(e)) => WorkerMessage::Failed { error: one_line(&e.to_string()) },
         Err(panic) => {

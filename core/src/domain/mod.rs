@@ -12,4 +12,4 @@ pub use report::{
     ArtifactFile, BudgetReport, ChannelReport, ChosenSparsity, InferenceTiming, LanguageModelReport, LayerChannels,
     LinearError, MetricPoint, Perplexity, Report, SensitivityPoint, TensorReport, TensorSparsity, NO_FORWARD_PASS,
 };
-pub use state::JobState;
+pub use state::{JobKind, JobState};

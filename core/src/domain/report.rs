@@ -88,6 +88,10 @@ pub struct Report {
     /// Linear's reconstruction error, the calibration it ran on, the worker's peak memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language_model: Option<Box<LanguageModelReport>>,
+    /// A bitmask export's weights stored dense because their packed form would be larger
+    /// (little or no sparsity); compressed-tensors reads them as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_dense: Vec<String>,
 }
 
 /// What pruning did to a language model.

@@ -24,6 +24,7 @@ mod language;
 mod layers;
 mod parse;
 mod pruning;
+mod tracked;
 mod warnings;
 
 pub use analysis::MAX_LEVELS;
@@ -31,6 +32,7 @@ pub use check::{is_blob_id, is_device, validate};
 pub use language::{is_plain_file_name, MAX_CALIBRATION_SAMPLES, MAX_SEQ_LEN};
 pub use layers::MAX_RESIDUAL_DEPTH;
 pub use parse::{parse_json, parse_toml};
+pub use tracked::{outside_service_loop, parse_tracked, tracked, with_model};
 pub use warnings::{steps_per_epoch, warnings};
 
 /// Longest job name accepted, in characters.

@@ -8,7 +8,7 @@ use prune_core::llm::LlmConfig;
 use tch::Tensor;
 
 use super::head::{Embedding, Head};
-use super::model::Layer;
+use super::model::{Layer, Unobserved};
 use super::perplexity::LayerSource;
 use super::rope::Rope;
 use super::weights::Checkpoint;
@@ -49,7 +49,7 @@ impl DenseModel {
         let rope = Rope::new(&self.config, len);
         let mut x = self.embedding()?.forward(ids)?;
         for i in 0..self.config.num_hidden_layers {
-            x = self.layer(i)?.forward(&self.config, &rope, &x, &mut |_, _| {});
+            x = self.layer(i)?.forward(&self.config, &rope, &x, &mut Unobserved);
         }
         Ok(self.head()?.logits(&x))
     }

@@ -28,7 +28,7 @@ mod tokens;
 
 pub use dense::DenseModel;
 pub use head::{Embedding, Head};
-pub use model::{Layer, Site};
+pub use model::{Layer, Observer, Site, Unobserved};
 pub use perplexity::{perplexity, windows, LayerSource, Perplexity};
 pub use rope::Rope;
 pub use run::{applies, run, RECONSTRUCTION_PLOT_FORMAT};

@@ -51,6 +51,19 @@ impl Site {
     }
 }
 
+/// What a forward pass shows of itself: every Linear's input and output, as computed.
+pub trait Observer {
+    /// The exact tensor the Linears fed by `site` multiply.
+    fn input(&mut self, _site: Site, _x: &Tensor) {}
+    /// `linear`'s output (its bias included), before any reshape.
+    fn output(&mut self, _linear: Linear, _y: &Tensor) {}
+}
+
+/// A forward pass nobody watches.
+pub struct Unobserved;
+
+impl Observer for Unobserved {}
+
 /// One decoder layer's tensors (f32, CPU).
 #[derive(Debug)]
 pub struct Layer {
@@ -141,33 +154,35 @@ impl Layer {
     }
 
     /// The layer's output for hidden states `x`, `[B, L, hidden]` f32 (L at most the RoPE
-    /// table's length). `observe` sees, at each [`Site`], the exact tensor its Linears multiply.
-    pub fn forward(&self, cfg: &LlmConfig, rope: &Rope, x: &Tensor, observe: &mut dyn FnMut(Site, &Tensor)) -> Tensor {
+    /// table's length), with every Linear's input and output shown to `observe`.
+    pub fn forward(&self, cfg: &LlmConfig, rope: &Rope, x: &Tensor, observe: &mut dyn Observer) -> Tensor {
         let normed = rms_norm(x, &self.input_norm, cfg.rms_norm_eps);
-        observe(Site::Attention, &normed);
-        let heads = self.attention(cfg, rope, &normed);
-        observe(Site::AttentionOutput, &heads);
-        let x = x + self.linear(Linear::O, &heads);
+        observe.input(Site::Attention, &normed);
+        let heads = self.attention(cfg, rope, &normed, observe);
+        observe.input(Site::AttentionOutput, &heads);
+        let x = x + self.linear(Linear::O, &heads, observe);
 
         let normed = rms_norm(&x, &self.post_attention_norm, cfg.rms_norm_eps);
-        observe(Site::Mlp, &normed);
-        let gated = self.linear(Linear::Gate, &normed).silu() * self.linear(Linear::Up, &normed);
-        observe(Site::MlpOutput, &gated);
-        x + self.linear(Linear::Down, &gated)
+        observe.input(Site::Mlp, &normed);
+        let gated = self.linear(Linear::Gate, &normed, observe).silu() * self.linear(Linear::Up, &normed, observe);
+        observe.input(Site::MlpOutput, &gated);
+        x + self.linear(Linear::Down, &gated, observe)
     }
 
-    fn linear(&self, linear: Linear, x: &Tensor) -> Tensor {
-        x.linear(self.weight(linear), self.bias(linear))
+    fn linear(&self, linear: Linear, x: &Tensor, observe: &mut dyn Observer) -> Tensor {
+        let y = x.linear(self.weight(linear), self.bias(linear));
+        observe.output(linear, &y);
+        y
     }
 
     /// Causal self-attention up to (not including) o_proj: `[B, L, heads * head_dim]`.
-    fn attention(&self, cfg: &LlmConfig, rope: &Rope, x: &Tensor) -> Tensor {
+    fn attention(&self, cfg: &LlmConfig, rope: &Rope, x: &Tensor, observe: &mut dyn Observer) -> Tensor {
         let (b, l) = (x.size()[0], x.size()[1]);
         let d = cfg.head_dim as i64;
         let split = |t: Tensor, heads: usize| t.view([b, l, heads as i64, d]).transpose(1, 2);
-        let q = rope.apply(&split(self.linear(Linear::Q, x), cfg.num_attention_heads));
-        let k = rope.apply(&split(self.linear(Linear::K, x), cfg.num_key_value_heads));
-        let v = split(self.linear(Linear::V, x), cfg.num_key_value_heads);
+        let q = rope.apply(&split(self.linear(Linear::Q, x, observe), cfg.num_attention_heads));
+        let k = rope.apply(&split(self.linear(Linear::K, x, observe), cfg.num_key_value_heads));
+        let v = split(self.linear(Linear::V, x, observe), cfg.num_key_value_heads);
         let groups = (cfg.num_attention_heads / cfg.num_key_value_heads) as i64;
         let (k, v) = (repeat_kv(&k, groups), repeat_kv(&v, groups));
         let scale = 1.0 / (cfg.head_dim as f64).sqrt();

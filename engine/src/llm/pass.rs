@@ -8,20 +8,20 @@
 //! pruned after, so dense and pruned perplexity cost one pass over the model.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use prune_core::domain::LinearError;
 use prune_core::job::Criterion;
-use prune_core::llm::LlmConfig;
+use prune_core::llm::{Linear, LlmConfig};
 use tch::{Kind, Tensor};
 
-use super::model::{Layer, Site};
+use super::model::{Layer, Observer, Site, Unobserved};
 use super::plan::{Plan, Target};
-use super::reconstruction::relative_reconstruction_error;
+use super::reconstruction::{output_energy, relative_error, squared_error, Inputs};
 use super::rope::Rope;
 use super::sparsegpt::sparsegpt_prune;
 use super::state::{Progress, Streams};
-use super::stats::{HessianStats, WandaStats};
+use super::stats::{GramStats, HessianStats, StatsError, WandaStats};
 use super::wanda::wanda_mask;
 use super::weights::Checkpoint;
 use crate::EngineError;
@@ -48,11 +48,107 @@ pub struct Pass<'a> {
     pub evaluation_rope: Option<Rope>,
 }
 
+/// Bytes of calibration inputs a site may keep for the reconstruction error instead of
+/// accumulating their Gram matrix (where that costs less: [`keeps_inputs`]).
+const KEPT_INPUT_BYTES: i64 = 256 << 20;
+
 /// One layer's statistics for one input site.
 struct SiteStats {
     wanda: Option<WandaStats>,
-    /// SparseGPT's Hessian; for Wanda only the Gram matrix the reconstruction error needs.
-    gram: HessianStats,
+    errors: ErrorInputs,
+}
+
+/// What the site's reconstruction errors are computed from.
+enum ErrorInputs {
+    /// SparseGPT's Hessian, window by window in the reference's running average.
+    Hessian(HessianStats),
+    /// A Gram matrix, a batch of windows at a time.
+    Gram(GramStats),
+    /// The inputs themselves.
+    Kept(Vec<Tensor>),
+}
+
+impl SiteStats {
+    fn error_inputs(&self) -> Inputs<'_> {
+        match &self.errors {
+            ErrorInputs::Hessian(h) => Inputs::Gram { matrix: h.hessian(), scale: 2.0 / h.nsamples() as f64 },
+            ErrorInputs::Gram(g) => Inputs::Gram { matrix: g.gram(), scale: 1.0 },
+            ErrorInputs::Kept(x) => Inputs::Stored(x),
+        }
+    }
+
+    fn add(&mut self, x: &Tensor) -> Result<(), StatsError> {
+        if let Some(wanda) = &mut self.wanda {
+            wanda.add_windows(x)?;
+        }
+        match &mut self.errors {
+            // One window at a time, as the references' batch size of 1 accumulates.
+            ErrorInputs::Hessian(h) => (0..x.size()[0]).try_for_each(|w| h.add_batch_unchecked(&x.get(w))),
+            ErrorInputs::Gram(g) => g.add_batch(x),
+            ErrorInputs::Kept(kept) => {
+                kept.push(x.shallow_clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether every input was finite, from the statistics they made (checking each input
+    /// took as long as a fifth of the forward pass).
+    fn check(&self) -> Result<(), StatsError> {
+        if let Some(wanda) = &self.wanda {
+            wanda.check()?;
+        }
+        match &self.errors {
+            ErrorInputs::Hessian(h) => h.check(),
+            // Made of the same inputs as the Wanda statistic.
+            ErrorInputs::Gram(_) | ErrorInputs::Kept(_) => Ok(()),
+        }
+    }
+}
+
+/// Whether a Wanda site keeps its `tokens` inputs of `columns` values for the reconstruction
+/// errors of Linears with `outputs` rows in all: multiplying them by `W - Ŵ` costs
+/// `tokens * outputs * columns`, the Gram matrix and its traces `(tokens + outputs) * columns²`
+/// (down_proj, with fewer outputs than inputs, gains most).
+fn keeps_inputs(tokens: i64, columns: i64, outputs: i64) -> bool {
+    tokens * outputs < (tokens + outputs) * columns && tokens * columns * 4 <= KEPT_INPUT_BYTES
+}
+
+/// What the dense layer shows while it runs over the calibration windows: each site's
+/// statistics, and `||W X||²` of each target from its output.
+struct Gather<'a> {
+    layer: &'a Layer,
+    stats: BTreeMap<Site, SiteStats>,
+    /// By `Linear as usize`; `None`: not a target.
+    energy: [Option<f64>; Linear::ALL.len()],
+    failed: Option<(Site, String)>,
+    /// Time spent here rather than in the forward pass.
+    spent: Duration,
+}
+
+impl Observer for Gather<'_> {
+    fn input(&mut self, site: Site, x: &Tensor) {
+        let Some(s) = self.stats.get_mut(&site) else { return };
+        let clock = Instant::now();
+        if self.failed.is_none() {
+            if let Err(e) = s.add(x) {
+                self.failed = Some((site, e.to_string()));
+            }
+        }
+        self.spent += clock.elapsed();
+    }
+
+    fn output(&mut self, linear: Linear, y: &Tensor) {
+        let Some(energy) = self.energy[linear as usize].as_mut() else { return };
+        let clock = Instant::now();
+        match output_energy(y, self.layer.bias(linear)) {
+            Ok(e) => *energy += e,
+            Err(e) => {
+                self.failed.get_or_insert((Site::of(linear), e.to_string()));
+            }
+        }
+        self.spent += clock.elapsed();
+    }
 }
 
 impl Pass<'_> {
@@ -67,82 +163,119 @@ impl Pass<'_> {
         let started = Instant::now();
         let mut layer = Layer::load(self.weights, self.config, i)?;
         let targets = &self.plan.layers[i];
-        // 1. Statistics of every Linear input that feeds a target, window by window in order.
-        let mut stats: BTreeMap<Site, SiteStats> = BTreeMap::new();
+        // 1. Statistics of every Linear input that feeds a target, window by window in order,
+        // and each target's dense output energy.
+        let mut energy = None;
+        let mut stats = BTreeMap::new();
+        let mut observing = Duration::ZERO;
         if self.criterion.is_calibrated() {
-            for site in Site::ALL {
-                let Some(target) = targets.iter().find(|t| Site::of(t.linear) == site) else { continue };
-                let columns = layer.weight(target.linear).size()[1];
-                let wanda = matches!(self.criterion, Criterion::Wanda).then(|| WandaStats::new(columns));
-                stats.insert(site, SiteStats { wanda, gram: HessianStats::new(columns) });
-            }
             let hidden = streams.calibration.as_ref().expect("a calibrated pass has calibration windows");
             let rope = self.calibration_rope.as_ref().expect("a calibrated pass has its rope");
-            let mut failed = None;
-            // The dense outputs are not kept: the next layer gets the pruned layer's.
-            observe_batches(self.config, &layer, rope, hidden, &mut |site, x| {
-                let Some(s) = stats.get_mut(&site) else { return };
-                // One window at a time, as the references' batch size of 1 accumulates.
-                for w in 0..x.size()[0] {
-                    let window = x.get(w);
-                    let added = match &mut s.wanda {
-                        Some(wanda) => wanda.add_batch(&window).and_then(|()| s.gram.add_batch(&window)),
-                        None => s.gram.add_batch(&window),
-                    };
-                    if let Err(e) = added {
-                        failed.get_or_insert((site, e));
+            let tokens = hidden.size()[0] * hidden.size()[1];
+            let mut gather = Gather {
+                layer: &layer,
+                stats: BTreeMap::new(),
+                energy: [None; Linear::ALL.len()],
+                failed: None,
+                spent: Duration::ZERO,
+            };
+            for site in Site::ALL {
+                let at_site: Vec<&Target> = targets.iter().filter(|t| Site::of(t.linear) == site).collect();
+                let Some(first) = at_site.first() else { continue };
+                let columns = layer.weight(first.linear).size()[1];
+                let outputs: i64 = at_site.iter().map(|t| layer.weight(t.linear).size()[0]).sum();
+                let (wanda, errors) = match self.criterion {
+                    Criterion::SparseGpt { .. } => (None, ErrorInputs::Hessian(HessianStats::new(columns))),
+                    _ if keeps_inputs(tokens, columns, outputs) => {
+                        (Some(WandaStats::new(columns)), ErrorInputs::Kept(Vec::new()))
                     }
+                    _ => (Some(WandaStats::new(columns)), ErrorInputs::Gram(GramStats::new(columns))),
+                };
+                gather.stats.insert(site, SiteStats { wanda, errors });
+                for t in at_site {
+                    gather.energy[t.linear as usize] = Some(0.0);
                 }
-            })?;
+            }
+            // The dense outputs are not kept: the next layer gets the pruned layer's.
+            observe_batches(self.config, &layer, rope, hidden, &mut gather)?;
+            let failed = gather
+                .failed
+                .or_else(|| gather.stats.iter().find_map(|(site, s)| s.check().err().map(|e| (*site, e.to_string()))));
             if let Some((site, e)) = failed {
                 return Err(EngineError::Model(format!(
                     "model.layers.{i}: the calibration inputs of {} ({e})",
                     site.linears().iter().map(|l| l.module()).collect::<Vec<_>>().join(", ")
                 )));
             }
+            energy = Some(gather.energy);
+            stats = gather.stats;
+            observing = gather.spent;
         }
+        let gathered = started.elapsed();
         // 2. The evaluation stream through the dense layer (not counted as pruning time).
-        let mut evaluating = std::time::Duration::ZERO;
+        let mut evaluating = Duration::ZERO;
         if let (Some(x), Some(rope)) = (&streams.eval_dense, &self.evaluation_rope) {
             let clock = Instant::now();
-            streams.eval_dense = Some(forward_batches(self.config, &layer, rope, x, &mut |_, _| {})?);
+            streams.eval_dense = Some(forward_batches(self.config, &layer, rope, x, &mut Unobserved)?);
             evaluating += clock.elapsed();
         }
+        let dense_evaluation = evaluating;
         // 3. Prune each target.
         let mut pruned = Vec::with_capacity(targets.len());
+        let mut measuring = Duration::ZERO;
         for target in targets {
             let w = layer.weight(target.linear).shallow_clone();
             let site = Site::of(target.linear);
             let new = self.prune(target, &w, stats.get(&site), progress)?;
-            if let Some(s) = stats.get(&site) {
-                let relative_error = relative_reconstruction_error(&w, &new, s.gram.hessian())
+            if let (Some(s), Some(energy)) = (stats.get(&site), &energy) {
+                let clock = Instant::now();
+                let dense_energy = energy[target.linear as usize].expect("every target's energy is summed");
+                let ratio = squared_error(&w, &new, s.error_inputs())
+                    .and_then(|error| relative_error(error, dense_energy))
                     .map_err(|e| EngineError::Model(format!("{}: reconstruction error: {e}", target.name)))?;
                 progress.reconstruction.push(LinearError {
                     tensor: target.name.clone(),
                     layer: i as u64,
-                    relative_error,
+                    relative_error: ratio,
                 });
+                measuring += clock.elapsed();
             }
             layer.set_weight(target.linear, new.shallow_clone())?;
             pruned.push((target.name.clone(), new));
         }
         drop(stats);
-        // 4. Outputs with the pruned weights: the next layer's inputs.
+        let selected = started.elapsed();
+        // 4. Outputs with the pruned weights: the next layer's inputs (after the last layer,
+        // nothing needs the calibration stream).
+        if i + 1 == self.config.num_hidden_layers {
+            streams.calibration = None;
+        }
         if let Some(x) = &streams.calibration {
             let rope = self.calibration_rope.as_ref().expect("calibration windows have their rope");
-            let out = forward_batches(self.config, &layer, rope, x, &mut |_, _| {})?;
+            let out = forward_batches(self.config, &layer, rope, x, &mut Unobserved)?;
             check_finite(&out, i, "calibration")?;
             streams.calibration = Some(out);
         }
         if let (Some(x), Some(rope)) = (&streams.eval_pruned, &self.evaluation_rope) {
             let clock = Instant::now();
-            let out = forward_batches(self.config, &layer, rope, x, &mut |_, _| {})?;
+            let out = forward_batches(self.config, &layer, rope, x, &mut Unobserved)?;
             check_finite(&out, i, "evaluation")?;
             streams.eval_pruned = Some(out);
             evaluating += clock.elapsed();
         }
         progress.layers_done = i + 1;
-        progress.prune_seconds += started.elapsed().saturating_sub(evaluating).as_secs_f64();
+        let took = started.elapsed();
+        progress.prune_seconds += took.saturating_sub(evaluating).as_secs_f64();
+        tracing::debug!(
+            layer = i,
+            statistics_s = gathered.as_secs_f64(),
+            observing_s = observing.as_secs_f64(),
+            errors_s = measuring.as_secs_f64(),
+            pruning_s = selected.saturating_sub(gathered + dense_evaluation).as_secs_f64(),
+            outputs_s = took.saturating_sub(selected + evaluating - dense_evaluation).as_secs_f64(),
+            evaluation_s = evaluating.as_secs_f64(),
+            "layer pruned (seconds by phase: statistics = forward + observing; pruning includes errors)"
+        );
         Ok(pruned)
     }
 
@@ -171,7 +304,8 @@ impl Pass<'_> {
             }
             Criterion::SparseGpt { block_size, dampening } => {
                 let s = stats.expect("sparsegpt statistics gathered");
-                let outcome = sparsegpt_prune(w, s.gram.hessian(), target.pattern(), block_size as i64, dampening)
+                let ErrorInputs::Hessian(h) = &s.errors else { unreachable!("sparsegpt gathers Hessians") };
+                let outcome = sparsegpt_prune(w, h.hessian(), target.pattern(), block_size as i64, dampening)
                     .map_err(|e| with_layer(e.to_string()))?;
                 if let Some(warning) = outcome.warning {
                     progress.warnings.push(format!("{}: {warning}", target.name));
@@ -189,7 +323,7 @@ fn forward_batches(
     layer: &Layer,
     rope: &Rope,
     x: &Tensor,
-    observe: &mut dyn FnMut(Site, &Tensor),
+    observe: &mut dyn Observer,
 ) -> Result<Tensor, EngineError> {
     let batch = batch_windows(config, x.size()[1]);
     let outs: Vec<Tensor> = x.split(batch, 0).iter().map(|b| layer.forward(config, rope, b, &mut *observe)).collect();
@@ -202,7 +336,7 @@ fn observe_batches(
     layer: &Layer,
     rope: &Rope,
     x: &Tensor,
-    observe: &mut dyn FnMut(Site, &Tensor),
+    observe: &mut dyn Observer,
 ) -> Result<(), EngineError> {
     let batch = batch_windows(config, x.size()[1]);
     for b in x.split(batch, 0) {

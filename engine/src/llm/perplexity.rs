@@ -13,7 +13,7 @@ use prune_core::llm::LlmConfig;
 use tch::{Kind, Tensor};
 
 use super::head::{Embedding, Head};
-use super::model::Layer;
+use super::model::{Layer, Unobserved};
 use super::rope::Rope;
 use crate::EngineError;
 
@@ -75,7 +75,7 @@ pub fn perplexity(
         for start in (0..n).step_by(batch as usize) {
             let rows = batch.min(n - start);
             let mut slot = hidden.narrow(0, start, rows);
-            let out = layer.forward(cfg, &rope, &slot, &mut |_, _| {});
+            let out = layer.forward(cfg, &rope, &slot, &mut Unobserved);
             slot.copy_(&out);
         }
     }

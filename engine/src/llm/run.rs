@@ -109,6 +109,9 @@ pub fn run(
         };
         run_layers(&pass, inputs, sink, stop, &mut progress, &mut streams)?;
         if let (Some(w), Some(dense), Some(pruned)) = (&evaluation, &streams.eval_dense, &streams.eval_pruned) {
+            // The pass's freed activations stay in the heap (keep_freed_memory); the head and its
+            // logits are the worker's largest tensors: give the heap back first.
+            crate::allocator::release_freed_memory();
             let head = Head::load(&weights, &config)?;
             perplexity = Some(Perplexity {
                 dense: windowed_perplexity(&head, &config, dense, &w.tokens),
@@ -395,6 +398,7 @@ fn export(
     };
     let report = Report {
         tensors: written.reports,
+        kept_dense: written.kept_dense,
         dense_bytes: written.dense_bytes,
         gzip_dense_bytes: written.gzip_dense_bytes,
         artifact_bytes: [(safetensors, model_bytes)].into_iter().collect(),

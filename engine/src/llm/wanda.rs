@@ -54,8 +54,26 @@ pub fn wanda_mask(weight: &Tensor, scaler_row: &Tensor, pattern: Pattern) -> Res
     match pattern {
         Pattern::Unstructured { sparsity } => {
             let k = prune_count(columns, sparsity);
-            let (_, order) = metric.f_sort_stable(true, 1, false)?;
-            Ok(kept.f_scatter_value(1, &order.f_narrow(1, 0, k)?, 0)?)
+            if k == 0 {
+                return Ok(kept);
+            }
+            // The first k of a stable ascending sort, without sorting (half the time): every
+            // score below the k-th smallest, then as many of those equal to it as are still
+            // needed, lowest columns first.
+            let (thresh, _) = metric.f_kthvalue(k, 1, true)?;
+            // Usually the k-th smallest score is unique in its row: then exactly the scores up to
+            // it are pruned (one comparison instead of the tie bookkeeping below).
+            let at_most = metric.f_le_tensor(&thresh)?;
+            let counts = at_most.f_sum_dim_intlist(1, false, Kind::Int64)?;
+            if bool::try_from(counts.f_eq(k)?.f_all()?)? {
+                return Ok(at_most.f_logical_not()?);
+            }
+            let below = metric.f_lt_tensor(&thresh)?;
+            let tied = metric.f_eq_tensor(&thresh)?;
+            let needed = below.f_sum_dim_intlist(1, true, Kind::Int64)?.f_neg()?.f_add_scalar(k)?;
+            let tied_rank = tied.f_cumsum(1, Kind::Int64)?;
+            let pruned = below.f_logical_or(&tied.f_logical_and(&tied_rank.f_le_tensor(&needed)?)?)?;
+            Ok(pruned.f_logical_not()?)
         }
         Pattern::NOfM { n, m } => {
             // Groups are consecutive columns, so a [rows, in/m, m] view puts each in a last dim.
@@ -95,6 +113,27 @@ mod tests {
         // int(7 * 0.5) = 3 pruned: the three lowest-indexed of the four tied ones.
         let mask = wanda_mask(&w, &s, Pattern::Unstructured { sparsity: 0.5 }).unwrap();
         assert_eq!(kept(&mask), vec![0, 0, 0, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn unstructured_equals_the_first_k_of_a_stable_sort() {
+        tch::manual_seed(5);
+        // Few distinct values: many ties around every row's threshold (the tie bookkeeping);
+        // continuous values: unique thresholds (the one-comparison path); and both in one matrix.
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let tied = Tensor::randint(4, [40, 30], opts);
+        let distinct = Tensor::randn([40, 30], opts);
+        let mixed = Tensor::cat(&[distinct.narrow(0, 0, 20), tied.narrow(0, 0, 20)], 0);
+        for (w, sparsity) in [&tied, &distinct, &mixed].into_iter().flat_map(|w| [0.1, 0.5, 0.9].map(|s| (w, s))) {
+            let s = Tensor::randint_low(1, 3, [30], opts);
+            let k = prune_count(30, sparsity);
+            let metric = w.abs() * s.sqrt().reshape([1, -1]);
+            let (_, order) = metric.sort_stable(true, 1, false);
+            let expected =
+                Tensor::ones([40, 30], (Kind::Bool, tch::Device::Cpu)).scatter_value(1, &order.narrow(1, 0, k), 0);
+            let mask = wanda_mask(w, &s, Pattern::Unstructured { sparsity }).unwrap();
+            assert!(mask.equal(&expected), "sparsity {sparsity}");
+        }
     }
 
     #[test]

@@ -153,18 +153,27 @@ pub fn run(
             "training.device = \"{device}\": a one-shot safetensors state dict is pruned on the CPU, streamed a tensor at a time"
         )],
     };
-    sink.emit(Event::started_one_shot(pruned.clone(), warnings))?;
-
-    let global = global_selection(&source, &rules, stop)?;
-    let written = write_artifacts(job, inputs, &source, &rules, global, &NoReplacements, None, stop)?;
-    let Written { artifacts, reports, sparsity, dense_bytes, gzip_dense_bytes } = written;
-    sink.emit(Event::Metrics {
-        points: sparsity
-            .iter()
-            .map(|s| MetricPoint { step: 0, name: format!("sparsity/{}", s.name), value: s.sparsity })
-            .collect(),
-    })?;
-    sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
+    let written = if inputs.masks_applied {
+        // A tracked run's weights: its loop reported the steps, metrics and sparsity already,
+        // which a one-shot job's step-0 events would overwrite.
+        let selected = pruned.iter().map(String::as_str).collect();
+        write_artifacts(job, inputs, &source, &rules, None, &AsUploaded::new(&source, selected), None, stop)?
+    } else {
+        sink.emit(Event::started_one_shot(pruned.clone(), warnings))?;
+        let global = global_selection(&source, &rules, stop)?;
+        let written = write_artifacts(job, inputs, &source, &rules, global, &NoReplacements, None, stop)?;
+        sink.emit(Event::Metrics {
+            points: written
+                .sparsity
+                .iter()
+                .map(|s| MetricPoint { step: 0, name: format!("sparsity/{}", s.name), value: s.sparsity })
+                .collect(),
+        })?;
+        let sparsity = written.sparsity.clone();
+        sink.emit(Event::Progress { step: 0, total_steps: 0, epoch: 0, loss: f64::NAN, accuracy: f64::NAN, sparsity })?;
+        written
+    };
+    let Written { artifacts, reports, dense_bytes, gzip_dense_bytes, kept_dense, .. } = written;
 
     let format = ExportFormat::Safetensors.as_str().to_string();
     let report = Report {
@@ -179,6 +188,7 @@ pub fn run(
         inference: vec![],
         inference_note: Some(prune_core::domain::NO_FORWARD_PASS.to_string()),
         channels: None,
+        kept_dense,
         ..Default::default()
     };
     Ok(JobOutcome { artifacts, report })
@@ -194,6 +204,34 @@ pub(crate) trait Replacements {
 /// Nothing replaced: every pruned tensor is masked by its rule.
 pub(crate) struct NoReplacements;
 
+/// A tracked run's weights, pruned in the client's own loop: each selected tensor is exported
+/// as uploaded, its zeros being its mask (masking again by magnitude could pick other elements
+/// where kept values tie with pruned zeros, or where the loop's schedule differs).
+struct AsUploaded<'a> {
+    shards: std::collections::HashMap<&'a str, &'a Shard>,
+    source: &'a Source,
+}
+
+impl<'a> AsUploaded<'a> {
+    fn new(source: &'a Source, selected: std::collections::HashSet<&str>) -> Self {
+        let shards =
+            source.tensors().filter(|(_, t)| selected.contains(t.name.as_str())).map(|(s, t)| (t.name.as_str(), s));
+        AsUploaded { shards: shards.collect(), source }
+    }
+}
+
+impl Replacements for AsUploaded<'_> {
+    fn values(&self, tensor: &TensorInfo) -> Result<Option<Vec<u8>>, EngineError> {
+        let Some(shard) = self.shards.get(tensor.name.as_str()) else { return Ok(None) };
+        let data = shard.file.read(tensor).map_err(model_error)?;
+        if values::is_float(tensor.dtype) {
+            chunked::each_chunk(tensor.dtype, &data, chunked::CHUNK, |_| {})
+                .ok_or_else(|| self.source.not_finite(shard, &tensor.name))?;
+        }
+        Ok(Some(data))
+    }
+}
+
 impl Replacements for NoReplacements {
     fn values(&self, _: &TensorInfo) -> Result<Option<Vec<u8>>, EngineError> {
         Ok(None)
@@ -208,6 +246,8 @@ pub(crate) struct Written {
     pub sparsity: Vec<TensorSparsity>,
     pub dense_bytes: u64,
     pub gzip_dense_bytes: u64,
+    /// Bitmask exports: weights stored dense, their packed form being larger.
+    pub kept_dense: Vec<String>,
 }
 
 /// Writes the artifact of `source`: each tensor masked by its rule (or taken from
@@ -248,6 +288,7 @@ pub(crate) fn write_artifacts(
     let mut gzip = (dense_bytes <= compress::GZIP_REPORT_MAX).then(GzipCounter::default);
 
     let mut reports = Vec::with_capacity(rules.len());
+    let mut kept_dense = Vec::new();
     let mut sparsity = Vec::with_capacity(rules.iter().flatten().count());
     let mut rules = rules.iter();
     let mut global = global;
@@ -319,7 +360,14 @@ pub(crate) fn write_artifacts(
             let tensor = TensorData { name: info.name.clone(), dtype: info.dtype, shape: info.shape.clone(), data };
             let parts = match sparse {
                 SparseFormat::Dense => vec![tensor],
-                SparseFormat::Bitmask => bitmask::pack_one(tensor).map_err(|e| EngineError::Export(e.to_string()))?,
+                SparseFormat::Bitmask => {
+                    let packable = bitmask::is_packable(&tensor);
+                    let parts = bitmask::pack_one(tensor).map_err(|e| EngineError::Export(e.to_string()))?;
+                    if packable && parts.len() == 1 {
+                        kept_dense.push(info.name.clone());
+                    }
+                    parts
+                }
             };
             for part in parts {
                 spool.push(part).map_err(io_error)?;
@@ -353,7 +401,8 @@ pub(crate) fn write_artifacts(
                 .map_err(io_error)?,
         );
     }
-    Ok(Written { artifacts, reports, sparsity, dense_bytes, gzip_dense_bytes: gzip.map_or(0, GzipCounter::finish) })
+    let gzip_dense_bytes = gzip.map_or(0, GzipCounter::finish);
+    Ok(Written { artifacts, reports, sparsity, dense_bytes, gzip_dense_bytes, kept_dense })
 }
 
 /// The global threshold, when some tensors are ranked together: two passes reading only them,

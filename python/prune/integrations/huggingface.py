@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Any, Optional
 
 import torch
 from transformers import TrainerCallback
@@ -17,12 +19,18 @@ class HuggingFaceCallback(TrainerCallback):
     """`step()` at on_step_begin (once per optimizer step, also under gradient accumulation),
     `apply()` at on_optimizer_step (after `optimizer.step()`), the pruner's state saved in every
     checkpoint folder (`prune_pruner.pt`) and restored when `trainer.train(resume_from_checkpoint=...)`
-    resumes from a checkpoint under `args.output_dir`."""
+    resumes from a checkpoint under `args.output_dir`.
 
-    def __init__(self, pruner: Pruner):
+    With a tracked `run` (`prune.Client(...).track(pruner)`), every `on_log` goes to it: the
+    numbers the Trainer logs (loss, learning_rate, grad_norm, eval_*) as points at the global
+    step, `epoch` as the run's epoch; the run's total steps are the Trainer's max_steps."""
+
+    def __init__(self, pruner: Pruner, run: Optional[Any] = None):
         self.pruner = pruner
+        self.run = run
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._start_run(state)
         if state.global_step == self.pruner.step_count:
             return
         path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", STATE_FILE)
@@ -33,6 +41,21 @@ class HuggingFaceCallback(TrainerCallback):
                 "(pruner.load_state_dict) before train(), or resume from a checkpoint this callback saved"
             )
         self.pruner.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def _start_run(self, state) -> None:
+        if self.run is not None and state.max_steps and state.max_steps > 0:
+            self.run.set_total_steps(state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.run is None or not logs:
+            return
+        values = {}
+        for name, value in logs.items():
+            if name == "epoch" and isinstance(value, (int, float)):
+                self.run.epoch = int(math.floor(value))
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[name] = value
+        self.run.log(state.global_step, values)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.pruner.step()

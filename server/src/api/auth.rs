@@ -153,10 +153,10 @@ impl Authenticator {
                     "the authorization header must be `Bearer <token>`",
                 )
             })?;
-        tokens
-            .tenant(token)
-            .cloned()
-            .ok_or_else(|| status::error(Code::Unauthenticated, Reason::Unauthenticated, "unknown token"))
+        tokens.tenant(token).cloned().ok_or_else(|| {
+            let message = "the token is not accepted by this server (it is not in the server's --tokens file)";
+            status::error(Code::Unauthenticated, Reason::Unauthenticated, message)
+        })
     }
 }
 

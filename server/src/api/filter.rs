@@ -1,10 +1,10 @@
 //! ListJobs' `filter` (a subset of AIP-160) and the opaque page tokens of paged calls.
 //!
-//! Grammar: conditions joined with `AND`, each `labels.KEY = "VALUE"`, `state = STATE` or
-//! `name = "NAME"` (values quoted with `"`, `\"` and `\\` escaped; a state may be quoted too,
+//! Grammar: conditions joined with `AND`, each `labels.KEY = "VALUE"`, `state = STATE`,
+//! `kind = SERVICE | TRACKED` or `name = "NAME"` (values quoted with `"`, `\"` and `\\` escaped; a state may be quoted too,
 //! any case). Anything else is an error naming what was expected where.
 
-use prune_core::domain::JobState;
+use prune_core::domain::{JobKind, JobState};
 use sha2::{Digest, Sha256};
 
 use crate::storage::JobFilter;
@@ -25,7 +25,7 @@ pub fn parse(text: &str) -> Result<JobFilter, FilterError> {
         return Ok(filter);
     }
     loop {
-        let field = lexer.word().ok_or_else(|| lexer.expected("a field: labels.KEY, state or name"))?;
+        let field = lexer.word().ok_or_else(|| lexer.expected("a field: labels.KEY, state, kind or name"))?;
         lexer.symbol('=').map_err(|_| lexer.expected("`=`"))?;
         let value = lexer.value().ok_or_else(|| lexer.expected("a value"))?;
         match field {
@@ -38,10 +38,23 @@ pub fn parse(text: &str) -> Result<JobFilter, FilterError> {
                 }
                 filter.state = Some(state);
             }
+            "kind" => {
+                let kind: JobKind = value
+                    .parse()
+                    .map_err(|_| FilterError(format!("kind: `{value}` is not one of SERVICE, TRACKED")))?;
+                if filter.kind.is_some_and(|k| k != kind) {
+                    return Err(FilterError("kind: given twice with different values".into()));
+                }
+                filter.kind = Some(kind);
+            }
             "name" => filter.name = Some(value),
             label => match label.strip_prefix("labels.") {
                 Some(key) if !key.is_empty() => filter.labels.push((key.to_string(), value)),
-                _ => return Err(FilterError(format!("unknown field `{label}`: expected labels.KEY, state or name"))),
+                _ => {
+                    return Err(FilterError(format!(
+                        "unknown field `{label}`: expected labels.KEY, state, kind or name"
+                    )))
+                }
             },
         }
         if lexer.rest.is_empty() {
@@ -151,12 +164,14 @@ mod tests {
         assert_eq!(f.name.as_deref(), Some("a \"b\""));
         assert_eq!(parse("  ").unwrap(), JobFilter::default());
         assert_eq!(parse("state = \"SUCCEEDED\"").unwrap().state, Some(JobState::Succeeded));
+        assert_eq!(parse("kind = TRACKED").unwrap().kind, Some(JobKind::Tracked));
     }
 
     #[test]
     fn errors_say_what_was_expected_where() {
         let cases = [
             ("state = DONE", "`DONE` is not one of"),
+            ("kind = batch", "kind: `batch` is not one of SERVICE, TRACKED"),
             ("colour = \"red\"", "unknown field `colour`"),
             ("labels.team \"x\"", "expected `=`"),
             ("labels.team = \"x\" OR name = y", "expected `AND` or the end at `OR name"),

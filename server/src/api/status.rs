@@ -33,8 +33,10 @@ pub enum Reason {
     UploadBusy,
     BlobNotFound,
     JobNotFound,
-    /// The job has not SUCCEEDED (reports, artifacts).
+    /// The job has not SUCCEEDED yet (reports, artifacts): it is QUEUED or RUNNING.
     JobNotFinished,
+    /// The job ended FAILED or CANCELLED: it has no report and no artifacts, and never will.
+    JobHasNoResults,
     /// The job is QUEUED or RUNNING (delete).
     JobActive,
     FormatNotExported,
@@ -43,6 +45,12 @@ pub enum Reason {
     OffsetOutOfRange,
     ArtifactUnreadable,
     RequestIdReused,
+    /// StartTrackedRun re-attaching a run that finished, is being exported or was cancelled.
+    RunFinished,
+    /// A tracked run's session was superseded by a re-attach.
+    RunSuperseded,
+    /// A tracked run takes no more reports (metadata `state`).
+    RunEnded,
     Unauthenticated,
     ShuttingDown,
     Internal,
@@ -65,12 +73,16 @@ impl Reason {
             Reason::BlobNotFound => "BLOB_NOT_FOUND",
             Reason::JobNotFound => "JOB_NOT_FOUND",
             Reason::JobNotFinished => "JOB_NOT_FINISHED",
+            Reason::JobHasNoResults => "JOB_HAS_NO_RESULTS",
             Reason::JobActive => "JOB_ACTIVE",
             Reason::FormatNotExported => "FORMAT_NOT_EXPORTED",
             Reason::ArtifactFileNotFound => "ARTIFACT_FILE_NOT_FOUND",
             Reason::OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
             Reason::ArtifactUnreadable => "ARTIFACT_UNREADABLE",
             Reason::RequestIdReused => "REQUEST_ID_REUSED",
+            Reason::RunFinished => "RUN_FINISHED",
+            Reason::RunSuperseded => "RUN_SUPERSEDED",
+            Reason::RunEnded => "RUN_ENDED",
             Reason::Unauthenticated => "UNAUTHENTICATED",
             Reason::ShuttingDown => "SHUTTING_DOWN",
             Reason::Internal => "INTERNAL",
@@ -100,6 +112,18 @@ pub fn detailed_with(
     details.set_error_info(reason.as_str(), DOMAIN, metadata);
     more(&mut details);
     Status::with_error_details(code, message, details)
+}
+
+/// FAILED_PRECONDITION for a report or artifact of a job that has none: not yet (QUEUED,
+/// RUNNING: `JOB_NOT_FINISHED`) or never (FAILED, CANCELLED: `JOB_HAS_NO_RESULTS`).
+pub fn no_results(id: &str, state: prune_core::domain::JobState, what: &str) -> Status {
+    if state.is_terminal() {
+        let message = format!("job {id} was {state}: it has no {what} (only a SUCCEEDED job has)");
+        error(Code::FailedPrecondition, Reason::JobHasNoResults, message)
+    } else {
+        let message = format!("job {id} is {state}: its {what} exist once it has SUCCEEDED");
+        error(Code::FailedPrecondition, Reason::JobNotFinished, message)
+    }
 }
 
 /// A status with only `ErrorInfo`.

@@ -45,6 +45,9 @@ pub fn job(
         attempt_history: attempts.iter().map(attempt).collect(),
         labels: record.labels.clone().into_iter().collect(),
         priority: record.priority as i32,
+        kind: pb::JobKind::from(record.kind).into(),
+        client: record.client.clone().unwrap_or_default(),
+        reported_unix_ms: record.reported_ms.unwrap_or(0),
     };
     if let Some(p) = progress {
         job.step = p.step;

@@ -76,7 +76,7 @@ const MAX_PRIORITY: i32 = 1000;
 
 /// Labels as Kubernetes and GCP allow them (lowercase keys, short values), so that they can be
 /// copied from one to the other.
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), AdmissionError> {
+pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), AdmissionError> {
     let invalid = |field: String, reason: &str| Err(AdmissionError::Invalid { field, reason: reason.to_string() });
     if labels.len() > MAX_LABELS {
         return invalid("labels".into(), "at most 64 labels");
@@ -102,8 +102,9 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), AdmissionError>
     Ok(())
 }
 
-fn check_request(submission: &Submission) -> Result<(), AdmissionError> {
-    if let Some(id) = &submission.request_id {
+/// An idempotency key (AIP-155), when given.
+pub(crate) fn check_request_id(request_id: Option<&str>) -> Result<(), AdmissionError> {
+    if let Some(id) = request_id {
         let ok = !id.is_empty()
             && id.len() <= MAX_REQUEST_ID
             && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
@@ -114,6 +115,11 @@ fn check_request(submission: &Submission) -> Result<(), AdmissionError> {
             });
         }
     }
+    Ok(())
+}
+
+fn check_request(submission: &Submission) -> Result<(), AdmissionError> {
+    check_request_id(submission.request_id.as_deref())?;
     if !(-MAX_PRIORITY..=MAX_PRIORITY).contains(&submission.priority) {
         return Err(AdmissionError::Invalid {
             field: "priority".into(),

@@ -98,7 +98,7 @@ pub fn follow(
             // Every line is stored before the end is known: a log read after it is complete.
             let _ = log_recorder.await;
             let end = match terminal {
-                Some(WorkerMessage::Finished(outcome)) => AttemptEnd::Finished(Box::new(outcome)),
+                Some(WorkerMessage::Finished(outcome)) => AttemptEnd::Finished(outcome),
                 Some(WorkerMessage::Failed { error }) => AttemptEnd::Failed(error),
                 Some(WorkerMessage::Stopped { reason, .. }) => AttemptEnd::Stopped(reason),
                 Some(WorkerMessage::Event(_)) | None => AttemptEnd::Crashed(crash),
@@ -241,7 +241,7 @@ impl Recorder {
             }
             Event::Metrics { points } => db.insert_metrics(fence, &points).await?,
             Event::Checkpoint { key, step, epoch, sha256, bytes } => {
-                tracing::info!(step, %key, "checkpoint written");
+                tracing::debug!(step, %key, "checkpoint written");
                 db.insert_checkpoint(fence, &CheckpointRecord { step, epoch, path: key, sha256, bytes }).await?;
                 *checkpoint_recorded = true;
                 self.flush_progress_inner().await?;

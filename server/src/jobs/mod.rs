@@ -9,3 +9,4 @@ pub mod live;
 pub mod prepare;
 pub mod retention;
 pub mod scheduler;
+pub mod tracked;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use prune_core::worker_protocol::{WorkerInputs, WorkerRequest};
 use prune_store::{FileStore, Key};
 
-use crate::storage::{CheckpointRecord, Db, JobRecord, StorageError};
+use crate::storage::{CheckpointRecord, Db, JobKind, JobRecord, StorageError};
 
 #[derive(Debug)]
 pub struct Prepared {
@@ -28,6 +28,7 @@ pub async fn prepare(
         artifact_prefix: Key::attempt_artifacts_prefix(&job.id, attempt),
         resume_from: resumed.as_ref().map(|c| c.path.clone()),
         threads: job.threads as usize,
+        masks_applied: job.kind == JobKind::Tracked,
     };
     Ok(Prepared { request: WorkerRequest { job_id: job.id.clone(), spec: job.spec.clone(), inputs }, resumed })
 }

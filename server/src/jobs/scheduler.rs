@@ -317,7 +317,7 @@ impl Scheduler {
             AttemptEnd::Finished(outcome) => self.succeed(&job_id, attempt, outcome).await,
             AttemptEnd::Stopped(_) | AttemptEnd::Crashed(_) if timed_out => {
                 let error = format!(
-                    "exceeded training.max_runtime_secs = {}; stopped at step {} (its last checkpoint is kept)",
+                    "exceeded training.max_runtime_secs = {}; stopped at step {}: resubmit with a larger limit",
                     job.spec.training.max_runtime_secs, job.step
                 );
                 self.log_attempt(&job_id, attempt, AttemptOutcome::Failed, Some(&error)).await;

@@ -111,7 +111,7 @@ fn finished(job_id: &str) -> WorkerMessage {
         bytes: 3,
         sha256: "ab".into(),
     };
-    WorkerMessage::Finished(JobOutcome { artifacts: vec![artifact], report })
+    WorkerMessage::Finished(Box::new(JobOutcome { artifacts: vec![artifact], report }))
 }
 
 #[tokio::test]

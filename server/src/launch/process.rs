@@ -239,6 +239,7 @@ mod tests {
                 artifact_prefix: "artifacts/job-1/".into(),
                 resume_from: None,
                 threads: 1,
+                masks_applied: false,
             },
         };
         assert!(launcher.launch(&request, 1).is_err());

@@ -4,7 +4,7 @@
 //! scheduler and a concurrent CancelJob cannot overwrite each other: whoever changes the row
 //! first wins and the other sees `false`.
 
-pub use prune_core::domain::JobState;
+pub use prune_core::domain::{JobKind, JobState};
 use prune_core::domain::{Report, TensorSparsity};
 use std::collections::BTreeMap;
 
@@ -73,6 +73,12 @@ pub struct JobRecord {
     pub node: Option<String>,
     pub priority: i64,
     pub labels: BTreeMap<String, String>,
+    pub kind: JobKind,
+    /// A tracked run: its reporting session, who reports, and when it last did (set only while
+    /// the client reports).
+    pub session: u32,
+    pub client: Option<String>,
+    pub reported_ms: Option<i64>,
 }
 
 /// ListJobs' conditions, all of which a job must meet (AIP-160's AND).
@@ -82,6 +88,7 @@ pub struct JobFilter {
     pub name: Option<String>,
     /// `labels.KEY = "VALUE"`, each.
     pub labels: Vec<(String, String)>,
+    pub kind: Option<JobKind>,
 }
 
 /// How the current attempt ends its job ([`Db::finish_attempt_job`]).
@@ -251,6 +258,9 @@ impl Db {
             if let Some(name) = &filter.name {
                 q.push(" AND name = ").push_bind(name.clone());
             }
+            if let Some(kind) = filter.kind {
+                q.push(" AND kind = ").push_bind(kind.as_str());
+            }
             for (key, value) in &filter.labels {
                 q.push(" AND EXISTS (SELECT 1 FROM job_labels l WHERE l.job_id = jobs.id AND l.key = ");
                 q.push_bind(key.clone()).push(" AND l.value = ").push_bind(value.clone()).push(")");
@@ -294,6 +304,8 @@ impl Db {
             q.push(", error = ").push_bind(error.map(str::to_string));
             q.push(", report_json = COALESCE(").push_bind(report).push(", report_json)");
             q.push(", finished_ms = ").push_bind(now_ms());
+            // A tracked run's client reports no more.
+            q.push(", reported_ms = NULL");
             q.push(" WHERE id = ").push_bind(id.to_string());
             q.push(" AND state IN (");
             let mut states = q.separated(", ");
@@ -493,6 +505,10 @@ pub(super) fn job_from_row(row: &impl Columns) -> Result<JobRecord> {
         node: row.text_opt("lease_owner")?,
         priority: row.int("priority")?,
         labels: parse_json(&row.text("labels_json")?).map_err(|e| corrupt("labels", e))?,
+        kind: row.text("kind")?.parse().map_err(|e| corrupt("kind", e))?,
+        session: count("tracked_session")?,
+        client: row.text_opt("tracked_client")?,
+        reported_ms: row.int_opt("reported_ms")?,
         id,
     })
 }

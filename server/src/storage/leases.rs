@@ -86,10 +86,12 @@ impl Db {
         lease: Duration,
         max_running_per_tenant: u32,
     ) -> Result<Option<Claim>> {
-        let now = now_ms();
-        let expires = now.saturating_add(lease.as_millis() as i64);
         let claimed = with_pool!(self, |pool, backend| {
             let mut tx = backend::begin_write(pool).await?;
+            // The time is taken once the write lock is held: a job created while the claim
+            // waited for it must not start "before" it was created.
+            let now = now_ms();
+            let expires = now.saturating_add(lease.as_millis() as i64);
             let Some(row) = sqlx::query(backend::CLAIM_NEXT)
                 .bind(JobState::Running.as_str())
                 .bind(now)

@@ -5,6 +5,10 @@ use super::rows::Columns;
 use super::{Db, Result};
 use prune_core::domain::MetricPoint;
 
+/// One point (`$1` job, `$2` name, `$3` step, `$4` value); a step already recorded is replaced.
+pub(super) const UPSERT_METRIC: &str = "INSERT INTO metrics (job_id, name, step, value) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (job_id, name, step) DO UPDATE SET value = excluded.value";
+
 impl Db {
     /// One transaction per batch (one engine `Metrics` event). Non-finite values are dropped:
     /// SQL has no NaN, and a diverged loss is visible in the job's state anyway.
@@ -15,16 +19,13 @@ impl Db {
             let mut tx = backend::begin_write(pool).await?;
             fence!(tx, fence);
             for p in points.iter().filter(|p| p.value.is_finite()) {
-                sqlx::query(
-                    "INSERT INTO metrics (job_id, name, step, value) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (job_id, name, step) DO UPDATE SET value = excluded.value",
-                )
-                .bind(job_id)
-                .bind(&p.name)
-                .bind(p.step)
-                .bind(p.value)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(UPSERT_METRIC)
+                    .bind(job_id)
+                    .bind(&p.name)
+                    .bind(p.step)
+                    .bind(p.value)
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
         });

@@ -63,7 +63,7 @@ macro_rules! job_columns {
     () => {
         "id, tenant, name, state, spec_json, warnings_json, error, attempts, max_attempts, threads, \
          step, total_steps, epoch, loss, accuracy, sparsity_json, report_json, created_ms, started_ms, finished_ms, \
-         lease_owner, priority, labels_json"
+         lease_owner, priority, labels_json, kind, tracked_session, tracked_client, reported_ms"
     };
 }
 
@@ -113,6 +113,7 @@ mod postgres;
 mod retention;
 mod rows;
 mod sqlite;
+mod tracked;
 
 #[cfg(test)]
 mod concurrency_tests;
@@ -131,10 +132,13 @@ use sqlx::{PgPool, SqlitePool};
 pub use artifacts::ArtifactRecord;
 pub use blobs::BlobRecord;
 pub use checkpoints::CheckpointRecord;
-pub use jobs::{AttemptOutcome, JobEnd, JobFilter, JobRecord, JobState, NewJob, ProgressUpdate, RequestKey, Submitted};
+pub use jobs::{
+    AttemptOutcome, JobEnd, JobFilter, JobKind, JobRecord, JobState, NewJob, ProgressUpdate, RequestKey, Submitted,
+};
 pub use leases::{AttemptRecord, Claim, Fence};
 pub use logs::{LogLine, LogPosition};
 pub use retention::Deleted;
+pub use tracked::{NewTrackedRun, SessionWrite, TrackedReport, TrackedStart};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

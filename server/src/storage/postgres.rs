@@ -105,18 +105,22 @@ pub(super) async fn begin_write(pool: &PgPool) -> Result<Transaction<'static, Po
 /// concurrent claims the per-tenant count may be one claim stale on each node: the limit is
 /// exact on one node and may be exceeded by up to the number of nodes minus one.
 pub(super) const CLAIM_NEXT: &str = concat!(
-    "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, $2), attempts = attempts + 1, ",
+    // Never before its creation, whatever the clocks of the node that created it and this one.
+    "UPDATE jobs SET state = $1, started_ms = COALESCE(started_ms, CASE WHEN created_ms > $2 THEN created_ms ELSE $2 END), ",
+    "attempts = attempts + 1, ",
     "lease_owner = $4, lease_expires_ms = $5 ",
     "WHERE id = (SELECT q.id FROM jobs q JOIN (",
     // Per tenant with work waiting: jobs RUNNING, the last start, the oldest QUEUED job.
-    "SELECT tenant, SUM(CASE WHEN state = $1 THEN 1 ELSE 0 END) AS running, ",
+    // A tracked run that its client reports to (`reported_ms` set) runs no worker: it neither
+    // counts as running here nor is ever claimed.
+    "SELECT tenant, SUM(CASE WHEN state = $1 AND reported_ms IS NULL THEN 1 ELSE 0 END) AS running, ",
     "COALESCE(MAX(started_ms), 0) AS last_start, MIN(CASE WHEN state = $3 THEN id END) AS oldest ",
     "FROM jobs WHERE tenant IN (SELECT tenant FROM jobs WHERE state IN ($1, $3)) GROUP BY tenant",
     ") t ON t.tenant = q.tenant WHERE ",
-    "(q.state = $1 AND COALESCE(q.lease_expires_ms, 0) < $2) OR (q.state = $3 AND t.running < $6) ",
+    "(q.state = $1 AND q.reported_ms IS NULL AND COALESCE(q.lease_expires_ms, 0) < $2) OR (q.state = $3 AND t.running < $6) ",
     "ORDER BY CASE WHEN q.state = $1 THEN 0 ELSE 1 END, t.running, t.last_start, t.oldest, q.priority DESC, q.id ",
     "LIMIT 1 FOR UPDATE OF q SKIP LOCKED) ",
-    "AND (state = $3 OR (state = $1 AND COALESCE(lease_expires_ms, 0) < $2)) ",
+    "AND (state = $3 OR (state = $1 AND reported_ms IS NULL AND COALESCE(lease_expires_ms, 0) < $2)) ",
     "RETURNING ",
     job_columns!()
 );

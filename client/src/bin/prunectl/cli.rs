@@ -68,8 +68,8 @@ pub enum Command {
         /// Only jobs with this label `KEY=VALUE` (repeatable; all must match)
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
-        /// Only jobs in this state
-        #[arg(long, value_enum)]
+        /// Only jobs in this state (any case: `running`, `RUNNING`)
+        #[arg(long, value_enum, ignore_case = true)]
         state: Option<StateArg>,
         /// An AIP-160 filter, e.g. `labels.team = "vision" AND state = RUNNING`
         #[arg(long)]

@@ -25,19 +25,25 @@ const EXIT_JOB_NOT_SUCCEEDED: u8 = 3;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    let addr = cli.global.addr.clone();
     match commands::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => report(&err),
+        Err(err) => report(&err, &addr),
     }
 }
 
 /// Prints the error's reason, one `error:` line per line of it, and picks the exit status.
-fn report(err: &anyhow::Error) -> ExitCode {
+fn report(err: &anyhow::Error, addr: &str) -> ExitCode {
     // A reader that went away (`prunectl list | head`) is not worth a message.
     if err.chain().any(|e| e.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)) {
         return ExitCode::SUCCESS;
     }
-    for line in reason(err).lines() {
+    // Plain HTTP to a TLS server fails as an HTTP/2 framing error: say what to do instead.
+    let hint = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<prune_client::ClientError>())
+        .and_then(|e| prune_client::tls_hint(addr, e));
+    for line in hint.unwrap_or_else(|| reason(err)).lines() {
         eprintln!("error: {line}");
     }
     if err.downcast_ref::<JobDidNotSucceed>().is_some() || err.downcast_ref::<SweepDidNotSucceed>().is_some() {

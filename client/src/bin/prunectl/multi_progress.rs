@@ -5,11 +5,11 @@
 use std::io::{self, IsTerminal};
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use prune_client::{JobInfo, WatchEvent};
 
 use crate::output::{self, Output};
-use crate::progress::{job_line, line, set_position, steps};
+use crate::progress::{bar_style, job_line, line, screen, set_position, steps};
 
 /// Plain-line mode prints a job's progress at most this often (state changes always print).
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,11 +36,8 @@ impl MultiRenderer {
         let mode = if out.json {
             Mode::Json(out)
         } else if io::stdout().is_terminal() {
-            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
-            let style =
-                ProgressStyle::with_template("{prefix:.bold} {spinner} [{bar:20.cyan/blue}] {pos}/{len} {wide_msg}")
-                    .expect("a valid template")
-                    .progress_chars("=> ");
+            let multi = MultiProgress::with_draw_target(screen());
+            let style = bar_style("{prefix:.bold} {spinner}");
             let width = jobs.iter().map(|j| tag(j.sparsity).len()).max().unwrap_or(0);
             let bars = jobs
                 .iter()

@@ -74,7 +74,11 @@ async fn page() -> Response {
 }
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
-    let headers = [
+    (asset_headers(content_type), body).into_response()
+}
+
+fn asset_headers(content_type: &'static str) -> [(header::HeaderName, &'static str); 4] {
+    [
         (header::CONTENT_TYPE, content_type),
         (header::CACHE_CONTROL, "no-cache"),
         // Everything is embedded: the page may load nothing from elsewhere.
@@ -83,14 +87,33 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
         ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-    ];
-    (headers, body).into_response()
+    ]
 }
 
+/// The JSON API answers in JSON; a person who mistyped a page's address gets a page.
 async fn not_found(request: HttpRequest) -> Response {
     let path = request.uri().path();
     let message = format!("no such page: {path}");
-    error(StatusCode::NOT_FOUND, "NOT_FOUND", &message)
+    if path.starts_with("/api/") {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", &message);
+    }
+    let escaped: String = path
+        .chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            '\'' => "&#39;".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let body = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Not found · prune</title>\
+         <link rel=\"stylesheet\" href=\"/assets/app.css\"></head><body><main><h1>Not found</h1>\
+         <p>There is no page at <code>{escaped}</code>.</p><p><a href=\"/\">All jobs</a></p></main></body></html>"
+    );
+    (StatusCode::NOT_FOUND, asset_headers("text/html; charset=utf-8"), body).into_response()
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -148,12 +171,38 @@ impl Api {
     }
 }
 
-/// A job as JSON, its state by name (`SUCCEEDED`) rather than number.
+/// A job as JSON, its state and kind by name (`SUCCEEDED`, `TRACKED`) rather than number.
 fn job_json(job: &pb::Job) -> serde_json::Value {
     let mut value = serde_json::to_value(job).unwrap_or_default();
     let state = pb::JobState::try_from(job.state).map_or("STATE_UNSPECIFIED", |s| s.as_str_name());
     value["state"] = serde_json::Value::from(state.trim_start_matches("JOB_STATE_").trim_start_matches("STATE_"));
+    let kind = pb::JobKind::from(prune_proto::conversions::job_kind(job.kind));
+    value["kind"] = serde_json::Value::from(kind.as_str_name());
+    // What proto3 sends as "" or 0 for "none" is null here, as in `prunectl --json`.
+    null_when_unset(
+        &mut value,
+        &["error", "node", "client"],
+        &["started_unix_ms", "finished_unix_ms", "worker_pid", "reported_unix_ms"],
+    );
+    if let Some(attempts) = value["attempt_history"].as_array_mut() {
+        for attempt in attempts {
+            null_when_unset(attempt, &["outcome", "error"], &["finished_unix_ms"]);
+        }
+    }
     value
+}
+
+fn null_when_unset(value: &mut serde_json::Value, texts: &[&str], numbers: &[&str]) {
+    for key in texts {
+        if value[*key].as_str() == Some("") {
+            value[*key] = serde_json::Value::Null;
+        }
+    }
+    for key in numbers {
+        if value[*key].as_i64() == Some(0) {
+            value[*key] = serde_json::Value::Null;
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -132,6 +132,10 @@ async fn jobs_and_a_job_as_json() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!((job["id"].as_str(), job["name"].as_str()), (Some(JOB), Some("name of job-0123456789abcdef")));
     assert!(job["spec"].is_object(), "GetJob has the spec (the page draws the schedule from it)");
+    assert_eq!(job["kind"], "SERVICE");
+    for unset in ["error", "node", "finished_unix_ms", "started_unix_ms", "worker_pid", "reported_unix_ms"] {
+        assert!(job[unset].is_null(), "{unset} is null, as in prunectl --json: {job}");
+    }
     let (status, metrics) = h.get(&format!("/api/jobs/{JOB}/metrics"), None).await;
     assert_eq!((status, metrics["points"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)));
     let (status, report) = h.get(&format!("/api/jobs/{JOB}/report"), None).await;
@@ -157,8 +161,10 @@ async fn bad_input_gets_a_clear_status() {
     }
     let (status, body) = h.get("/api/nothing-here", None).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("NOT_FOUND")));
-    let (status, _) = h.get("/etc/passwd", None).await;
+    let (status, page, headers) = h.call(Method::GET, "/etc/%3Cb%3Epasswd", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"), "{headers:?}");
+    assert!(page.contains("<code>/etc/%3Cb%3Epasswd</code>") && page.contains("href=\"/\""), "{page}");
     let long = format!("/api/jobs?state={}", "A".repeat(MAX_URI_BYTES));
     let (status, body) = h.get(&long, None).await;
     assert_eq!(status, StatusCode::URI_TOO_LONG, "{body}");

@@ -33,8 +33,7 @@ pub async fn stream(
     read_offset: u64,
 ) -> Result<impl Stream<Item = Result<pb::DownloadArtifactResponse, Status>>, Status> {
     if job.state != JobState::Succeeded {
-        let message = format!("job {} is {}: artifacts can be downloaded once it has SUCCEEDED", job.id, job.state);
-        return Err(status::error(Code::FailedPrecondition, Reason::JobNotFinished, message));
+        return Err(status::no_results(&job.id, job.state, "artifacts"));
     }
     let format = match format {
         "" => job.spec.export.formats.first().map(String::as_str).unwrap_or("safetensors"),

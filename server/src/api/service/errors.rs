@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 use crate::api::status::{self, Reason};
 use crate::files::uploads::BlobError;
 use crate::jobs::admission::AdmissionError;
+use crate::jobs::tracked::TrackedError;
 use crate::storage::StorageError;
 
 /// Server-side failures are logged (by `status::internal`), where their detail is; the client
@@ -52,6 +53,31 @@ impl From<AdmissionError> for Status {
             }
             AdmissionError::Invalid { field, .. } => status::invalid_argument(Reason::ArgumentInvalid, &field, message),
             AdmissionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<TrackedError> for Status {
+    fn from(e: TrackedError) -> Self {
+        let message = e.to_string();
+        let job = |id: &str| ("job_id".to_string(), id.to_string());
+        match e {
+            TrackedError::Admission(e) => e.into(),
+            TrackedError::Invalid { field, .. } => status::invalid_argument(Reason::ArgumentInvalid, &field, message),
+            TrackedError::Finished { job_id, state } => {
+                let metadata = [job(&job_id), ("state".to_string(), state.to_string())].into();
+                status::detailed_with(Code::FailedPrecondition, Reason::RunFinished, message, metadata, |_| {})
+            }
+            TrackedError::Superseded { job_id, current, .. } => {
+                let metadata = [job(&job_id), ("session".to_string(), current.to_string())].into();
+                status::detailed_with(Code::FailedPrecondition, Reason::RunSuperseded, message, metadata, |_| {})
+            }
+            TrackedError::Ended { job_id, state } => {
+                let metadata = [job(&job_id), ("state".to_string(), state.to_string())].into();
+                status::detailed_with(Code::FailedPrecondition, Reason::RunEnded, message, metadata, |_| {})
+            }
+            TrackedError::NotFound(id) => job_not_found(&id),
+            TrackedError::Storage(e) => e.into(),
         }
     }
 }

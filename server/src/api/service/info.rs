@@ -63,6 +63,7 @@ pub async fn server_info(shared: &Shared) -> pb::ServerInfo {
             max_attempts: facts.max_attempts,
             max_running_per_tenant: facts.max_running_per_tenant,
             retention_days: facts.retention_days,
+            tracked_timeout_secs: limits.tracked_timeout_secs,
         }),
         data_dir_bytes,
         database: facts.database.to_string(),

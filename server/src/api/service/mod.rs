@@ -6,6 +6,7 @@ mod download;
 mod errors;
 mod info;
 mod logs;
+mod tracked;
 mod watch;
 
 use std::pin::Pin;
@@ -333,10 +334,7 @@ impl PruningService for Service {
         let record = self.record(&tenant, &request.into_inner().job_id).await?;
         match (&record.state, &record.report) {
             (JobState::Succeeded, Some(report)) => Ok(Response::new(pb::Report::from(report))),
-            (state, _) => {
-                let message = format!("job {} is {state}: a report exists once it has SUCCEEDED", record.id);
-                Err(status::error(Code::FailedPrecondition, Reason::JobNotFinished, message))
-            }
+            (state, _) => Err(status::no_results(&record.id, *state, "report")),
         }
     }
 
@@ -398,5 +396,34 @@ impl PruningService for Service {
     ) -> Result<Response<pb::ServerInfo>, Status> {
         tenant(&request)?;
         Ok(Response::new(info::server_info(&self.shared).await))
+    }
+
+    async fn start_tracked_run(
+        &self,
+        request: Request<pb::StartTrackedRunRequest>,
+    ) -> Result<Response<pb::TrackedRun>, Status> {
+        let tenant = tenant(&request)?;
+        Ok(Response::new(self.start_tracked(&tenant, request.into_inner()).await?))
+    }
+
+    async fn report_tracked_run(
+        &self,
+        request: Request<pb::ReportTrackedRunRequest>,
+    ) -> Result<Response<pb::ReportTrackedRunResponse>, Status> {
+        let tenant = tenant(&request)?;
+        Ok(Response::new(self.report_tracked(&tenant, request.into_inner()).await?))
+    }
+
+    async fn finish_tracked_run(
+        &self,
+        request: Request<pb::FinishTrackedRunRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let tenant = tenant(&request)?;
+        Ok(Response::new(self.finish_tracked(&tenant, request.into_inner()).await?))
+    }
+
+    async fn fail_tracked_run(&self, request: Request<pb::FailTrackedRunRequest>) -> Result<Response<pb::Job>, Status> {
+        let tenant = tenant(&request)?;
+        Ok(Response::new(self.fail_tracked(&tenant, request.into_inner()).await?))
     }
 }

@@ -29,16 +29,24 @@ pub async fn run(ctx: &Ctx) -> Result<()> {
             "max_attempts": limits.max_attempts,
             "max_running_per_tenant": limits.max_running_per_tenant,
             "retention_days": limits.retention_days,
+            "tracked_timeout_secs": limits.tracked_timeout_secs,
         },
     });
     ctx.out.show(&doc, |_| {
         [
             format!("prune-server {} ({}), node {}", info.version, info.api_version, info.node),
             format!("devices: {}", info.devices.join(", ")),
+            format!(
+                "exports: {}; compressions: {}; sparse formats: {}",
+                info.export_formats.join(", "),
+                info.compressions.join(", "),
+                info.sparse_formats.join(", ")
+            ),
             format!("database: {}; store: {}; workers: {}", info.database, info.store, info.workers),
             format!("data dir: {}", output::bytes(info.data_dir_bytes)),
             format!(
-                "limits: uploads {}, specs {}, {} queued per tenant, {} attempts, running per tenant {}, retention {}",
+                "limits: uploads {}, specs {}, {} queued per tenant, {} attempts, running per tenant {}, retention {}, \
+                 tracked runs fail after {} s without a report",
                 output::bytes(limits.max_upload_bytes),
                 output::bytes(limits.max_spec_bytes),
                 limits.max_queued_per_tenant,
@@ -49,6 +57,7 @@ pub async fn run(ctx: &Ctx) -> Result<()> {
                     limits.max_running_per_tenant.to_string()
                 },
                 if limits.retention_days == 0 { "off".into() } else { format!("{} days", limits.retention_days) },
+                limits.tracked_timeout_secs,
             ),
         ]
         .join("\n")

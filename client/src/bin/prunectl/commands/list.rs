@@ -40,8 +40,9 @@ fn describe(jobs: &[JobInfo]) -> String {
                 opt_number(j.mean_sparsity(), 3),
                 age(j.created_unix_ms),
                 j.name.clone(),
+                j.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             ]
         })
         .collect();
-    table(&["ID", "STATE", "STEP", "SPARSITY", "CREATED", "NAME"], &rows)
+    table(&["ID", "STATE", "STEP", "SPARSITY", "CREATED", "NAME", "LABELS"], &rows)
 }

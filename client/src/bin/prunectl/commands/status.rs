@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use anyhow::Result;
-use prune_client::JobInfo;
+use prune_client::{JobInfo, JobKind};
 
 use super::Ctx;
 use crate::output::{age, bytes, duration, opt_number};
@@ -23,6 +23,14 @@ fn describe(job: &JobInfo) -> String {
     let attempts =
         if job.attempts > 1 { format!(" (attempt {} of {})", job.attempts, job.max_attempts) } else { String::new() };
     rows.push(("state", format!("{}{attempts}", job.state)));
+    if job.kind == JobKind::Tracked {
+        // A loop outside the service reports to it (the `prune` Python package).
+        let mut kind = format!("tracked, reported by {}", job.client.as_deref().unwrap_or("?"));
+        if let Some(at) = job.reported_unix_ms {
+            let _ = write!(kind, ", last report {}", age(at));
+        }
+        rows.push(("kind", kind));
+    }
     if job.total_steps > 0 || job.step > 0 {
         let percent = if job.total_steps > 0 {
             format!(" ({:.0}%)", 100.0 * job.step as f64 / job.total_steps as f64)

@@ -99,6 +99,8 @@ function stateBadge(state) { return `<span class="state ${esc(state)}">${esc(sta
 function labels(job) {
   return Object.entries(job.labels || {}).map(([k, v]) => `<span class="label">${esc(k)}=${esc(v)}</span>`).join("");
 }
+// A tracked run reports from a loop outside the service (docs/python.md).
+function kindBadge(job) { return job.kind === "TRACKED" ? ' <span class="label">tracked</span>' : ""; }
 function terminal(state) { return ["SUCCEEDED", "FAILED", "CANCELLED"].includes(state); }
 
 // ---- the jobs page ----
@@ -132,7 +134,7 @@ function renderJobs(jobs) {
   if (!jobs.length) { el.innerHTML = '<p class="muted">No jobs.</p>'; return; }
   el.innerHTML = `<table id="jobs-table"><tr><th>job</th><th>name</th><th>state</th><th>progress</th>
     <th>sparsity</th><th>accuracy</th><th>age</th><th>labels</th></tr>${jobs.map((j) => `<tr>
-    <td><a href="/jobs/${encodeURIComponent(j.id)}">${esc(j.id)}</a></td><td>${esc(j.name)}</td>
+    <td><a href="/jobs/${encodeURIComponent(j.id)}">${esc(j.id)}</a></td><td>${esc(j.name)}${kindBadge(j)}</td>
     <td>${stateBadge(j.state)}</td><td class="num">${j.step}/${j.total_steps || "?"}</td>
     <td class="num">${fmt.pct(meanSparsity(j))}</td><td class="num">${fmt.pct(j.accuracy)}</td>
     <td>${fmt.age(j.created_unix_ms)}</td><td>${labels(j)}</td></tr>`).join("")}</table>`;
@@ -175,6 +177,11 @@ function chart(title, series, opts) {
   let y0 = opts.ymin ?? Math.min(...all.map((p) => p[1]));
   let y1 = opts.ymax ?? Math.max(...all.map((p) => p[1]));
   if (y1 - y0 < 1e-9) { y1 += 0.5; y0 -= 0.5; }
+  // A fraction (accuracy, sparsity) is drawn within 0-100%, never past it.
+  if (opts.pct) {
+    y0 = Math.max(0, y0); y1 = Math.min(1, y1);
+    if (y1 - y0 < 1e-9) { if (y1 >= 0.01) y0 = y1 - 0.01; else y1 = y0 + 0.01; }
+  }
   const sx = (x) => PAD.l + ((x - x0) / (x1 - x0)) * (W - PAD.l - PAD.r);
   const sy = (y) => H - PAD.b - ((y - y0) / (y1 - y0)) * (H - PAD.t - PAD.b);
   const f = (v) => v.toFixed(1);
@@ -263,6 +270,8 @@ function renderJob(job, points, report) {
     <dt>loss / accuracy</dt><dd>${fmt.num(job.loss)} / ${fmt.pct(job.accuracy)}</dd>
     <dt>created</dt><dd>${fmt.age(job.created_unix_ms)}</dd>
     <dt>node</dt><dd>${esc(job.node || "–")}</dd>
+    ${job.kind === "TRACKED" ? `<dt>tracked run</dt><dd id="job-client">reported by ${esc(job.client || "?")}${
+      job.reported_unix_ms > 0 ? ", last " + fmt.age(job.reported_unix_ms) : ""}</dd>` : ""}
     <dt>attempts</dt><dd>${job.attempts} of ${job.max_attempts}</dd>
     <dt>labels</dt><dd>${labels(job) || "–"}</dd>
   </dl>`;
@@ -294,6 +303,14 @@ function renderJob(job, points, report) {
       const what = files.length === 1 ? fmt.bytes(total) : `${files.length} files as one tar, ${fmt.bytes(total)}`;
       return `<button data-format="${esc(format)}" data-name="${esc(name)}">Download ${esc(format)} (${what})</button> `;
     }).join("")}</p>`;
+    // The files are served as stored: compressed and, for bitmask, packed.
+    const stored = job.artifacts.filter((a) => a.compression && a.compression !== "none" || a.sparse_format === "bitmask");
+    if (stored.length) {
+      const a = stored[0];
+      const how = [a.compression && a.compression !== "none" ? `${a.compression}-compressed` : "", a.sparse_format === "bitmask" ? "bitmask-packed" : ""]
+        .filter(Boolean).join(" and ");
+      html += `<p class="muted" id="artifact-note">Downloads are the files as stored (${esc(how)}): <code>prunectl download ${esc(job.id)} -o FILE</code> decompresses, <code>prunectl unpack</code> restores dense weights.</p>`;
+    }
   }
   main.innerHTML = html;
   const cancel = document.getElementById("cancel");

@@ -65,6 +65,16 @@ fn describe(report: &Report) -> String {
     if let Some(note) = &report.inference_note {
         facts.push(("inference".into(), note.clone()));
     }
+    if !report.kept_dense.is_empty() {
+        let n = report.kept_dense.len();
+        facts.push((
+            "stored dense".into(),
+            format!(
+                "{n} weight(s) in the bitmask file, packing would have made them larger: {}",
+                report.kept_dense.join(", ")
+            ),
+        ));
+    }
     if let Some(c) = &report.channels {
         facts.push((
             "parameters".into(),
