@@ -50,19 +50,23 @@ demo: build
 cluster-demo: build
 	@$(ENV) scripts/cluster-demo.sh
 
+# Every bench target runs through scripts/bench-frame.sh: the machine (CPU, cores, AVX-512), the
+# load average before and after, and a warning when the machine was not idle at the start.
+BENCH_FRAME := scripts/bench-frame.sh
+
 bench: build
-	@$(ENV) cargo bench -p prune-core --bench mask_select && cargo run -p prune-engine --example bench && scripts/bench-channels/run.sh
+	@$(ENV) $(BENCH_FRAME) sh -c 'cargo bench -p prune-core --bench mask_select && cargo run -p prune-engine --example bench && scripts/bench-channels/run.sh'
 
 # Channel pruning alone: prune's slim CNN against Torch-Pruning 1.6.1 and the dense model in plain
 # PyTorch (accuracy, parameters, latency at batch 1 and 256, training time), one run.
 bench-channels: build
-	@$(ENV) scripts/bench-channels/run.sh
+	@$(ENV) $(BENCH_FRAME) scripts/bench-channels/run.sh
 
 # The seed job end to end, side by side in one run: a default prune-server (submit -> SUCCEEDED),
 # tfmot 0.8.1's model.fit (TensorFlow CPU, installed once into its own cached venv) and the
 # PyTorch eager loop; medians of ROUNDS (3) and their ratios. Not part of `make test`.
 bench-vs-tfmot: build
-	@$(ENV) scripts/bench-vs-tfmot/run.sh
+	@$(ENV) $(BENCH_FRAME) scripts/bench-vs-tfmot/run.sh
 
 # SmolLM2-135M-Instruct at 50% and 2:4 by magnitude, Wanda and SparseGPT, side by side in one run:
 # prune-server jobs (prunectl report's perplexity, prune_seconds, peak memory) against
@@ -70,7 +74,7 @@ bench-vs-tfmot: build
 # same calibration tokens and thread count. BENCH_LLM_SAMPLES (32), BENCH_LLM_SEQ_LEN (256),
 # BENCH_LLM_THREADS (all cores); see scripts/bench-llm/run.sh. Not part of `make test`.
 bench-llm: build
-	@$(ENV) scripts/bench-llm/run.sh
+	@$(ENV) $(BENCH_FRAME) scripts/bench-llm/run.sh
 
 # CUDA checks for a GPU machine (build with PRUNE_CUDA=1 + ldd, CUDA masks == CPU masks, mask
 # update, seed job epochs against PyTorch eager on the same GPU, bitwise resume). Exits 2 where
@@ -103,10 +107,10 @@ load: build
 # e.g. `make bench-cluster BENCH_CLUSTER_ARGS="--kills 5 --jobs 6"`.
 BENCH_CLUSTER_ARGS ?=
 bench-cluster: build
-	@$(ENV) target/debug/prune-bench-cluster $(BENCH_CLUSTER_ARGS)
+	@$(ENV) $(BENCH_FRAME) target/debug/prune-bench-cluster $(BENCH_CLUSTER_ARGS)
 
 # A 1 GB state dict one-shot through server + prunectl against a PyTorch script + the zstd CLI
 # (docs/big-checkpoints.md); e.g. `make bench-big BENCH_BIG_ARGS="--tensors 4 --dir /var/tmp"`.
 BENCH_BIG_ARGS ?=
 bench-big: build
-	@$(ENV) target/debug/prune-bench-big $(BENCH_BIG_ARGS)
+	@$(ENV) $(BENCH_FRAME) target/debug/prune-bench-big $(BENCH_BIG_ARGS)

@@ -9,7 +9,10 @@
 //! * a second submit of the same file (already uploaded: nothing sent), submit to SUCCEEDED;
 //! * the worker's peak memory (its logged `VmHWM`) against largest tensor x 3 + 300 MB;
 //! * artifact bytes against the PyTorch output + zstd -3 and against `zstd -3` of our own
-//!   packed file (bitmask + zstd-3 of the same tensors).
+//!   packed file (bitmask + zstd-3 of the same tensors);
+//! * transfer rates on loopback: `prunectl upload` of a second file of the model's size (other
+//!   values: nothing of it is on the server yet) and `prunectl download` of the artifact, as
+//!   sent (`--raw`) and unpacked to a file, in MB/s (10^6 bytes).
 //!
 //! Needs `PRUNE_VENV` (PyTorch) and the `zstd` CLI. Temporary files (about 4 GB) live under
 //! `--dir` (default: the system temp dir) and are removed at the end.
@@ -135,10 +138,29 @@ fn main() {
     println!("worker VmHWM: {} MB (bound: largest tensor x 3 + 300 MB = {} MB)", peak / 1_000_000, bound / 1_000_000);
 
     let raw = dir.path().join("artifact.safetensors.zst");
-    prunectl(&addr, &["download", &id, "--raw", "-o", raw.to_str().unwrap()]);
+    let (_, raw_time) = timed(|| prunectl(&addr, &["download", &id, "--raw", "-o", raw.to_str().unwrap()]));
     let artifact = std::fs::metadata(&raw).unwrap().len();
     let packed = dir.path().join("packed.safetensors");
-    prunectl(&addr, &["download", &id, "-o", packed.to_str().unwrap()]);
+    let (_, packed_time) = timed(|| prunectl(&addr, &["download", &id, "-o", packed.to_str().unwrap()]));
+    let packed_bytes = std::fs::metadata(&packed).unwrap().len();
+    let other = dir.path().join("other.safetensors");
+    let other_bytes = write_f32_layers(&other, tensors, [SIDE, SIDE], |i| values(1000 + i as u64, SIDE * SIDE));
+    let (_, upload_time) = timed(|| prunectl(&addr, &["upload", other.to_str().unwrap()]));
+    let rate = |bytes: u64, t: Duration| bytes as f64 / 1e6 / t.as_secs_f64();
+    println!(
+        "upload (hash + send + store) {} MB: {:.2} s, {:.0} MB/s; download of the artifact as sent {} MB: {:.2} s, \
+         {:.0} MB/s; unpacked to a file {} MB: {:.2} s, {:.0} MB/s",
+        other_bytes / 1_000_000,
+        upload_time.as_secs_f64(),
+        rate(other_bytes, upload_time),
+        artifact / 1_000_000,
+        raw_time.as_secs_f64(),
+        rate(artifact, raw_time),
+        packed_bytes / 1_000_000,
+        packed_time.as_secs_f64(),
+        rate(packed_bytes, packed_time)
+    );
+    std::fs::remove_file(&other).unwrap();
     run_zstd(&packed);
     let packed_zstd3 = std::fs::metadata(packed.with_extension("safetensors.zst")).unwrap().len();
 

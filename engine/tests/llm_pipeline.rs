@@ -191,6 +191,33 @@ fn wanda_masks_equal_the_reference_sequential_pass() {
     }
 }
 
+/// A selection without q, k and v: o_proj's inputs are then the same in the dense and the
+/// pruned layer (its error comes from comparing outputs), the MLP's are not.
+#[test]
+fn wanda_on_part_of_each_layer_equals_the_reference() {
+    let _one = one_job_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = model_inputs(dir.path(), "llama");
+    let outcome = run(&job_toml("wanda", r#"include = ["o_proj", "mlp\\."]"#, ""), &inputs).unwrap();
+    let theirs = reference(
+        "wanda_reference.py",
+        "llama",
+        &["--sparsity", "0.5", "--only", r"o_proj|mlp\."],
+        &dir.path().join("reference.safetensors"),
+    );
+    let ours = artifact_tensors(&inputs, &outcome);
+    for name in decoder_linears(&theirs).iter().filter(|n| n.contains("_attn.") && !n.contains("o_proj")) {
+        assert!(ours[name].equal(&theirs[name].to_kind(Kind::Float)), "{name} was not to be pruned");
+    }
+    let pruned: HashMap<String, Tensor> = theirs
+        .iter()
+        .filter(|(n, _)| !n.contains("_attn.") || n.contains("o_proj") || !n.ends_with("_proj.weight"))
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    compare(&ours, &pruned, 0.0, "wanda o_proj + mlp");
+    compare_errors(&outcome, &pruned, "wanda o_proj + mlp");
+}
+
 #[test]
 fn sparsegpt_weights_match_the_reference_sequential_pass() {
     let _one = one_job_at_a_time();

@@ -54,20 +54,8 @@ cleanup() {
 trap cleanup EXIT
 now() { date +%s.%N; }
 tag() { case $1 in 2:4) echo 2of4 ;; 50%) echo 50pct ;; *) echo "$1" ;; esac; }
-load1() { cut -d' ' -f1 /proc/loadavg; }
-cores=$(nproc)
-check_load() { # warn when the 1-minute load average is above a quarter of the cores
-  local l
-  l=$(load1)
-  if [ "$(echo "$l > $cores / 4" | bc -l)" = 1 ]; then
-    echo "WARNING: 1-minute load average $l $1 is above a quarter of the $cores cores: other work shares" \
-      "this CPU, so these timings are not benchmark figures" >&2
-  fi
-}
 
-echo "machine: $(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo | head -n1), $cores cores, $(free -g | awk '/^Mem:/{print $2}') GiB;" \
-  "$(uname -sr); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-check_load "before the run"
+# The machine and its load are printed by scripts/bench-frame.sh (`make bench-llm`).
 echo "model: $MODEL; calibration: $SAMPLES x $SEQ_LEN tokens of data/text/calibration.txt (seed 0);" \
   "evaluation: $EVAL_SEQ_LEN-token windows of data/text/evaluation.txt${MAX_WINDOWS:+ (at most $MAX_WINDOWS)};" \
   "threads: $THREADS; sides: $SIDES"
@@ -188,7 +176,5 @@ for structure in $STRUCTURES; do
   done
 done
 
-# Printed, not judged: the run's own jobs raise the 1-minute average it ends with.
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$PY" scripts/bench-llm/table.py "$work/prune.jsonl" "$work/llmc.jsonl"
 exit "$failed"

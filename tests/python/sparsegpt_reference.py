@@ -158,7 +158,7 @@ def main():
     else:
         model = load_llama(args.model_dir)
         input_ids = load_file(args.tokens)["input_ids"].long()
-        errors = sequential_pass(model, input_ids, SparseGPT, prune)
+        errors = sequential_pass(model, input_ids, SparseGPT, prune, only=args.only)
         save_state_dict(model, args.output, errors)
     print(f"topk_disagreements {counter[0]} fallbacks {fallbacks}")
 

@@ -25,6 +25,7 @@ Usage:
 """
 
 import argparse
+import re
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -94,13 +95,14 @@ def find_layers(module, name=""):
 
 
 @torch.no_grad()
-def sequential_pass(model, input_ids, make_wrapper, prune):
+def sequential_pass(model, input_ids, make_wrapper, prune, only=None):
     """prune_wanda's (and sparsegpt llama.py llama_sequential's) layer-by-layer structure, for a
     transformers Llama-family model in f32 and `input_ids` [windows, L], one window at a time.
     `make_wrapper(linear)` returns an object with add_batch(inp, out); `prune(name, linear,
     wrapper)` prunes the Linear in place. Returns each pruned weight's relative reconstruction
     error ||W X - Ŵ X||² / ||W X||² on its calibration inputs X, computed directly in f64 (what
-    prune's report must say; not part of the references)."""
+    prune's report must say; not part of the references). `only`: a regex; only the Linears
+    whose name in the layer (e.g. `mlp.up_proj`) it matches are pruned (prune's `include`)."""
     errors = {}
     model.config.use_cache = False
     layers = model.model.layers
@@ -128,7 +130,7 @@ def sequential_pass(model, input_ids, make_wrapper, prune):
         return out[0] if isinstance(out, tuple) else out
 
     for i, layer in enumerate(layers):
-        subset = find_layers(layer)
+        subset = {n: m for n, m in find_layers(layer).items() if only is None or re.search(only, n)}
         wrappers = {name: make_wrapper(subset[name]) for name in subset}
 
         inputs = {name: [] for name in subset}
@@ -179,6 +181,7 @@ def pattern_args(parser):
     group.add_argument("--sparsity", type=float)
     group.add_argument("--nm", type=int, nargs=2, metavar=("N", "M"), help="prune N of every M")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--only", help="model: prune only the Linears whose name in the layer matches")
 
 
 def parse(argv=None):
@@ -225,6 +228,7 @@ def main():
             model, input_ids, WrappedGPT,
             lambda name, linear, wrapped: wanda_prune_linear(
                 linear, wrapped, args.sparsity, args.prune_n, args.prune_m, counter),
+            only=args.only,
         )
         save_state_dict(model, args.output, errors)
     print(f"topk_disagreements {counter[0]}")

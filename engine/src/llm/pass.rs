@@ -17,7 +17,7 @@ use tch::{Kind, Tensor};
 
 use super::model::{Layer, Observer, Site, Unobserved};
 use super::plan::{Plan, Target};
-use super::reconstruction::{output_energy, relative_error, squared_error, Inputs};
+use super::reconstruction::{output_difference, output_energy, relative_error, squared_error, Inputs};
 use super::rope::Rope;
 use super::sparsegpt::sparsegpt_prune;
 use super::state::{Progress, Streams};
@@ -27,8 +27,9 @@ use super::weights::Checkpoint;
 use crate::EngineError;
 
 /// Bytes of intermediate activations one forward batch may take; windows are batched up to it
-/// (attention scores grow with seq_len², so long windows go one at a time).
-const BATCH_BYTES: i64 = 256 << 20;
+/// (attention scores grow with seq_len², so long windows go one at a time). Larger batches did
+/// not run faster, and they set the worker's peak memory.
+const BATCH_BYTES: i64 = 128 << 20;
 
 /// Windows per forward batch for windows of `seq_len` tokens.
 pub fn batch_windows(config: &LlmConfig, seq_len: i64) -> i64 {
@@ -66,14 +67,20 @@ enum ErrorInputs {
     Gram(GramStats),
     /// The inputs themselves.
     Kept(Vec<Tensor>),
+    /// Nothing here: the pruned layer sees this site's inputs again (no target comes before it
+    /// in the forward pass), so its targets' dense outputs are kept and compared with the
+    /// pruned outputs while the next layer's inputs are computed ([`Replay`]).
+    Replayed,
 }
 
 impl SiteStats {
-    fn error_inputs(&self) -> Inputs<'_> {
+    /// `None`: the errors come from the replay.
+    fn error_inputs(&self) -> Option<Inputs<'_>> {
         match &self.errors {
-            ErrorInputs::Hessian(h) => Inputs::Gram { matrix: h.hessian(), scale: 2.0 / h.nsamples() as f64 },
-            ErrorInputs::Gram(g) => Inputs::Gram { matrix: g.gram(), scale: 1.0 },
-            ErrorInputs::Kept(x) => Inputs::Stored(x),
+            ErrorInputs::Hessian(h) => Some(Inputs::Gram { matrix: h.hessian(), scale: 2.0 / h.nsamples() as f64 }),
+            ErrorInputs::Gram(g) => Some(Inputs::Gram { matrix: g.gram(), scale: 1.0 }),
+            ErrorInputs::Kept(x) => Some(Inputs::Stored(x)),
+            ErrorInputs::Replayed => None,
         }
     }
 
@@ -89,6 +96,7 @@ impl SiteStats {
                 kept.push(x.shallow_clone());
                 Ok(())
             }
+            ErrorInputs::Replayed => Ok(()),
         }
     }
 
@@ -101,7 +109,7 @@ impl SiteStats {
         match &self.errors {
             ErrorInputs::Hessian(h) => h.check(),
             // Made of the same inputs as the Wanda statistic.
-            ErrorInputs::Gram(_) | ErrorInputs::Kept(_) => Ok(()),
+            ErrorInputs::Gram(_) | ErrorInputs::Kept(_) | ErrorInputs::Replayed => Ok(()),
         }
     }
 }
@@ -114,6 +122,12 @@ fn keeps_inputs(tokens: i64, columns: i64, outputs: i64) -> bool {
     tokens * outputs < (tokens + outputs) * columns && tokens * columns * 4 <= KEPT_INPUT_BYTES
 }
 
+/// Whether a site's targets, `outputs` rows in all, keep their dense outputs over `tokens`
+/// calibration tokens for the replay (a subtraction instead of a Gram matrix or a product).
+fn keeps_outputs(tokens: i64, outputs: i64) -> bool {
+    tokens * outputs * 4 <= KEPT_INPUT_BYTES
+}
+
 /// What the dense layer shows while it runs over the calibration windows: each site's
 /// statistics, and `||W X||²` of each target from its output.
 struct Gather<'a> {
@@ -121,6 +135,8 @@ struct Gather<'a> {
     stats: BTreeMap<Site, SiteStats>,
     /// By `Linear as usize`; `None`: not a target.
     energy: [Option<f64>; Linear::ALL.len()],
+    /// By `Linear as usize`, batch by batch; `Some` for the targets of replayed sites.
+    outputs: [Option<Vec<Tensor>>; Linear::ALL.len()],
     failed: Option<(Site, String)>,
     /// Time spent here rather than in the forward pass.
     spent: Duration,
@@ -139,6 +155,9 @@ impl Observer for Gather<'_> {
     }
 
     fn output(&mut self, linear: Linear, y: &Tensor) {
+        if let Some(kept) = self.outputs[linear as usize].as_mut() {
+            kept.push(y.shallow_clone());
+        }
         let Some(energy) = self.energy[linear as usize].as_mut() else { return };
         let clock = Instant::now();
         match output_energy(y, self.layer.bias(linear)) {
@@ -148,6 +167,56 @@ impl Observer for Gather<'_> {
             }
         }
         self.spent += clock.elapsed();
+    }
+}
+
+/// What the pruned layer shows while it computes the next layer's inputs: `||W X - Ŵ X||²` of
+/// the replayed targets, from the dense outputs [`Gather`] kept, batch by batch in the same
+/// order.
+struct Replay {
+    dense: [Option<Vec<Tensor>>; Linear::ALL.len()],
+    batches_seen: [usize; Linear::ALL.len()],
+    squared: [f64; Linear::ALL.len()],
+    failed: Option<(Linear, String)>,
+    spent: Duration,
+}
+
+impl Observer for Replay {
+    fn output(&mut self, linear: Linear, y: &Tensor) {
+        let Some(dense) = self.dense[linear as usize].as_ref() else { return };
+        let clock = Instant::now();
+        let batch = self.batches_seen[linear as usize];
+        self.batches_seen[linear as usize] += 1;
+        let difference = match dense.get(batch) {
+            Some(d) => output_difference(d, y).map_err(|e| e.to_string()),
+            None => Err(format!("the pruned pass ran more batches than the {} dense ones", dense.len())),
+        };
+        match difference {
+            Ok(squared) => self.squared[linear as usize] += squared,
+            Err(e) => {
+                self.failed.get_or_insert((linear, e));
+            }
+        }
+        self.spent += clock.elapsed();
+    }
+}
+
+impl Replay {
+    /// Each replayed target's `||W X - Ŵ X||²`, once every batch has been compared.
+    fn finish(self) -> Result<[Option<f64>; Linear::ALL.len()], (Linear, String)> {
+        if let Some(failed) = self.failed {
+            return Err(failed);
+        }
+        let mut out = [None; Linear::ALL.len()];
+        for linear in Linear::ALL {
+            let Some(dense) = &self.dense[linear as usize] else { continue };
+            let seen = self.batches_seen[linear as usize];
+            if seen != dense.len() {
+                return Err((linear, format!("the pruned pass ran {seen} batches, the dense one {}", dense.len())));
+            }
+            out[linear as usize] = Some(self.squared[linear as usize]);
+        }
+        Ok(out)
     }
 }
 
@@ -167,7 +236,10 @@ impl Pass<'_> {
         // and each target's dense output energy.
         let mut energy = None;
         let mut stats = BTreeMap::new();
+        let mut dense_outputs: [Option<Vec<Tensor>>; Linear::ALL.len()] = std::array::from_fn(|_| None);
         let mut observing = Duration::ZERO;
+        // The pruned layer runs over the calibration windows again unless it is the last.
+        let replays = i + 1 < self.config.num_hidden_layers;
         if self.criterion.is_calibrated() {
             let hidden = streams.calibration.as_ref().expect("a calibrated pass has calibration windows");
             let rope = self.calibration_rope.as_ref().expect("a calibrated pass has its rope");
@@ -176,9 +248,13 @@ impl Pass<'_> {
                 layer: &layer,
                 stats: BTreeMap::new(),
                 energy: [None; Linear::ALL.len()],
+                outputs: std::array::from_fn(|_| None),
                 failed: None,
                 spent: Duration::ZERO,
             };
+            // Site::ALL is in forward order: a site after a target sees other inputs once
+            // that target is pruned.
+            let mut after_target = false;
             for site in Site::ALL {
                 let at_site: Vec<&Target> = targets.iter().filter(|t| Site::of(t.linear) == site).collect();
                 let Some(first) = at_site.first() else { continue };
@@ -186,15 +262,23 @@ impl Pass<'_> {
                 let outputs: i64 = at_site.iter().map(|t| layer.weight(t.linear).size()[0]).sum();
                 let (wanda, errors) = match self.criterion {
                     Criterion::SparseGpt { .. } => (None, ErrorInputs::Hessian(HessianStats::new(columns))),
+                    _ if replays && !after_target && keeps_outputs(tokens, outputs) => {
+                        (Some(WandaStats::new(columns)), ErrorInputs::Replayed)
+                    }
                     _ if keeps_inputs(tokens, columns, outputs) => {
                         (Some(WandaStats::new(columns)), ErrorInputs::Kept(Vec::new()))
                     }
                     _ => (Some(WandaStats::new(columns)), ErrorInputs::Gram(GramStats::new(columns))),
                 };
+                let replayed = matches!(errors, ErrorInputs::Replayed);
                 gather.stats.insert(site, SiteStats { wanda, errors });
                 for t in at_site {
                     gather.energy[t.linear as usize] = Some(0.0);
+                    if replayed {
+                        gather.outputs[t.linear as usize] = Some(Vec::new());
+                    }
                 }
+                after_target = true;
             }
             // The dense outputs are not kept: the next layer gets the pruned layer's.
             observe_batches(self.config, &layer, rope, hidden, &mut gather)?;
@@ -209,6 +293,7 @@ impl Pass<'_> {
             }
             energy = Some(gather.energy);
             stats = gather.stats;
+            dense_outputs = gather.outputs;
             observing = gather.spent;
         }
         let gathered = started.elapsed();
@@ -223,23 +308,19 @@ impl Pass<'_> {
         // 3. Prune each target.
         let mut pruned = Vec::with_capacity(targets.len());
         let mut measuring = Duration::ZERO;
+        // By target; `None` until the replay measures it.
+        let mut squared_errors: Vec<Option<f64>> = Vec::with_capacity(targets.len());
         for target in targets {
             let w = layer.weight(target.linear).shallow_clone();
             let site = Site::of(target.linear);
             let new = self.prune(target, &w, stats.get(&site), progress)?;
-            if let (Some(s), Some(energy)) = (stats.get(&site), &energy) {
-                let clock = Instant::now();
-                let dense_energy = energy[target.linear as usize].expect("every target's energy is summed");
-                let ratio = squared_error(&w, &new, s.error_inputs())
-                    .and_then(|error| relative_error(error, dense_energy))
-                    .map_err(|e| EngineError::Model(format!("{}: reconstruction error: {e}", target.name)))?;
-                progress.reconstruction.push(LinearError {
-                    tensor: target.name.clone(),
-                    layer: i as u64,
-                    relative_error: ratio,
-                });
-                measuring += clock.elapsed();
-            }
+            let clock = Instant::now();
+            let inputs = stats.get(&site).and_then(SiteStats::error_inputs);
+            squared_errors.push(match inputs {
+                Some(inputs) => Some(squared_error(&w, &new, inputs).map_err(|e| reconstruction_failed(target, e))?),
+                None => None,
+            });
+            measuring += clock.elapsed();
             layer.set_weight(target.linear, new.shallow_clone())?;
             pruned.push((target.name.clone(), new));
         }
@@ -250,11 +331,34 @@ impl Pass<'_> {
         if i + 1 == self.config.num_hidden_layers {
             streams.calibration = None;
         }
+        let mut replay = Replay {
+            dense: dense_outputs,
+            batches_seen: [0; Linear::ALL.len()],
+            squared: [0.0; Linear::ALL.len()],
+            failed: None,
+            spent: Duration::ZERO,
+        };
         if let Some(x) = &streams.calibration {
             let rope = self.calibration_rope.as_ref().expect("calibration windows have their rope");
-            let out = forward_batches(self.config, &layer, rope, x, &mut Unobserved)?;
+            let out = forward_batches(self.config, &layer, rope, x, &mut replay)?;
             check_finite(&out, i, "calibration")?;
             streams.calibration = Some(out);
+        }
+        measuring += replay.spent;
+        if let Some(energy) = &energy {
+            let replayed = replay.finish().map_err(|(linear, e)| {
+                EngineError::Model(format!("model.layers.{i}.{}: reconstruction error: {e}", linear.module()))
+            })?;
+            for (target, squared) in targets.iter().zip(squared_errors) {
+                let squared = squared.or(replayed[target.linear as usize]).expect("every target's error is measured");
+                let dense_energy = energy[target.linear as usize].expect("every target's energy is summed");
+                let ratio = relative_error(squared, dense_energy).map_err(|e| reconstruction_failed(target, e))?;
+                progress.reconstruction.push(LinearError {
+                    tensor: target.name.clone(),
+                    layer: i as u64,
+                    relative_error: ratio,
+                });
+            }
         }
         if let (Some(x), Some(rope)) = (&streams.eval_pruned, &self.evaluation_rope) {
             let clock = Instant::now();
@@ -274,7 +378,7 @@ impl Pass<'_> {
             pruning_s = selected.saturating_sub(gathered + dense_evaluation).as_secs_f64(),
             outputs_s = took.saturating_sub(selected + evaluating - dense_evaluation).as_secs_f64(),
             evaluation_s = evaluating.as_secs_f64(),
-            "layer pruned (seconds by phase: statistics = forward + observing; pruning includes errors)"
+            "layer pruned (seconds by phase: statistics = forward + observing; errors: the reconstruction errors, within pruning and outputs)"
         );
         Ok(pruned)
     }
@@ -343,6 +447,10 @@ fn observe_batches(
         drop(layer.forward(config, rope, &b, &mut *observe));
     }
     Ok(())
+}
+
+fn reconstruction_failed(target: &Target, e: super::reconstruction::ReconstructionError) -> EngineError {
+    EngineError::Model(format!("{}: reconstruction error: {e}", target.name))
 }
 
 fn check_finite(x: &Tensor, layer: usize, what: &str) -> Result<(), EngineError> {

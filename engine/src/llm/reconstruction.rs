@@ -15,6 +15,8 @@ use super::torch_message;
 pub enum ReconstructionError {
     #[error("weights of shapes {dense:?} and {pruned:?} with inputs of width {columns}: expected [out, in] twice")]
     Shape { dense: Vec<i64>, pruned: Vec<i64>, columns: i64 },
+    #[error("dense outputs of shape {dense:?} against pruned outputs of shape {pruned:?}")]
+    OutputShapes { dense: Vec<i64>, pruned: Vec<i64> },
     #[error("the Gram matrix, the inputs or the weights hold NaN or infinite values")]
     NonFinite,
     /// `W X = 0` on the calibration inputs: the ratio has no meaning.
@@ -95,6 +97,20 @@ pub fn output_energy(y: &Tensor, bias: Option<&Tensor>) -> Result<f64, Reconstru
     Ok(f64::try_from(flat.f_dot(&flat)?)?)
 }
 
+/// `||W X - Ŵ X||²` of one batch from the dense and the pruned Linear's outputs on the same
+/// inputs (any bias cancels): one subtraction and one BLAS dot product.
+pub fn output_difference(dense: &Tensor, pruned: &Tensor) -> Result<f64, ReconstructionError> {
+    if dense.size() != pruned.size() {
+        return Err(ReconstructionError::OutputShapes { dense: dense.size(), pruned: pruned.size() });
+    }
+    let flat = dense.f_to_kind(Kind::Float)?.f_sub(&pruned.f_to_kind(Kind::Float)?)?.f_reshape([-1])?;
+    let total = f64::try_from(flat.f_dot(&flat)?)?;
+    if !total.is_finite() {
+        return Err(ReconstructionError::NonFinite);
+    }
+    Ok(total)
+}
+
 /// `squared_error / dense_energy`, the relative error.
 pub fn relative_error(squared_error: f64, dense_energy: f64) -> Result<f64, ReconstructionError> {
     if !dense_energy.is_finite() || !squared_error.is_finite() {
@@ -164,6 +180,14 @@ mod tests {
         }
         let from_hessian = relative_reconstruction_error(&w, &pruned, hessian.hessian()).unwrap();
         assert!(close(from_hessian, direct), "{from_hessian} vs {direct}");
+        // The replay: dense and pruned outputs of the same batches, biases included.
+        let replayed: f64 = (0..3)
+            .map(|i| {
+                let x = windows.get(i);
+                output_difference(&x.linear(&w, Some(&bias)), &x.linear(&pruned, Some(&bias))).unwrap()
+            })
+            .sum();
+        assert!(close(replayed, direct_error), "replayed: {replayed} vs {direct_error}");
     }
 
     #[test]
@@ -179,6 +203,12 @@ mod tests {
         let wide = [Tensor::ones([2, 4], opts)];
         assert!(matches!(squared_error(&w, &w, Inputs::Stored(&wide)), Err(ReconstructionError::Shape { .. })));
         assert!(matches!(squared_error(&w, &w, Inputs::Stored(&[])), Err(ReconstructionError::Shape { .. })));
+        assert!(matches!(
+            output_difference(&Tensor::ones([2, 3], opts), &Tensor::ones([3, 2], opts)),
+            Err(ReconstructionError::OutputShapes { .. })
+        ));
+        let inf = Tensor::ones([2, 3], opts) * f64::INFINITY;
+        assert_eq!(output_difference(&inf, &w), Err(ReconstructionError::NonFinite));
         assert_eq!(relative_error(1.0, 0.0), Err(ReconstructionError::ZeroDenseOutput));
         assert_eq!(relative_error(f64::NAN, 1.0), Err(ReconstructionError::NonFinite));
     }

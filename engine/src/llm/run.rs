@@ -190,6 +190,10 @@ fn run_layers(
             inputs.drop_checkpoint_file(&old);
         }
         crash_if_asked(i + 1);
+        // Each layer leaves its freed activations in the heap, and they do not fit the next
+        // layer's allocations exactly: without this the heap grew by about a layer's weights per
+        // layer (SmolLM2's worker ended at 0.9 GiB resident with 0.1 GiB in use).
+        crate::allocator::release_freed_memory();
         let sparsity: Vec<TensorSparsity> =
             pruned.iter().map(|(name, w)| TensorSparsity { name: name.clone(), sparsity: zero_fraction(w) }).collect();
         let mut points: Vec<MetricPoint> = sparsity
