@@ -12,7 +12,8 @@
 //!   packed file (bitmask + zstd-3 of the same tensors);
 //! * transfer rates on loopback: `prunectl upload` of a second file of the model's size (other
 //!   values: nothing of it is on the server yet) and `prunectl download` of the artifact, as
-//!   sent (`--raw`) and unpacked to a file, in MB/s (10^6 bytes).
+//!   sent (`--raw`) and unpacked to a file, in MB/s (10^6 bytes); the same upload into a second
+//!   server whose store is S3 (s3s-fs on loopback, `make setup` installs it).
 //!
 //! Needs `PRUNE_VENV` (PyTorch) and the `zstd` CLI. Temporary files (about 4 GB) live under
 //! `--dir` (default: the system temp dir) and are removed at the end.
@@ -160,6 +161,25 @@ fn main() {
         packed_time.as_secs_f64(),
         rate(packed_bytes, packed_time)
     );
+    // The same file into a server on S3 (s3s-fs on loopback, its objects on the same disk).
+    let s3_root = dir.path().join("s3");
+    let s3 = prune_store::s3s::S3sServer::start(&s3_root, "bench");
+    let s3_server = runtime.block_on(Server::start_with_env(
+        &binary("prune-server"),
+        &dir.path().join("var-s3"),
+        &["--store", &s3.url("prune")],
+        &s3.env(),
+    ));
+    let (_, s3_time) = timed(|| prunectl(&format!("http://{}", s3_server.addr), &["upload", other.to_str().unwrap()]));
+    println!(
+        "upload to a server on S3 (s3s-fs on loopback, same disk) {} MB: {:.2} s, {:.0} MB/s",
+        other_bytes / 1_000_000,
+        s3_time.as_secs_f64(),
+        rate(other_bytes, s3_time)
+    );
+    drop(s3_server);
+    drop(s3);
+    std::fs::remove_dir_all(&s3_root).unwrap();
     std::fs::remove_file(&other).unwrap();
     run_zstd(&packed);
     let packed_zstd3 = std::fs::metadata(packed.with_extension("safetensors.zst")).unwrap().len();

@@ -80,7 +80,7 @@ async fn upload_resumes_after_the_server_is_killed_mid_stream() {
 }
 
 /// Two nodes sharing a file store: node A is killed mid-upload and its data dir deleted; the
-/// client resumes on node B from the last segment A saved in the store, and the blob B stores is
+/// client resumes on node B from what A saved in the store, and the blob B stores is
 /// byte-identical.
 #[tokio::test(flavor = "multi_thread")]
 async fn upload_killed_on_one_node_resumes_on_another() {
@@ -100,12 +100,16 @@ async fn upload_killed_on_one_node_resumes_on_another() {
         let file = file.clone();
         async move { client.upload_file(&file).await }
     });
-    // Kill node A once it has saved at least 8 segments in the shared store.
+    // Kill node A once the shared store holds at least 8 MiB of the upload (the partial file
+    // itself under a second name, where the store is on the same file system; else segments).
     let segments = store_dir.join("uploads").join(hex::encode("default")).join(&sha);
-    let saved = || std::fs::read_dir(&segments).map_or(0, |d| d.count());
+    let saved = || {
+        std::fs::read_dir(&segments)
+            .map_or(0, |d| d.flatten().map(|e| e.metadata().map_or(0, |m| m.len())).sum::<u64>())
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while saved() < 8 {
-        assert!(tokio::time::Instant::now() < deadline, "node A never saved 8 segments");
+    while saved() < 8 * MIB {
+        assert!(tokio::time::Instant::now() < deadline, "node A never saved 8 MiB");
         assert!(!upload.is_finished(), "the upload ended before node A could be killed: {:?}", upload.await);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -156,4 +160,87 @@ async fn resume_offsets_are_checked() {
 
     let blob = client.upload_blob(tokio_stream::iter([header(100_000), chunk(100_000..300_000)])).await.unwrap();
     assert_eq!(blob.into_inner().id, format!("sha256:{sha}"));
+}
+
+/// An upload may leave the sha256 out of its header and send it in a `checksum` message while
+/// the data flows (what the client does for large files, hashing while it sends): the blob is
+/// stored under it, a blob the caller has already ends the call early, an interrupted upload of
+/// it is offered for a resume (UPLOAD_RESUMABLE), and a missing or malformed checksum is refused.
+/// (`upload_killed_on_one_node_resumes_on_another` has the client follow UPLOAD_RESUMABLE.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_may_send_its_checksum_while_the_data_flows() {
+    use pb::upload_blob_request::Part;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]).await;
+    let mut client = server.client().await;
+    let data = noise(300_000);
+    let sha = sha256_hex(&data);
+    let header = |offset: u64| pb::UploadBlobRequest {
+        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: String::new(), offset })),
+    };
+    let chunk = |range: std::ops::Range<usize>| pb::UploadBlobRequest { part: Some(Part::Data(data[range].to_vec())) };
+    let checksum = |sha256: &str| pb::UploadBlobRequest { part: Some(Part::Checksum(sha256.to_string())) };
+
+    let stream = [header(0), chunk(0..100_000), checksum(&sha), chunk(100_000..300_000)];
+    let blob = client.upload_blob(tokio_stream::iter(stream)).await.unwrap().into_inner();
+    assert_eq!((blob.id.as_str(), blob.size), (format!("sha256:{sha}").as_str(), data.len() as u64));
+    let stored = std::fs::read(tmp.path().join("data").join("blobs").join(&sha)).unwrap();
+    assert_eq!(stored, data);
+    // Again: answered from the checksum on, whatever follows.
+    let again = client.upload_blob(tokio_stream::iter([header(0), checksum(&sha), chunk(0..10)])).await.unwrap();
+    assert_eq!(again.into_inner().id, format!("sha256:{sha}"));
+
+    // An interrupted upload of another blob holds 100,000 bytes: a new upload that announces it
+    // is told to resume that one instead.
+    let other = noise(200_000).into_iter().rev().collect::<Vec<u8>>();
+    let other_sha = sha256_hex(&other);
+    let other_chunk =
+        |range: std::ops::Range<usize>| pb::UploadBlobRequest { part: Some(Part::Data(other[range].to_vec())) };
+    let other_header = pb::UploadBlobRequest {
+        part: Some(Part::Header(pb::BlobHeader { size: other.len() as u64, sha256: String::new(), offset: 0 })),
+    };
+    let short = client
+        .upload_blob(tokio_stream::iter([other_header.clone(), checksum(&other_sha), other_chunk(0..100_000)]))
+        .await
+        .unwrap_err();
+    assert_eq!(short.code(), tonic::Code::DataLoss, "{short}");
+    let redirected = client
+        .upload_blob(tokio_stream::iter([other_header, other_chunk(0..50_000), checksum(&other_sha)]))
+        .await
+        .unwrap_err();
+    assert_eq!(redirected.code(), tonic::Code::Aborted, "{redirected}");
+    assert!(redirected.message().contains("holds 100000 bytes"), "{redirected}");
+    let redirected = prune_client::ClientError::Rpc(redirected);
+    assert_eq!(redirected.reason().as_deref(), Some("UPLOAD_RESUMABLE"));
+    assert_eq!(redirected.error_metadata("uploaded").as_deref(), Some("100000"));
+
+    // Bad input: named by field, nothing stored.
+    let no_checksum = client.upload_blob(tokio_stream::iter([header(0), chunk(0..300_000)])).await.unwrap_err();
+    assert_eq!(no_checksum.code(), tonic::Code::InvalidArgument, "{no_checksum}");
+    assert!(no_checksum.message().contains("`checksum` message"), "{no_checksum}");
+    let malformed = client.upload_blob(tokio_stream::iter([header(0), checksum("xyz")])).await.unwrap_err();
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed}");
+    assert!(malformed.message().contains("`xyz` is not a sha256"), "{malformed}");
+    let resume = client.upload_blob(tokio_stream::iter([header(10)])).await.unwrap_err();
+    assert_eq!(resume.code(), tonic::Code::InvalidArgument, "{resume}");
+    assert!(resume.message().contains("needs the sha256 in its header"), "{resume}");
+}
+
+/// The client library hashes a large file while it sends it; the second upload of the same
+/// file is stopped by the server as soon as the checksum arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_is_hashed_while_it_is_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]).await;
+    let data = noise((prune_client::upload::HASH_WHILE_SENDING_BYTES + MIB + 7) as usize);
+    let sha = sha256_hex(&data);
+    let file = tmp.path().join("model.bin");
+    std::fs::write(&file, &data).unwrap();
+    let client = LibClient::connect(&server.addr, None).await.unwrap();
+    let first = client.upload_file(&file).await.unwrap();
+    assert_eq!((first.id.clone(), first.size, first.uploaded), (format!("sha256:{sha}"), data.len() as u64, true));
+    assert_eq!(sha256_hex(&std::fs::read(tmp.path().join("data").join("blobs").join(&sha)).unwrap()), sha);
+    let second = client.upload_file(&file).await.unwrap();
+    assert_eq!(second.id, first.id);
+    assert!(server.log().contains("upload ended early: the blob is stored already"), "{}", server.log());
 }

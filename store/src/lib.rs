@@ -59,6 +59,14 @@ pub trait FileStore: Send + Sync + std::fmt::Debug {
     /// store's file system, a copy otherwise), atomically and durably.
     fn put(&self, key: &Key, src: &Path) -> Result<()>;
 
+    /// Makes `key` a second name of the local file `src` while it is still being written (an
+    /// upload in progress): readers of `key` see what `src` holds at the time, with no copy.
+    /// The one exception to immutable objects, for resumable uploads. `Ok(false)`: this store
+    /// cannot (a remote one, or `src` on another file system); the caller copies instead.
+    fn link(&self, _key: &Key, _src: &Path) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Reads the object from byte `offset` on.
     fn open(&self, key: &Key, offset: u64) -> Result<Box<dyn Read + Send>>;
 

@@ -51,6 +51,21 @@ impl FileStore for LocalStore {
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 
+    fn link(&self, key: &Key, src: &Path) -> Result<bool> {
+        let dest = self.path(key);
+        let io = |e| StoreError::io(key, e);
+        let dir = dest.parent().expect("keys are relative to the root");
+        fs::create_dir_all(dir).map_err(io)?;
+        // Linked under a temporary name, then renamed over any older object: that one stays
+        // whole until it is replaced.
+        let staged = tempfile::Builder::new().prefix(".link-").make_in(dir, |path| fs::hard_link(src, path));
+        match staged {
+            // Another file system, or one without hard links: the caller copies.
+            Err(_) => Ok(false),
+            Ok(staged) => staged.persist(&dest).map(|_| true).map_err(|e| io(e.error)),
+        }
+    }
+
     fn open(&self, key: &Key, offset: u64) -> Result<Box<dyn Read + Send>> {
         let io = |e| StoreError::io(key, e);
         let mut file = fs::File::open(self.path(key)).map_err(io)?;
@@ -80,6 +95,24 @@ impl FileStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_follows_the_file_it_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path().join("store"));
+        let key = Key::parse("uploads/t/abc/00000000").unwrap();
+        let src = dir.path().join("partial");
+        fs::write(&src, b"first").unwrap();
+        assert!(store.link(&key, &src).unwrap());
+        std::io::Write::write_all(&mut fs::OpenOptions::new().append(true).open(&src).unwrap(), b" second").unwrap();
+        assert_eq!(store.size(&key).unwrap(), 12);
+        assert!(store.link(&key, &src).unwrap(), "linking again replaces the name");
+        fs::remove_file(&src).unwrap();
+        let mut all = String::new();
+        store.open(&key, 0).unwrap().read_to_string(&mut all).unwrap();
+        assert_eq!(all, "first second", "the bytes outlive the first name");
+        assert!(!store.link(&key, &dir.path().join("missing")).unwrap());
+    }
 
     #[test]
     fn put_open_size_delete() {

@@ -31,6 +31,8 @@ pub enum Reason {
     UploadCorrupt,
     UploadResumeBeyond,
     UploadBusy,
+    /// An upload begun without its sha256 can resume a kept partial upload of that blob instead.
+    UploadResumable,
     BlobNotFound,
     JobNotFound,
     /// The job has not SUCCEEDED yet (reports, artifacts): it is QUEUED or RUNNING.
@@ -70,6 +72,7 @@ impl Reason {
             Reason::UploadCorrupt => "UPLOAD_CORRUPT",
             Reason::UploadResumeBeyond => "UPLOAD_RESUME_BEYOND",
             Reason::UploadBusy => "UPLOAD_BUSY",
+            Reason::UploadResumable => "UPLOAD_RESUMABLE",
             Reason::BlobNotFound => "BLOB_NOT_FOUND",
             Reason::JobNotFound => "JOB_NOT_FOUND",
             Reason::JobNotFinished => "JOB_NOT_FINISHED",

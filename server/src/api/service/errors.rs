@@ -30,6 +30,9 @@ impl From<BlobError> for Status {
             BlobError::ResumeBeyond { .. } => {
                 status::error(Code::FailedPrecondition, Reason::UploadResumeBeyond, message)
             }
+            BlobError::NoChecksum | BlobError::ChecksumTwice => {
+                status::invalid_argument(Reason::ArgumentInvalid, "checksum", message)
+            }
             BlobError::Busy => status::error(Code::Aborted, Reason::UploadBusy, message),
             BlobError::TooLarge { .. } | BlobError::Truncated { .. } | BlobError::ChecksumMismatch { .. } => {
                 status::error(Code::DataLoss, Reason::UploadCorrupt, message)

@@ -23,7 +23,7 @@ use crate::api::filter;
 use crate::api::status::{self, Reason};
 use crate::api::views;
 use crate::config::LimitArgs;
-use crate::files::uploads::{BlobId, BlobStore};
+use crate::files::uploads::{BlobError, BlobId, BlobStore};
 use crate::jobs::admission::{self, Defaults};
 use crate::jobs::ids::is_job_id;
 use crate::jobs::live::Live;
@@ -122,8 +122,18 @@ impl PruningService for Service {
             return Err(status::quota(Reason::UploadTooLarge, message, "upload-size"));
         }
         // Accept `sha256:<hex>` and upper case too: clients print ids, not bare digests.
-        let sha256 = header.sha256.trim_start_matches("sha256:").to_ascii_lowercase();
-        let mut upload = self.shared.blobs.begin(tenant.as_str(), header.size, &sha256, header.offset).await?;
+        let normalize = |sha256: &str| sha256.trim_start_matches("sha256:").to_ascii_lowercase();
+        let sha256 = normalize(&header.sha256);
+        let blobs = &self.shared.blobs;
+        let mut upload = if sha256.is_empty() {
+            if header.offset != 0 {
+                let message = "a resume (offset > 0) needs the sha256 in its header";
+                return Err(status::invalid_argument(Reason::ArgumentInvalid, "header.offset", message));
+            }
+            blobs.begin_deferred(header.size)?
+        } else {
+            blobs.begin(tenant.as_str(), header.size, &sha256, header.offset).await?
+        };
         loop {
             let message = match stream.message().await {
                 Ok(Some(message)) => message,
@@ -135,7 +145,39 @@ impl PruningService for Service {
                 }
             };
             match message.part {
-                Some(Part::Data(data)) => upload.write(&data).await?,
+                Some(Part::Data(data)) => upload.write(data).await?,
+                Some(Part::Checksum(checksum)) => {
+                    let sha256 = normalize(&checksum);
+                    if let Ok(id) = BlobId::parse(&format!("sha256:{sha256}")) {
+                        // The caller has it already: no need for the rest.
+                        if let Some(blob) = self.blob(&tenant, id.as_str()).await? {
+                            tracing::info!(blob = %blob.id, %tenant, "upload ended early: the blob is stored already");
+                            return Ok(Response::new(blob_message(blob)));
+                        }
+                    }
+                    // An interrupted upload of that blob: the client resumes it instead (it
+                    // sends again at most what it sent before its hash was done).
+                    let held = blobs.resumable_len(tenant.as_str(), &sha256).await;
+                    if held > 0 {
+                        let message = format!(
+                            "an interrupted upload of this blob holds {held} bytes: resume it (a header with the sha256 and offset {held})"
+                        );
+                        let metadata = [("uploaded".to_string(), held.to_string())].into();
+                        return Err(status::detailed_with(
+                            Code::Aborted,
+                            Reason::UploadResumable,
+                            message,
+                            metadata,
+                            |_| {},
+                        ));
+                    }
+                    upload.set_checksum(blobs, tenant.as_str(), &sha256).await.map_err(|e| match e {
+                        BlobError::InvalidChecksum(_) => {
+                            status::invalid_argument(Reason::ArgumentInvalid, "checksum", e.to_string())
+                        }
+                        e => e.into(),
+                    })?;
+                }
                 Some(Part::Header(_)) => {
                     let message = "only the first message may be a header";
                     return Err(status::invalid_argument(Reason::ArgumentInvalid, "header", message));
