@@ -462,7 +462,7 @@ impl Upload {
     pub async fn write(&mut self, chunk: Vec<u8>) -> Result<(), BlobError> {
         self.written += chunk.len() as u64;
         if self.written > self.expected_size {
-            self.discard();
+            self.discard().await;
             return Err(BlobError::TooLarge { expected: self.expected_size });
         }
         let failed = || std::io::Error::other("an earlier write of this upload failed");
@@ -557,11 +557,18 @@ impl Upload {
     }
 
     /// Removes a partial file (and its saved segments) whose content is known to be wrong.
-    fn discard(&self) {
+    /// Done when it returns: a HasBlob right after sees nothing of it (with a linked partial
+    /// file, the store's name for it would otherwise still hold every byte).
+    async fn discard(&self) {
         if let Target::Partial { path, segments, .. } = &self.target {
-            let _ = std::fs::remove_file(path);
-            let segments = segments.clone();
-            tokio::task::spawn_blocking(move || segments.remove());
+            let (path, segments) = (path.clone(), segments.clone());
+            let removed = tokio::task::spawn_blocking(move || {
+                let _ = std::fs::remove_file(path);
+                segments.remove();
+            });
+            if let Err(e) = removed.await {
+                tracing::warn!("removing a wrong upload: {e}");
+            }
         }
     }
 
@@ -580,7 +587,7 @@ impl Upload {
         let (sink, hasher) = (self.sink.take().ok_or_else(failed)?, self.hasher.take().ok_or_else(failed)?);
         let got = hex::encode(hasher.finalize());
         if got != expected {
-            self.discard();
+            self.discard().await;
             return Err(BlobError::ChecksumMismatch { expected, got });
         }
         drop(tokio::task::spawn_blocking(move || sink.sync()).await.map_err(std::io::Error::other)??);

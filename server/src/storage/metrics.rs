@@ -10,23 +10,14 @@ pub(super) const UPSERT_METRIC: &str = "INSERT INTO metrics (job_id, name, step,
      ON CONFLICT (job_id, name, step) DO UPDATE SET value = excluded.value";
 
 impl Db {
-    /// One transaction per batch (one engine `Metrics` event). Non-finite values are dropped:
-    /// SQL has no NaN, and a diverged loss is visible in the job's state anyway.
+    /// One transaction per batch (one engine `Metrics` event; non-finite values are dropped).
     /// Fenced: `NotCurrent` (nothing written) once the attempt is superseded or the job ended.
     pub async fn insert_metrics(&self, fence: Fence<'_>, points: &[MetricPoint]) -> Result<()> {
         let job_id = fence.job_id;
         with_pool!(self, |pool, backend| {
             let mut tx = backend::begin_write(pool).await?;
             fence!(tx, fence);
-            for p in points.iter().filter(|p| p.value.is_finite()) {
-                sqlx::query(UPSERT_METRIC)
-                    .bind(job_id)
-                    .bind(&p.name)
-                    .bind(p.step)
-                    .bind(p.value)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            upsert_points!(tx, job_id, points);
             tx.commit().await?;
         });
         Ok(())

@@ -57,6 +57,24 @@ macro_rules! with_pool {
     };
 }
 
+/// `upsert_points!(tx, job_id, points)`: writes a job's metric points in the transaction `tx`
+/// ([`metrics::UPSERT_METRIC`]: a step already recorded is replaced). Non-finite values are
+/// dropped: SQL has no NaN, and a diverged loss shows in the job anyway. One loop for the
+/// worker's metrics and a tracked run's reports, compiled per backend like [`with_pool!`].
+macro_rules! upsert_points {
+    ($tx:expr, $job_id:expr, $points:expr) => {
+        for p in $points.iter().filter(|p| p.value.is_finite()) {
+            sqlx::query(super::metrics::UPSERT_METRIC)
+                .bind($job_id)
+                .bind(&p.name)
+                .bind(p.step)
+                .bind(p.value)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
 /// The columns of `jobs` that [`JobRecord`] is read from, as a literal for `concat!`: the shared
 /// queries and each backend's claim return the same columns.
 macro_rules! job_columns {

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use prune_core::domain::{MetricPoint, TensorSparsity};
 
 use super::jobs::{JobKind, JobRecord, JobState, RequestKey};
-use super::metrics::UPSERT_METRIC;
 use super::rows::Columns;
 use super::{now_ms, Db, Result};
 
@@ -201,16 +200,7 @@ impl Db {
             .rows_affected()
                 == 1;
             if updated {
-                // Non-finite values are dropped, as a worker's are: SQL has no NaN.
-                for p in report.points.iter().filter(|p| p.value.is_finite()) {
-                    sqlx::query(UPSERT_METRIC)
-                        .bind(id)
-                        .bind(&p.name)
-                        .bind(p.step)
-                        .bind(p.value)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                upsert_points!(tx, id, report.points);
                 tx.commit().await?;
             }
             updated
