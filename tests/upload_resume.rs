@@ -26,6 +26,16 @@ fn noise(len: usize) -> Vec<u8> {
     out
 }
 
+/// UploadBlob's first message (`sha256` empty: a `checksum` message follows).
+fn header_part(size: usize, sha256: &str, offset: u64) -> pb::UploadBlobRequest {
+    let header = pb::BlobHeader { size: size as u64, sha256: sha256.to_string(), offset };
+    pb::UploadBlobRequest { part: Some(pb::upload_blob_request::Part::Header(header)) }
+}
+
+fn data_part(bytes: &[u8]) -> pb::UploadBlobRequest {
+    pb::UploadBlobRequest { part: Some(pb::upload_blob_request::Part::Data(bytes.to_vec())) }
+}
+
 fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -135,16 +145,13 @@ async fn upload_killed_on_one_node_resumes_on_another() {
 /// beyond it is refused, and a resume with wrong earlier bytes fails the checksum.
 #[tokio::test(flavor = "multi_thread")]
 async fn resume_offsets_are_checked() {
-    use pb::upload_blob_request::Part;
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), &[]).await;
     let mut client = server.client().await;
     let data = noise(300_000);
     let sha = sha256_hex(&data);
-    let header = |offset: u64| pb::UploadBlobRequest {
-        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: sha.clone(), offset })),
-    };
-    let chunk = |range: std::ops::Range<usize>| pb::UploadBlobRequest { part: Some(Part::Data(data[range].to_vec())) };
+    let header = |offset: u64| header_part(data.len(), &sha, offset);
+    let chunk = |range: std::ops::Range<usize>| data_part(&data[range]);
 
     // A first upload that stops after 100,000 bytes (the stream ends short).
     let short = client.upload_blob(tokio_stream::iter([header(0), chunk(0..100_000)])).await.unwrap_err();
@@ -175,30 +182,26 @@ async fn an_upload_may_send_its_checksum_while_the_data_flows() {
     let mut client = server.client().await;
     let data = noise(300_000);
     let sha = sha256_hex(&data);
-    let header = |offset: u64| pb::UploadBlobRequest {
-        part: Some(Part::Header(pb::BlobHeader { size: data.len() as u64, sha256: String::new(), offset })),
-    };
-    let chunk = |range: std::ops::Range<usize>| pb::UploadBlobRequest { part: Some(Part::Data(data[range].to_vec())) };
+    let deferred = |size: usize, offset: u64| header_part(size, "", offset);
+    let chunk = |range: std::ops::Range<usize>| data_part(&data[range]);
     let checksum = |sha256: &str| pb::UploadBlobRequest { part: Some(Part::Checksum(sha256.to_string())) };
 
-    let stream = [header(0), chunk(0..100_000), checksum(&sha), chunk(100_000..300_000)];
+    let stream = [deferred(data.len(), 0), chunk(0..100_000), checksum(&sha), chunk(100_000..300_000)];
     let blob = client.upload_blob(tokio_stream::iter(stream)).await.unwrap().into_inner();
     assert_eq!((blob.id.as_str(), blob.size), (format!("sha256:{sha}").as_str(), data.len() as u64));
     let stored = std::fs::read(tmp.path().join("data").join("blobs").join(&sha)).unwrap();
     assert_eq!(stored, data);
     // Again: answered from the checksum on, whatever follows.
-    let again = client.upload_blob(tokio_stream::iter([header(0), checksum(&sha), chunk(0..10)])).await.unwrap();
+    let again =
+        client.upload_blob(tokio_stream::iter([deferred(data.len(), 0), checksum(&sha), chunk(0..10)])).await.unwrap();
     assert_eq!(again.into_inner().id, format!("sha256:{sha}"));
 
     // An interrupted upload of another blob holds 100,000 bytes: a new upload that announces it
     // is told to resume that one instead.
     let other = noise(200_000).into_iter().rev().collect::<Vec<u8>>();
     let other_sha = sha256_hex(&other);
-    let other_chunk =
-        |range: std::ops::Range<usize>| pb::UploadBlobRequest { part: Some(Part::Data(other[range].to_vec())) };
-    let other_header = pb::UploadBlobRequest {
-        part: Some(Part::Header(pb::BlobHeader { size: other.len() as u64, sha256: String::new(), offset: 0 })),
-    };
+    let other_chunk = |range: std::ops::Range<usize>| data_part(&other[range]);
+    let other_header = deferred(other.len(), 0);
     let short = client
         .upload_blob(tokio_stream::iter([other_header.clone(), checksum(&other_sha), other_chunk(0..100_000)]))
         .await
@@ -215,13 +218,19 @@ async fn an_upload_may_send_its_checksum_while_the_data_flows() {
     assert_eq!(redirected.error_metadata("uploaded").as_deref(), Some("100000"));
 
     // Bad input: named by field, nothing stored.
-    let no_checksum = client.upload_blob(tokio_stream::iter([header(0), chunk(0..300_000)])).await.unwrap_err();
+    let no_checksum =
+        client.upload_blob(tokio_stream::iter([deferred(data.len(), 0), chunk(0..300_000)])).await.unwrap_err();
     assert_eq!(no_checksum.code(), tonic::Code::InvalidArgument, "{no_checksum}");
     assert!(no_checksum.message().contains("`checksum` message"), "{no_checksum}");
-    let malformed = client.upload_blob(tokio_stream::iter([header(0), checksum("xyz")])).await.unwrap_err();
+    let malformed =
+        client.upload_blob(tokio_stream::iter([deferred(data.len(), 0), checksum("xyz")])).await.unwrap_err();
     assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed}");
     assert!(malformed.message().contains("`xyz` is not a sha256"), "{malformed}");
-    let resume = client.upload_blob(tokio_stream::iter([header(10)])).await.unwrap_err();
+    let twice =
+        client.upload_blob(tokio_stream::iter([header_part(data.len(), &sha, 0), checksum(&sha)])).await.unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::InvalidArgument, "{twice}");
+    assert!(twice.message().contains("given twice"), "{twice}");
+    let resume = client.upload_blob(tokio_stream::iter([deferred(data.len(), 10)])).await.unwrap_err();
     assert_eq!(resume.code(), tonic::Code::InvalidArgument, "{resume}");
     assert!(resume.message().contains("needs the sha256 in its header"), "{resume}");
 }

@@ -451,9 +451,9 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// Bytes received so far (with those kept from before a resume).
-    pub fn written(&self) -> u64 {
-        self.written
+    /// Whether the upload still waits for its sha256 (begun without one, no `checksum` yet).
+    pub fn awaits_checksum(&self) -> bool {
+        self.expected_sha256.is_none()
     }
 
     /// Appends `chunk`: hashed on one blocking thread while another writes it (a gigabyte of

@@ -147,6 +147,9 @@ impl PruningService for Service {
             match message.part {
                 Some(Part::Data(data)) => upload.write(data).await?,
                 Some(Part::Checksum(checksum)) => {
+                    if !upload.awaits_checksum() {
+                        return Err(BlobError::ChecksumTwice.into());
+                    }
                     let sha256 = normalize(&checksum);
                     if let Ok(id) = BlobId::parse(&format!("sha256:{sha256}")) {
                         // The caller has it already: no need for the rest.
