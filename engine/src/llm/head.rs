@@ -91,7 +91,10 @@ mod tests {
             lm_head: Tensor::zeros([10, 4], (Kind::Float, Device::Cpu)),
             eps: 1e-6,
         };
-        let x = Tensor::randn([2, 5, 4], (Kind::Float, Device::Cpu));
+        let x = {
+            let _rng = crate::rng::global_generator_lock();
+            Tensor::randn([2, 5, 4], (Kind::Float, Device::Cpu))
+        };
         let ids = Tensor::from_slice(&[1i64, 2, 3, 4, 5, 6, 7, 8, 9, 0]).view([2, 5]);
         let (nll, n) = head.nll(&x, &ids);
         assert_eq!(n, 8);

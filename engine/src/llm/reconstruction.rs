@@ -142,6 +142,7 @@ mod tests {
 
     #[test]
     fn every_source_equals_the_direct_computation_with_the_inputs() {
+        let _rng = crate::rng::global_generator_lock();
         tch::manual_seed(11);
         let opts = (Kind::Float, tch::Device::Cpu);
         let w = Tensor::randn([5, 12], opts);

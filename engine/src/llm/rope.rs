@@ -92,7 +92,10 @@ mod tests {
         let expected = 1.0 / 500000f64.powf(2.0 / 32.0);
         assert!((f.double_value(&[1]) - expected).abs() < 1e-7 * expected);
         let rope = Rope::new(&cfg, 4);
-        let x = Tensor::randn([1, 2, 4, 32], (Kind::Float, Device::Cpu));
+        let x = {
+            let _rng = crate::rng::global_generator_lock();
+            Tensor::randn([1, 2, 4, 32], (Kind::Float, Device::Cpu))
+        };
         let y = rope.apply(&x);
         // Position 0 is not rotated; rotation keeps every pair's norm.
         assert_eq!(y.narrow(2, 0, 1), x.narrow(2, 0, 1));

@@ -201,6 +201,7 @@ mod tests {
     use crate::llm::HessianStats;
 
     fn random(shape: &[i64], seed: i64) -> Tensor {
+        let _rng = crate::rng::global_generator_lock();
         tch::manual_seed(seed);
         Tensor::randn(shape, (Kind::Float, tch::Device::Cpu))
     }

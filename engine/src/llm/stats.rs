@@ -214,6 +214,7 @@ mod tests {
     use super::*;
 
     fn x(windows: i64, tokens: i64, columns: i64) -> Tensor {
+        let _rng = crate::rng::global_generator_lock();
         tch::manual_seed(7);
         Tensor::randn([windows, tokens, columns], (Kind::Float, tch::Device::Cpu))
     }

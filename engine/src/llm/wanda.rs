@@ -117,6 +117,7 @@ mod tests {
 
     #[test]
     fn unstructured_equals_the_first_k_of_a_stable_sort() {
+        let _rng = crate::rng::global_generator_lock();
         tch::manual_seed(5);
         // Few distinct values: many ties around every row's threshold (the tie bookkeeping);
         // continuous values: unique thresholds (the one-comparison path); and both in one matrix.
