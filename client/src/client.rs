@@ -91,10 +91,9 @@ fn endpoint(addr: &str, options: &ConnectOptions) -> Result<(Endpoint, String, B
         // Keep-alives notice a server that vanished while a watch waits quietly.
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
-        // h2's 64 KiB default window makes a download wait a round trip per 64 KiB.
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(16 << 20))
-        .max_frame_size(Some(1 << 20));
+        .initial_stream_window_size(Some(prune_proto::HTTP2_STREAM_WINDOW))
+        .initial_connection_window_size(Some(prune_proto::HTTP2_CONNECTION_WINDOW))
+        .max_frame_size(Some(prune_proto::HTTP2_MAX_FRAME));
     Ok((endpoint, addr, auth))
 }
 

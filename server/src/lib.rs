@@ -95,9 +95,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     let tls = tls_config(&args.security)?;
     let mut builder = Server::builder()
-        .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
-        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
-        .max_frame_size(Some(HTTP2_MAX_FRAME));
+        .initial_stream_window_size(Some(prune_proto::HTTP2_STREAM_WINDOW))
+        .initial_connection_window_size(Some(prune_proto::HTTP2_CONNECTION_WINDOW))
+        .max_frame_size(Some(prune_proto::HTTP2_MAX_FRAME));
     if let Some(tls) = tls {
         // rustls checks the certificate and key here, before anything is written.
         builder = builder.tls_config(tls).map_err(|e| ServeError::Tls {
@@ -257,15 +257,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), ServeError> {
     tracing::info!("stopped");
     Ok(served?)
 }
-
-/// HTTP/2 flow-control windows. h2's default of 64 KiB lets a client send 64 KiB before it
-/// waits a round trip for more credit: an upload of 1 MiB messages crawled at 74 MB/s on
-/// loopback. Larger windows only bound what a peer may send ahead of what the service reads.
-pub const HTTP2_STREAM_WINDOW: u32 = 8 << 20;
-pub const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
-/// Frames a peer may send: 1 MiB upload chunks go in a few frames rather than 64 of h2's
-/// default 16 KiB.
-pub const HTTP2_MAX_FRAME: u32 = 1 << 20;
 
 /// Accepted connections with Nagle's algorithm off: small replies (GetJob) would otherwise
 /// wait for the peer's delayed ACK, ~40 ms each. (`Server::tcp_nodelay` covers only listeners

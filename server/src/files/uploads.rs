@@ -422,13 +422,12 @@ impl Sink {
         Ok(())
     }
 
-    /// Makes every byte durable; returns the file.
-    fn sync(mut self) -> std::io::Result<std::fs::File> {
+    /// Makes every byte durable.
+    fn sync(mut self) -> std::io::Result<()> {
         if let Some(syncing) = self.syncing.take() {
             let _ = syncing.join();
         }
-        self.file.sync_all()?;
-        Ok(self.file)
+        self.file.sync_all()
     }
 }
 
@@ -456,6 +455,14 @@ impl Upload {
         self.expected_sha256.is_none()
     }
 
+    /// The file and the hash, for a blocking thread (put back after a write).
+    fn take_sink(&mut self) -> std::io::Result<(Sink, Sha256)> {
+        match (self.sink.take(), self.hasher.take()) {
+            (Some(sink), Some(hasher)) => Ok((sink, hasher)),
+            _ => Err(std::io::Error::other("an earlier write of this upload failed")),
+        }
+    }
+
     /// Appends `chunk`: hashed on one blocking thread while another writes it (a gigabyte of
     /// hashing is not the async runtime's work, and takes as long as the writing), then the
     /// segments it completes are saved in the store.
@@ -465,8 +472,7 @@ impl Upload {
             self.discard().await;
             return Err(BlobError::TooLarge { expected: self.expected_size });
         }
-        let failed = || std::io::Error::other("an earlier write of this upload failed");
-        let (mut sink, mut hasher) = (self.sink.take().ok_or_else(failed)?, self.hasher.take().ok_or_else(failed)?);
+        let (mut sink, mut hasher) = self.take_sink()?;
         let end = self.written;
         let chunk = Arc::new(chunk);
         let hashing = tokio::task::spawn_blocking({
@@ -583,14 +589,13 @@ impl Upload {
             return Err(BlobError::Truncated { expected: self.expected_size, got: self.written });
         }
         let Some(expected) = self.expected_sha256.take() else { return Err(BlobError::NoChecksum) };
-        let failed = || std::io::Error::other("an earlier write of this upload failed");
-        let (sink, hasher) = (self.sink.take().ok_or_else(failed)?, self.hasher.take().ok_or_else(failed)?);
+        let (sink, hasher) = self.take_sink()?;
         let got = hex::encode(hasher.finalize());
         if got != expected {
             self.discard().await;
             return Err(BlobError::ChecksumMismatch { expected, got });
         }
-        drop(tokio::task::spawn_blocking(move || sink.sync()).await.map_err(std::io::Error::other)??);
+        tokio::task::spawn_blocking(move || sink.sync()).await.map_err(std::io::Error::other)??;
         let id = BlobId::from_hex(&got);
         let key = BlobStore::key(&id);
         let (store, target) = (self.store, self.target);
@@ -670,6 +675,16 @@ mod tests {
 
     fn local(root: &Path) -> Arc<dyn FileStore> {
         Arc::new(prune_store::LocalStore::new(root.to_path_buf()))
+    }
+
+    /// Two nodes with their own scratch (tmp) directories under `dir` and one `shared` store,
+    /// saving every 4 bytes.
+    fn two_nodes(dir: &Path, shared: &Arc<dyn FileStore>) -> (BlobStore, BlobStore) {
+        let node = |tmp: &str| {
+            std::fs::create_dir_all(dir.join(tmp)).unwrap();
+            BlobStore::new(shared.clone(), dir.join(tmp)).with_segment_bytes(4)
+        };
+        (node("a"), node("b"))
     }
 
     /// A local store that cannot link (as a remote one, or one on another file system): uploads
@@ -755,11 +770,7 @@ mod tests {
         // Two nodes: their own scratch (tmp) directories, one shared store that takes copies.
         let dir = tempfile::tempdir().unwrap();
         let shared: Arc<dyn FileStore> = Arc::new(Copying(prune_store::LocalStore::new(dir.path().join("store"))));
-        let node_a = BlobStore::new(shared.clone(), dir.path().join("a")).with_segment_bytes(4);
-        let node_b = BlobStore::new(shared.clone(), dir.path().join("b")).with_segment_bytes(4);
-        for tmp in ["a", "b"] {
-            std::fs::create_dir_all(dir.path().join(tmp)).unwrap();
-        }
+        let (node_a, node_b) = two_nodes(dir.path(), &shared);
         let data = b"twenty-two bytes: done";
         let (hex, size) = (sha(data), data.len() as u64);
 
@@ -793,11 +804,7 @@ mod tests {
     async fn a_local_store_holds_the_partial_file_itself_not_a_copy() {
         let dir = tempfile::tempdir().unwrap();
         let shared = local(&dir.path().join("store"));
-        let node_a = BlobStore::new(shared.clone(), dir.path().join("a")).with_segment_bytes(4);
-        let node_b = BlobStore::new(shared.clone(), dir.path().join("b")).with_segment_bytes(4);
-        for tmp in ["a", "b"] {
-            std::fs::create_dir_all(dir.path().join(tmp)).unwrap();
-        }
+        let (node_a, node_b) = two_nodes(dir.path(), &shared);
         let data = b"linked, not copied: done";
         let (hex, size) = (sha(data), data.len() as u64);
         // Node A dies after 10 bytes: all 10 are in the store (segments would hold 8).
